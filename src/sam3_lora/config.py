@@ -1,0 +1,314 @@
+"""The one config schema every command reads, documented field by field.
+
+A config is YAML with six sections: ``model``, ``lora``, ``data``, ``training``,
+``evaluation``, ``output``. Every field below is the single source of its default; the
+presets in ``configs/`` only state what differs. Unknown keys are errors with a suggestion,
+and bad values name the key that holds them.
+
+Command-line overrides use ``section.key=value`` (the value is parsed as YAML, so
+``lora.target_modules=[q_proj,v_proj]`` works), and the original tool's flags map onto keys
+through ``LEGACY_FLAGS``.
+"""
+
+from __future__ import annotations
+
+import difflib
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from sam3_lora.errors import ConfigError
+
+PRESET_DIR = Path(__file__).parent / "configs"
+
+# The six SAM3 components LoRA can be switched on for, in pipeline order.
+COMPONENTS = (
+    "vision_encoder",
+    "text_encoder",
+    "geometry_encoder",
+    "detr_encoder",
+    "detr_decoder",
+    "mask_decoder",
+)
+
+
+class Section(BaseModel):
+    """Base of every section: misspelt keys are errors, assignments are re-validated."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class ModelConfig(Section):
+    source: str = "facebook/sam3"
+    """Where SAM3 comes from: a hub id (``facebook/sam3``, gated: the token is read from
+    ``HF_TOKEN`` or ``hf auth login``), a local folder in ``save_pretrained`` format, or a preset
+    name: ``sam3`` (full-size architecture, random weights, for benchmarks) or ``sam3-tiny``
+    (a few hundred thousand parameters, random weights, for tests and CPU demos)."""
+
+    revision: str | None = None
+    """Hub revision (branch, tag or commit) for a hub id; ignored for folders and presets."""
+
+    image_size: int | None = Field(default=None, ge=28)
+    """Input resolution in pixels (square). ``None`` keeps the model's own (1008 for SAM3).
+    Must be a multiple of the ViT patch size (14). Smaller sizes cut memory and time roughly
+    quadratically; pretrained weights were trained at 1008, so quality drops away from it."""
+
+
+class LoRAConfig(Section):
+    """Where LoRA goes and how big it is. Also the seed API's ``LoRAConfig(...)``."""
+
+    rank: int = Field(default=8, gt=0)
+    """LoRA rank r: the inner dimension of each low-rank update. Trainable parameters grow
+    linearly with it."""
+
+    alpha: float = Field(default=16.0, gt=0)
+    """LoRA scaling numerator: updates are scaled by alpha / rank (alpha / sqrt(rank) with
+    ``use_rslora``). Twice the rank is the usual choice."""
+
+    dropout: float = Field(default=0.0, ge=0.0, lt=1.0)
+    """Dropout on the LoRA branch input during training; 0 disables it."""
+
+    target_modules: list[str] = Field(default_factory=lambda: ["q_proj", "v_proj"])
+    """Layer names to adapt inside the chosen components: ``q_proj``, ``k_proj``, ``v_proj``,
+    ``out_proj`` (also matches SAM3's ``o_proj``), ``fc1``, ``fc2``, or ``all`` (every Linear
+    of the chosen components). Names from Meta's original code map to their equivalents:
+    ``qkv`` -> q/k/v_proj, ``proj`` -> out_proj, ``linear1`` -> fc1, ``linear2`` -> fc2."""
+
+    apply_to_vision_encoder: bool = True
+    """Adapt the ViT image backbone (446M parameters, the usual place for domain shift)."""
+
+    apply_to_text_encoder: bool = False
+    """Adapt the CLIP text encoder. Off by default: adapting it erodes how well the model
+    tells prompts apart, including prompts it should refuse."""
+
+    apply_to_geometry_encoder: bool = False
+    """Adapt the box-prompt (geometry) encoder."""
+
+    apply_to_detr_encoder: bool = False
+    """Adapt the DETR encoder that fuses image and prompt features."""
+
+    apply_to_detr_decoder: bool = False
+    """Adapt the DETR decoder (object queries, boxes, presence token)."""
+
+    apply_to_mask_decoder: bool = False
+    """Adapt the mask decoder's prompt cross-attention (its only Linear layers besides
+    the small mask MLP reached through ``all``)."""
+
+    use_rslora: bool = False
+    """Rank-stabilised LoRA: scale by alpha / sqrt(rank), which keeps high ranks trainable."""
+
+    use_dora: bool = False
+    """DoRA: learn a magnitude per output feature besides the low-rank direction (slower)."""
+
+    @field_validator("target_modules")
+    @classmethod
+    def _not_empty(cls, value: list[str]) -> list[str]:
+        if not value:
+            raise ValueError("must name at least one layer, e.g. [q_proj, v_proj] or [all]")
+        return value
+
+    def components(self) -> list[str]:
+        """The components switched on, in pipeline order."""
+        return [name for name in COMPONENTS if getattr(self, f"apply_to_{name}")]
+
+
+class DataConfig(Section):
+    root: str = "data"
+    """Folder holding the splits ``train/``, ``valid/``, ``test/``, each with its images and
+    an annotation file (``annotation_file``). ``valid/`` and ``test/`` are optional."""
+
+    annotation_file: str = "_annotations.coco.json"
+    """Name of the COCO annotation file inside each split folder (Roboflow's name)."""
+
+    prompt_mode: Literal["category", "generic"] = "category"
+    """``category``: each category is prompted by its own text (its name, or ``prompts``).
+    ``generic``: every category is prompted by ``generic_prompt``, class-agnostic."""
+
+    prompts: dict[str, str] = Field(default_factory=dict)
+    """Prompt text per category name, e.g. ``{CRACKS: "concrete crack"}``. Categories not
+    listed are prompted by their name."""
+
+    generic_prompt: str = "object"
+    """The one prompt used for every category when ``prompt_mode`` is ``generic``."""
+
+    num_negatives: int = Field(default=2, ge=0)
+    """Negative queries per training image: prompts of concepts absent from the image, whose
+    target is empty. They teach the model to refuse; 0 disables them (not advised)."""
+
+    negative_phrases: list[str] = Field(default_factory=list)
+    """Extra phrases, outside the dataset's categories, drawn as negatives besides absent
+    categories (e.g. ``[dog, car, person]``)."""
+
+    max_objects_per_query: int = Field(default=100, gt=0)
+    """Cap on instances in one query's target; crowded images keep the largest objects."""
+
+    random_resize: bool = True
+    """Training resize as in SAM3: a random square scale from ``min_resize_ratio`` x size up
+    to the model's size (aspect kept), then padding to the model's size."""
+
+    min_resize_ratio: float = Field(default=480 / 1008, gt=0.0, le=1.0)
+    """Smallest training scale as a fraction of the model's size (SAM3: 480 of 1008)."""
+
+    horizontal_flip: float = Field(default=0.5, ge=0.0, le=1.0)
+    """Probability of a horizontal flip of a training image (boxes and masks follow)."""
+
+    color_jitter: float = Field(default=0.0, ge=0.0, le=1.0)
+    """Strength of random brightness/contrast/saturation changes in training; 0 disables."""
+
+    skip_invalid: bool = False
+    """Train anyway when validation finds errors, skipping (and listing) every bad item."""
+
+    num_workers: int = Field(default=0, ge=0)
+    """Data-loading worker processes; 0 loads in the training process."""
+
+
+class TrainingConfig(Section):
+    batch_size: int = Field(default=1, gt=0)
+    """Images per step and process. Each image carries all its queries (positives and
+    negatives), which share one image encoding."""
+
+    num_epochs: int = Field(default=10, gt=0)
+    """Passes over the training split; ``max_steps`` wins when set."""
+
+    max_steps: int | None = Field(default=None, gt=0)
+    """Stop after this many optimiser steps, whatever ``num_epochs`` says."""
+
+    learning_rate: float = Field(default=1e-4, ge=0.0)
+    """Peak AdamW learning rate for the LoRA parameters."""
+
+    weight_decay: float = Field(default=0.1, ge=0.0)
+    """AdamW weight decay, not applied to biases and norms (SAM3 uses 0.1)."""
+
+    seed: int = 0
+    """Seed for weights of random-init models, data order and augmentation."""
+
+
+class EvaluationConfig(Section):
+    split: Literal["valid", "test"] = "valid"
+    """Split that ``validate`` scores by default."""
+
+    score_threshold: float = Field(default=0.5, ge=0.0, le=1.0)
+    """Detections scoring below this are dropped (score = query x presence probability).
+    SAM3's cgF1 counts predictions at 0.5."""
+
+
+class OutputConfig(Section):
+    dir: str = "runs/sam3-lora"
+    """The run folder: effective config, adapters (``best/``, ``last/``), metrics, logs."""
+
+
+class Config(Section):
+    """A whole sam3-lora config."""
+
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    lora: LoRAConfig = Field(default_factory=LoRAConfig)
+    data: DataConfig = Field(default_factory=DataConfig)
+    training: TrainingConfig = Field(default_factory=TrainingConfig)
+    evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)
+    output: OutputConfig = Field(default_factory=OutputConfig)
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
+
+    def save(self, path: str | Path) -> None:
+        """Write the effective config (every field, defaults included)."""
+        Path(path).write_text(self.to_yaml())
+
+
+# The original tool's command-line flags and the keys they set.
+LEGACY_FLAGS = {
+    "batch_size": "training.batch_size",
+    "learning_rate": "training.learning_rate",
+    "num_epochs": "training.num_epochs",
+    "lora_rank": "lora.rank",
+}
+
+
+def resolve_config_path(name_or_path: str | Path) -> Path:
+    """A config path, or the name of a bundled preset (``minimal``, ``demo``, ...)."""
+    path = Path(name_or_path)
+    if path.is_file():
+        return path
+    preset = PRESET_DIR / f"{path.stem}.yaml"
+    if path.suffix in ("", ".yaml") and path.parent == Path(".") and preset.is_file():
+        return preset
+    names = ", ".join(sorted(p.stem for p in PRESET_DIR.glob("*.yaml")))
+    raise ConfigError(f"{name_or_path}: no such config file; give a YAML path or a preset ({names})")
+
+
+def load_config(
+    path: str | Path | None = None, overrides: list[str] | None = None
+) -> Config:
+    """Read a YAML config (or start from defaults), apply ``section.key=value`` overrides."""
+    raw: dict[str, Any] = {}
+    where = "defaults"
+    if path is not None:
+        file = resolve_config_path(path)
+        where = str(file)
+        try:
+            raw = yaml.safe_load(file.read_text()) or {}
+        except yaml.YAMLError as exc:
+            mark = getattr(exc, "problem_mark", None)
+            line = f" line {mark.line + 1}" if mark else ""
+            raise ConfigError(f"{where}:{line} is not valid YAML; fix the syntax there") from None
+        if not isinstance(raw, dict):
+            raise ConfigError(f"{where}: top level must be a mapping of sections (model, lora, ...)")
+    for item in overrides or []:
+        _apply_override(raw, item)
+    return validate_config(raw, where)
+
+
+def validate_config(raw: dict[str, Any], where: str = "config") -> Config:
+    """Build a ``Config`` from a plain dict; errors name the key and suggest a fix."""
+    try:
+        return Config.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError(_describe(exc, where)) from None
+
+
+def _apply_override(raw: dict[str, Any], item: str) -> None:
+    key, sep, value = item.partition("=")
+    if not sep or "." not in key:
+        raise ConfigError(f"override {item!r}: write it as section.key=value, e.g. lora.rank=16")
+    *parents, leaf = key.strip().split(".")
+    node = raw
+    for part in parents:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"override {item!r}: {part} is not a section")
+        node = child
+    try:
+        node[leaf] = yaml.safe_load(value) if value.strip() else None
+    except yaml.YAMLError:
+        node[leaf] = value
+
+
+def _describe(exc: ValidationError, where: str) -> str:
+    """One line per problem: the dotted key, what is wrong, and a suggestion."""
+    lines = []
+    for error in exc.errors():
+        loc = [str(part) for part in error["loc"]]
+        key = ".".join(loc)
+        if error["type"] == "extra_forbidden":
+            lines.append(f"{where}: {key}: unknown key{_suggest(loc)}")
+        else:
+            lines.append(f"{where}: {key}: {error['msg']} (got {error.get('input')!r})")
+    return "\n".join(lines)
+
+
+def _suggest(loc: list[str]) -> str:
+    """'; did you mean X?' for a misspelt key, from the fields valid at that place."""
+    model: type[BaseModel] = Config
+    for part in loc[:-1]:
+        field = model.model_fields.get(part)
+        annotation = field.annotation if field else None
+        if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
+            return ""
+        model = annotation
+    valid = list(model.model_fields)
+    close = difflib.get_close_matches(loc[-1], valid, n=1, cutoff=0.5)
+    if close:
+        return f"; did you mean '{close[0]}'?"
+    return f"; valid keys here: {', '.join(valid)}"

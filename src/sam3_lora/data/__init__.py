@@ -1,0 +1,1 @@
+"""Datasets: COCO reading and validation, concept queries, transforms, converters, synthesis."""
