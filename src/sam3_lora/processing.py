@@ -29,7 +29,7 @@ def image_to_tensor(image: Image.Image | np.ndarray) -> torch.Tensor:
     array = np.asarray(image.convert("RGB") if isinstance(image, Image.Image) else image)
     if array.ndim != 3 or array.shape[2] != 3:
         raise ValueError(f"expected an RGB image of shape HxWx3, got {array.shape}")
-    return torch.from_numpy(np.ascontiguousarray(array)).permute(2, 0, 1)
+    return torch.from_numpy(np.array(array, dtype=np.uint8)).permute(2, 0, 1)
 
 
 def resize_and_normalize(image: Image.Image | np.ndarray | torch.Tensor, size: int) -> torch.Tensor:

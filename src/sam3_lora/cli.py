@@ -1,0 +1,108 @@
+"""The ``sam3-lora`` command: a thin layer over the Python API.
+
+Every command that reads a config takes ``--config FILE_OR_PRESET`` plus overrides written
+``section.key=value`` and the original tool's flags (``--batch_size``, ``--learning_rate``,
+``--num_epochs``, ``--lora_rank``). User errors print one line and exit with status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from sam3_lora import __version__
+from sam3_lora.config import LEGACY_FLAGS, Config, load_config
+from sam3_lora.errors import Sam3LoraError
+
+EPILOG = """\
+examples:
+  sam3-lora info --config balanced                     LoRA table of a preset, no training
+  sam3-lora info --config my.yaml lora.rank=8          any key can be overridden
+  sam3-lora data synth data/shapes                     synthetic COCO data to try things on
+  sam3-lora data validate data/my_dataset              check a dataset before training
+presets: minimal, balanced, full, demo (see configs/)
+"""
+
+
+def add_config_args(parser: argparse.ArgumentParser) -> None:
+    """``--config``, ``section.key=value`` overrides and the legacy flags."""
+    parser.add_argument("--config", default=None, metavar="FILE",
+                        help="YAML config, or a preset name: minimal, balanced, full, demo")
+    parser.add_argument("overrides", nargs="*", metavar="section.key=value",
+                        help="override any config key, e.g. lora.rank=8 training.max_steps=100")
+    for flag, key in LEGACY_FLAGS.items():
+        parser.add_argument(f"--{flag}", default=None, metavar="VALUE", help=f"same as {key}=VALUE")
+
+
+def config_from_args(args: argparse.Namespace) -> Config:
+    legacy = [f"{key}={getattr(args, flag)}" for flag, key in LEGACY_FLAGS.items()
+              if getattr(args, flag, None) is not None]
+    return load_config(args.config, [*args.overrides, *legacy])
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    """Model source, LoRA placement and trainable share, without loading weights."""
+    import torch
+    from transformers import Sam3Model
+
+    from sam3_lora.lora import apply_lora_to_model, count_parameters, format_summary, lora_summary
+    from sam3_lora.model import load_sam3_config
+    from sam3_lora.roi_align import install_fallback
+
+    config = config_from_args(args)
+    install_fallback()
+    model_config = load_sam3_config(config.model.source, config.model.revision, config.model.image_size)
+    # The meta device builds the architecture without allocating weights: instant even at 840M.
+    with torch.device("meta"):
+        model = apply_lora_to_model(Sam3Model(model_config), config.lora, verbose=False)
+    size = model_config.vision_config.backbone_config.image_size
+    print(f"model:   {config.model.source} ({size} px)")
+    print(f"lora:    rank {config.lora.rank}, alpha {config.lora.alpha:g}, "
+          f"layers {', '.join(config.lora.target_modules)}")
+    print(format_summary(lora_summary(model), count_parameters(model)))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="sam3-lora",
+        description="LoRA fine-tuning of SAM3 on your own COCO data.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"sam3-lora {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+    info = commands.add_parser("info", help="show the model and where LoRA goes, without training",
+                               description=cmd_info.__doc__)
+    add_config_args(info)
+    info.set_defaults(func=cmd_info)
+    from sam3_lora.cli_data import add_data_parser
+
+    add_data_parser(commands)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    # Overrides may stand anywhere, also after flags, which argparse's positionals refuse.
+    args, extra = parser.parse_known_args(argv)
+    stray = [item for item in extra if item.startswith("-") or "=" not in item]
+    if stray or (extra and not hasattr(args, "overrides")):
+        parser.error(f"unrecognized arguments: {' '.join(stray or extra)}")
+    if extra:
+        args.overrides = [*args.overrides, *extra]
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 0
+    try:
+        return int(args.func(args) or 0)
+    except Sam3LoraError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
