@@ -124,3 +124,29 @@ def test_seed_api_on_a_plain_torch_model():
     adapted(inputs).sum().backward()
     assert adapted.base_model.model.fc1.lora_B["default"].weight.grad is not None
     assert adapted.base_model.model.fc2.weight.grad is None
+
+
+def test_readme_preset_table_matches_the_architecture(full_config):
+    """The README's numbers come from bench/lora_presets.py; they must stay true."""
+    import re
+    from pathlib import Path
+
+    from sam3_lora.config import load_config
+
+    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    for preset in ("minimal", "balanced", "full"):
+        row = re.search(rf"^\| {preset} \| (\d+) \| (\d+) \| ([\d,]+) \| ([\d.]+)% \|", readme, re.M)
+        assert row, f"README has no table row for {preset}"
+        model = apply_lora_to_model(full_model(full_config), load_config(preset).lora, verbose=False)
+        count = count_parameters(model)
+        assert int(row[1]) == load_config(preset).lora.rank
+        assert int(row[2]) == sum(m for m, _ in lora_summary(model).values())
+        assert int(row[3].replace(",", "")) == count.trainable
+        assert float(row[4]) == round(count.percent, 3)
+
+
+def test_public_api_is_importable_from_the_package():
+    import sam3_lora
+
+    assert sam3_lora.apply_lora_to_model is apply_lora_to_model
+    assert sam3_lora.LoRAConfig is LoRAConfig

@@ -1,3 +1,29 @@
-"""sam3-lora: LoRA fine-tuning, evaluation and serving of Meta's SAM3."""
+"""sam3-lora: LoRA fine-tuning, evaluation and serving of Meta's SAM3.
+
+The public API, imported lazily so that ``import sam3_lora`` (and ``sam3-lora --help``)
+does not pay for torch and transformers until something is used.
+"""
+
+from importlib import import_module
 
 __version__ = "0.1.0"
+
+_EXPORTS = {
+    "Config": "config",
+    "LoRAConfig": "config",
+    "load_config": "config",
+    "load_sam3": "model",
+    "apply_lora_to_model": "lora",
+    "count_parameters": "lora",
+    "save_adapter": "adapter",
+    "load_adapter": "adapter",
+    "save_lora_weights": "adapter",
+    "load_lora_weights": "adapter",
+}
+__all__ = [*_EXPORTS, "__version__"]
+
+
+def __getattr__(name: str):
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'sam3_lora' has no attribute {name!r}")
+    return getattr(import_module(f"sam3_lora.{_EXPORTS[name]}"), name)
