@@ -3,7 +3,13 @@ import torch
 from safetensors import safe_open
 from transformers import Sam3Model
 
-from sam3_lora.adapter import load_adapter, load_lora_weights, read_metadata, save_adapter, save_lora_weights
+from sam3_lora.adapter import (
+    load_adapter,
+    load_lora_weights,
+    read_metadata,
+    save_adapter,
+    save_lora_weights,
+)
 from sam3_lora.config import LoRAConfig
 from sam3_lora.errors import AdapterError
 from sam3_lora.lora import apply_lora_to_model
@@ -50,7 +56,7 @@ def test_adapter_folder_describes_itself(tmp_path, tiny):
     assert metadata["lora"]["rank"] == 4 and metadata["lora"]["apply_to_mask_decoder"] is True
     assert metadata["prompts"] == ["a", "b"]
     saved_modules = {key.removeprefix("base_model.model.").split(".")[0]
-                     for key in safe_open(folder / "adapter_model.safetensors", "pt").keys()}
+                     for key in safe_open(folder / "adapter_model.safetensors", "pt")}
     assert saved_modules == {"detr_decoder", "mask_decoder", "vision_encoder"}
     assert not list(tmp_path.glob(".a.*")), "staging folder left behind"
 

@@ -39,5 +39,5 @@ def test_info_applies_legacy_flags_and_overrides(capsys):
     (["info", "--config", "demo", "model.source=./missing"], "no such folder"),
 ])
 def test_user_errors_are_one_line_with_status_2(capsys, argv, message):
-    code, out, err = run(capsys, *argv)
+    code, _out, err = run(capsys, *argv)
     assert code == 2 and err.count("\n") == 1 and err.startswith("error: ") and message in err

@@ -135,7 +135,7 @@ def test_readme_preset_table_matches_the_architecture(full_config):
 
     readme = (Path(__file__).parents[1] / "README.md").read_text()
     for preset in ("minimal", "balanced", "full"):
-        row = re.search(rf"^\| {preset} \| (\d+) \| (\d+) \| ([\d,]+) \| ([\d.]+)% \|", readme, re.M)
+        row = re.search(rf"^\| {preset} \| (\d+) \| (\d+) \| ([\d,]+) \| ([\d.]+)% \|", readme, re.MULTILINE)
         assert row, f"README has no table row for {preset}"
         model = apply_lora_to_model(full_model(full_config), load_config(preset).lora, verbose=False)
         count = count_parameters(model)

@@ -119,7 +119,7 @@ def test_hub_errors_are_one_clear_line(tmp_path):
            "HF_HOME": str(tmp_path), "HF_TOKEN": "hf_fake"}
     try:
         result = subprocess.run([sys.executable, "-c", HUB_SCRIPT, "facebook/sam3", "nobody/nothing"],
-                                env=env, capture_output=True, text=True, timeout=120)
+                                check=False, env=env, capture_output=True, text=True, timeout=120)
     finally:
         server.shutdown()
     gated, missing = json.loads(result.stdout.strip().splitlines()[-1])
@@ -130,7 +130,7 @@ def test_hub_errors_are_one_clear_line(tmp_path):
 def test_unreachable_hub_cli_prints_one_line_without_traceback(tmp_path):
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path)}
     result = subprocess.run([sys.executable, "-m", "sam3_lora.cli", "info", "--config", "minimal"],
-                            env=env, capture_output=True, text=True, timeout=120)
+                            check=False, env=env, capture_output=True, text=True, timeout=120)
     assert result.returncode == 2
     assert "Traceback" not in result.stderr
     lines = [line for line in result.stderr.splitlines() if line.startswith("error:")]

@@ -20,7 +20,10 @@ _EXPORTS = {
     "save_lora_weights": "adapter",
     "load_lora_weights": "adapter",
 }
-__all__ = [*_EXPORTS, "__version__"]
+__all__ = [  # noqa: RUF022 - grouped by module, like _EXPORTS
+    "Config", "LoRAConfig", "load_config", "load_sam3", "apply_lora_to_model", "count_parameters",
+    "save_adapter", "load_adapter", "save_lora_weights", "load_lora_weights", "__version__",
+]
 
 
 def __getattr__(name: str):

@@ -8,6 +8,7 @@ Every command that reads a config takes ``--config FILE_OR_PRESET`` plus overrid
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 
 from sam3_lora import __version__
@@ -20,7 +21,15 @@ examples:
   sam3-lora info --config my.yaml lora.rank=8          any key can be overridden
   sam3-lora data synth data/shapes                     synthetic COCO data to try things on
   sam3-lora data validate data/my_dataset              check a dataset before training
+  sam3-lora train --config demo data.root=data/shapes  fine-tune (tiny model, CPU)
 presets: minimal, balanced, full, demo (see configs/)
+"""
+
+TRAIN_EPILOG = """\
+examples:
+  sam3-lora train --config balanced data.root=data/cracks output.dir=runs/cracks
+  sam3-lora train --config runs/cracks/config.yaml --resume runs/cracks
+  accelerate launch --num_processes 4 -m sam3_lora.cli train --config balanced   (multi-GPU)
 """
 
 
@@ -63,6 +72,22 @@ def cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_train(args: argparse.Namespace) -> int:
+    """Fine-tune SAM3 with LoRA as the config says; writes the run folder (output.dir)."""
+    from sam3_lora.train import SAM3LoRATrainer, TrainingInterrupted
+
+    if args.skip_invalid:
+        args.overrides.append("data.skip_invalid=true")
+    trainer = SAM3LoRATrainer(config_from_args(args), resume=args.resume)
+    try:
+        summary = trainer.train()
+    except TrainingInterrupted as stop:
+        print(stop, file=sys.stderr)
+        return stop.exit_code
+    print(json.dumps(summary))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="sam3-lora",
@@ -76,6 +101,15 @@ def build_parser() -> argparse.ArgumentParser:
                                description=cmd_info.__doc__)
     add_config_args(info)
     info.set_defaults(func=cmd_info)
+    train = commands.add_parser("train", help="fine-tune SAM3 with LoRA on a COCO dataset",
+                                description=cmd_train.__doc__, epilog=TRAIN_EPILOG,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_config_args(train)
+    train.add_argument("--resume", metavar="RUN_DIR|auto", default=None,
+                       help="continue a run exactly where it stopped (auto: output.dir's newest checkpoint)")
+    train.add_argument("--skip-invalid", action="store_true",
+                       help="train despite dataset errors, skipping (and listing) every bad item")
+    train.set_defaults(func=cmd_train)
     from sam3_lora.cli_data import add_data_parser
 
     add_data_parser(commands)

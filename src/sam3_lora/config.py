@@ -1,6 +1,6 @@
 """The one config schema every command reads, documented field by field.
 
-A config is YAML with six sections: ``model``, ``lora``, ``data``, ``training``,
+A config is YAML with seven sections: ``model``, ``lora``, ``data``, ``training``, ``loss``,
 ``evaluation``, ``output``. Every field below is the single source of its default; the
 presets in ``configs/`` only state what differs. Unknown keys are errors with a suggestion,
 and bad values name the key that holds them.
@@ -182,7 +182,147 @@ class TrainingConfig(Section):
     """AdamW weight decay, not applied to biases and norms (SAM3 uses 0.1)."""
 
     seed: int = 0
-    """Seed for weights of random-init models, data order and augmentation."""
+    """Seed for weights of random-init models, data order, augmentation and dropout."""
+
+    gradient_accumulation_steps: int = Field(default=1, gt=0)
+    """Batches whose gradients add up before one optimiser step: the effective batch is
+    batch_size x this x the number of processes, at the memory cost of batch_size."""
+
+    max_grad_norm: float = Field(default=0.1, ge=0.0)
+    """Clip the gradient norm of the LoRA parameters to this (SAM3 uses 0.1); 0 disables."""
+
+    lr_scheduler: Literal["constant", "linear", "cosine", "inverse_sqrt"] = "cosine"
+    """Learning-rate schedule after warmup: flat, linear or cosine decay to 0 at the last
+    step, or 1/sqrt(step) decay (SAM3's own schedule)."""
+
+    warmup_steps: int = Field(default=0, ge=0)
+    """Optimiser steps of linear warmup from 0 to the peak learning rate."""
+
+    component_learning_rates: dict[str, float] = Field(default_factory=dict)
+    """Learning rate per SAM3 component, overriding ``learning_rate`` for the LoRA layers
+    inside it, e.g. ``{mask_decoder: 3.0e-4}``."""
+
+    mixed_precision: Literal["no", "fp16", "bf16"] = "no"
+    """Autocast precision of forward and backward: ``bf16`` (Ampere GPUs and newer, and
+    CPUs), ``fp16`` (CUDA only; with loss scaling) or ``no`` (float32)."""
+
+    activation_checkpointing: int = Field(default=0, ge=0)
+    """Recompute ViT blocks in the backward pass instead of storing their activations:
+    0 off, 1 every block, n every n-th block. Saves most activation memory at ~30% time."""
+
+    eval_every_steps: int | None = Field(default=None, gt=0)
+    """Evaluate (validation loss; ``best/`` keeps the lowest) every this many optimiser
+    steps; ``None``: at the end of each epoch."""
+
+    save_every_steps: int | None = Field(default=None, gt=0)
+    """Write a resumable checkpoint every this many optimiser steps, besides each evaluation
+    and the end of training. ``None``: only at evaluations and the end."""
+
+    save_total_limit: int | None = Field(default=2, gt=0)
+    """Resumable step checkpoints kept in ``checkpoints/`` (oldest deleted first); ``None``
+    keeps all. ``best/`` and ``last/`` are never deleted."""
+
+    early_stopping_patience: int | None = Field(default=None, gt=0)
+    """Stop after this many evaluations without a lower validation loss; ``None`` never."""
+
+    log_every_steps: int = Field(default=10, gt=0)
+    """Write training metrics (loss terms, learning rate, samples/s) every this many steps."""
+
+    max_nonfinite_steps: int = Field(default=5, gt=0)
+    """Consecutive steps with a NaN or infinite loss (each skipped) before training stops."""
+
+    report_to: list[Literal["tensorboard", "wandb", "mlflow"]] = Field(default_factory=lambda: ["tensorboard"])
+    """Experiment trackers (through Accelerate); each must be installed."""
+
+    @field_validator("component_learning_rates")
+    @classmethod
+    def _known_components(cls, value: dict[str, float]) -> dict[str, float]:
+        unknown = sorted(set(value) - set(COMPONENTS))
+        if unknown:
+            raise ValueError(f"unknown component(s) {unknown}; valid: {', '.join(COMPONENTS)}")
+        return value
+
+
+class LossConfig(Section):
+    """The training loss: SAM3's recipe (sam3/train). Each ``*_weight`` multiplies one term;
+    0 removes the term (and skips computing it). Box and GIoU terms are normalised by the
+    number of target boxes, averaged over processes when training is distributed."""
+
+    class_weight: float = Field(default=20.0, ge=0.0)
+    """IoU-aware classification of the object queries: BCE towards ``p^0.25 * IoU^0.75``
+    (at least 0.01) for matched queries, towards 0 for the others. Zero for prompts with no
+    target, as in SAM3: those train the presence score instead."""
+
+    presence_weight: float = Field(default=20.0, ge=0.0)
+    """Presence score (is the concept in the image at all?): sigmoid focal loss on the
+    presence logit, target 1 when the prompt has any target. This is what teaches the model
+    to refuse prompts of absent concepts."""
+
+    bbox_weight: float = Field(default=5.0, ge=0.0)
+    """L1 distance between matched predicted and target boxes (cx, cy, w, h in [0, 1])."""
+
+    giou_weight: float = Field(default=2.0, ge=0.0)
+    """1 - generalised IoU between matched predicted and target boxes."""
+
+    mask_weight: float = Field(default=200.0, ge=0.0)
+    """Sigmoid focal loss (``focal_alpha``, ``focal_gamma``) of matched masks, averaged over
+    pixels at the model's mask resolution. Box-only objects get no mask loss."""
+
+    dice_weight: float = Field(default=10.0, ge=0.0)
+    """Dice loss of matched masks (box-only objects excluded)."""
+
+    aux_layers: bool = True
+    """Also apply the classification, presence and box losses to every intermediate DETR
+    decoder layer (each matched on its own), as SAM3 and DETR do. Masks: last layer only."""
+
+    one_to_many: bool = False
+    """Add SAM3's one-to-many term: up to 4 queries per target (quality ``0.3 p + 0.7 IoU``
+    above 0.4) get the classification, box and mask losses, on the last decoder layer. SAM3
+    applies it to a separate set of training-only queries that transformers' model lacks;
+    here it acts on the same queries as the one-to-one loss, which it partly contradicts.
+    Off by default."""
+
+    one_to_many_weight: float = Field(default=2.0, ge=0.0)
+    """Factor on every one-to-many term (on top of its own weight); used when
+    ``one_to_many`` is true."""
+
+    cost_class: float = Field(default=2.0, ge=0.0)
+    """Matching cost weight of the focal classification cost (Hungarian matcher)."""
+
+    cost_bbox: float = Field(default=5.0, ge=0.0)
+    """Matching cost weight of the L1 box distance."""
+
+    cost_giou: float = Field(default=2.0, ge=0.0)
+    """Matching cost weight of the (negative) generalised IoU."""
+
+    focal_alpha: float = Field(default=0.25, ge=0.0, le=1.0)
+    """Focal-loss alpha (weight of positives) of the mask loss and of the matcher's
+    classification cost."""
+
+    focal_gamma: float = Field(default=2.0, ge=0.0)
+    """Focal-loss gamma (down-weighting of easy pixels/queries) of the mask loss and of the
+    matcher's classification cost."""
+
+    class_gamma: float = Field(default=2.0, ge=0.0)
+    """Unmatched queries' classification loss is weighted by ``p^class_gamma``, so confident
+    false positives count most and the many easy background queries hardly at all."""
+
+    pos_weight: float = Field(default=10.0, ge=0.0)
+    """Weight of matched (positive) queries in the classification loss, against the many
+    unmatched ones."""
+
+    presence_alpha: float = Field(default=0.5, ge=0.0, le=1.0)
+    """Focal alpha of the presence loss (0.5: positives and negatives weigh the same)."""
+
+    presence_gamma: float = Field(default=0.0, ge=0.0)
+    """Focal gamma of the presence loss (0: plain BCE)."""
+
+    @field_validator("cost_giou")
+    @classmethod
+    def _some_cost(cls, value: float, info) -> float:
+        if value == 0 and info.data.get("cost_class") == 0 and info.data.get("cost_bbox") == 0:
+            raise ValueError("cost_class, cost_bbox and cost_giou cannot all be 0")
+        return value
 
 
 class EvaluationConfig(Section):
@@ -206,6 +346,7 @@ class Config(Section):
     lora: LoRAConfig = Field(default_factory=LoRAConfig)
     data: DataConfig = Field(default_factory=DataConfig)
     training: TrainingConfig = Field(default_factory=TrainingConfig)
+    loss: LossConfig = Field(default_factory=LossConfig)
     evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)
     output: OutputConfig = Field(default_factory=OutputConfig)
 

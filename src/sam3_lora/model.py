@@ -28,8 +28,8 @@ from transformers import (
     Sam3GeometryEncoderConfig,
     Sam3MaskDecoderConfig,
     Sam3Model,
-    Sam3ViTConfig,
     Sam3VisionConfig,
+    Sam3ViTConfig,
 )
 
 from sam3_lora.errors import ModelLoadError
@@ -71,7 +71,7 @@ def tiny_config(image_size: int = TINY_IMAGE_SIZE) -> Sam3Config:
         num_attention_heads=2, max_position_embeddings=32, projection_dim=32,
         pad_token_id=0, bos_token_id=1, eos_token_id=2,
     )
-    width = dict(hidden_size=32, num_attention_heads=2, intermediate_size=64)
+    width = {"hidden_size": 32, "num_attention_heads": 2, "intermediate_size": 64}
     config = Sam3Config(
         vision_config=Sam3VisionConfig(backbone_config=vit, fpn_hidden_size=32),
         text_config=text,
@@ -237,3 +237,39 @@ def _from_pretrained(cls, location: str, source: str, **kwargs):
             f"model.source {source!r}: cannot load the {what} ({first_line}); a folder needs both, written "
             f"with model.save_pretrained(DIR) and tokenizer.save_pretrained(DIR)"
         ) from None
+
+
+def encode_images(model, pixel_values: torch.Tensor):
+    """Run the vision encoder once: (B, 3, S, S) -> SAM3's vision features for B images."""
+    return model.get_vision_features(pixel_values=pixel_values)
+
+
+def select_images(vision, image_index: torch.Tensor):
+    """Vision features of B images -> features for Q queries, query q on image image_index[q].
+
+    The ViT (most of SAM3's compute) ran once per image; every query reuses its image's
+    features, and gradients from all queries flow back into that one encoding.
+    """
+    from transformers.models.sam3.modeling_sam3 import Sam3VisionEncoderOutput
+
+    def pick(tensors):
+        return tuple(t.index_select(0, image_index) for t in tensors)
+
+    return Sam3VisionEncoderOutput(
+        last_hidden_state=vision.last_hidden_state.index_select(0, image_index),
+        fpn_hidden_states=pick(vision.fpn_hidden_states),
+        fpn_position_encoding=pick(vision.fpn_position_encoding),
+    )
+
+
+def forward_queries(model, pixel_values: torch.Tensor, image_index: torch.Tensor, input_ids: torch.Tensor,
+                    attention_mask: torch.Tensor, **prompts):
+    """SAM3 on Q (image, prompt) queries over B images, encoding each image once.
+
+    pixel_values (B, 3, S, S); image_index (Q,) in [0, B); input_ids, attention_mask (Q, T);
+    ``prompts`` may add ``input_boxes`` (Q, n, 4) and ``input_boxes_labels`` (Q, n).
+    Returns SAM3's output for Q rows: pred_logits (Q, N), pred_boxes (Q, N, 4) xyxy,
+    pred_masks (Q, N, M, M), presence_logits (Q, 1).
+    """
+    vision = select_images(encode_images(model, pixel_values), image_index)
+    return model(vision_embeds=vision, input_ids=input_ids, attention_mask=attention_mask, **prompts)

@@ -1,0 +1,189 @@
+"""Training data pipeline throughput: ConceptDataset + collate through a DataLoader.
+
+Measures samples/second at SAM3's 1008 px on a synthetic shapes set (640 px images, 1-5
+shapes each, polygon and RLE masks), with 1 and 2 loader workers, default augmentation
+(random resize + flip) and 2 negatives per image. Prints a Markdown table and appends it,
+with the machine and the command, under "## Data loading" in BENCHMARKS.md.
+
+    python bench/bench_data.py [--images 300] [--batches 40] [--batch-size 2] [--repeats 3]
+        [--workers 1 2] [--no-write]
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from sam3_lora.config import DataConfig
+from sam3_lora.data.collate import build_dataloader
+from sam3_lora.data.records import CocoSplit, ImageRecord, ObjectRecord
+
+REPO = Path(__file__).resolve().parents[1]
+IMAGE_SIZE = 1008
+HEADING = "## Data loading"
+
+
+def make_split(root: Path, count: int) -> CocoSplit:
+    """Synthesise ``count`` 640 px training images and read them back as a ``CocoSplit``."""
+    from sam3_lora.data.synth import synthesize
+
+    synthesize(root, images_per_split={"train": count}, image_size=640, seed=0)
+    split_dir = root / "train"
+    try:
+        from sam3_lora.data.coco import load_coco_split
+    except ImportError:
+        return _read_coco(split_dir)
+    return load_coco_split(split_dir)
+
+
+def _read_coco(split_dir: Path) -> CocoSplit:
+    """Minimal COCO reader, used only while ``data/coco.py`` is not available."""
+    path = split_dir / "_annotations.coco.json"
+    document = json.loads(path.read_text())
+    images = {
+        item["id"]: ImageRecord(
+            item["id"],
+            item["file_name"],
+            split_dir / item["file_name"],
+            item["width"],
+            item["height"],
+        )
+        for item in document["images"]
+    }
+    for ann in document["annotations"]:
+        images[ann["image_id"]].objects.append(
+            ObjectRecord(
+                ann["id"],
+                ann["category_id"],
+                ann["bbox"],
+                ann.get("segmentation"),
+                bool(ann.get("iscrowd", 0)),
+                ann.get("area", 0.0),
+            )
+        )
+    categories = {c["id"]: c["name"] for c in document["categories"]}
+    return CocoSplit("train", split_dir, path, categories, list(images.values()))
+
+
+def measure(split: CocoSplit, workers: int, batches: int, batch_size: int) -> float:
+    """Samples/second over ``batches`` batches, after one warm-up batch (worker start-up)."""
+    cfg = DataConfig(num_workers=workers)
+    loader = build_dataloader(split, cfg, IMAGE_SIZE, batch_size, train=True, seed=0)
+    iterator = iter(loader)
+    next(iterator)
+    start = time.perf_counter()
+    seen = 0
+    for _ in range(batches):
+        seen += next(iterator)["pixel_values"].shape[0]
+    return seen / (time.perf_counter() - start)
+
+
+def cpu_ms_per_sample(split: CocoSplit, batches: int, batch_size: int) -> float:
+    """CPU milliseconds per sample in-process on one thread, as in a worker.
+
+    CPU time, unlike wall time, does not move when other processes share the cores.
+    """
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # what DataLoader sets in each worker
+    try:
+        iterator = iter(build_dataloader(split, DataConfig(), IMAGE_SIZE, batch_size, True))
+        next(iterator)
+        start, seen = time.process_time(), 0
+        for _ in range(batches):
+            seen += next(iterator)["pixel_values"].shape[0]
+        return (time.process_time() - start) * 1000 / seen
+    finally:
+        torch.set_num_threads(threads)
+
+
+def machine() -> str:
+    cpu = platform.processor() or "unknown CPU"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+        pages = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+        ram = f"{pages / 2**30:.0f} GiB RAM"
+    except (OSError, ValueError):
+        ram = "unknown RAM"
+    return f"{os.cpu_count()} CPUs (nproc {len(os.sched_getaffinity(0))}), {cpu}, {ram}, torch {torch.__version__}"
+
+
+def table(rows: list[tuple[int, list[float]]], batch_size: int, cpu_ms: float) -> str:
+    """One row per worker count: median and best of the repeats, and median per worker;
+    then the CPU cost per sample."""
+    lines = [
+        "| workers | batch size | samples/s (median) | samples/s (best) | per worker (median) |",
+        "|--------:|-----------:|-------------------:|-----------------:|--------------------:|",
+    ]
+    for workers, rates in rows:
+        median = statistics.median(rates)
+        lines.append(
+            f"| {workers} | {batch_size} | {median:.1f} | {max(rates):.1f} | {median / workers:.1f} |"
+        )
+    lines.append(
+        f"\nCPU cost in-process (num_workers 0, 1 thread): {cpu_ms:.1f} ms per sample, "
+        f"i.e. {1000 / cpu_ms:.1f} samples per CPU-second (the ceiling for one worker)."
+    )
+    return "\n".join(lines)
+
+
+def record(markdown: str, args: argparse.Namespace, load: float) -> None:
+    """Append this run under the "## Data loading" heading of BENCHMARKS.md."""
+    path = REPO / "BENCHMARKS.md"
+    text = path.read_text() if path.exists() else "# Benchmarks\n"
+    command = "python bench/bench_data.py " + " ".join(sys.argv[1:])
+    entry = (
+        f"\n### {datetime.date.today().isoformat()}: training pipeline at {IMAGE_SIZE} px\n\n"
+        f"Machine: {machine()}; load average at start {load:.2f} (the cores "
+        "were shared with other jobs, so wall-clock rates are lower bounds).  \n"
+        f"Command: `{command.strip()}`  \n"
+        f"Data: {args.images} synthetic 640 px shape images (1-5 objects, polygon and RLE "
+        "masks); default DataConfig (random resize, flip 0.5, 2 negatives); masks at 288 px.\n\n"
+        f"{markdown}\n"
+    )
+    if HEADING not in text:
+        text = text.rstrip("\n") + f"\n\n{HEADING}\n"
+    head, _, tail = text.partition(HEADING)
+    # Insert at the end of this section (before the next "## " heading, if any).
+    cut = tail.find("\n## ")
+    section, rest = (tail, "") if cut < 0 else (tail[:cut], tail[cut:])
+    path.write_text(head + HEADING + section.rstrip("\n") + "\n" + entry + rest)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--images", type=int, default=300)
+    parser.add_argument("--batches", type=int, default=40)
+    parser.add_argument("--batch-size", type=int, default=2)
+    parser.add_argument("--workers", type=int, nargs="+", default=[1, 2])
+    parser.add_argument("--repeats", type=int, default=3, help="runs per worker count")
+    parser.add_argument("--no-write", action="store_true", help="print only")
+    args = parser.parse_args()
+    load = os.getloadavg()[0]
+    with tempfile.TemporaryDirectory() as tmp:
+        split = make_split(Path(tmp) / "shapes", args.images)
+        rows = [
+            (w, [measure(split, w, args.batches, args.batch_size) for _ in range(args.repeats)])
+            for w in args.workers
+        ]
+        cpu_ms = cpu_ms_per_sample(split, args.batches, args.batch_size)
+    markdown = table(rows, args.batch_size, cpu_ms)
+    print(markdown)
+    if not args.no_write:
+        record(markdown, args, load)
+
+
+if __name__ == "__main__":
+    main()
