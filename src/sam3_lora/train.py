@@ -17,6 +17,7 @@ Run folder (``output.dir``)::
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import resource
@@ -29,6 +30,7 @@ from pathlib import Path
 import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
+from torch.utils.flop_counter import FlopCounterMode
 from tqdm.auto import tqdm
 
 from sam3_lora.adapter import load_lora_weights, save_adapter
@@ -133,6 +135,7 @@ class SAM3LoRATrainer:
         self.stop_signal: int | None = None
         self.last_eval_step = -1
         self._text_cache: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+        self.flops_per_batch: int | None = None
 
     # ---- setup -----------------------------------------------------------------
 
@@ -246,6 +249,8 @@ class SAM3LoRATrainer:
         """Train until ``max_steps`` / ``num_epochs``, early stopping, or a signal."""
         if not hasattr(self, "accelerator"):
             self.setup()
+        # load_sam3 returns the model in eval mode; dropout and checkpointing need train mode.
+        self.model.train()
         previous = {s: signal.signal(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
         started = time.perf_counter()
         progress = tqdm(total=self.total_steps, initial=self.step, desc="train", unit="step",
@@ -271,11 +276,14 @@ class SAM3LoRATrainer:
         while self.step < self.total_steps:
             for batch in self._train_batches():
                 with self.accelerator.accumulate(self.model):
-                    losses = self._forward_loss(batch)
-                    if self._all_finite(losses["loss"]):
-                        self.accelerator.backward(losses["loss"])
-                    else:
-                        poisoned = True   # skip the whole step, on every process
+                    with self._flop_counter() as counter:
+                        losses = self._forward_loss(batch)
+                        if self._all_finite(losses["loss"]):
+                            self.accelerator.backward(losses["loss"])
+                        else:
+                            poisoned = True   # skip the whole step, on every process
+                    if counter is not None:
+                        self.flops_per_batch = counter.get_total_flops()
                     self.batches_done += 1
                     if not self.accelerator.sync_gradients:
                         continue
@@ -299,6 +307,16 @@ class SAM3LoRATrainer:
             epoch_eval = self.config.training.eval_every_steps is None and self.step < self.total_steps
             if epoch_eval and self._evaluate_and_save():
                 return
+
+    @contextlib.contextmanager
+    def _flop_counter(self):
+        """Counts the FLOPs of the first micro-batch (forward and backward, as run: LoRA,
+        checkpoint recomputation and all) for the throughput and MFU meter."""
+        if self.flops_per_batch is not None:
+            yield None
+            return
+        with FlopCounterMode(display=False) as counter:
+            yield counter
 
     def _optimizer_step(self) -> None:
         max_norm = self.config.training.max_grad_norm
@@ -369,11 +387,27 @@ class SAM3LoRATrainer:
             "samples_per_s": round(self.step * cfg.batch_size * cfg.gradient_accumulation_steps
                                    * self.accelerator.num_processes / elapsed, 3),
             "queries_per_batch": len(batch["prompts"]),
+            **self._throughput(elapsed),
             "peak_memory_mb": round(peak_memory_mb(self.accelerator.device), 1),
         }
         progress.set_postfix(loss=f"{record['loss']:.3f}", lr=f"{record['lr']:.2e}",
                              samples_s=record["samples_per_s"])
         self._log_json(record)
+
+    def _throughput(self, elapsed: float) -> dict:
+        """Achieved TFLOP/s per process, and MFU where the accelerator's peak is known.
+
+        Estimated from the first batch's counted FLOPs: batches with more queries cost more.
+        """
+        batches = self.step * self.config.training.gradient_accumulation_steps
+        tflops = self.flops_per_batch * batches / elapsed / 1e12
+        record = {"tflops": round(tflops, 4)}
+        if self.accelerator.device.type == "cuda":
+            name = torch.cuda.get_device_name(self.accelerator.device)
+            peak = next((v for k, v in PEAK_TFLOPS.items() if k in name), None)
+            if peak:
+                record["mfu"] = round(tflops / peak, 4)
+        return record
 
     # ---- evaluation and checkpoints -------------------------------------------------
 
