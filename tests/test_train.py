@@ -287,3 +287,13 @@ def test_full_size_step_at_336_px_changes_only_lora(tmp_path):
     changed = {n for n in before if before[n] != after[n]}
     assert changed and all("lora_" in n for n in changed)
     assert any("vision_encoder" in n for n in changed) and any("mask_decoder" in n for n in changed)
+
+
+def test_annotation_file_name_is_configurable(shapes, tmp_path):
+    root = tmp_path / "data"
+    shutil.copytree(shapes, root)
+    for split in ("train", "valid", "test"):
+        (root / split / "_annotations.coco.json").rename(root / split / "labels.json")
+    with pytest.raises(DataError, match="_annotations.coco.json"):
+        trainer_for(root, tmp_path)
+    assert len(trainer_for(root, tmp_path, "data.annotation_file=labels.json").splits["valid"].images) == 8

@@ -15,6 +15,7 @@ and fails with a message naming both sides. Nothing is read with pickle.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -54,17 +55,37 @@ def _base_architecture(model: nn.Module) -> dict:
     return architecture(config) if config is not None else {"model_type": type(base).__name__}
 
 
+@contextlib.contextmanager
+def atomic_folder(folder: str | Path):
+    """Yields an empty temporary sibling of ``folder`` to write into; on success it replaces
+    ``folder`` by a rename, on failure it is deleted. A crash mid-write therefore never
+    leaves a half-written folder under the final name."""
+    folder = Path(folder)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
+    try:
+        yield staging
+        if folder.exists():
+            shutil.rmtree(folder)
+        os.replace(staging, folder)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
 def save_adapter(model: nn.Module, folder: str | Path, *, base_source: str = "unknown",
                  prompts: list[str] | None = None, adapter_name: str = "default") -> Path:
-    """Write ``model``'s LoRA adapter to ``folder`` atomically; returns the folder.
-
-    The adapter is written into a temporary sibling folder and renamed into place, so a
-    crash mid-write never leaves a half adapter that looks valid.
-    """
+    """Write ``model``'s LoRA adapter to ``folder`` atomically; returns the folder."""
     folder = Path(folder)
     if folder.exists() and not folder.is_dir():
         raise AdapterError(f"{folder}: is a file; give a folder path for the adapter")
-    folder.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_folder(folder) as staging:
+        write_adapter(model, staging, base_source=base_source, prompts=prompts, adapter_name=adapter_name)
+    return folder
+
+
+def write_adapter(model: nn.Module, folder: Path, *, base_source: str = "unknown",
+                  prompts: list[str] | None = None, adapter_name: str = "default") -> None:
+    """PEFT's adapter files plus ``sam3_lora.json``, into the existing folder ``folder``."""
     config = getattr(model, "sam3_lora_config", None)
     metadata = {
         "format": FORMAT,
@@ -73,17 +94,12 @@ def save_adapter(model: nn.Module, folder: str | Path, *, base_source: str = "un
         "prompts": sorted(set(prompts or [])),
         "sam3_lora_version": __version__,
     }
-    staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
-    try:
-        model.save_pretrained(staging, selected_adapters=[adapter_name])
-        written = staging / adapter_name if adapter_name != "default" else staging
-        (written / METADATA_FILE).write_text(json.dumps(metadata, indent=2) + "\n")
-        if folder.exists():
-            shutil.rmtree(folder)
-        os.replace(written, folder)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    return folder
+    model.save_pretrained(folder, selected_adapters=[adapter_name])
+    if adapter_name != "default":   # PEFT writes a named adapter into a subfolder
+        for path in (folder / adapter_name).iterdir():
+            path.rename(folder / path.name)
+        (folder / adapter_name).rmdir()
+    (folder / METADATA_FILE).write_text(json.dumps(metadata, indent=2) + "\n")
 
 
 def read_metadata(folder: str | Path) -> dict:

@@ -14,18 +14,16 @@ the same data, dropout and augmentation, as an uninterrupted one.
 from __future__ import annotations
 
 import json
-import os
 import random
 import re
 import shutil
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
-from sam3_lora.adapter import save_adapter
+from sam3_lora.adapter import atomic_folder, write_adapter
 from sam3_lora.errors import Sam3LoraError
 
 STATE_FILE = "trainer_state.json"
@@ -79,10 +77,8 @@ def set_rng_state(state: dict) -> None:
 
 def save_checkpoint(folder: Path, model, optimizer, scheduler, scaler, progress: dict, **adapter_info) -> Path:
     """Write adapter + training state to ``folder`` atomically (temporary name, then rename)."""
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
-    try:
-        written = save_adapter(model, staging / "checkpoint", **adapter_info)
+    with atomic_folder(folder) as written:
+        write_adapter(model, written, **adapter_info)
         tensors, rest = _split_optimizer_state(optimizer.state_dict())
         save_file(tensors, written / OPTIMIZER_FILE)
         state = {
@@ -92,12 +88,7 @@ def save_checkpoint(folder: Path, model, optimizer, scheduler, scaler, progress:
             "scaler": scaler.state_dict() if scaler is not None else None,
             "rng": rng_state(),
         }
-        (written / STATE_FILE).write_text(json.dumps(state))
-        if folder.exists():
-            shutil.rmtree(folder)
-        os.replace(written, folder)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+        (written / STATE_FILE).write_text(json.dumps(state))   # last: marks the folder complete
     return folder
 
 

@@ -326,12 +326,9 @@ class LossConfig(Section):
 
 
 class EvaluationConfig(Section):
-    split: Literal["valid", "test"] = "valid"
-    """Split that ``validate`` scores by default."""
-
-    score_threshold: float = Field(default=0.5, ge=0.0, le=1.0)
-    """Detections scoring below this are dropped (score = query x presence probability).
-    SAM3's cgF1 counts predictions at 0.5."""
+    """Settings of ``sam3-lora validate`` (COCO mAP, cgF1). None exist yet: training's own
+    evaluation is the validation loss, set by ``training.eval_every_steps``. The section is
+    part of the schema so that configs written today stay valid."""
 
 
 class OutputConfig(Section):

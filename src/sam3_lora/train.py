@@ -193,6 +193,7 @@ class SAM3LoRATrainer:
 
     def _setup_data(self) -> None:
         from sam3_lora.data.coco import check_split, load_coco_split
+        from sam3_lora.data.dataset import ConceptDataset
 
         root = Path(self.config.data.root)
         if not (root / "train").is_dir():
@@ -205,20 +206,15 @@ class SAM3LoRATrainer:
                 self.splits[name] = check_split(split, self.config.data.skip_invalid)
         if "valid" not in self.splits:
             self._log_text(f"no validation split in {root}: training without evaluation; last/ = best/")
-        self.prompts = sorted({self._prompt(c, split) for split in self.splits.values() for c in split.categories})
+        self.prompts = sorted({prompt for name, split in self.splits.items() for prompt in
+                               ConceptDataset(split, self.config.data, self.image_size, train=name == "train")
+                               .prompt_vocabulary()})
         per_process = math.ceil(len(self.splits["train"].images) / self.config.training.batch_size
                                 / self.accelerator.num_processes)
         # Accelerate steps at the end of an epoch even mid-accumulation: round up.
         self.steps_per_epoch = math.ceil(per_process / self.config.training.gradient_accumulation_steps)
         cfg = self.config.training
         self.total_steps = cfg.max_steps or cfg.num_epochs * self.steps_per_epoch
-
-    def _prompt(self, category_id: int, split) -> str:
-        data = self.config.data
-        if data.prompt_mode == "generic":
-            return data.generic_prompt
-        name = split.categories[category_id]
-        return data.prompts.get(name, name)
 
     def _setup_optimizer(self) -> None:
         cfg = self.config.training

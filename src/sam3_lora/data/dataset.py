@@ -114,6 +114,15 @@ class ConceptDataset(Dataset):
         name = self.split.categories[category_id]
         return self.cfg.prompts.get(name, name)
 
+    def prompt_vocabulary(self) -> list[str]:
+        """Every prompt text this dataset can ask, sorted (what an adapter records)."""
+        if self.cfg.prompt_mode == "generic":
+            positives = [self.cfg.generic_prompt]
+        else:
+            positives = [self.prompt_for(c) for c in self.split.categories]
+        negatives = self.cfg.negative_phrases if self.train else []
+        return sorted({*positives, *negatives})
+
     def plan_queries(self, record: ImageRecord, generator: torch.Generator | None) -> list[Query]:
         """Positive queries then negative ones for one image (no pixels involved)."""
         positives = self._positive_queries(record)

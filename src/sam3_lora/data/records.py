@@ -63,8 +63,24 @@ class Problem:
         return f"{self.severity}: {self.file}: {self.message}"
 
 
+class HasProblems:
+    """``errors`` and ``warnings`` of a record whose ``all_problems`` lists its problems."""
+
+    @property
+    def all_problems(self) -> list[Problem]:
+        return self.problems
+
+    @property
+    def errors(self) -> list[Problem]:
+        return [p for p in self.all_problems if p.severity == "error"]
+
+    @property
+    def warnings(self) -> list[Problem]:
+        return [p for p in self.all_problems if p.severity == "warning"]
+
+
 @dataclass
-class CocoSplit:
+class CocoSplit(HasProblems):
     """A parsed split: images with their objects, category names, and problems found."""
 
     name: str
@@ -74,11 +90,3 @@ class CocoSplit:
     """Category id -> name, in file order; Roboflow's empty supercategory (id 0) removed."""
     images: list[ImageRecord]
     problems: list[Problem] = field(default_factory=list)
-
-    @property
-    def errors(self) -> list[Problem]:
-        return [p for p in self.problems if p.severity == "error"]
-
-    @property
-    def warnings(self) -> list[Problem]:
-        return [p for p in self.problems if p.severity == "warning"]

@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from sam3_lora.data.coco import DEFAULT_ANNOTATION_FILE, load_coco_split
-from sam3_lora.data.records import CocoSplit, Problem
+from sam3_lora.data.records import CocoSplit, HasProblems, Problem
 from sam3_lora.errors import DataError
 
 SPLIT_NAMES = ("train", "valid", "test")
@@ -38,7 +38,7 @@ _LISTED_BACKGROUND_IMAGES = 10
 
 
 @dataclass
-class SplitReport:
+class SplitReport(HasProblems):
     """What one split holds, and what is wrong with it."""
 
     name: str
@@ -56,17 +56,10 @@ class SplitReport:
     def num_categories(self) -> int:
         return len(self.objects_per_category)
 
-    @property
-    def errors(self) -> list[Problem]:
-        return [p for p in self.problems if p.severity == "error"]
-
-    @property
-    def warnings(self) -> list[Problem]:
-        return [p for p in self.problems if p.severity == "warning"]
 
 
 @dataclass
-class DatasetReport:
+class DatasetReport(HasProblems):
     """Every split's report, plus problems of the dataset as a whole."""
 
     root: Path
@@ -76,14 +69,6 @@ class DatasetReport:
     @property
     def all_problems(self) -> list[Problem]:
         return self.problems + [p for split in self.splits for p in split.problems]
-
-    @property
-    def errors(self) -> list[Problem]:
-        return [p for p in self.all_problems if p.severity == "error"]
-
-    @property
-    def warnings(self) -> list[Problem]:
-        return [p for p in self.all_problems if p.severity == "warning"]
 
     @property
     def exit_code(self) -> int:

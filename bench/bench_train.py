@@ -1,0 +1,151 @@
+"""Training-step cost: shared vs repeated image encoding, and ViT checkpointing.
+
+One training step = forward of one image with K text queries, SAM3's loss (with auxiliary
+layers) on synthetic targets, backward, AdamW step, with the ``balanced`` LoRA preset.
+"shared" encodes the image once for its K queries (what the trainer does); "repeated" runs
+the full model once per query, as a naive loop would. Every configuration runs in a fresh
+process so its peak resident memory is its own.
+
+Usage: python bench/bench_train.py --model sam3-tiny|sam3 [--image-size 336] [--steps 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import time
+
+import torch
+
+QUERIES = (1, 4, 8)
+
+
+def synthetic_targets(queries: int, mask_size: int, generator: torch.Generator) -> list[dict]:
+    """One or two boxes per query (cxcywh in [0,1]) with rectangular masks."""
+    targets = []
+    for _ in range(queries):
+        n = int(torch.randint(1, 3, (1,), generator=generator))
+        centres = torch.rand(n, 2, generator=generator) * 0.5 + 0.25
+        sizes = torch.rand(n, 2, generator=generator) * 0.2 + 0.1
+        boxes = torch.cat([centres, sizes], dim=1)
+        masks = torch.zeros(n, mask_size, mask_size, dtype=torch.bool)
+        for i, (cx, cy, w, h) in enumerate((boxes * mask_size).int().tolist()):
+            masks[i, cy - h // 2: cy + h // 2, cx - w // 2: cx + w // 2] = True
+        targets.append({"boxes": boxes, "masks": masks, "has_mask": torch.ones(n, dtype=torch.bool), "category_id": 1})
+    return targets
+
+
+def run_one(model_source: str, image_size: int | None, queries: int, shared: bool, checkpointing: bool,
+            steps: int) -> dict:
+    """Measured in this process: seconds per step (after one warm-up step) and peak RSS."""
+    from sam3_lora.config import load_config
+    from sam3_lora.data.collate import mask_size_for
+    from sam3_lora.lora import apply_lora_to_model
+    from sam3_lora.loss import Sam3Criterion, capture_aux_outputs
+    from sam3_lora.model import forward_queries, load_sam3
+    from sam3_lora.train import enable_activation_checkpointing
+
+    loaded = load_sam3(model_source, image_size=image_size)
+    model = apply_lora_to_model(loaded.model, load_config("balanced").lora, verbose=False).train()
+    if checkpointing:
+        enable_activation_checkpointing(model, every=1)
+    size = loaded.processor.image_size
+    built_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+    criterion = Sam3Criterion()
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
+    generator = torch.Generator().manual_seed(0)
+    pixels = torch.randn(1, 3, size, size, generator=generator)
+    text = loaded.processor.text([f"concept {i}" for i in range(queries)])
+    targets = synthetic_targets(queries, mask_size_for(size), generator)
+    index = torch.zeros(queries, dtype=torch.long)
+    times = []
+    for _ in range(steps + 1):
+        started = time.perf_counter()
+        with capture_aux_outputs(model) as aux:
+            if shared:
+                out = forward_queries(model, pixels, index, **text)
+            else:
+                out = model(pixel_values=pixels[index], **text)
+        losses = criterion({**out, "aux_outputs": aux}, targets)
+        losses["loss"].backward()
+        optimizer.step()
+        optimizer.zero_grad()
+        times.append(time.perf_counter() - started)
+    return {"model": model_source, "image_size": size, "queries": queries, "encoding": "shared" if shared else "repeated",
+            "checkpointing": checkpointing, "s_per_step": sum(times[1:]) / steps,
+            "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, "model_rss_gb": built_rss}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="sam3-tiny")
+    parser.add_argument("--image-size", type=int, default=None)
+    parser.add_argument("--steps", type=int, default=3, help="timed steps after one warm-up step")
+    parser.add_argument("--memory-limit-gb", type=float, default=20.0,
+                        help="address-space cap per configuration (this machine has 24 GB)")
+    parser.add_argument("--checkpointing", choices=["off", "on", "both"], default="both",
+                        help="ViT activation checkpointing in the measured configurations")
+    parser.add_argument("--one", help=argparse.SUPPRESS)   # internal: run one configuration
+    args = parser.parse_args()
+    if args.one:
+        queries, shared, checkpointing = json.loads(args.one)
+        print(json.dumps(run_one(args.model, args.image_size, queries, shared, checkpointing, args.steps)))
+        return
+    rows = []
+    modes = {"off": (False,), "on": (True,), "both": (False, True)}[args.checkpointing]
+    for checkpointing in modes:
+        for queries in QUERIES:
+            for shared in (True, False):
+                if queries == 1 and not shared:
+                    continue   # one query: the two are the same computation
+                command = [sys.executable, __file__, "--model", args.model, "--steps", str(args.steps),
+                           "--one", json.dumps([queries, shared, checkpointing])]
+                if args.image_size:
+                    command += ["--image-size", str(args.image_size)]
+                rows.append(run_child(command, queries, shared, checkpointing, args.memory_limit_gb))
+                print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
+    print_table(rows)
+
+
+def run_child(command: list[str], queries: int, shared: bool, checkpointing: bool, limit_gb: float) -> dict:
+    """One configuration in a child process whose memory is capped: an allocation past the
+    cap fails inside torch (reported as out of memory) instead of waking the OOM killer."""
+    def cap() -> None:
+        limit = int(limit_gb * 2**30)
+        resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+
+    result = subprocess.run(command, capture_output=True, text=True, preexec_fn=cap, check=False)
+    if result.returncode == 0:
+        return json.loads(result.stdout.strip().splitlines()[-1])
+    if "memory" not in result.stderr.lower() and "alloc" not in result.stderr.lower():
+        raise RuntimeError(result.stderr[-2000:])
+    return {"queries": queries, "encoding": "shared" if shared else "repeated", "checkpointing": checkpointing,
+            "s_per_step": None, "peak_rss_gb": None, "oom": f"> {limit_gb:g} GB"}
+
+
+def print_table(rows: list[dict]) -> None:
+    measured = next(r for r in rows if "model" in r)
+    print(f"model {measured['model']} at {measured['image_size']} px, LoRA preset balanced, 1 image per step")
+    print("| queries | checkpointing | shared s/step | repeated s/step | speed-up | shared peak RSS | repeated peak RSS |")
+    print("|---:|---|---:|---:|---:|---:|---:|")
+    for checkpointing in sorted({r["checkpointing"] for r in rows}):
+        for queries in QUERIES:
+            pick = {r["encoding"]: r for r in rows if r["queries"] == queries and r["checkpointing"] == checkpointing}
+            shared = pick["shared"]
+            repeated = pick.get("repeated", shared)
+            ratio = (f"{repeated['s_per_step'] / shared['s_per_step']:.2f}x"
+                     if shared["s_per_step"] and repeated["s_per_step"] else "-")
+            print(f"| {queries} | {'on' if checkpointing else 'off'} | {_cell(shared, 's_per_step', '{:.2f}')} | "
+                  f"{_cell(repeated, 's_per_step', '{:.2f}')} | {ratio} | {_cell(shared, 'peak_rss_gb', '{:.1f} GB')} | "
+                  f"{_cell(repeated, 'peak_rss_gb', '{:.1f} GB')} |")
+
+
+def _cell(row: dict, key: str, form: str) -> str:
+    return form.format(row[key]) if row.get(key) is not None else f"OOM ({row['oom']})"
+
+
+if __name__ == "__main__":
+    main()
