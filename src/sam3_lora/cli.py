@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import warnings
 
 from sam3_lora import __version__
 from sam3_lora.config import LEGACY_FLAGS, Config, load_config
@@ -117,6 +118,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    # PEFT 0.21 calls an attribute transformers 5 renamed; the warning says nothing to users.
+    warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated")
     parser = build_parser()
     # Overrides may stand anywhere, also after flags, which argparse's positionals refuse.
     args, extra = parser.parse_known_args(argv)

@@ -500,7 +500,7 @@ class SAM3LoRATrainer:
 
     def _summary(self, seconds: float) -> dict:
         summary = {
-            "steps": self.step, "epochs": self.epoch, "seconds": round(seconds, 1),
+            "steps": self.step, "epochs": round(self.step / self.steps_per_epoch, 2), "seconds": round(seconds, 1),
             "best_val_loss": self.best_value, "run_dir": str(self.run_dir),
             "trainable_parameters": self.parameters.trainable,
             "peak_memory_mb": round(peak_memory_mb(self.accelerator.device), 1),
