@@ -15,7 +15,6 @@ import argparse
 import datetime
 import json
 import os
-import platform
 import statistics
 import sys
 import tempfile
@@ -23,6 +22,7 @@ import time
 from pathlib import Path
 
 import torch
+from machine import machine  # bench/machine.py (scripts run from bench/)
 
 from sam3_lora.config import DataConfig
 from sam3_lora.data.collate import build_dataloader
@@ -104,20 +104,6 @@ def cpu_ms_per_sample(split: CocoSplit, batches: int, batch_size: int) -> float:
         return (time.process_time() - start) * 1000 / seen
     finally:
         torch.set_num_threads(threads)
-
-
-def machine() -> str:
-    cpu = platform.processor() or "unknown CPU"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-        pages = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-        ram = f"{pages / 2**30:.0f} GiB RAM"
-    except (OSError, ValueError):
-        ram = "unknown RAM"
-    return f"{os.cpu_count()} CPUs (nproc {len(os.sched_getaffinity(0))}), {cpu}, {ram}, torch {torch.__version__}"
 
 
 def table(rows: list[tuple[int, list[float]]], batch_size: int, cpu_ms: float) -> str:

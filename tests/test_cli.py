@@ -15,7 +15,9 @@ def test_help_lists_the_commands(capsys):
     with pytest.raises(SystemExit):
         main(["--help"])
     text = capsys.readouterr().out
-    assert "info" in text and "data" in text and "presets: minimal, balanced, full, demo" in text
+    for command in ("info", "train", "validate", "evaluate", "data"):
+        assert f"    {command} " in text
+    assert "presets: minimal, balanced, full, demo" in text
 
 
 def test_info_on_the_full_architecture(capsys):

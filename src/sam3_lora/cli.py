@@ -23,7 +23,15 @@ examples:
   sam3-lora data synth data/shapes                     synthetic COCO data to try things on
   sam3-lora data validate data/my_dataset              check a dataset before training
   sam3-lora train --config demo data.root=data/shapes  fine-tune (tiny model, CPU)
+  sam3-lora validate --config runs/demo/config.yaml     mAP, cgF1 and a report of the best adapter
 presets: minimal, balanced, full, demo (see configs/)
+"""
+
+VALIDATE_EPILOG = """\
+examples:
+  sam3-lora validate --config runs/cracks/config.yaml                  best/ adapter on valid/
+  sam3-lora validate --config runs/cracks/config.yaml --split test --compare-base
+  sam3-lora validate --config balanced data.root=data/cracks --no-lora  the base model alone
 """
 
 TRAIN_EPILOG = """\
@@ -89,6 +97,17 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_validate(args: argparse.Namespace) -> int:
+    """Score the fine-tuned (or base) model on a split: COCO mAP, cgF1, validation loss, the
+    forgetting check; writes metrics.json, predictions.json (COCO results) and report.md."""
+    from sam3_lora.evaluate import validate
+
+    validate(config_from_args(args), weights=args.weights, split=args.split, num_samples=args.num_samples,
+             no_lora=args.no_lora, compare_base=args.compare_base, positives_only=args.positives_only,
+             output=args.output)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="sam3-lora",
@@ -111,8 +130,24 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--skip-invalid", action="store_true",
                        help="train despite dataset errors, skipping (and listing) every bad item")
     train.set_defaults(func=cmd_train)
+    check = commands.add_parser("validate", help="score a fine-tuned model: mAP, cgF1, loss, report",
+                                description=cmd_validate.__doc__, epilog=VALIDATE_EPILOG,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_config_args(check)
+    check.add_argument("--weights", metavar="DIR", help="adapter folder (default: output.dir/best)")
+    check.add_argument("--split", choices=["valid", "test"], help="split to score (default: evaluation.split)")
+    check.add_argument("--num-samples", type=int, metavar="N", help="score only the first N images")
+    check.add_argument("--no-lora", action="store_true", help="evaluate the base model, no adapter")
+    check.add_argument("--compare-base", action="store_true",
+                       help="also score the base model (adapter switched off) and show both side by side")
+    check.add_argument("--positives-only", action="store_true",
+                       help="accept a split without negative (image, prompt) units; cgF1 is then undefined")
+    check.add_argument("--output", metavar="DIR", help="where results go (default: output.dir/eval-SPLIT)")
+    check.set_defaults(func=cmd_validate)
     from sam3_lora.cli_data import add_data_parser
+    from sam3_lora.cli_eval import add_evaluate_parser
 
+    add_evaluate_parser(commands)
     add_data_parser(commands)
     return parser
 

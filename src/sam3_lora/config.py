@@ -326,9 +326,33 @@ class LossConfig(Section):
 
 
 class EvaluationConfig(Section):
-    """Settings of ``sam3-lora validate`` (COCO mAP, cgF1). None exist yet: training's own
-    evaluation is the validation loss, set by ``training.eval_every_steps``. The section is
-    part of the schema so that configs written today stay valid."""
+    """What ``sam3-lora validate`` does: every category is prompted on every image (absent
+    ones are the negative prompts cgF1 needs), then COCO mAP and SAM3's cgF1 are computed."""
+
+    split: Literal["valid", "test"] = "valid"
+    """Split that ``validate`` scores unless ``--split`` says otherwise."""
+
+    min_score: float = Field(default=0.05, ge=0.0, le=1.0)
+    """Detections scoring below this are neither saved nor scored. mAP ranks everything kept,
+    so keep it low; score = query probability x presence probability."""
+
+    score_threshold: float = Field(default=0.5, ge=0.0, le=1.0)
+    """Detections at or above this count for cgF1 and the forgetting check (SAM3: 0.5)."""
+
+    mask_nms_iou: float | None = Field(default=None, gt=0.0, le=1.0)
+    """Suppress a detection whose mask overlaps a better one by more than this IoU; ``None``
+    (SAM3's default) keeps all."""
+
+    retain_prompts: list[str] = Field(default_factory=lambda: [
+        "person", "car", "dog", "tree", "building", "bottle", "chair", "sky"])
+    """Phrases outside your domain for the forgetting check: how far the adapted model's
+    answers to them moved from the base model's (no labels needed). [] skips the check."""
+
+    retain_images: int = Field(default=20, ge=0)
+    """Images of the split the forgetting check prompts (the first ones, for speed)."""
+
+    report_examples: int = Field(default=3, ge=0)
+    """Examples per kind (best, worst, random units) in the report's image grid."""
 
 
 class OutputConfig(Section):

@@ -1,0 +1,478 @@
+"""An evaluation report to look at: ``report.md`` with PNG figures beside it.
+
+``write_report(out_dir, metrics=...)`` writes the summary and per-category tables (base vs
+fine-tuned when given), a forgetting table, and whichever figures it has data for: loss
+curves from a run's ``metrics.jsonl``, COCO precision-recall curves, per-category AP bars and
+a grid of best / worst / random examples. Every optional piece may be missing.
+
+Figures are drawn on ``matplotlib.figure.Figure`` (Agg, no pyplot global state) and kept
+small enough to open quickly: a PNG over ``MAX_PNG_BYTES`` is palette-quantised, then
+downscaled, until it fits.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+import warnings
+from collections.abc import Callable, Sequence
+from numbers import Integral, Real
+from pathlib import Path
+
+import numpy as np
+from matplotlib.figure import Figure
+from matplotlib.patches import Rectangle
+from PIL import Image
+
+MAX_PNG_BYTES = 150_000
+DPI = 100
+SUMMARY_KEYS = ("mAP", "mAP50", "mAP75", "cgF1", "cgF1_50", "cgF1_75", "pmF1", "IL_MCC")
+CATEGORY_KEYS = ("AP", "AP50", "AP75", "cgF1")
+EXAMPLES_NOTE = ("Ground truth left, predictions with scores right; colours are per instance, "
+                 "not matched across panels.")
+# Example rows are laid out in pixels (DPI of them = 1 inch): a gap, and the height of the
+# row title plus the panel titles above the two image panels.
+ROW_PAD, ROW_HEADER = 10, 42
+COCO_IOUS = tuple(np.linspace(0.5, 0.95, 10).round(2))
+# Vivid, mutually distinct colours (tab10 without its grey/olive): instances stay apart.
+PALETTE = np.array([(31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189),
+                    (23, 190, 207), (227, 119, 194), (140, 86, 75), (255, 221, 0), (0, 0, 128)])
+NA_NOTE = ("Undefined for this evaluation. cgF1 = pmF1 × IL_MCC, and IL_MCC (image-level MCC) "
+           "needs negative prompts, i.e. image-prompt pairs with no matching object; without "
+           "them cgF1 and IL_MCC are undefined. \"—\" means the value was not reported.")
+
+
+# ---- saving -----------------------------------------------------------------------------
+
+def _save(fig: Figure, out_png: Path, max_bytes: int = MAX_PNG_BYTES) -> Path:
+    """Write ``fig`` as a PNG of at most ``max_bytes``: quantise to 256 colours, then shrink."""
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=DPI, facecolor="white")
+    data = buffer.getvalue()
+    image = Image.open(io.BytesIO(data)).convert("RGB") if len(data) > max_bytes else None
+    # Photos compress badly as RGB PNG: 256 colours (undithered; dithering doubles the size)
+    # cut them 3-4x; only if that is not enough is the whole figure shrunk.
+    while image is not None and len(data) > max_bytes and min(image.size) >= 64:
+        buffer = io.BytesIO()
+        image.quantize(256, method=Image.Quantize.MEDIANCUT).save(buffer, "PNG", optimize=True)
+        if len(buffer.getvalue()) < len(data):
+            data = buffer.getvalue()
+        scale = max(0.5, math.sqrt(max_bytes / len(data)) * 0.95)
+        image = image.resize((round(image.width * scale), round(image.height * scale)),
+                             Image.Resampling.LANCZOS)
+    out_png = Path(out_png)
+    out_png.parent.mkdir(parents=True, exist_ok=True)
+    out_png.write_bytes(data)
+    return out_png
+
+
+# ---- loss curves ------------------------------------------------------------------------
+
+def _read_jsonl(path: Path) -> list[dict]:
+    """Records of a metrics.jsonl; a torn last line (a killed run) is skipped, not fatal."""
+    records = []
+    for line in Path(path).read_text().splitlines():
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(record, dict) and isinstance(record.get("step"), (int, float)):
+            records.append(record)
+    return records
+
+
+def _by_step(records: list[dict], key: str) -> tuple[np.ndarray, np.ndarray]:
+    """(steps, values) of ``key``, sorted by step. A resumed run re-logs steps after its
+    checkpoint, so the last record of a step wins."""
+    last = {r["step"]: r[key] for r in records if isinstance(r.get(key), (int, float))}
+    steps = np.array(sorted(last), dtype=float)
+    return steps, np.array([last[s] for s in sorted(last)], dtype=float)
+
+
+def plot_loss_curves(metrics_jsonl: Path, out_png: Path) -> Path | None:
+    """Training loss (and a moving average), validation loss with the best marked, and the
+    learning rate below, against step. None when the file is missing or has no losses."""
+    if metrics_jsonl is None or not Path(metrics_jsonl).is_file():
+        return None
+    records = _read_jsonl(metrics_jsonl)
+    train = [r for r in records if "loss" in r and "lr" in r]
+    steps, loss = _by_step(train, "loss")
+    val_steps, val = _by_step(records, "val_loss")
+    if not len(steps) and not len(val_steps):
+        return None
+    fig = Figure(figsize=(7, 4.6))
+    lr_steps, lr = _by_step(train, "lr")
+    if len(lr_steps):   # the schedule explains bends in the loss, so it sits right below it
+        ax, ax_lr = fig.subplots(2, 1, sharex=True, gridspec_kw={"height_ratios": [3, 1]})
+        ax_lr.plot(lr_steps, lr, color="gray")
+        ax_lr.set(ylabel="lr", xlabel="step")
+        ax_lr.grid(alpha=0.3)
+        ax_lr.ticklabel_format(axis="y", style="sci", scilimits=(-2, 2))
+    else:
+        ax = fig.subplots()
+        ax.set_xlabel("step")
+    if len(steps):
+        ax.plot(steps, loss, color="C0", alpha=0.35 if len(steps) >= 30 else 1, lw=1,
+                label="train loss")
+        if len(steps) >= 30:   # raw per-log loss is noisy; the trend is what people read
+            window = max(3, len(steps) // 20)
+            smooth = np.convolve(loss, np.ones(window) / window, mode="valid")
+            ax.plot(steps[window - 1:], smooth, color="C0", lw=2, label=f"train (mean of {window})")
+    if len(val_steps):
+        ax.plot(val_steps, val, "o-", color="C3", lw=1.5, ms=4, label="validation loss")
+        best = int(np.argmin(val))
+        ax.plot(val_steps[best], val[best], "*", color="C3", ms=14, mec="black",
+                label=f"best {val[best]:.4f} @ {val_steps[best]:.0f}")
+    values = np.concatenate([loss, val])
+    if values.min() > 0 and values.max() / values.min() > 10:   # losses fall by decades
+        ax.set_yscale("log")
+    ax.set_ylabel("loss")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    ax.set_title("Loss")
+    fig.tight_layout()
+    return _save(fig, out_png)
+
+
+# ---- precision-recall and AP ------------------------------------------------------------
+
+def plot_pr_curves(precision: np.ndarray, recall_thresholds: Sequence[float],
+                   category_names: Sequence[str], out_png: Path,
+                   iou_thresholds: Sequence[float] = COCO_IOUS) -> Path:
+    """PR curves at IoU 0.50 and 0.75, one line per category plus their mean.
+
+    ``precision``: COCOeval ``eval["precision"]``, shape (T IoUs, R recalls, K categories,
+    A areas, M max-dets); area index 0 ("all") and the last max-dets are used; -1 = no data.
+    """
+    precision = np.asarray(precision, dtype=float)
+    recall = np.asarray(recall_thresholds, dtype=float)
+    num = precision.shape[2]
+    names = [_short(n) for n in category_names][:num] + [
+        f"category {k}" for k in range(len(category_names), num)]
+    many = num > 10   # beyond ten, a legend is noise: grey lines + the mean
+    fig = Figure(figsize=(11, 4.2))
+    handles, aps = {}, {k: [] for k in range(-1, num)}   # -1: the mean over categories
+    for ax, iou in zip(fig.subplots(1, 2, sharey=True), (0.5, 0.75), strict=True):
+        t = int(np.argmin(np.abs(np.asarray(iou_thresholds) - iou)))
+        curves = np.where(precision[t, :, :, 0, -1] < 0, np.nan, precision[t, :, :, 0, -1])
+        valid = ~np.isnan(curves)   # mean over the categories with data at each recall
+        mean = np.where(valid.any(1), np.nansum(curves, 1) / np.maximum(valid.sum(1), 1), np.nan)
+        for k, curve in [*enumerate(curves.T), (-1, mean)]:
+            aps[k].append(np.nanmean(curve) if not np.isnan(curve).all() else math.nan)
+            handles[k] = ax.plot(recall, curve, **_pr_style(k, many, np.isnan(curve).all()))[0]
+        ax.set(xlim=(0, 1), ylim=(0, 1.02), xlabel="recall", title=f"IoU {iou:.2f}")
+        ax.grid(alpha=0.3)
+    fig.axes[0].set_ylabel("precision")
+    # One legend for both panels, beside them: long names never cover the curves.
+    shown = [-1] if many else [*range(num), -1]
+    labels = [("mean" if k < 0 else names[k]) + (
+        " (no ground truth)" if np.isnan(aps[k]).all() else
+        f"  AP50 {aps[k][0]:.2f} · AP75 {aps[k][1]:.2f}") for k in shown]
+    if many:
+        labels[0] += f"\n(grey: {num} categories)"
+    right = 0.8 if many else 0.68
+    fig.legend([handles[k] for k in shown], labels, loc="center left", fontsize=8,
+               bbox_to_anchor=(right, 0.5), frameon=False)
+    fig.tight_layout(rect=(0, 0, right, 1))
+    return _save(fig, out_png)
+
+
+def _pr_style(k: int, many: bool, empty: bool) -> dict:
+    """Line style of category ``k`` (-1: the mean); an empty curve gets a blank legend entry."""
+    if empty:
+        return {"ls": "none"}
+    if k < 0:
+        return {"color": "k", "ls": "--", "lw": 2.2}
+    return {"color": "0.6", "lw": 0.8} if many else {"color": PALETTE[k % len(PALETTE)] / 255,
+                                                      "lw": 1.4}
+
+
+def _short(name, limit: int = 28) -> str:
+    return str(name) if len(str(name)) <= limit else str(name)[:limit - 3] + "..."
+
+
+def _num(value) -> float:
+    """``value`` as a float; NaN for None, text, or anything else that is not a number."""
+    return float(value) if isinstance(value, Real) and not isinstance(value, bool) else math.nan
+
+
+def plot_per_category_ap(per_category: dict[str, dict], out_png: Path,
+                         compare: dict[str, dict] | None = None) -> Path:
+    """Horizontal AP bars per category, best at the top; base beside fine-tuned if ``compare``."""
+    names = sorted(per_category, key=lambda n: (np.nan_to_num(_num(per_category[n].get("AP")),
+                                                              nan=-1.0), n))
+    ap = np.array([_num(per_category[n].get("AP")) for n in names])
+    y = np.arange(len(names))
+    fig = Figure(figsize=(7, 1.3 + 0.32 * len(names) * (2 if compare else 1)))
+    ax = fig.subplots()
+    height = 0.4 if compare else 0.7
+    bars = [(ap, "fine-tuned" if compare else "AP", "C0", y + (height / 2 if compare else 0))]
+    if compare:
+        base = np.array([_num((compare.get(n) or {}).get("AP")) for n in names])
+        bars.append((base, "base", "0.65", y - height / 2))
+    for values, label, color, pos in bars:
+        ax.barh(pos, np.nan_to_num(values), height=height, color=color, label=label)
+        for p, v in zip(pos, values, strict=True):
+            ax.text(0 if np.isnan(v) else v, p, " n/a" if np.isnan(v) else f" {v:.2f}",
+                    va="center", fontsize=7.5)
+    top = np.nanmax(np.concatenate([ap, bars[-1][0]])) if not np.isnan(ap).all() else 1.0
+    ax.set(yticks=y, yticklabels=[_short(n, 40) for n in names], xlim=(0, max(1.0, top * 1.1)),
+           xlabel="AP (IoU .50:.95)", title="AP per category")
+    ax.grid(axis="x", alpha=0.3)
+    if compare:
+        ax.legend(fontsize=8, loc="lower right")
+    fig.tight_layout()
+    return _save(fig, out_png)
+
+
+# ---- examples -----------------------------------------------------------------------------
+
+def _resize_masks(masks, size: tuple[int, int]) -> np.ndarray:
+    """(n, H, W) bool -> (n, h, w) bool at PIL ``size`` = (w, h)."""
+    masks = np.asarray(masks, dtype=bool).reshape(-1, *np.shape(masks)[-2:])
+    out = np.zeros((len(masks), size[1], size[0]), bool)
+    for i, mask in enumerate(masks):   # bilinear + threshold: smoother edges than nearest
+        image = Image.fromarray(mask.astype(np.uint8) * 255)
+        out[i] = np.asarray(image.resize(size, Image.Resampling.BILINEAR)) > 127
+    return out
+
+
+def _overlay(image: np.ndarray, masks: np.ndarray, alpha: float = 0.45) -> np.ndarray:
+    """(H, W, 3) uint8 with each (n, H, W) mask tinted in its colour and outlined opaque,
+    so overlapping or thin instances stay visible."""
+    out = image.astype(float)
+    for i, mask in enumerate(masks):
+        color = PALETTE[i % len(PALETTE)]
+        out[mask] = (1 - alpha) * out[mask] + alpha * color
+        inner = mask.copy()
+        inner[1:] &= mask[:-1]
+        inner[:-1] &= mask[1:]
+        inner[:, 1:] &= mask[:, :-1]
+        inner[:, :-1] &= mask[:, 1:]
+        out[mask & ~inner] = color
+    return out.astype(np.uint8)
+
+
+def _as_rgb(image, max_side: int) -> tuple[np.ndarray, float]:
+    """(h, w, 3) uint8 of ``image`` (PIL or array) shrunk to ``max_side``, and the scale."""
+    if not isinstance(image, Image.Image):
+        image = Image.fromarray(np.asarray(image, dtype=np.uint8))
+    scale = min(1.0, max_side / max(image.size))
+    size = (max(1, round(image.width * scale)), max(1, round(image.height * scale)))
+    return np.asarray(image.convert("RGB").resize(size, Image.Resampling.LANCZOS)), scale
+
+
+def plot_examples(examples: list[dict], out_png: Path, max_side: int = 256,
+                  max_instances: int = 20) -> Path:
+    """One row per example: ground truth (left), predictions with scores (right).
+
+    Each example: ``image`` (PIL or (H, W, 3) uint8), ``prompt``, ``tag``, ``unit_score``
+    (optional), ``gt_masks`` (n, H, W) bool, ``pred_masks`` (m, H, W) bool, ``pred_scores``
+    (m,), ``pred_boxes`` (m, 4) xyxy pixels or None. Images are shrunk to ``max_side``;
+    only the ``max_instances`` highest-scoring predictions are drawn.
+    """
+    if not examples:
+        raise ValueError("plot_examples needs at least one example")
+    rows = [(ex, *_as_rgb(ex["image"], max_side)) for ex in examples]
+    pad = ROW_PAD
+    panel_w = max(pixels.shape[1] for _, pixels, _ in rows)
+    width = 2 * panel_w + 3 * pad
+    heights = [pixels.shape[0] + ROW_HEADER + pad for _, pixels, _ in rows]
+    fig = Figure(figsize=(width / DPI, sum(heights) / DPI))
+    top = sum(heights)
+    for (ex, pixels, scale), height in zip(rows, heights, strict=True):
+        _draw_row(fig, ex, pixels, scale, top, (width, pad, panel_w), max_instances)
+        top -= height
+    return _save(fig, out_png)
+
+
+def _draw_row(fig: Figure, ex: dict, pixels: np.ndarray, scale: float, top: float,
+              layout: tuple[int, int, int], max_instances: int) -> None:
+    """One example row whose top edge is ``top`` pixels above the figure's bottom."""
+    (width, pad, panel_w), fig_h = layout, fig.get_figheight() * DPI
+    h, w = pixels.shape[:2]
+    score = _num(ex.get("unit_score"))
+    head = f"{ex.get('tag', '')} · score {'n/a' if math.isnan(score) else f'{score:.2f}'} · "
+    room = int((width - 2 * pad) / 8) - len(head) - 2   # ~8 px per bold 10 pt character
+    prompt = str(ex.get("prompt", ""))
+    prompt = prompt if len(prompt) <= room else prompt[:max(room - 3, 1)] + "..."
+    fig.text(pad / width, (top - 4) / fig_h, f'{head}"{prompt}"', fontsize=10, fontweight="bold",
+             va="top")
+    gt = _resize_masks(ex.get("gt_masks", np.zeros((0, 1, 1))), (w, h))
+    pred = _resize_masks(ex.get("pred_masks", np.zeros((0, 1, 1))), (w, h))
+    scores = np.asarray(ex.get("pred_scores", []), dtype=float).reshape(-1)[:len(pred)]
+    order = np.argsort(-scores, kind="stable")[:max_instances]   # a crowd of queries is unreadable
+    boxes = ex.get("pred_boxes")
+    boxes = None if boxes is None else np.asarray(boxes, dtype=float).reshape(-1, 4) * scale
+    boxes = boxes if boxes is not None and len(boxes) >= len(scores) else None   # unusable
+    more = f" (top {len(order)} shown)" if len(scores) > len(order) else ""
+    for i, (masks, title) in enumerate([(gt, f"ground truth: {len(gt)}"),
+                                        (pred[order], f"predictions: {len(scores)}{more}")]):
+        left = pad + i * (panel_w + pad) + (panel_w - w) / 2
+        ax = fig.add_axes((left / width, (top - ROW_HEADER + 2 - h) / fig_h, w / width, h / fig_h))
+        ax.imshow(_overlay(pixels, masks), interpolation="nearest")
+        ax.set_title(title, fontsize=8.5, pad=3)
+        ax.set_axis_off()
+    for j, k in enumerate(order if boxes is not None else []):
+        x0, y0, x1, y1 = boxes[k]
+        ax.add_patch(Rectangle((x0, y0), x1 - x0, y1 - y0, fill=False, lw=1.2,
+                               edgecolor=PALETTE[j % len(PALETTE)] / 255))
+    for j, k in enumerate(order):   # score tag at the box corner, else the mask's topmost pixel
+        y, x = np.unravel_index(np.argmax(pred[k]), pred[k].shape)
+        x, y = boxes[k][:2] if boxes is not None else (x, y)
+        ax.text(min(max(x, 0), w - 24), max(y, 0), f"{scores[k]:.2f}", fontsize=7, color="white",
+                va="top", fontweight="bold", bbox={"facecolor": PALETTE[j % len(PALETTE)] / 255,
+                                                   "edgecolor": "none", "pad": 1, "alpha": 0.9})
+
+
+# ---- choosing examples --------------------------------------------------------------------
+
+def select_examples(units: list[dict], k: int = 3, seed: int = 0) -> list[dict]:
+    """The best ``k``, worst ``k`` and ``k`` random units by numeric ``unit_score``, as copies
+    tagged "best" / "worst" / "random"; no unit twice, the same picks for the same seed.
+    Units without a finite score can only be drawn at random."""
+    scored = [i for i, u in enumerate(units) if math.isfinite(_num(u.get("unit_score")))]
+    ranked = sorted(scored, key=lambda i: (-_num(units[i]["unit_score"]), i))
+    best = ranked[:k]
+    worst = [i for i in reversed(ranked) if i not in best][:k]
+    rest = [i for i in range(len(units)) if i not in best and i not in worst]
+    rng = np.random.default_rng(seed)
+    picked = rng.choice(len(rest), size=min(k, len(rest)), replace=False) if rest else []
+    return [dict(units[i], tag=tag) for tag, indices in
+            (("best", best), ("worst", worst), ("random", [rest[j] for j in picked]))
+            for i in indices]
+
+
+# ---- the report ---------------------------------------------------------------------------
+
+def _fmt(value, footnote: bool = True) -> str:
+    """A table cell: 3 decimals, integers as they are, None/NaN as "n/a" (footnoted)."""
+    if value is None or (isinstance(value, Real) and math.isnan(value)):
+        return "n/a[^na]" if footnote else "n/a"
+    if isinstance(value, (list, tuple)):
+        return ", ".join(map(str, value))
+    if isinstance(value, bool) or not isinstance(value, Real):
+        return str(value)
+    return str(value) if isinstance(value, Integral) else f"{value:.3f}"
+
+
+def _cell(values: dict | None, key: str, footnote: bool = True) -> str:
+    """``values[key]`` formatted; "—" when it is not there at all (not the same as None)."""
+    return "—" if not isinstance(values, dict) or key not in values else _fmt(values[key], footnote)
+
+
+def _diff(new, old) -> str:
+    new, old = _num(new), _num(old)
+    return "n/a" if math.isnan(new - old) else f"{new - old:+.3f}"
+
+
+def _table(header: Sequence[str], rows: list[Sequence[str]]) -> list[str]:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    return lines + ["| " + " | ".join(row) + " |" for row in rows] + [""]
+
+
+def _summary(metrics: dict, base: dict | None) -> list[str]:
+    # The standard metrics first, then any other scalar the evaluator added (kept, not lost).
+    extra = [k for k, v in metrics.items() if k not in SUMMARY_KEYS and
+             (v is None or isinstance(v, Real)) and not isinstance(v, bool)]
+    keys = list(SUMMARY_KEYS) + extra
+    if base is None:
+        return _table(["Metric", "Value"], [[k, _cell(metrics, k)] for k in keys])
+    return _table(["Metric", "Base", "Fine-tuned", "Δ"],
+                  [[k, _cell(base, k), _cell(metrics, k), _diff(metrics.get(k), base.get(k))]
+                   for k in keys])
+
+
+def _per_category(per_category: dict, base: dict | None) -> list[str]:
+    keys = [k for k in CATEGORY_KEYS if any(k in v for v in per_category.values())]
+    keys += sorted({k for v in per_category.values() for k in v} - set(keys))
+    names = sorted(per_category, key=lambda n: (-np.nan_to_num(_num(per_category[n].get("AP")),
+                                                               nan=-1.0), n))
+    header = ["Category", *keys] + (["base AP", "ΔAP"] if base is not None else [])
+    rows = []
+    for name in names:
+        row = [name] + [_cell(per_category[name], k) for k in keys]
+        if base is not None:
+            row += [_cell(base.get(name), "AP"),
+                    _diff(per_category[name].get("AP"), (base.get(name) or {}).get("AP"))]
+        rows.append(row)
+    return _table(header, rows)
+
+
+def _forgetting(forgetting: dict) -> list[str]:
+    flat = {k: v for k, v in forgetting.items() if k != "per_prompt"}
+    lines = _table(["Measure", "Value"], [[k, _fmt(v, False)] for k, v in flat.items()])
+    per_prompt = forgetting.get("per_prompt") or {}
+    if isinstance(per_prompt, dict) and per_prompt:
+        keys = sorted({k for v in per_prompt.values() if isinstance(v, dict) for k in v})
+        lines += ["Per retain prompt:", ""] + _table(
+            ["Prompt", *keys], [[p, *(_cell(v, k, False) for k in keys)]
+                                for p, v in per_prompt.items() if isinstance(v, dict)])
+    return lines
+
+
+def _figures(out_dir: Path, metrics: dict, base_metrics: dict | None, curves: dict | None,
+             category_names: list[str] | None, run_metrics_jsonl: Path | None,
+             examples: list[dict] | None) -> list[tuple[str, str, Callable[[], Path | None]]]:
+    """(heading, note, draw) for each figure whose data was given; draw() writes the PNG."""
+    per_category = metrics.get("per_category") or {}
+    figures = []
+    if run_metrics_jsonl is not None:
+        figures.append(("Training", "", lambda: plot_loss_curves(run_metrics_jsonl,
+                                                                 out_dir / "loss.png")))
+    if curves and curves.get("precision") is not None:
+        def draw_pr():
+            precision = np.asarray(curves["precision"])
+            recall = curves.get("recall_thresholds")
+            recall = np.linspace(0, 1, precision.shape[1]) if recall is None else recall
+            ious = curves.get("iou_thresholds")
+            return plot_pr_curves(precision, recall, category_names or list(per_category),
+                                  out_dir / "pr_curves.png", COCO_IOUS if ious is None else ious)
+        figures.append(("Precision-recall", "Area all, most detections per image.", draw_pr))
+    if per_category:
+        base = (base_metrics or {}).get("per_category")
+        figures.append(("AP per category", "", lambda: plot_per_category_ap(
+            per_category, out_dir / "ap_per_category.png", base)))
+    if examples:
+        figures.append(("Examples", EXAMPLES_NOTE,
+                        lambda: plot_examples(examples, out_dir / "examples.png")))
+    return figures
+
+
+def write_report(out_dir: Path, *, metrics: dict, base_metrics: dict | None = None,
+                 curves: dict | None = None, category_names: list[str] | None = None,
+                 run_metrics_jsonl: Path | None = None, examples: list[dict] | None = None,
+                 forgetting: dict | None = None, title: str = "Evaluation report") -> Path:
+    """Write ``out_dir/report.md`` and its figures (PNG, beside it); returns the report path.
+
+    ``metrics``: flat scalars (mAP, cgF1, ... None where undefined) and ``per_category``
+    {name: {AP, AP50, AP75, cgF1}}. ``curves``: {"precision": COCOeval array (T, R, K, A, M),
+    "recall_thresholds": [R], "iou_thresholds": [T]}. Figures appear only for given data.
+    """
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    per_category = metrics.get("per_category") or {}
+    base_per_category = (base_metrics or {}).get("per_category")
+    lines = [f"# {title}", "", "## Summary", ""] + _summary(metrics, base_metrics)
+    if per_category:
+        lines += ["## Per category", ""] + _per_category(per_category, base_per_category)
+    if forgetting:
+        lines += ["## Forgetting", "", "Fine-tuned vs base model on retain prompts "
+                  + "(concepts not trained on).", ""] + _forgetting(forgetting)
+    for heading, note, draw in _figures(out_dir, metrics, base_metrics, curves, category_names,
+                                        run_metrics_jsonl, examples):
+        try:   # a figure that fails must not cost the tables of a long evaluation
+            path = draw()
+        except Exception as error:   # noqa: BLE001 - reported in the report itself
+            warnings.warn(f"report: {heading} figure not drawn: {error!r}", stacklevel=2)
+            lines += [f"## {heading}", "", f"*(figure not drawn: {error!r})*", ""]
+            continue
+        if path is not None:
+            lines += [f"## {heading}", ""] + ([note, ""] if note else []) + [
+                f"![{heading}]({path.name})", ""]
+    if any("n/a[^na]" in line for line in lines):
+        lines += [f"[^na]: {NA_NOTE}", ""]
+    path = out_dir / "report.md"
+    path.write_text("\n".join(lines))
+    return path
