@@ -52,7 +52,8 @@ def test_lowers_training_and_held_out_loss(shapes, tmp_path):
     assert summary["steps"] == 30 and len(train_losses) == 30
     first, last = sum(train_losses[:5]) / 5, sum(train_losses[-5:]) / 5
     assert last < 0.75 * first, (first, last)
-    assert summary["best_val_loss"] < 0.75 * before, (before, summary["best_val_loss"])
+    assert summary["best_metric"] == "val_loss"
+    assert summary["best_value"] < 0.75 * before, (before, summary["best_value"])
 
 
 # ---- every training key has an effect -----------------------------------------------------
@@ -160,6 +161,18 @@ def test_early_stopping(shapes, tmp_path):
     assert summary["steps"] == 6
 
 
+def test_best_metric_can_be_map_or_cgf1(shapes, tmp_path):
+    covers("best_metric")
+    trainer_for(shapes, tmp_path, "training.max_steps=4", "training.eval_every_steps=2",
+                "training.best_metric=cgF1").train()
+    evaluations = [r for r in metrics(tmp_path / "run") if "val_loss" in r]
+    assert [r["step"] for r in evaluations] == [2, 4]
+    assert all({"mAP", "mAP50", "cgF1"} <= set(r) for r in evaluations)
+    assert evaluations[0]["best"] is (evaluations[0]["cgF1"] is not None)
+    loss_only = trainer_for(shapes, tmp_path / "loss", "training.max_steps=2")
+    assert set(loss_only.evaluate()) == {"val_loss"}
+
+
 def test_nonfinite_losses_are_skipped_then_stop(shapes, tmp_path):
     covers("max_nonfinite_steps")
     trainer = trainer_for(shapes, tmp_path, "training.max_steps=5", "training.max_nonfinite_steps=3")
@@ -206,7 +219,7 @@ def test_without_validation_split_last_is_best(shapes, tmp_path, capsys):
     trainer = SAM3LoRATrainer(make_config(root, tmp_path / "run", "training.max_steps=2"))
     summary = trainer.train()
     assert "no validation split" in capsys.readouterr().out
-    assert summary["best_val_loss"] is None
+    assert summary["best_value"] is None
     run = tmp_path / "run"
     assert (run / "best" / "adapter_model.safetensors").read_bytes() == (run / "last" / "adapter_model.safetensors").read_bytes()
 

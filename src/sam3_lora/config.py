@@ -222,8 +222,13 @@ class TrainingConfig(Section):
     """Resumable step checkpoints kept in ``checkpoints/`` (oldest deleted first); ``None``
     keeps all. ``best/`` and ``last/`` are never deleted."""
 
+    best_metric: Literal["val_loss", "mAP", "cgF1"] = "val_loss"
+    """What ``best/`` keeps the best of: the validation loss (lower is better), or COCO mAP or
+    SAM3's cgF1 on the validation split (higher is better; each evaluation then also runs the
+    predictions and metrics of ``sam3-lora validate``, which costs more time)."""
+
     early_stopping_patience: int | None = Field(default=None, gt=0)
-    """Stop after this many evaluations without a lower validation loss; ``None`` never."""
+    """Stop after this many evaluations without a better ``best_metric``; ``None`` never."""
 
     log_every_steps: int = Field(default=10, gt=0)
     """Write training metrics (loss terms, learning rate, samples/s) every this many steps."""

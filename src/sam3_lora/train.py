@@ -429,9 +429,22 @@ class SAM3LoRATrainer:
         totals = torch.zeros(2, device=self.accelerator.device)
         for batch in self.accelerator.prepare_data_loader(loader, device_placement=True):
             totals += torch.stack([self._forward_loss(batch)["loss"].detach().float(), totals.new_tensor(1.0)])
-        self.model.train()
         totals = self.accelerator.reduce(totals, reduction="sum")
-        return {"val_loss": (totals[0] / totals[1].clamp(min=1)).item()}
+        metrics = {"val_loss": (totals[0] / totals[1].clamp(min=1)).item()}
+        if cfg.best_metric != "val_loss":
+            metrics.update(self._detection_metrics())
+        self.model.train()
+        return metrics
+
+    def _detection_metrics(self) -> dict[str, float | None]:
+        """mAP and cgF1 on the validation split, as ``sam3-lora validate`` computes them."""
+        from sam3_lora.evaluate import SplitRunner, score
+
+        runner = SplitRunner(self.peft_model, self.loaded.processor, self.splits["valid"], self.config)
+        found = runner.predict(with_loss=False)
+        metrics, _ = score(runner.ground_truth(), found.results, self.config)
+        self.model.eval()   # SplitRunner leaves the model in eval mode, as evaluate() expects
+        return {key: metrics[key] for key in ("mAP", "mAP50", "cgF1")}
 
     def _evaluate_and_save(self, final: bool = False) -> bool:
         """Evaluate, update best/ and last/, write a checkpoint; True if training should stop."""
@@ -439,8 +452,8 @@ class SAM3LoRATrainer:
         self.last_eval_step = self.step
         improved = False
         if metrics:
-            value = metrics["val_loss"]
-            improved = self.best_value is None or value < self.best_value
+            value = _better_is_higher(self.config.training.best_metric, metrics)
+            improved = value is not None and (self.best_value is None or value > self.best_value)
             if improved:
                 self.best_value, self.evals_without_improvement = value, 0
             else:
@@ -498,10 +511,17 @@ class SAM3LoRATrainer:
         if not self.quiet and self.accelerator.is_main_process:
             tqdm.write(text)
 
+    def _best(self) -> float | None:
+        """The best value of ``best_metric`` so far, as the metric reads (a loss positive)."""
+        if self.best_value is None:
+            return None
+        return -self.best_value if self.config.training.best_metric == "val_loss" else self.best_value
+
     def _summary(self, seconds: float) -> dict:
         summary = {
             "steps": self.step, "epochs": round(self.step / self.steps_per_epoch, 2), "seconds": round(seconds, 1),
-            "best_val_loss": self.best_value, "run_dir": str(self.run_dir),
+            "best_metric": self.config.training.best_metric, "best_value": self._best(),
+            "run_dir": str(self.run_dir),
             "trainable_parameters": self.parameters.trainable,
             "peak_memory_mb": round(peak_memory_mb(self.accelerator.device), 1),
         }
@@ -509,9 +529,18 @@ class SAM3LoRATrainer:
             shutil.copytree(self.run_dir / "last", self.run_dir / "best")
         self.accelerator.end_training()
         self._log_text(
-            f"done: {self.step} steps in {seconds:.0f} s, best val_loss "
-            f"{'-' if self.best_value is None else f'{self.best_value:.4f}'}, adapters in {self.run_dir}/best and /last")
+            f"done: {self.step} steps in {seconds:.0f} s, best {self.config.training.best_metric} "
+            f"{'-' if self._best() is None else f'{self._best():.4f}'}, adapters in {self.run_dir}/best and /last")
         return summary
+
+
+def _better_is_higher(metric: str, metrics: dict) -> float | None:
+    """The best metric's value, signed so that higher is better (None: undefined, e.g. cgF1
+    without negative prompts, which never counts as an improvement)."""
+    value = metrics.get(metric)
+    if value is None:
+        return None
+    return -value if metric == "val_loss" else value
 
 
 def _tracker_available(name: str) -> bool:
