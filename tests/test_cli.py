@@ -15,7 +15,7 @@ def test_help_lists_the_commands(capsys):
     with pytest.raises(SystemExit):
         main(["--help"])
     text = capsys.readouterr().out
-    for command in ("info", "train", "validate", "evaluate", "data"):
+    for command in ("info", "train", "validate", "evaluate", "predict", "export", "data"):
         assert f"    {command} " in text
     assert "presets: minimal, balanced, full, demo" in text
 

@@ -146,8 +146,10 @@ def build_parser() -> argparse.ArgumentParser:
     check.set_defaults(func=cmd_validate)
     from sam3_lora.cli_data import add_data_parser
     from sam3_lora.cli_eval import add_evaluate_parser
+    from sam3_lora.cli_predict import add_predict_parsers
 
     add_evaluate_parser(commands)
+    add_predict_parsers(commands, add_config_args)
     add_data_parser(commands)
     return parser
 

@@ -1,0 +1,171 @@
+"""Prediction with text and box prompts: ``SAM3LoRAInference`` (the original tool's API).
+
+The vision encoder, most of SAM3's compute, runs once per image; K prompts then cost K rows
+of the light prompt-dependent heads, in one batched call. Text features of a prompt are
+computed once and cached across images (the cache is cleared when the adapter changes,
+since LoRA may touch the text encoder). Scores and masks come from the shared
+post-processing (``postprocess.py``), the same code validation uses.
+
+Each prediction is one dict per prompt::
+
+    prompt          str ("boxes" for box-only prompts)
+    num_detections  int N
+    boxes           (N, 4) float, x1 y1 x2 y2 in pixels of the image
+    scores          (N,) float in [0, 1]
+    masks           (N, H, W) bool at the image's size
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from sam3_lora.config import Config, load_config
+from sam3_lora.errors import Sam3LoraError
+from sam3_lora.postprocess import postprocess
+
+BOX_ONLY_PROMPT = "visual"   # SAM3's text for a prompt made of boxes alone
+
+
+class PromptError(Sam3LoraError):
+    """Prompts that cannot be run: none given, or boxes that do not fit the image."""
+
+
+def check_boxes(boxes, size: tuple[int, int], what: str = "--bboxes") -> np.ndarray:
+    """(n, 4) x1 y1 x2 y2 pixel boxes inside an image of ``size`` (W, H), or a clear error."""
+    array = np.asarray(boxes if boxes is not None else [], dtype=float).reshape(-1, 4) \
+        if np.size(boxes if boxes is not None else []) % 4 == 0 else None
+    if array is None:
+        raise PromptError(f"{what}: each box needs 4 numbers [x1, y1, x2, y2] in pixels")
+    width, height = size
+    for x1, y1, x2, y2 in array:
+        if not (x2 > x1 and y2 > y1):
+            raise PromptError(f"{what}: box [{x1:g}, {y1:g}, {x2:g}, {y2:g}] needs x2 > x1 and y2 > y1")
+        if x1 < 0 or y1 < 0 or x2 > width or y2 > height:
+            raise PromptError(f"{what}: box [{x1:g}, {y1:g}, {x2:g}, {y2:g}] is outside the "
+                              f"{width}x{height} image; clip it to the image")
+    return array
+
+
+def as_image(image) -> Image.Image:
+    """A path, a PIL image or an HxWx3 uint8 array -> an RGB PIL image."""
+    from sam3_lora.data.images import open_image
+
+    if isinstance(image, (str, Path)):
+        return open_image(image)
+    if isinstance(image, Image.Image):
+        return image.convert("RGB")
+    array = np.asarray(image)
+    if array.ndim == 2:
+        array = np.stack([array] * 3, axis=-1)
+    if array.ndim != 3 or array.shape[2] not in (3, 4):
+        raise PromptError(f"image array of shape {array.shape}: expected H x W x 3 (RGB)")
+    return Image.fromarray(array[..., :3].astype(np.uint8))
+
+
+class SAM3LoRAInference:
+    """SAM3 with an adapter (or the base model) ready for prompts.
+
+    ``config_path`` (or ``config``) names the model; ``weights_path`` is an adapter folder,
+    defaulting to the run's ``best/`` (``no_lora=True`` keeps the base model).
+    """
+
+    def __init__(self, config_path: str | Path | None = None, weights_path: str | Path | None = None,
+                 detection_threshold: float = 0.5, *, config: Config | None = None, no_lora: bool = False,
+                 resolution: int | None = None, mask_nms_iou: float | None = None):
+        from sam3_lora.evaluate import load_model
+
+        self.config = config or load_config(config_path)
+        if resolution:
+            self.config = self.config.model_copy(update={"model": self.config.model.model_copy(
+                update={"image_size": resolution})})
+        self.model, self.processor, self.adapter = load_model(self.config, weights_path, no_lora)
+        self.device = next(self.model.parameters()).device
+        self.threshold = detection_threshold
+        self.mask_nms_iou = mask_nms_iou
+        self._text_cache: dict[str, torch.Tensor] = {}
+        self._last_image: Image.Image | None = None
+
+    # ---- prompts ------------------------------------------------------------------
+
+    def text_features(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        """(K, T, D) text features and (K, T) attention mask; each prompt encoded once."""
+        encoded = self.processor.text(prompts)
+        missing = [p for p in dict.fromkeys(prompts) if p not in self._text_cache]
+        if missing:
+            fresh = self.processor.text(missing)
+            with torch.no_grad():
+                features = self.model.get_text_features(input_ids=fresh["input_ids"].to(self.device),
+                                                        attention_mask=fresh["attention_mask"].to(self.device))
+            self._text_cache.update(zip(missing, features.pooler_output, strict=True))
+        return torch.stack([self._text_cache[p] for p in prompts]), encoded["attention_mask"].to(self.device)
+
+    def set_adapter(self, name: str) -> None:
+        """Switch to another loaded adapter (PEFT's named adapters); clears the text cache."""
+        self.model.set_adapter(name)
+        self._text_cache.clear()
+
+    def _geometry(self, boxes: np.ndarray, negative: np.ndarray, size: tuple[int, int], rows: int) -> dict:
+        """Box prompts as SAM3 inputs for ``rows`` queries: cxcywh in [0, 1], label 1/0."""
+        if not len(boxes) and not len(negative):
+            return {}
+        width, height = size
+        both = np.concatenate([boxes, negative]) / np.array([width, height, width, height])
+        cxcywh = np.stack([(both[:, 0] + both[:, 2]) / 2, (both[:, 1] + both[:, 3]) / 2,
+                           both[:, 2] - both[:, 0], both[:, 3] - both[:, 1]], axis=1)
+        labels = [1] * len(boxes) + [0] * len(negative)
+        return {"input_boxes": torch.tensor(cxcywh, dtype=torch.float32, device=self.device)[None].expand(rows, -1, -1),
+                "input_boxes_labels": torch.tensor(labels, device=self.device)[None].expand(rows, -1)}
+
+    # ---- prediction -----------------------------------------------------------------
+
+    @torch.no_grad()
+    def predict_batch(self, images: list, prompts: list[str] | None = None, boxes=None,
+                      negative_boxes=None) -> list[list[dict]]:
+        """Every prompt on every image: one vision-encoder pass per image, one batched call
+        of the heads for all (image, prompt) rows. Returns, per image, one dict per prompt."""
+        from transformers.modeling_outputs import BaseModelOutputWithPooling
+
+        from sam3_lora.model import encode_images, select_images
+
+        pictures = [as_image(image) for image in images]
+        prompts = list(prompts or [])
+        if not prompts and boxes is None:
+            raise PromptError("no prompt: give --prompt text, --bboxes, or both")
+        names = prompts or ["boxes"]
+        texts = prompts or [BOX_ONLY_PROMPT]
+        geometry = [(check_boxes(boxes, p.size), check_boxes(negative_boxes, p.size, "--negative-bboxes"))
+                    for p in pictures]
+        features, mask = self.text_features(texts)
+        vision = encode_images(self.model, self.processor.images(pictures).to(self.device))
+        answers = []
+        for index, (picture, (positive, negative)) in enumerate(zip(pictures, geometry, strict=True)):
+            rows = torch.full((len(texts),), index, dtype=torch.long, device=self.device)
+            outputs = self.model(vision_embeds=select_images(vision, rows),
+                                 text_embeds=BaseModelOutputWithPooling(pooler_output=features),
+                                 attention_mask=mask, **self._geometry(positive, negative, picture.size, len(texts)))
+            found = postprocess(outputs, [(picture.height, picture.width)] * len(texts), self.threshold,
+                                self.mask_nms_iou)
+            answers.append([{"prompt": name, "num_detections": len(d), "boxes": d.boxes, "scores": d.scores,
+                             "masks": d.masks, "presence": d.presence} for name, d in zip(names, found, strict=True)])
+        self._last_image = pictures[-1]
+        return answers
+
+    def predict(self, image, text_prompts: list[str] | None = None, boxes=None, negative_boxes=None,
+                image_path=None) -> list[dict]:
+        """One image (path, PIL image or array) and its prompts -> one dict per prompt."""
+        return self.predict_batch([image if image_path is None else image_path], text_prompts, boxes,
+                                  negative_boxes)[0]
+
+    def visualize(self, predictions: list[dict], output_path: str | Path, show_boxes: bool = True,
+                  show_masks: bool = True, image=None) -> Path:
+        """Overlay PNG of ``predictions`` on ``image`` (default: the last image predicted)."""
+        from sam3_lora.visualize import save_overlay
+
+        picture = as_image(image) if image is not None else self._last_image
+        if picture is None:
+            raise PromptError("visualize: no image; predict first or pass image=")
+        return save_overlay(picture, predictions, output_path, show_boxes=show_boxes, show_masks=show_masks)
