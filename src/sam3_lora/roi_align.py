@@ -53,8 +53,8 @@ def _pool_one(features: torch.Tensor, box: torch.Tensor, out_h: int, out_w: int,
     width, height = x2 - x1, y2 - y1
     if not aligned:
         width, height = width.clamp(min=1.0), height.clamp(min=1.0)
-    grid_h = sampling_ratio if sampling_ratio > 0 else max(math.ceil(float(height) / out_h), 1)
-    grid_w = sampling_ratio if sampling_ratio > 0 else max(math.ceil(float(width) / out_w), 1)
+    grid_h = sampling_ratio if sampling_ratio > 0 else max(math.ceil(float(height.detach()) / out_h), 1)
+    grid_w = sampling_ratio if sampling_ratio > 0 else max(math.ceil(float(width.detach()) / out_w), 1)
     rows = _interpolation_matrix(_bin_samples(y1, height, out_h, grid_h), features.shape[1])
     cols = _interpolation_matrix(_bin_samples(x1, width, out_w, grid_w), features.shape[2])
     samples = torch.einsum("yh,chw,xw->cyx", rows, features, cols)
