@@ -74,15 +74,15 @@ def parse_boxes(text: str | None, flag: str):
 
 def coco_entries(predictions: list[dict], image_id: int) -> list[dict]:
     """One image's predictions as COCO results (plus the prompt and the xyxy box)."""
-    from sam3_lora.evaluate import encode_mask
+    from sam3_lora.evaluate import coco_results
 
     entries = []
     for index, found in enumerate(predictions):
-        for i, (score, (x1, y1, x2, y2)) in enumerate(zip(found["scores"], found["boxes"], strict=True)):
-            entries.append({"image_id": image_id, "category_id": index + 1, "prompt": found["prompt"],
-                            "score": round(float(score), 5), "box_xyxy": [round(float(v), 2) for v in (x1, y1, x2, y2)],
-                            "bbox": [round(float(v), 2) for v in (x1, y1, x2 - x1, y2 - y1)],
-                            "segmentation": encode_mask(found["masks"][i])})
+        mine = coco_results(found["scores"], found["boxes"], found["masks"], image_id, index + 1,
+                            prompt=found["prompt"])
+        for entry, box in zip(mine, found["boxes"], strict=True):
+            entry["box_xyxy"] = [round(float(v), 2) for v in box]
+        entries += mine
     return entries
 
 

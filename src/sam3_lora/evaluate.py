@@ -15,6 +15,7 @@ predictions.json (and base_predictions.json), report.md with its figures.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -50,13 +51,15 @@ def encode_mask(mask: np.ndarray) -> dict:
     return {"size": list(rle["size"]), "counts": rle["counts"].decode("ascii")}
 
 
-def coco_results(detections: Detections, image_id: int, category_id: int) -> list[dict]:
-    """One query's detections as COCO results entries."""
+def coco_results(scores: np.ndarray, boxes: np.ndarray, masks: np.ndarray, image_id: int, category_id: int,
+                 **extra) -> list[dict]:
+    """One query's detections, (n,) scores, (n, 4) xyxy pixel boxes and (n, H, W) masks, as
+    COCO results entries; ``extra`` fields are added to each entry."""
     return [{
-        "image_id": image_id, "category_id": category_id, "score": round(float(score), 5),
+        "image_id": image_id, "category_id": category_id, **extra, "score": round(float(score), 5),
         "bbox": [round(float(v), 2) for v in (x1, y1, x2 - x1, y2 - y1)],
-        "segmentation": encode_mask(detections.masks[i]),
-    } for i, (score, (x1, y1, x2, y2)) in enumerate(zip(detections.scores, detections.boxes, strict=True))]
+        "segmentation": encode_mask(masks[i]),
+    } for i, (score, (x1, y1, x2, y2)) in enumerate(zip(scores, boxes, strict=True))]
 
 
 def ground_truth(split, image_ids: set[int] | None = None) -> dict:
@@ -89,11 +92,12 @@ def _as_bytes(rle: dict) -> dict:
     return {"size": rle["size"], "counts": counts.encode("ascii") if isinstance(counts, str) else counts}
 
 
-def unit_score(detections: Detections, gt_rles: list[dict], threshold: float) -> float:
+def unit_score(results: list[dict], gt_rles: list[dict], threshold: float) -> float:
     """How well one (image, prompt) unit was answered, in [0, 1], for picking report examples:
-    a positive unit scores the mean best mask IoU of its objects among confident detections;
-    a negative unit scores 1 if nothing confident was detected, else 0."""
-    confident = [encode_mask(m) for m, s in zip(detections.masks, detections.scores, strict=True) if s >= threshold]
+    a positive unit scores the mean best mask IoU of its objects among confident detections
+    (``results``: the unit's COCO results entries); a negative unit scores 1 if nothing
+    confident was detected, else 0."""
+    confident = [r["segmentation"] for r in results if r["score"] >= threshold]
     if not gt_rles:
         return float(not confident)
     if not confident:
@@ -110,8 +114,7 @@ class SplitRunner:
         self.model, self.processor, self.split, self.config = model, processor, split, config
         records = split.images[:num_samples] if num_samples else split.images
         self.image_ids = {r.id for r in records}
-        self.subset = type(split)(name=split.name, root=split.root, annotation_path=split.annotation_path,
-                                  categories=split.categories, images=list(records), problems=[])
+        self.subset = dataclasses.replace(split, images=list(records), problems=[])
         self.records = {r.id: r for r in records}
         self.device = next(model.parameters()).device
 
@@ -158,13 +161,14 @@ class SplitRunner:
             image_id = int(batch["image_ids"][image_of[q]])
             category_id = int(batch["query_category_ids"][q])
             record = self.records[image_id]
-            found.results += coco_results(found_q, image_id, category_id)
+            entries = coco_results(found_q.scores, found_q.boxes, found_q.masks, image_id, category_id)
+            found.results += entries
             gt = [to_rle(o.segmentation, record.height, record.width) for o in record.objects
                   if o.category_id == category_id and o.segmentation and not o.iscrowd]
             found.units.append({
                 "image_id": image_id, "category_id": category_id, "prompt": batch["prompts"][q],
                 "positive": bool(batch["is_positive"][q]), "presence": found_q.presence,
-                "unit_score": unit_score(found_q, [g for g in gt if g], self.config.evaluation.score_threshold),
+                "unit_score": unit_score(entries, [g for g in gt if g], self.config.evaluation.score_threshold),
             })
 
     def ground_truth(self) -> dict:

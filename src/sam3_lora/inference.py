@@ -36,10 +36,13 @@ class PromptError(Sam3LoraError):
 
 def check_boxes(boxes, size: tuple[int, int], what: str = "--bboxes") -> np.ndarray:
     """(n, 4) x1 y1 x2 y2 pixel boxes inside an image of ``size`` (W, H), or a clear error."""
-    array = np.asarray(boxes if boxes is not None else [], dtype=float).reshape(-1, 4) \
-        if np.size(boxes if boxes is not None else []) % 4 == 0 else None
-    if array is None:
+    try:
+        flat = np.asarray([] if boxes is None else boxes, dtype=float)
+    except (TypeError, ValueError):   # ragged lists or non-numbers
+        flat = np.zeros(1)
+    if flat.size % 4:
         raise PromptError(f"{what}: each box needs 4 numbers [x1, y1, x2, y2] in pixels")
+    array = flat.reshape(-1, 4)
     width, height = size
     for x1, y1, x2, y2 in array:
         if not (x2 > x1 and y2 > y1):
@@ -86,22 +89,22 @@ class SAM3LoRAInference:
         self.device = next(self.model.parameters()).device
         self.threshold = detection_threshold
         self.mask_nms_iou = mask_nms_iou
-        self._text_cache: dict[str, torch.Tensor] = {}
+        self._text_cache: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}   # prompt -> (features, mask)
         self._last_image: Image.Image | None = None
 
     # ---- prompts ------------------------------------------------------------------
 
     def text_features(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
-        """(K, T, D) text features and (K, T) attention mask; each prompt encoded once."""
-        encoded = self.processor.text(prompts)
+        """(K, T, D) text features and (K, T) attention mask; each prompt tokenised and encoded
+        once, then served from the cache."""
         missing = [p for p in dict.fromkeys(prompts) if p not in self._text_cache]
         if missing:
-            fresh = self.processor.text(missing)
+            fresh = {k: v.to(self.device) for k, v in self.processor.text(missing).items()}
             with torch.no_grad():
-                features = self.model.get_text_features(input_ids=fresh["input_ids"].to(self.device),
-                                                        attention_mask=fresh["attention_mask"].to(self.device))
-            self._text_cache.update(zip(missing, features.pooler_output, strict=True))
-        return torch.stack([self._text_cache[p] for p in prompts]), encoded["attention_mask"].to(self.device)
+                features = self.model.get_text_features(**fresh).pooler_output
+            self._text_cache.update(zip(missing, zip(features, fresh["attention_mask"], strict=True), strict=True))
+        features, masks = zip(*(self._text_cache[p] for p in prompts), strict=True)
+        return torch.stack(features), torch.stack(masks)
 
     def set_adapter(self, name: str) -> None:
         """Switch to another loaded adapter (PEFT's named adapters); clears the text cache."""

@@ -417,12 +417,21 @@ class SAM3LoRATrainer:
 
     @torch.no_grad()
     def evaluate(self) -> dict[str, float]:
-        """Validation loss (mean over the split's batches, all processes)."""
-        from sam3_lora.data.collate import build_dataloader
-
+        """Validation loss, plus mAP and cgF1 when ``best_metric`` asks for them."""
         if "valid" not in self.splits:
             return {}
         self.model.eval()
+        if self.config.training.best_metric == "val_loss":
+            metrics = {"val_loss": self._validation_loss()}
+        else:
+            metrics = self._detection_metrics()
+        self.model.train()
+        return metrics
+
+    def _validation_loss(self) -> float:
+        """Mean loss over the validation batches, sharded over and reduced across processes."""
+        from sam3_lora.data.collate import build_dataloader
+
         cfg = self.config.training
         loader = build_dataloader(self.splits["valid"], self.config.data, self.image_size, cfg.batch_size,
                                   train=False, seed=cfg.seed)
@@ -430,21 +439,17 @@ class SAM3LoRATrainer:
         for batch in self.accelerator.prepare_data_loader(loader, device_placement=True):
             totals += torch.stack([self._forward_loss(batch)["loss"].detach().float(), totals.new_tensor(1.0)])
         totals = self.accelerator.reduce(totals, reduction="sum")
-        metrics = {"val_loss": (totals[0] / totals[1].clamp(min=1)).item()}
-        if cfg.best_metric != "val_loss":
-            metrics.update(self._detection_metrics())
-        self.model.train()
-        return metrics
+        return (totals[0] / totals[1].clamp(min=1)).item()
 
     def _detection_metrics(self) -> dict[str, float | None]:
-        """mAP and cgF1 on the validation split, as ``sam3-lora validate`` computes them."""
+        """Validation loss, mAP and cgF1 from one pass over the split, computed as
+        ``sam3-lora validate`` does (each process scores the whole split)."""
         from sam3_lora.evaluate import SplitRunner, score
 
         runner = SplitRunner(self.peft_model, self.loaded.processor, self.splits["valid"], self.config)
-        found = runner.predict(with_loss=False)
+        found = runner.predict()
         metrics, _ = score(runner.ground_truth(), found.results, self.config)
-        self.model.eval()   # SplitRunner leaves the model in eval mode, as evaluate() expects
-        return {key: metrics[key] for key in ("mAP", "mAP50", "cgF1")}
+        return {"val_loss": found.val_loss, **{key: metrics[key] for key in ("mAP", "mAP50", "cgF1")}}
 
     def _evaluate_and_save(self, final: bool = False) -> bool:
         """Evaluate, update best/ and last/, write a checkpoint; True if training should stop."""
