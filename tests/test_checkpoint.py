@@ -4,12 +4,14 @@ import signal
 import subprocess
 import sys
 import time
+from functools import partial
 
 import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
 
+from sam3_lora.adapter import write_adapter
 from sam3_lora.checkpoint import (
     STATE_FILE,
     latest_checkpoint,
@@ -45,7 +47,8 @@ def test_optimizer_scheduler_and_rng_are_restored(tmp_path, tiny):
         sum(p.sum() for p in model.parameters() if p.requires_grad).backward()
         optimizer.step()
         scheduler.step()
-    folder = save_checkpoint(tmp_path / "step-000003", model, optimizer, scheduler, None, {"step": 3})
+    folder = save_checkpoint(tmp_path / "step-000003", partial(write_adapter, model), optimizer, scheduler, None,
+                             {"step": 3})
     fresh_optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=0.1)
     fresh_scheduler = torch.optim.lr_scheduler.LambdaLR(fresh_optimizer, lambda step: 1.0 / (step + 1))
     expected = draws()

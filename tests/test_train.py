@@ -310,3 +310,39 @@ def test_annotation_file_name_is_configurable(shapes, tmp_path):
     with pytest.raises(DataError, match="_annotations.coco.json"):
         trainer_for(root, tmp_path)
     assert len(trainer_for(root, tmp_path, "data.annotation_file=labels.json").splits["valid"].images) == 8
+
+
+def test_full_method_trains_every_weight_saves_models_and_resumes(shapes, tmp_path):
+    """method=full: no LoRA, every weight moves, best/ and last/ are model folders that
+    load_sam3 and validate read, and a resumed run ends on the same weights."""
+    from safetensors.torch import load_file
+
+    from sam3_lora.evaluate import validate
+    from sam3_lora.model import load_sam3
+
+    covers("method")
+    common = ["training.method=full", "training.learning_rate=1e-3", "training.eval_every_steps=2"]
+    trainer = trainer_for(shapes, tmp_path, "training.max_steps=4", *common)
+    before = {k: v.clone() for k, v in trainer.peft_model.named_parameters()}
+    assert not any("lora_" in k for k in before) and all(p.requires_grad for p in trainer.peft_model.parameters())
+    trainer.train()
+    moved = [k for k, v in trainer.peft_model.named_parameters() if not torch.equal(v, before[k])]
+    assert any(k.startswith("vision_encoder.") for k in moved) and any(k.startswith("text_encoder.") for k in moved)
+    for name in ("best", "last"):
+        assert (tmp_path / "run" / name / "model.safetensors").is_file()
+        assert not (tmp_path / "run" / name / "adapter_config.json").exists()
+    reloaded = load_sam3(str(tmp_path / "run" / "last")).model
+    for key, value in reloaded.state_dict().items():
+        assert torch.equal(value, trainer.peft_model.state_dict()[key]), key
+    summary = validate(load_config(tmp_path / "run" / "config.yaml"), quiet=True)
+    assert summary["weights"].endswith("best") and summary["presence_AUC"] is not None
+
+    # Stop after 2 steps, resume to 4: the same weights as the uninterrupted run.
+    stopped = trainer_for(shapes, tmp_path / "b", "training.max_steps=2", *common)
+    stopped.train()
+    resumed = SAM3LoRATrainer(make_config(shapes, tmp_path / "b" / "run", "training.max_steps=4", *common),
+                              resume=tmp_path / "b" / "run", quiet=True)
+    resumed.train()
+    a = load_file(tmp_path / "run" / "last" / "model.safetensors")
+    b = load_file(tmp_path / "b" / "run" / "last" / "model.safetensors")
+    assert all(torch.equal(a[k], b[k]) for k in a)

@@ -1,6 +1,7 @@
 """Resumable training checkpoints, without pickle.
 
-A checkpoint folder is an adapter folder (``adapter.py``) plus the training state:
+A checkpoint folder is the trained weights (an adapter folder, ``adapter.py``, or a whole
+model folder with ``training.method: full``) plus the training state:
 
     optimizer.safetensors   every tensor of the optimiser state (AdamW moments, step counts)
     trainer_state.json      the rest: optimiser hyper-parameters, scheduler and loss-scaler
@@ -17,13 +18,14 @@ import json
 import random
 import re
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
-from sam3_lora.adapter import atomic_folder, write_adapter
+from sam3_lora.adapter import atomic_folder
 from sam3_lora.errors import Sam3LoraError
 
 STATE_FILE = "trainer_state.json"
@@ -75,10 +77,12 @@ def set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all([torch.tensor(s, dtype=torch.uint8) for s in state["cuda"]])
 
 
-def save_checkpoint(folder: Path, model, optimizer, scheduler, scaler, progress: dict, **adapter_info) -> Path:
-    """Write adapter + training state to ``folder`` atomically (temporary name, then rename)."""
+def save_checkpoint(folder: Path, write_weights: Callable[[Path], None], optimizer, scheduler, scaler,
+                    progress: dict) -> Path:
+    """Write weights (``write_weights(folder)``) + training state to ``folder`` atomically
+    (temporary name, then rename)."""
     with atomic_folder(folder) as written:
-        write_adapter(model, written, **adapter_info)
+        write_weights(written)
         tensors, rest = _split_optimizer_state(optimizer.state_dict())
         save_file(tensors, written / OPTIMIZER_FILE)
         state = {
@@ -95,7 +99,7 @@ def save_checkpoint(folder: Path, model, optimizer, scheduler, scaler, progress:
 def load_checkpoint(folder: Path, optimizer, scheduler, scaler) -> dict:
     """Restore optimiser, scheduler, scaler and RNG states; returns the progress dict.
 
-    The adapter weights are loaded separately (``adapter.load_lora_weights``).
+    The weights are loaded separately (``adapter.load_lora_weights``, ``model.load_model_weights``).
     """
     state_path = Path(folder) / STATE_FILE
     if not state_path.is_file():

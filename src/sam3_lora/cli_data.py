@@ -105,6 +105,8 @@ def _add_synth(commands) -> None:
                         help="draw each image's width and height from SIZE..MAX_SIZE")
     parser.add_argument("--objects", type=int, nargs=2, default=[1, 5], metavar=("MIN", "MAX"),
                         help="objects drawn per image (before dropping hidden ones)")
+    parser.add_argument("--radius", type=float, nargs=2, default=[0.08, 0.25], metavar=("MIN", "MAX"),
+                        help="shape circumradius as a fraction of the image's shorter side")
     parser.add_argument("--seed", type=int, default=0, help="random seed")
 
 
@@ -116,7 +118,7 @@ def cmd_synth(args: argparse.Namespace) -> int:
     summary = synthesize(
         args.dir, shapes=args.shapes, colors=args.colors, concepts=args.concepts,
         background=args.background, images_per_split=counts, image_size=size,
-        objects_per_image=tuple(args.objects), seed=args.seed,
+        objects_per_image=tuple(args.objects), radius_range=tuple(args.radius), seed=args.seed,
     )
     print(summary)
     return 0

@@ -32,6 +32,10 @@ COMPONENTS = (
     "detr_decoder",
     "mask_decoder",
 )
+# SAM3's two small heads outside the components: the text projection into the DETR width,
+# and the dot-product scoring of queries against the prompt. Full training may give them a
+# learning rate of their own (``training.component_learning_rates``).
+HEADS = ("text_projection", "dot_product_scoring")
 
 
 class Section(BaseModel):
@@ -44,8 +48,9 @@ class ModelConfig(Section):
     source: str = "facebook/sam3"
     """Where SAM3 comes from: a hub id (``facebook/sam3``, gated: the token is read from
     ``HF_TOKEN`` or ``hf auth login``), a local folder in ``save_pretrained`` format, or a preset
-    name: ``sam3`` (full-size architecture, random weights, for benchmarks) or ``sam3-tiny``
-    (a few hundred thousand parameters, random weights, for tests and CPU demos)."""
+    name: ``sam3`` (full-size architecture, random weights, for benchmarks), ``sam3-tiny``
+    (a few hundred thousand parameters, random weights, for tests) or ``sam3-tiny-shapes``
+    (``sam3-tiny`` pretrained on synthetic coloured shapes, bundled: the demo's base)."""
 
     revision: str | None = None
     """Hub revision (branch, tag or commit) for a hub id; ignored for folders and presets."""
@@ -165,6 +170,13 @@ class DataConfig(Section):
 
 
 class TrainingConfig(Section):
+    method: Literal["lora", "full"] = "lora"
+    """``lora``: train only LoRA weights where the ``lora`` section puts them; ``best/`` and
+    ``last/`` hold adapters of a few MB. ``full``: train every weight of SAM3 and ignore the
+    ``lora`` section; ``best/`` and ``last/`` hold whole models (``save_pretrained`` folders,
+    usable as ``model.source``). ``full`` is how the bundled tiny base was made (configs/base.yaml);
+    on the full-size model it needs several times the memory of LoRA."""
+
     batch_size: int = Field(default=1, gt=0)
     """Images per step and process. Each image carries all its queries (positives and
     negatives), which share one image encoding."""
@@ -176,7 +188,7 @@ class TrainingConfig(Section):
     """Stop after this many optimiser steps, whatever ``num_epochs`` says."""
 
     learning_rate: float = Field(default=1e-4, ge=0.0)
-    """Peak AdamW learning rate for the LoRA parameters."""
+    """Peak AdamW learning rate of the trained parameters (LoRA, or all with ``method=full``)."""
 
     weight_decay: float = Field(default=0.1, ge=0.0)
     """AdamW weight decay, not applied to biases and norms (SAM3 uses 0.1)."""
@@ -189,7 +201,7 @@ class TrainingConfig(Section):
     batch_size x this x the number of processes, at the memory cost of batch_size."""
 
     max_grad_norm: float = Field(default=0.1, ge=0.0)
-    """Clip the gradient norm of the LoRA parameters to this (SAM3 uses 0.1); 0 disables."""
+    """Clip the gradient norm of the trained parameters to this (SAM3 uses 0.1); 0 disables."""
 
     lr_scheduler: Literal["constant", "linear", "cosine", "inverse_sqrt"] = "cosine"
     """Learning-rate schedule after warmup: flat, linear or cosine decay to 0 at the last
@@ -199,8 +211,9 @@ class TrainingConfig(Section):
     """Optimiser steps of linear warmup from 0 to the peak learning rate."""
 
     component_learning_rates: dict[str, float] = Field(default_factory=dict)
-    """Learning rate per SAM3 component, overriding ``learning_rate`` for the LoRA layers
-    inside it, e.g. ``{mask_decoder: 3.0e-4}``."""
+    """Learning rate per SAM3 component, overriding ``learning_rate`` for the parameters
+    trained inside it, e.g. ``{mask_decoder: 3.0e-4}``. Keys: the six components, and with
+    ``method=full`` also the heads ``text_projection`` and ``dot_product_scoring``."""
 
     mixed_precision: Literal["no", "fp16", "bf16"] = "no"
     """Autocast precision of forward and backward: ``bf16`` (Ampere GPUs and newer, and
@@ -242,9 +255,9 @@ class TrainingConfig(Section):
     @field_validator("component_learning_rates")
     @classmethod
     def _known_components(cls, value: dict[str, float]) -> dict[str, float]:
-        unknown = sorted(set(value) - set(COMPONENTS))
+        unknown = sorted(set(value) - set(COMPONENTS) - set(HEADS))
         if unknown:
-            raise ValueError(f"unknown component(s) {unknown}; valid: {', '.join(COMPONENTS)}")
+            raise ValueError(f"unknown component(s) {unknown}; valid: {', '.join(COMPONENTS + HEADS)}")
         return value
 
 

@@ -186,6 +186,21 @@ def negative_units(split, image_ids: set[int]) -> int:
     return count
 
 
+def presence_auc(units: list[dict]) -> float | None:
+    """ROC-AUC of the presence probability for present vs absent (image, prompt) units: the
+    chance that a random present unit scores above a random absent one (ties count half).
+    None without both kinds. Says whether the model listens to its prompt at all."""
+    scores = np.array([u["presence"] for u in units], dtype=float)
+    positive = np.array([u["positive"] for u in units], dtype=bool)
+    if positive.all() or not positive.any():
+        return None
+    from scipy.stats import rankdata
+
+    ranks = rankdata(scores)   # average ranks: ties count half
+    n_pos, n_neg = positive.sum(), (~positive).sum()
+    return float((ranks[positive].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+
+
 def _matched_iou(adapted: Detections, base: Detections) -> list[float]:
     """IoUs of the one-to-one best matching between two detection sets' masks."""
     from scipy.optimize import linear_sum_assignment
@@ -259,21 +274,25 @@ def score(gt: dict, results: list[dict], config: Config) -> tuple[dict, dict]:
 
 
 def load_model(config: Config, weights: str | Path | None, no_lora: bool):
-    """Base model and processor, with the adapter attached unless ``no_lora``."""
-    from sam3_lora.adapter import load_adapter
-    from sam3_lora.model import load_sam3
+    """(model, processor, weights folder or None): the base with the adapter attached unless
+    ``no_lora``.
 
-    loaded = load_sam3(config.model.source, revision=config.model.revision,
+    ``weights`` (default: the run's ``best/``) is an adapter folder, or a whole model folder
+    from ``training.method: full``, which then replaces the base (so there is no adapter).
+    """
+    from sam3_lora.adapter import load_adapter
+    from sam3_lora.model import is_model_folder, load_sam3
+
+    chosen = None if no_lora else Path(weights) if weights else Path(config.output.dir) / "best"
+    if chosen is not None and not chosen.exists():
+        raise EvaluationError(f"{chosen}: no adapter there; train first (sam3-lora train), give "
+                              f"--weights DIR, or --no-lora to evaluate the base model")
+    whole = chosen is not None and is_model_folder(chosen)
+    loaded = load_sam3(str(chosen) if whole else config.model.source, revision=config.model.revision,
                        image_size=config.model.image_size, seed=config.training.seed)
-    model, adapter = loaded.model, None
-    if not no_lora:
-        adapter = Path(weights) if weights else Path(config.output.dir) / "best"
-        if not adapter.exists():
-            raise EvaluationError(f"{adapter}: no adapter there; train first (sam3-lora train), give "
-                                  f"--weights DIR, or --no-lora to evaluate the base model")
-        model = load_adapter(model, adapter)
+    model = loaded.model if chosen is None or whole else load_adapter(loaded.model, chosen)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return model.to(device).eval(), loaded.processor, adapter
+    return model.to(device).eval(), loaded.processor, chosen
 
 
 def load_split(config: Config, split_name: str):
@@ -295,7 +314,8 @@ def validate(config: Config, *, weights: str | Path | None = None, split: str | 
         raise EvaluationError("data.prompt_mode=generic: validate prompts each category by its name; "
                               "class-agnostic evaluation is not supported yet, use category mode")
     split_name = split or config.evaluation.split
-    model, processor, adapter = load_model(config, weights, no_lora)
+    model, processor, chosen = load_model(config, weights, no_lora)
+    adapted = hasattr(model, "disable_adapter")   # a whole model from method=full has no base to compare
     data = load_split(config, split_name)
     runner = SplitRunner(model, processor, data, config, num_samples)
     defined = negative_units(data, runner.image_ids) > 0
@@ -305,14 +325,15 @@ def validate(config: Config, *, weights: str | Path | None = None, split: str | 
             f"add images lacking some categories, or pass --positives-only (mAP only, cgF1 undefined)")
     found = runner.predict()
     metrics, curves = score(runner.ground_truth(), found.results, config)
-    metrics["val_loss"] = found.val_loss
+    metrics.update(val_loss=found.val_loss, presence_AUC=presence_auc(found.units))
     base_metrics = base_found = None
-    if compare_base and adapter is not None:
+    if compare_base and adapted:
         base_found = runner.predict(base=True, with_loss=False)
         base_metrics, _ = score(runner.ground_truth(), base_found.results, config)
-    forgetting = forgetting_check(runner) if adapter is not None else {}
+        base_metrics["presence_AUC"] = presence_auc(base_found.units)
+    forgetting = forgetting_check(runner) if adapted else {}
     out_dir = Path(output) if output else Path(config.output.dir) / f"eval-{split_name}"
-    summary = {**metrics, "split": split_name, "weights": str(adapter) if adapter else "base model",
+    summary = {**metrics, "split": split_name, "weights": str(chosen or "base model"),
                "images": len(runner.image_ids), "units": len(found.units), "cgF1_defined": defined,
                **({"base": base_metrics} if base_metrics else {}), **({"forgetting": forgetting} if forgetting else {})}
     _write_outputs(out_dir, summary, found, base_found, runner, curves, config)

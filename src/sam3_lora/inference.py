@@ -85,7 +85,7 @@ class SAM3LoRAInference:
         if resolution:
             self.config = self.config.model_copy(update={"model": self.config.model.model_copy(
                 update={"image_size": resolution})})
-        self.model, self.processor, self.adapter = load_model(self.config, weights_path, no_lora)
+        self.model, self.processor, self.weights = load_model(self.config, weights_path, no_lora)
         self.device = next(self.model.parameters()).device
         self.threshold = detection_threshold
         self.mask_nms_iou = mask_nms_iou

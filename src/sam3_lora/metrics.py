@@ -42,7 +42,7 @@ METRIC_KEYS = (*COCO_KEYS, *CGF1_KEYS, "iou_type", "score_threshold", "num_predi
 """The keys of ``evaluate_files``' result, in order. ``per_category`` maps each category
 name to {AP, AP50, AP75, cgF1, cgF1_50, cgF1_75, pmF1, IL_MCC}."""
 TABLE_KEYS = ("mAP", "mAP50", "mAP75", "cgF1", "cgF1_50", "cgF1_75", "pmF1", "IL_MCC",
-              "IL_precision", "IL_recall")
+              "IL_precision", "IL_recall", "presence_AUC")
 _STATS = dict(zip(COCO_KEYS, range(6), strict=True))  # COCOeval.stats indices
 
 

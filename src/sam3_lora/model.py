@@ -5,8 +5,11 @@ into its inputs. Sources, in the order they are recognised:
 
 - a preset name: ``sam3`` (the full-size architecture, 840M parameters, random weights: for
   benchmarks and tests of the real shapes) or ``sam3-tiny`` (~0.4M parameters, 112 px,
-  random weights: for tests and CPU demos). Presets use the byte-level tokenizer, since
-  CLIP's vocabulary cannot be had offline.
+  random weights: for tests). Presets use the byte-level tokenizer, since CLIP's vocabulary
+  cannot be had offline.
+- ``sam3-tiny-shapes``: the bundled pretrained base, ``sam3-tiny`` trained from scratch on
+  synthetic coloured shapes (``configs/base.yaml`` says how); shipped inside the package, so
+  it loads offline. Its ``sam3_lora.json`` lists the concepts it knows.
 - a local folder written by ``save_pretrained`` (model and tokenizer): the offline path.
 - a hub id such as ``facebook/sam3`` (gated: the token comes from ``HF_TOKEN`` or the hub
   login). Access denied, an unreachable hub and a wrong id each give a one-line error.
@@ -15,6 +18,7 @@ into its inputs. Sources, in the order they are recognised:
 from __future__ import annotations
 
 import contextlib
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -37,8 +41,10 @@ from sam3_lora.processing import Sam3InputProcessor
 from sam3_lora.roi_align import install_fallback
 from sam3_lora.tokenizer import VOCAB_SIZE, build_byte_tokenizer
 
-PRESETS = ("sam3", "sam3-tiny")
+PRESETS = ("sam3", "sam3-tiny")   # architectures with random weights
+BUNDLED = {"sam3-tiny-shapes": Path(__file__).parent / "assets" / "sam3-tiny-shapes"}
 TINY_IMAGE_SIZE = 112
+MODEL_FORMAT = "sam3-lora-model/1"
 
 
 @dataclass
@@ -57,6 +63,39 @@ class LoadedSam3:
         """Write model and tokenizer so that ``load_sam3(folder)`` reads them back offline."""
         self.model.save_pretrained(folder)
         self.tokenizer.save_pretrained(folder)
+
+
+def write_model(loaded: LoadedSam3, folder: Path, *, base_source: str = "unknown",
+                prompts: list[str] | None = None) -> None:
+    """A whole trained model (``training.method: full``) into the existing ``folder``: a
+    ``save_pretrained`` folder that ``model.source`` can name, plus ``sam3_lora.json``
+    saying what it was trained from and on which prompts."""
+    from sam3_lora import __version__
+
+    with quiet_progress():   # a "writing shards" bar at every checkpoint is noise
+        loaded.save_pretrained(folder)
+    metadata = {"format": MODEL_FORMAT, "trained_from": base_source, "prompts": sorted(set(prompts or [])),
+                "sam3_lora_version": __version__}
+    (Path(folder) / "sam3_lora.json").write_text(json.dumps(metadata, indent=2) + "\n")
+
+
+def is_model_folder(folder: str | Path) -> bool:
+    """Whether ``folder`` holds a whole model (``save_pretrained``) rather than an adapter."""
+    folder = Path(folder)
+    return (folder / "config.json").is_file() and not (folder / "adapter_config.json").is_file()
+
+
+def load_model_weights(model: Sam3Model, folder: str | Path) -> None:
+    """Copy the weights of a model folder written by ``write_model`` into ``model`` (resume)."""
+    from safetensors.torch import load_file
+
+    path = Path(folder) / "model.safetensors"
+    if not path.is_file():
+        raise ModelLoadError(f"{folder}: no model.safetensors; resume a method=full run from its own checkpoints")
+    result = model.load_state_dict(load_file(path), strict=False)
+    if result.missing_keys or result.unexpected_keys:
+        raise ModelLoadError(f"{path}: weights do not fit the model (missing {result.missing_keys[:2]}, "
+                             f"unexpected {result.unexpected_keys[:2]}); resume with the run's own config")
 
 
 def tiny_config(image_size: int = TINY_IMAGE_SIZE) -> Sam3Config:
@@ -105,7 +144,7 @@ def load_sam3_config(source: str, revision: str | None = None, image_size: int |
     elif source == "sam3-tiny":
         config = tiny_config()
     else:
-        location = _local_folder(source) or _probe_hub(source, revision, token)
+        location = _bundled(source) or _local_folder(source) or _probe_hub(source, revision, token)
         try:
             config = Sam3Config.from_pretrained(location, revision=revision, token=token)
         except (OSError, ValueError) as exc:
@@ -127,8 +166,9 @@ def load_sam3(source: str = "facebook/sam3", *, revision: str | None = None,
             model = Sam3Model(config)
         tokenizer = build_byte_tokenizer(config.text_config.max_position_embeddings)
     else:
-        location = _local_folder(source) or source
-        model = _from_pretrained(Sam3Model, location, source, config=config, revision=revision, token=token)
+        location = _bundled(source) or _local_folder(source) or source
+        with quiet_progress() if source in BUNDLED else contextlib.nullcontext():
+            model = _from_pretrained(Sam3Model, location, source, config=config, revision=revision, token=token)
         tokenizer = _from_pretrained(AutoTokenizer, location, source, revision=revision, token=token)
         _check_tokenizer(tokenizer, config, source)
     processor = Sam3InputProcessor(
@@ -140,11 +180,42 @@ def load_sam3(source: str = "facebook/sam3", *, revision: str | None = None,
 
 
 @contextlib.contextmanager
+def quiet_progress():
+    """transformers' progress bars off (loading and saving the tiny bundled model is instant)."""
+    from transformers.utils import logging as hf_logging
+
+    shown = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if shown:
+            hf_logging.enable_progress_bar()
+
+
+@contextlib.contextmanager
 def _seeded(seed: int):
     """Seed torch for random-init weights without disturbing the caller's RNG."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         yield
+
+
+def _bundled(source: str) -> str | None:
+    """The package's folder of a bundled model, or None if ``source`` is not one."""
+    if source not in BUNDLED:
+        return None
+    folder = BUNDLED[source]
+    if not (folder / "model.safetensors").is_file():
+        raise ModelLoadError(f"model.source {source!r}: the bundled weights are missing from {folder}; "
+                             f"reinstall sam3-lora (pip install -e .)")
+    return str(folder)
+
+
+def bundled_concepts(source: str) -> list[str]:
+    """The concepts a bundled base was trained on (its ``sam3_lora.json`` prompts)."""
+    folder = Path(_bundled(source))
+    return json.loads((folder / "sam3_lora.json").read_text())["prompts"]
 
 
 def _looks_like_path(source: str) -> bool:
@@ -165,7 +236,7 @@ def _local_folder(source: str) -> str | None:
     if _looks_like_path(source):
         raise ModelLoadError(
             f"model.source {source!r}: no such folder; give a save_pretrained folder, a hub id "
-            f"(facebook/sam3) or a preset ({', '.join(PRESETS)})"
+            f"(facebook/sam3) or a preset ({', '.join([*PRESETS, *BUNDLED])})"
         )
     return None
 
@@ -201,7 +272,7 @@ def _probe_hub(repo_id: str, revision: str | None, token: str | None) -> str:
     except HFValidationError:
         raise ModelLoadError(
             f"model.source {repo_id!r}: not a hub id, folder or preset; use facebook/sam3, a local folder, "
-            f"or one of {', '.join(PRESETS)}"
+            f"or one of {', '.join([*PRESETS, *BUNDLED])}"
         ) from None
     except LocalEntryNotFoundError:
         raise ModelLoadError(f"model.source {repo_id!r}: the hub is unreachable (offline?); {offline_fix}") from None

@@ -1,4 +1,4 @@
-"""The LoRA training recipe: ``SAM3LoRATrainer(config).train()``.
+"""The training recipe: ``SAM3LoRATrainer(config).train()``, LoRA or (``method: full``) every weight.
 
 One class, read top to bottom: ``setup`` (accelerator, model, data, optimiser), ``train``
 (the loop), ``evaluate`` (validation loss), ``save_checkpoint``. It runs on Accelerate, so
@@ -10,9 +10,12 @@ Run folder (``output.dir``)::
     config.yaml            the effective config, every key
     metrics.jsonl          one JSON line per log and per evaluation
     tensorboard/           TensorBoard events (and other trackers through Accelerate)
-    checkpoints/step-N/    resumable: adapter + optimiser, scheduler, scaler, RNG, progress
-    last/                  adapter of the latest step
-    best/                  adapter with the best validation metric (= last/ without valid/)
+    checkpoints/step-N/    resumable: weights + optimiser, scheduler, scaler, RNG, progress
+    last/                  weights of the latest step
+    best/                  weights with the best validation metric (= last/ without valid/)
+
+The weights are an adapter (``adapter.py``), or with ``training.method: full`` a whole model
+folder (``model.write_model``) that ``model.source`` can name.
 """
 
 from __future__ import annotations
@@ -33,18 +36,18 @@ from torch.utils.checkpoint import checkpoint
 from torch.utils.flop_counter import FlopCounterMode
 from tqdm.auto import tqdm
 
-from sam3_lora.adapter import load_lora_weights, save_adapter
+from sam3_lora.adapter import atomic_folder, load_lora_weights, write_adapter
 from sam3_lora.checkpoint import (
     latest_checkpoint,
     load_checkpoint,
     prune_checkpoints,
     save_checkpoint,
 )
-from sam3_lora.config import COMPONENTS, Config, load_config
+from sam3_lora.config import COMPONENTS, HEADS, Config, load_config
 from sam3_lora.errors import ConfigError, Sam3LoraError
 from sam3_lora.lora import apply_lora_to_model, count_parameters, format_summary, lora_summary
 from sam3_lora.loss import Sam3Criterion, capture_aux_outputs
-from sam3_lora.model import forward_queries, load_sam3
+from sam3_lora.model import forward_queries, load_model_weights, load_sam3, write_model
 
 # Dense bf16 peak of known accelerators, for the MFU meter (TFLOP/s).
 PEAK_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0, "L40S": 362.0, "A10G": 125.0, "4090": 165.0}
@@ -101,13 +104,13 @@ def enable_activation_checkpointing(model: nn.Module, every: int) -> int:
 
 
 def param_groups(model: nn.Module, lr: float, weight_decay: float, component_lrs: dict[str, float]) -> list[dict]:
-    """AdamW groups over trainable parameters: a learning rate per component, and no
-    weight decay on biases and norm weights (1-D tensors)."""
+    """AdamW groups over trainable parameters: a learning rate per component (or head), and
+    no weight decay on biases and norm weights (1-D tensors)."""
     groups: dict[tuple[float, float], list] = {}
     for name, parameter in model.named_parameters():
         if not parameter.requires_grad:
             continue
-        component = next((c for c in COMPONENTS if f".{c}." in f".{name}"), None)
+        component = next((c for c in COMPONENTS + HEADS if f".{c}." in f".{name}"), None)
         group_lr = component_lrs.get(component, lr)
         decay = 0.0 if parameter.ndim < 2 else weight_decay
         groups.setdefault((group_lr, decay), []).append(parameter)
@@ -121,7 +124,11 @@ def peak_memory_mb(device: torch.device) -> float:
 
 
 class SAM3LoRATrainer:
-    """Fine-tunes SAM3 with LoRA as ``config`` says; ``train()`` returns the summary."""
+    """Fine-tunes SAM3 as ``config`` says; ``train()`` returns the summary.
+
+    ``peft_model`` is the model being trained: PEFT-wrapped with LoRA, or with
+    ``training.method: full`` the bare SAM3 with every weight trainable.
+    """
 
     def __init__(self, config: Config | str | Path, overrides: list[str] | None = None,
                  resume: str | Path | None = None, quiet: bool = False):
@@ -185,11 +192,16 @@ class SAM3LoRATrainer:
         self.loaded = load_sam3(cfg.model.source, revision=cfg.model.revision,
                                 image_size=cfg.model.image_size, seed=cfg.training.seed)
         self.image_size = self.loaded.processor.image_size
-        model = apply_lora_to_model(self.loaded.model, cfg.lora, verbose=False)
+        self.full = cfg.training.method == "full"
+        if self.full:
+            model = self.loaded.model.requires_grad_(True)
+        else:
+            model = apply_lora_to_model(self.loaded.model, cfg.lora, verbose=False)
         self.checkpointed_blocks = enable_activation_checkpointing(model, cfg.training.activation_checkpointing)
         self.peft_model = model
         self.parameters = count_parameters(model)
-        self._log_text(format_summary(lora_summary(model), self.parameters))
+        self._log_text(f"full training: all {self.parameters.trainable:,} parameters" if self.full
+                       else format_summary(lora_summary(model), self.parameters))
 
     def _setup_data(self) -> None:
         from sam3_lora.data.coco import check_split, load_coco_split
@@ -232,7 +244,10 @@ class SAM3LoRATrainer:
             if str(resume) == "auto":
                 return
             raise TrainingError(f"--resume {resume}: no checkpoint there; give a run folder with checkpoints/")
-        load_lora_weights(self.peft_model, folder)
+        if self.full:
+            load_model_weights(self.peft_model, folder)
+        else:
+            load_lora_weights(self.peft_model, folder)
         progress = load_checkpoint(folder, self.optimizer.optimizer, self.scheduler, self.accelerator.scaler)
         self.step, self.epoch, self.batches_done = progress["step"], progress["epoch"], progress["batches_done"]
         self.best_value = progress["best_value"]
@@ -472,20 +487,27 @@ class SAM3LoRATrainer:
         return False
 
     def save_checkpoint(self, best: bool = False) -> None:
-        """Resumable checkpoint in checkpoints/step-N, adapter in last/ (and best/)."""
+        """Resumable checkpoint in checkpoints/step-N, weights in last/ (and best/)."""
         self.accelerator.wait_for_everyone()
         if not self.accelerator.is_main_process:
             return
-        info = {"base_source": self.config.model.source, "prompts": self.prompts}
         progress = {"step": self.step, "epoch": self.epoch, "batches_done": self.batches_done,
                     "best_value": self.best_value, "evals_without_improvement": self.evals_without_improvement}
-        folder = save_checkpoint(self.run_dir / "checkpoints" / f"step-{self.step:06d}", self.peft_model,
-                                 self.optimizer.optimizer, self.scheduler, self.accelerator.scaler, progress, **info)
+        folder = save_checkpoint(self.run_dir / "checkpoints" / f"step-{self.step:06d}", self.write_weights,
+                                 self.optimizer.optimizer, self.scheduler, self.accelerator.scaler, progress)
         prune_checkpoints(self.run_dir, self.config.training.save_total_limit)
-        save_adapter(self.peft_model, self.run_dir / "last", **info)
-        if best:
-            save_adapter(self.peft_model, self.run_dir / "best", **info)
+        for name in ("last", "best") if best else ("last",):
+            with atomic_folder(self.run_dir / name) as staging:
+                self.write_weights(staging)
         self.last_checkpoint = folder
+
+    def write_weights(self, folder: Path) -> None:
+        """The trained weights into the existing ``folder``: the adapter, or the whole model."""
+        info = {"base_source": self.config.model.source, "prompts": self.prompts}
+        if self.full:
+            write_model(self.loaded, folder, **info)
+        else:
+            write_adapter(self.peft_model, folder, **info)
 
     # ---- signals, logs, summary ----------------------------------------------------
 
@@ -535,7 +557,8 @@ class SAM3LoRATrainer:
         self.accelerator.end_training()
         self._log_text(
             f"done: {self.step} steps in {seconds:.0f} s, best {self.config.training.best_metric} "
-            f"{'-' if self._best() is None else f'{self._best():.4f}'}, adapters in {self.run_dir}/best and /last")
+            f"{'-' if self._best() is None else f'{self._best():.4f}'}, "
+            f"{'models' if self.full else 'adapters'} in {self.run_dir}/best and /last")
         return summary
 
 
