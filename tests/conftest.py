@@ -1,11 +1,16 @@
 """Shared fixtures: tiny random SAM3 models and a synthetic image, all built offline."""
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
 from sam3_lora.model import load_sam3
+
+# The tests' fixed LoRA config on the random tiny model (see the file).
+TINY_CONFIG = Path(__file__).parent / "tiny.yaml"
 
 
 @pytest.fixture

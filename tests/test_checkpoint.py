@@ -11,6 +11,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from conftest import TINY_CONFIG
 from sam3_lora.adapter import write_adapter
 from sam3_lora.checkpoint import (
     STATE_FILE,
@@ -85,7 +86,7 @@ def shapes(tmp_path_factory):
 
 def train_command(shapes, run_dir, *extra):
     # 16 images at batch 2: 8 steps an epoch, so 20 steps cross two epoch boundaries.
-    return [sys.executable, "-m", "sam3_lora.cli", "train", "--config", "demo", f"data.root={shapes}",
+    return [sys.executable, "-m", "sam3_lora.cli", "train", "--config", str(TINY_CONFIG), f"data.root={shapes}",
             f"output.dir={run_dir}", "training.max_steps=20", "training.batch_size=2",
             "training.save_every_steps=3", "training.eval_every_steps=100", "training.report_to=[]",
             "training.save_total_limit=null", *extra]

@@ -21,7 +21,9 @@ def test_preset_choices_match_their_descriptions():
     assert (minimal.rank, minimal.target_modules, minimal.components()) == (4, ["q_proj", "v_proj"], ["vision_encoder"])
     assert balanced.rank == 16 and balanced.components() == ["vision_encoder", "mask_decoder"]
     assert full.rank == 32 and "text_encoder" not in full.components() and len(full.components()) == 5
-    assert load_config("demo").model.source == "sam3-tiny"
+    assert load_config("demo").model.source == "sam3-tiny-shapes"
+    base = load_config("base")
+    assert base.training.method == "full" and base.model.source == "sam3-tiny"
 
 
 @pytest.mark.parametrize("text, message", [
@@ -71,7 +73,7 @@ def test_effective_config_round_trips(tmp_path):
 
 
 def test_unknown_config_path_lists_presets():
-    with pytest.raises(ConfigError, match="no such config file; .* presets? \\(balanced, demo, full, minimal"):
+    with pytest.raises(ConfigError, match="no such config file; .* presets? \\(balanced, base, demo, full, minimal"):
         resolve_config_path("nope.yaml")
 
 

@@ -3,6 +3,7 @@ import shutil
 
 import pytest
 
+from conftest import TINY_CONFIG
 from sam3_lora.config import load_config
 from sam3_lora.data.synth import synthesize
 from sam3_lora.evaluate import EvaluationError, ground_truth, load_split, score, validate
@@ -16,7 +17,7 @@ def trained(tmp_path_factory):
     """A short LoRA run on synthetic shapes: (config, the trainer's final validation loss)."""
     root = tmp_path_factory.mktemp("eval")
     synthesize(root / "data", images_per_split={"train": 8, "valid": 6, "test": 4}, image_size=112, seed=2)
-    config = load_config("demo", [f"data.root={root / 'data'}", f"output.dir={root / 'run'}", "training.max_steps=6",
+    config = load_config(TINY_CONFIG, [f"data.root={root / 'data'}", f"output.dir={root / 'run'}", "training.max_steps=6",
                                   "training.report_to=[]", "training.batch_size=4", "evaluation.retain_images=2",
                                   "evaluation.retain_prompts=[dog, sky]", "evaluation.report_examples=1"])
     trainer = SAM3LoRATrainer(config, quiet=True)

@@ -2,6 +2,7 @@ import pytest
 import torch
 from transformers import Sam3Model
 
+from conftest import TINY_CONFIG
 from sam3_lora.adapter import load_adapter, read_metadata
 from sam3_lora.config import LoRAConfig, load_config
 from sam3_lora.errors import AdapterError
@@ -27,7 +28,7 @@ def adapter(tmp_path, tiny):
 
 def test_merged_export_loads_with_plain_transformers(tmp_path, adapter, predict, differ):
     folder, adapted = adapter
-    out = export_merged(folder, tmp_path / "merged", load_config("demo"))
+    out = export_merged(folder, tmp_path / "merged", load_config(TINY_CONFIG))
     plain = Sam3Model.from_pretrained(out).eval()            # no sam3_lora code involved
     assert differ(predict(plain), predict(adapted)) < 1e-5   # W + BA folded in float32
     assert (out / "tokenizer.json").is_file()

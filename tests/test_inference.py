@@ -6,6 +6,7 @@ import pytest
 import torch
 from PIL import Image
 
+from conftest import TINY_CONFIG
 from sam3_lora.cli import main
 from sam3_lora.config import load_config
 from sam3_lora.data.synth import synthesize
@@ -21,7 +22,7 @@ def run(tmp_path_factory):
     """A short LoRA run on synthetic shapes; returns its config."""
     root = tmp_path_factory.mktemp("predict")
     synthesize(root / "data", images_per_split={"train": 4, "valid": 2}, image_size=112, seed=4)
-    config = load_config("demo", [f"data.root={root / 'data'}", f"output.dir={root / 'run'}",
+    config = load_config(TINY_CONFIG, [f"data.root={root / 'data'}", f"output.dir={root / 'run'}",
                                   "training.max_steps=2", "training.report_to=[]"])
     SAM3LoRATrainer(config, quiet=True).train()
     return config

@@ -135,3 +135,42 @@ def test_unreachable_hub_cli_prints_one_line_without_traceback(tmp_path):
     assert "Traceback" not in result.stderr
     lines = [line for line in result.stderr.splitlines() if line.startswith("error:")]
     assert len(lines) == 1 and "hub is unreachable" in lines[0] and "--local-dir" in lines[0]
+
+
+# ---- the bundled pretrained base ----------------------------------------------------------
+
+MIN_BASE_PRESENCE_AUC = 0.85   # measured on this held-out set: see BENCHMARKS.md, "The bundled base"
+
+
+def test_bundled_base_loads_offline_with_its_concepts():
+    """sam3-tiny-shapes ships in the package: no hub, no download, a few MB."""
+    from sam3_lora.model import BUNDLED, bundled_concepts
+
+    code = ("import socket\n"
+            "def refuse(*a, **k): raise OSError('network used')\n"
+            "socket.socket.connect = refuse\n"
+            "from sam3_lora.model import load_sam3\n"
+            "m = load_sam3('sam3-tiny-shapes')\n"
+            "print(sum(p.numel() for p in m.model.parameters()))\n")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            env={**os.environ, "HF_HUB_OFFLINE": "1"}, check=False)
+    assert result.returncode == 0, result.stderr
+    assert int(result.stdout.split()[-1]) == 362_954
+    size = sum(p.stat().st_size for p in BUNDLED["sam3-tiny-shapes"].iterdir())
+    assert size < 3 * 2**20
+    assert len(bundled_concepts("sam3-tiny-shapes")) == 12 and "red circle" in bundled_concepts("sam3-tiny-shapes")
+
+
+def test_bundled_base_listens_to_its_prompt(tmp_path):
+    """On held-out images of its concepts, the presence score tells present from absent
+    concepts (ROC-AUC), and a base with shuffled text weights would not: this can fail."""
+    from sam3_lora.config import load_config
+    from sam3_lora.data.synth import synthesize
+    from sam3_lora.demo import BASE_CONCEPTS, SHAPE_STYLE
+    from sam3_lora.evaluate import validate
+
+    synthesize(tmp_path / "data", **BASE_CONCEPTS, **SHAPE_STYLE, seed=7, images_per_split={"test": 30})
+    config = load_config("demo", [f"data.root={tmp_path / 'data'}", f"output.dir={tmp_path / 'run'}"])
+    summary = validate(config, split="test", no_lora=True, quiet=True)
+    assert summary["presence_AUC"] >= MIN_BASE_PRESENCE_AUC, summary["presence_AUC"]
+    assert summary["mAP"] > 0.2, summary["mAP"]

@@ -7,6 +7,7 @@ import sys
 import pytest
 import torch
 
+from conftest import TINY_CONFIG
 from sam3_lora.config import TrainingConfig, load_config
 from sam3_lora.data.synth import synthesize
 from sam3_lora.errors import ConfigError, DataError
@@ -22,7 +23,7 @@ def shapes(tmp_path_factory):
 
 
 def make_config(root, run_dir, *overrides):
-    return load_config("demo", [f"data.root={root}", f"output.dir={run_dir}", "training.batch_size=4",
+    return load_config(TINY_CONFIG, [f"data.root={root}", f"output.dir={run_dir}", "training.batch_size=4",
                                 "training.report_to=[]", "data.num_workers=0", *overrides])
 
 
@@ -255,8 +256,8 @@ def test_two_processes_match_one(shapes, tmp_path):
               "training.eval_every_steps=100"]
     runs = {
         "two": [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", str(script),
-                str(tmp_path / "two"), "demo", *common, f"output.dir={tmp_path / 'two'}", "training.batch_size=2"],
-        "one": [sys.executable, str(script), str(tmp_path / "one"), "demo", *common,
+                str(tmp_path / "two"), str(TINY_CONFIG), *common, f"output.dir={tmp_path / 'two'}", "training.batch_size=2"],
+        "one": [sys.executable, str(script), str(tmp_path / "one"), str(TINY_CONFIG), *common,
                 f"output.dir={tmp_path / 'one'}", "training.batch_size=4"],
     }
     for name, command in runs.items():
@@ -312,7 +313,8 @@ def test_annotation_file_name_is_configurable(shapes, tmp_path):
     assert len(trainer_for(root, tmp_path, "data.annotation_file=labels.json").splits["valid"].images) == 8
 
 
-def test_full_method_trains_every_weight_saves_models_and_resumes(shapes, tmp_path):
+@pytest.mark.parametrize("keys", [covers("method")])
+def test_full_method_trains_every_weight_saves_models_and_resumes(shapes, tmp_path, keys):
     """method=full: no LoRA, every weight moves, best/ and last/ are model folders that
     load_sam3 and validate read, and a resumed run ends on the same weights."""
     from safetensors.torch import load_file
@@ -320,8 +322,8 @@ def test_full_method_trains_every_weight_saves_models_and_resumes(shapes, tmp_pa
     from sam3_lora.evaluate import validate
     from sam3_lora.model import load_sam3
 
-    covers("method")
-    common = ["training.method=full", "training.learning_rate=1e-3", "training.eval_every_steps=2"]
+    common = ["training.method=full", "training.learning_rate=1e-3", "training.eval_every_steps=2",
+              "training.lr_scheduler=constant"]   # the same schedule whatever max_steps says
     trainer = trainer_for(shapes, tmp_path, "training.max_steps=4", *common)
     before = {k: v.clone() for k, v in trainer.peft_model.named_parameters()}
     assert not any("lora_" in k for k in before) and all(p.requires_grad for p in trainer.peft_model.parameters())

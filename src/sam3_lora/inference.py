@@ -109,6 +109,10 @@ class SAM3LoRAInference:
     def set_adapter(self, name: str) -> None:
         """Switch to another loaded adapter (PEFT's named adapters); clears the text cache."""
         self.model.set_adapter(name)
+        self.clear_text_cache()
+
+    def clear_text_cache(self) -> None:
+        """Forget cached prompt features: needed whenever the weights that made them change."""
         self._text_cache.clear()
 
     def _geometry(self, boxes: np.ndarray, negative: np.ndarray, size: tuple[int, int], rows: int) -> dict:

@@ -41,7 +41,7 @@ from sam3_lora.processing import Sam3InputProcessor
 from sam3_lora.roi_align import install_fallback
 from sam3_lora.tokenizer import VOCAB_SIZE, build_byte_tokenizer
 
-PRESETS = ("sam3", "sam3-tiny")   # architectures with random weights
+PRESETS = ("sam3", "sam3-tiny", "sam3-small")   # architectures with random weights
 BUNDLED = {"sam3-tiny-shapes": Path(__file__).parent / "assets" / "sam3-tiny-shapes"}
 TINY_IMAGE_SIZE = 112
 MODEL_FORMAT = "sam3-lora-model/1"
@@ -98,26 +98,27 @@ def load_model_weights(model: Sam3Model, folder: str | Path) -> None:
                              f"unexpected {result.unexpected_keys[:2]}); resume with the run's own config")
 
 
-def tiny_config(image_size: int = TINY_IMAGE_SIZE) -> Sam3Config:
-    """The ``sam3-tiny`` architecture: every SAM3 component, a few hundred thousand weights."""
+def tiny_config(image_size: int = TINY_IMAGE_SIZE, width: int = 32) -> Sam3Config:
+    """The ``sam3-tiny`` architecture: every SAM3 component, a few hundred thousand weights.
+    ``width`` is that of the text encoder and of everything after the ViT (``sam3-small``: 64)."""
     vit = Sam3ViTConfig(
         hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=2,
         image_size=image_size, patch_size=14, window_size=4, global_attn_indexes=[1],
         pretrain_image_size=image_size,
     )
     text = CLIPTextConfig(
-        vocab_size=VOCAB_SIZE, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-        num_attention_heads=2, max_position_embeddings=32, projection_dim=32,
+        vocab_size=VOCAB_SIZE, hidden_size=width, intermediate_size=2 * width, num_hidden_layers=2,
+        num_attention_heads=2, max_position_embeddings=32, projection_dim=width,
         pad_token_id=0, bos_token_id=1, eos_token_id=2,
     )
-    width = {"hidden_size": 32, "num_attention_heads": 2, "intermediate_size": 64}
+    sizes = {"hidden_size": width, "num_attention_heads": 2, "intermediate_size": 2 * width}
     config = Sam3Config(
-        vision_config=Sam3VisionConfig(backbone_config=vit, fpn_hidden_size=32),
+        vision_config=Sam3VisionConfig(backbone_config=vit, fpn_hidden_size=width),
         text_config=text,
-        geometry_encoder_config=Sam3GeometryEncoderConfig(num_layers=1, **width),
-        detr_encoder_config=Sam3DETREncoderConfig(num_layers=1, **width),
-        detr_decoder_config=Sam3DETRDecoderConfig(num_layers=2, num_queries=20, **width),
-        mask_decoder_config=Sam3MaskDecoderConfig(hidden_size=32, num_attention_heads=2),
+        geometry_encoder_config=Sam3GeometryEncoderConfig(num_layers=1, **sizes),
+        detr_encoder_config=Sam3DETREncoderConfig(num_layers=1, **sizes),
+        detr_decoder_config=Sam3DETRDecoderConfig(num_layers=2, num_queries=20, **sizes),
+        mask_decoder_config=Sam3MaskDecoderConfig(hidden_size=width, num_attention_heads=2),
     )
     return set_image_size(config, image_size)
 
@@ -143,6 +144,8 @@ def load_sam3_config(source: str, revision: str | None = None, image_size: int |
         config = Sam3Config()
     elif source == "sam3-tiny":
         config = tiny_config()
+    elif source == "sam3-small":
+        config = tiny_config(width=64)
     else:
         location = _bundled(source) or _local_folder(source) or _probe_hub(source, revision, token)
         try:

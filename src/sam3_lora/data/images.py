@@ -44,8 +44,7 @@ def open_image(path: str | Path) -> Image.Image:
     with _opened(path) as image:
         try:
             image.load()
-            upright = _upright(image)
-            return to_rgb(upright)
+            return to_rgb(upright(image))
         except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as error:
             raise _unreadable(path, error) from None
 
@@ -119,7 +118,7 @@ def _stretch_to_byte_range(values: np.ndarray) -> np.ndarray:
     return stretched * 255.0
 
 
-def _upright(image: Image.Image) -> Image.Image:
+def upright(image: Image.Image) -> Image.Image:
     """The image rotated/flipped as its EXIF orientation says (unchanged if it has none)."""
     try:
         return ImageOps.exif_transpose(image)
@@ -137,7 +136,7 @@ def _orientation_from_header(image: Image.Image) -> int:
         return 1
     try:
         orientation = image.getexif().get(_ORIENTATION_TAG, 1)
-    except Exception:  # noqa: BLE001 - corrupt EXIF: same policy as _upright
+    except Exception:  # noqa: BLE001 - corrupt EXIF: same policy as upright
         return 1
     return orientation if isinstance(orientation, int) else 1
 

@@ -1,0 +1,251 @@
+"""Training throughput per LoRA preset x batch size x activation checkpointing.
+
+One step = B synthetic images at the model's size with K text queries each (each image
+encoded once for its K queries, as the trainer does) and synthetic box and mask targets,
+SAM3's loss with its auxiliary decoder layers, backward, gradient clipping and AdamW (the
+preset's learning rate and weight decay), under ``--precision`` autocast. Runs on the GPU
+when CUDA is available, else on the CPU. Every configuration runs in its own process, so its
+peak memory is its own and running out of memory gives an "OOM" row instead of a crash.
+
+Reported per configuration: images/s and s/step (mean of the timed steps after one warm-up
+step), peak memory (CUDA: the most torch allocated during the timed steps; CPU: the process's
+peak RSS, model included), the FLOPs of one step counted by FlopCounterMode (forward and
+backward as run, checkpoint recomputation included), the achieved TFLOP/s, and MFU against
+the GPU's dense bf16 peak where ``sam3_lora.train.PEAK_TFLOPS`` knows it.
+
+    python bench/bench_steps.py [--model sam3-tiny] [--image-size N]
+        [--presets minimal balanced full] [--batch-sizes 1 2 4] [--checkpointing off|on|both]
+        [--precision no|bf16] [--queries 4] [--steps 3] [--memory-limit-gb 20]
+        [--write] [--json OUT]
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import shlex
+import sys
+import time
+from pathlib import Path
+
+import torch
+from bench_train import (  # bench/bench_train.py (scripts run from bench/)
+    benchmark_device,
+    oom_text,
+    peak_memory_gb,
+    run_capped,
+    synchronize,
+    synthetic_targets,
+    to_device,
+)
+from machine import machine
+from torch.utils.flop_counter import FlopCounterMode
+
+REPO = Path(__file__).resolve().parents[1]
+HEADING = "## Training throughput per LoRA preset"
+OUTPUTS = ("pred_logits", "pred_boxes", "pred_masks", "presence_logits")
+
+
+def gpu_peak_tflops(device: torch.device) -> float | None:
+    """The dense bf16 peak of this GPU from the trainer's table, or None (CPU, unknown GPU)."""
+    from sam3_lora.train import PEAK_TFLOPS
+
+    if device.type != "cuda":
+        return None
+    name = torch.cuda.get_device_name(device)
+    return next((peak for key, peak in PEAK_TFLOPS.items() if key in name), None)
+
+
+def run_one(model_source: str, image_size: int | None, preset: str, batch_size: int,
+            checkpointing: bool, precision: str, queries: int, steps: int) -> dict:
+    """One configuration, measured in this process (see the module docstring)."""
+    from sam3_lora.config import load_config
+    from sam3_lora.data.collate import mask_size_for
+    from sam3_lora.lora import apply_lora_to_model, count_parameters
+    from sam3_lora.loss import Sam3Criterion, capture_aux_outputs
+    from sam3_lora.model import forward_queries, load_sam3
+    from sam3_lora.train import enable_activation_checkpointing, param_groups
+
+    device = benchmark_device()
+    config = load_config(preset)
+    loaded = load_sam3(model_source, image_size=image_size)
+    model = apply_lora_to_model(loaded.model, config.lora, verbose=False).to(device).train()
+    if checkpointing:
+        enable_activation_checkpointing(model, every=1)
+    size = loaded.processor.image_size
+    train = config.training
+    optimizer = torch.optim.AdamW(param_groups(model, train.learning_rate, train.weight_decay,
+                                               train.component_learning_rates), lr=train.learning_rate)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    criterion = Sam3Criterion(weights=config.loss)
+
+    generator = torch.Generator().manual_seed(0)
+    pixels = torch.randn(batch_size, 3, size, size, generator=generator).to(device)
+    image_index = torch.arange(batch_size, device=device).repeat_interleave(queries)
+    prompts = [f"concept {q}" for _ in range(batch_size) for q in range(queries)]
+    text = {k: v.to(device) for k, v in loaded.processor.text(prompts).items()}
+    targets = to_device(synthetic_targets(batch_size * queries, mask_size_for(size), generator), device)
+
+    def step() -> None:
+        # As SAM3LoRATrainer: forward under autocast, the loss in fp32 on fp32 outputs.
+        with capture_aux_outputs(model) as aux, torch.autocast(
+                device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
+            out = forward_queries(model, pixels, image_index, **text)
+        predictions = {k: out[k].float() for k in OUTPUTS}
+        predictions["aux_outputs"] = [{k: v.float() for k, v in layer.items()} for layer in aux]
+        criterion(predictions, targets)["loss"].backward()
+        if train.max_grad_norm > 0:
+            torch.nn.utils.clip_grad_norm_(trainable, train.max_grad_norm)
+        optimizer.step()
+        optimizer.zero_grad()
+
+    with FlopCounterMode(display=False) as counter:   # the warm-up step, untimed
+        step()
+    flops = counter.get_total_flops()
+    synchronize(device)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    times = []
+    for _ in range(steps):
+        started = time.perf_counter()
+        step()
+        synchronize(device)
+        times.append(time.perf_counter() - started)
+    seconds = sum(times) / steps
+    tflops = flops / seconds / 1e12
+    peak = gpu_peak_tflops(device)
+    return {
+        "model": model_source, "image_size": size, "preset": preset, "batch_size": batch_size,
+        "queries_per_image": queries, "checkpointing": checkpointing, "precision": precision,
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+        "trainable_params": count_parameters(model).trainable, "steps": steps,
+        "s_per_step": seconds, "images_per_s": batch_size / seconds,
+        "peak_memory_gb": peak_memory_gb(device),
+        "memory": "peak CUDA allocated" if device.type == "cuda" else "peak RSS",
+        "gflop_per_step": flops / 1e9, "tflops": tflops,
+        "mfu": tflops / peak if peak else None,
+    }
+
+
+def measure(model: str, image_size: int | None, presets: list[str], batch_sizes: list[int],
+            checkpointing: str, precision: str, queries: int, steps: int,
+            memory_limit_gb: float | None) -> list[dict]:
+    """Every configuration, each in a child process; rows in table order."""
+    # An address-space cap would stop CUDA from starting: on a GPU, out of memory is the GPU's.
+    limit_gb = None if torch.cuda.is_available() else memory_limit_gb
+    modes = {"off": (False,), "on": (True,), "both": (False, True)}[checkpointing]
+    rows = []
+    for ckpt in modes:
+        for preset in presets:
+            for batch_size in batch_sizes:
+                command = [sys.executable, __file__, "--model", model, "--precision", precision,
+                           "--queries", str(queries), "--steps", str(steps),
+                           "--one", json.dumps([preset, batch_size, ckpt])]
+                if image_size:
+                    command += ["--image-size", str(image_size)]
+                row = run_capped(command, limit_gb)
+                if row is None:
+                    row = {"model": model, "preset": preset, "batch_size": batch_size,
+                           "queries_per_image": queries, "checkpointing": ckpt,
+                           "precision": precision, "oom": oom_text(limit_gb)}
+                rows.append(row)
+                print(json.dumps(row), file=sys.stderr, flush=True)
+    return rows
+
+
+def table(rows: list[dict]) -> str:
+    """The Markdown table, one line per configuration."""
+    measured = next((r for r in rows if "oom" not in r), None)
+    memory = measured["memory"] if measured else "peak memory"
+    lines = [f"| preset | batch | checkpointing | images/s | s/step | {memory} | GFLOP/step | TFLOP/s | MFU |",
+             "|---|---:|---|---:|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        head = f"| {r['preset']} | {r['batch_size']} | {'on' if r['checkpointing'] else 'off'} |"
+        if "oom" in r:
+            lines.append(f"{head} OOM ({r['oom']}) | - | - | - | - | - |")
+            continue
+        mfu = f"{100 * r['mfu']:.1f}%" if r["mfu"] is not None else "-"
+        lines.append(f"{head} {_num(r['images_per_s'])} | {_num(r['s_per_step'])} | "
+                     f"{r['peak_memory_gb']:.2f} GB | {_num(r['gflop_per_step'])} | {_num(r['tflops'])} | {mfu} |")
+    return "\n".join(lines)
+
+
+def _num(value: float) -> str:
+    """Three significant digits, without an exponent: 0.000475, 6.04, 1.00, 312, 4,870."""
+    return f"{value:,.0f}" if abs(value) >= 99.95 else f"{value:#.3g}"
+
+
+def caption(rows: list[dict], args: argparse.Namespace) -> str:
+    """One line saying what was measured."""
+    measured = next((r for r in rows if "oom" not in r), None)
+    where = measured["device"] if measured else benchmark_device().type
+    size = f"{measured['image_size']} px" if measured else f"{args.image_size or 'default'} px"
+    return (f"{args.model} at {size} on {where}, precision {args.precision}, {args.queries} "
+            f"text queries per image, mean of {args.steps} timed steps after a warm-up")
+
+
+def record(markdown: str, rows: list[dict], args: argparse.Namespace, load: float) -> None:
+    """Append this run as a dated entry at the end of HEADING's section of BENCHMARKS.md."""
+    path = REPO / "BENCHMARKS.md"
+    text = path.read_text() if path.exists() else "# Benchmarks\n"
+    gpu = f", GPU {torch.cuda.get_device_name()}" if torch.cuda.is_available() else ""
+    memory = ("the most memory torch allocated on the GPU during the timed steps"
+              if torch.cuda.is_available() else "the process's peak RSS, model included")
+    entry = (
+        f"\n### {datetime.date.today().isoformat()}: {caption(rows, args)}\n\n"
+        f"Machine: {machine()}{gpu}; load average at start {load:.2f}.  \n"
+        f"Command: `python bench/bench_steps.py {shlex.join(sys.argv[1:])}`  \n"
+        "One step: a batch of synthetic images, each encoded once for its text queries, "
+        "SAM3's loss with auxiliary layers on synthetic targets, backward, gradient clipping, "
+        "AdamW; each configuration in its own process. Peak memory: "
+        f"{memory}. TFLOP/s: the FLOPs of one step (FlopCounterMode, forward and backward "
+        "as run) over its time; MFU against the GPU's dense bf16 peak.\n\n"
+        f"{markdown}\n"
+    )
+    if HEADING not in text:
+        text = text.rstrip("\n") + f"\n\n{HEADING}\n"
+    head, _, tail = text.partition(HEADING)
+    cut = tail.find("\n## ")
+    section, rest = (tail, "") if cut < 0 else (tail[:cut], tail[cut:])
+    path.write_text(head + HEADING + section.rstrip("\n") + "\n" + entry + rest)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="sam3-tiny", help="preset (sam3, sam3-tiny), folder or hub id")
+    parser.add_argument("--image-size", type=int, default=None, help="input size (multiple of 14)")
+    parser.add_argument("--presets", nargs="+", default=["minimal", "balanced", "full"],
+                        help="LoRA presets (or config files): their lora, loss and optimiser settings")
+    parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 2, 4])
+    parser.add_argument("--checkpointing", choices=["off", "on", "both"], default="both",
+                        help="ViT activation checkpointing (every block) in the measured configurations")
+    parser.add_argument("--precision", choices=["no", "bf16"], default="no", help="autocast precision")
+    parser.add_argument("--queries", type=int, default=4, help="text queries per image")
+    parser.add_argument("--steps", type=int, default=3, help="timed steps after one warm-up step")
+    parser.add_argument("--memory-limit-gb", type=float, default=20.0,
+                        help="address-space cap per configuration, CPU only (this machine has 24 GB)")
+    parser.add_argument("--write", action="store_true", help=f"append the table under {HEADING!r} in BENCHMARKS.md")
+    parser.add_argument("--json", metavar="OUT", help="write the rows as JSON to OUT")
+    parser.add_argument("--one", help=argparse.SUPPRESS)   # internal: run one configuration
+    args = parser.parse_args()
+    if args.one:
+        preset, batch_size, checkpointing = json.loads(args.one)
+        print(json.dumps(run_one(args.model, args.image_size, preset, batch_size, checkpointing,
+                                 args.precision, args.queries, args.steps)))
+        return
+    load = os.getloadavg()[0]
+    rows = measure(args.model, args.image_size, args.presets, args.batch_sizes, args.checkpointing,
+                   args.precision, args.queries, args.steps, args.memory_limit_gb)
+    markdown = table(rows)
+    print(caption(rows, args))
+    print(markdown)
+    if args.json:
+        Path(args.json).write_text(json.dumps(rows, indent=1) + "\n")
+    if args.write:
+        record(markdown, rows, args, load)
+
+
+if __name__ == "__main__":
+    main()

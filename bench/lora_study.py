@@ -1,0 +1,148 @@
+"""The LoRA study: which preset to pick, measured on the demo's target task.
+
+On the bundled tiny base (``sam3-tiny-shapes``) and the demo's target domain (new shapes on a
+new background; ``sam3_lora.demo``), each variant is trained with the same data, steps and
+seed, then scored on the held-out target test split and on held-out images of the base's own
+concepts (retention). Variants:
+
+    base (zero-shot)            no training
+    minimal / balanced / full   LoRA with each preset's rank (4 / 16 / 32) and component choice
+    balanced + text encoder     the balanced preset with the text encoder adapted as well
+    full fine-tuning            every weight (training.method=full)
+
+Reported per variant: target mAP and cgF1, base-concept mAP, trainable parameters, adapter
+size on disk, seconds per step and peak memory of the training process so far (RSS on CPU).
+
+    python bench/lora_study.py --scale tiny|cpu-full|gpu [--write]
+
+``tiny`` uses the demo's quick budget; the other scales its full budget (the base is tiny
+either way: the study's point is the comparison, on any machine).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+from datetime import date
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+from machine import machine
+
+from sam3_lora.config import load_config
+from sam3_lora.demo import BUDGETS, make_data
+
+ROOT = Path(__file__).resolve().parent.parent
+# name -> overrides of the demo config (None: no training, the base alone)
+VARIANTS: dict[str, list[str] | None] = {
+    "base (zero-shot)": None,
+    "minimal (r4)": ["preset=minimal"],
+    "balanced (r16)": ["preset=balanced"],
+    "full (r32)": ["preset=full"],
+    "balanced (r16) + text encoder": ["preset=balanced", "lora.apply_to_text_encoder=true"],
+    "full fine-tuning": ["training.method=full", "training.learning_rate=1e-3"],
+}
+
+
+def study_config(data: Path, run: Path, steps: int, overrides: list[str]):
+    """The demo's config, with a preset's whole ``lora`` section (``preset=NAME``) and then
+    the other overrides."""
+    presets = [o.split("=", 1)[1] for o in overrides if o.startswith("preset=")]
+    lora = [f"lora.{key}={json.dumps(value)}" for name in presets
+            for key, value in load_config(name).lora.model_dump(mode="json").items()]
+    rest = [o for o in overrides if not o.startswith("preset=")]
+    return load_config("demo", [f"data.root={data / 'target'}", f"output.dir={run}",
+                                f"training.max_steps={steps}", *lora, *rest])
+
+
+def run_variant(name: str, overrides: list[str] | None, data: Path, work: Path, steps: int) -> dict:
+    from sam3_lora.evaluate import validate
+    from sam3_lora.train import SAM3LoRATrainer
+
+    run = work / name.replace(" ", "_").replace("(", "").replace(")", "").replace("+", "plus")
+    config = study_config(data, run, steps, overrides or [])
+    row = {"variant": name}
+    weights = {"no_lora": True}
+    if overrides is not None:
+        summary = SAM3LoRATrainer(config, quiet=True).train()
+        logs = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+        speed = [r["samples_per_s"] for r in logs if "samples_per_s" in r][-1]
+        row.update(trainable=summary["trainable_parameters"], peak_memory_mb=summary["peak_memory_mb"],
+                   s_per_step=config.training.batch_size / speed,
+                   size_mb=sum(p.stat().st_size for p in (run / "best").iterdir()) / 2**20)
+        weights = {"weights": run / "best"}
+    target = validate(config, split="test", output=run / "eval-target", quiet=True, **weights)
+    concepts = config.model_copy(update={"data": config.data.model_copy(update={"root": str(data / "base-concepts")})})
+    retained = validate(concepts, split="test", output=run / "eval-base", quiet=True, **weights)
+    row.update(mAP=target["mAP"], cgF1=target["cgF1"], base_mAP=retained["mAP"])
+    print(json.dumps(row), flush=True)
+    return row
+
+
+def table(rows: list[dict]) -> str:
+    def cell(value, form):
+        return "-" if value is None else form.format(value)
+
+    lines = ["| variant | target mAP | target cgF1 | base-concept mAP | trainable | on disk | s/step | peak RSS |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        lines.append(f"| {r['variant']} | {cell(r['mAP'], '{:.3f}')} | {cell(r['cgF1'], '{:.3f}')} | "
+                     f"{cell(r['base_mAP'], '{:.3f}')} | {cell(r.get('trainable'), '{:,}')} | "
+                     f"{cell(r.get('size_mb'), '{:.2f} MB')} | {cell(r.get('s_per_step'), '{:.3f}')} | "
+                     f"{cell(r.get('peak_memory_mb'), '{:.0f} MB')} |")
+    return "\n".join(lines)
+
+
+def plot(rows: list[dict], path: Path) -> None:
+    """Target mAP against base-concept mAP, one labelled point per variant."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(figsize=(7, 4.5))
+    for r in rows:
+        axes.scatter(r["base_mAP"], r["mAP"], s=40)
+        label = r["variant"] + (f"\n{r['trainable']:,} params" if r.get("trainable") else "")
+        axes.annotate(label, (r["base_mAP"], r["mAP"]), textcoords="offset points", xytext=(6, 4), fontsize=8)
+    axes.set_xlabel("base-concept mAP (retention; higher = less forgetting)")
+    axes.set_ylabel("target-domain mAP (held-out)")
+    axes.set_title("LoRA study on the tiny base: learning vs forgetting")
+    axes.grid(alpha=0.3)
+    figure.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--scale", choices=["tiny", "cpu-full", "gpu"], default="cpu-full")
+    parser.add_argument("--only", nargs="+", choices=list(VARIANTS), help="run only these variants")
+    parser.add_argument("--write", action="store_true", help="record the table and plot in BENCHMARKS.md")
+    args = parser.parse_args()
+    budget = BUDGETS["quick" if args.scale == "tiny" else "full"]
+    rows = []
+    with tempfile.TemporaryDirectory() as work:
+        work = Path(work)
+        make_data(work / "data", budget, seed=0)
+        for name, overrides in VARIANTS.items():
+            if not args.only or name in args.only:
+                rows.append(run_variant(name, overrides, work / "data", work / "runs", budget.steps))
+    text = table(rows)
+    print(text)
+    if args.write:
+        plot(rows, ROOT / "docs" / "lora_study.png")
+        command = "python bench/lora_study.py --scale " + args.scale + (" --write" if args.write else "")
+        section = (f"\n### {date.today()}: {budget.train_images} target images, {budget.steps} steps, seed 0\n\n"
+                   f"Command: `{command}`  \nMachine: {machine()}\n\n{text}\n\n![LoRA study](docs/lora_study.png)\n")
+        with open(ROOT / "BENCHMARKS.md", "a") as file:
+            file.write(section)
+
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,149 @@
+"""Run every benchmark in bench/ at one scale: the one entry point.
+
+    python bench/run.py --scale tiny|cpu-full|gpu [--write] [--only NAME ...]
+
+Scales:
+  tiny      sam3-tiny everywhere, few repeats: a smoke run of every benchmark on 2 CPU
+            cores (the numbers mean little; lora_study, which trains, takes the longest).
+  cpu-full  the full-size SAM3 architecture at 336 px on the CPU: the settings of the CPU
+            sections of BENCHMARKS.md (hours on 2 cores; about 20 GB of RAM).
+  gpu       the full-size SAM3 at 1008 px, bf16 where the benchmark has a precision option,
+            on a CUDA GPU; refused where torch.cuda is not available.
+
+Each benchmark runs as its own subprocess, in the order of run.py's table; its output is
+shown as it comes, then one line with its result. A failure does not stop the others: the
+failures are listed at the end and the exit status is non-zero. ``--write`` records each
+benchmark's result in BENCHMARKS.md where the benchmark can (each has its own flag for it;
+this script passes the right one); without it nothing is written.
+"""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+import time
+from collections import deque
+from pathlib import Path
+
+BENCH = Path(__file__).resolve().parent
+SCALES = ("tiny", "cpu-full", "gpu")
+HELPERS = ("machine.py", "run.py")   # bench/ scripts that are no benchmark
+
+# How each benchmark records into BENCHMARKS.md: "--write" (pass it to write), "--no-write"
+# (it writes unless told not to), or None (it only prints).
+WRITE, NO_WRITE, PRINTS = "--write", "--no-write", None
+
+SAM3_336 = ["--model", "sam3", "--image-size", "336"]
+SAM3_1008 = ["--model", "sam3", "--image-size", "1008"]
+EVAL_FULL = ["--images", "250", "--categories", "4", "--per-unit", "100", "--size", "256", "--repeats", "3"]
+
+# (name, script in bench/, write convention, {scale: arguments, or a string: why it is skipped})
+BENCHMARKS = [
+    ("lora_presets", "lora_presets.py", PRINTS, {
+        "tiny": "skipped: lora_presets.py always builds the full-size model (it has no --model option)",
+        "cpu-full": [],
+        "gpu": [],
+    }),
+    ("bench_train", "bench_train.py", PRINTS, {
+        "tiny": ["--model", "sam3-tiny", "--steps", "1", "--checkpointing", "on"],
+        "cpu-full": [*SAM3_336, "--steps", "2"],
+        "gpu": [*SAM3_1008, "--steps", "3"],
+    }),
+    ("bench_steps", "bench_steps.py", WRITE, {
+        "tiny": ["--model", "sam3-tiny", "--steps", "1", "--batch-sizes", "2", "--checkpointing", "both"],
+        "cpu-full": [*SAM3_336, "--steps", "2", "--batch-sizes", "1", "2", "4", "--checkpointing", "both"],
+        "gpu": [*SAM3_1008, "--precision", "bf16", "--presets", "minimal", "balanced", "full",
+                "--batch-sizes", "1", "2", "4", "--checkpointing", "both", "--steps", "5"],
+    }),
+    ("bench_predict", "bench_predict.py", PRINTS, {
+        "tiny": ["--model", "sam3-tiny", "--image-size", "112", "--repeats", "1"],
+        "cpu-full": [*SAM3_336, "--repeats", "3"],
+        "gpu": [*SAM3_1008, "--repeats", "5"],
+    }),
+    ("bench_data", "bench_data.py", NO_WRITE, {
+        "tiny": ["--images", "12", "--batches", "4", "--repeats", "1", "--workers", "1"],
+        "cpu-full": [],
+        "gpu": ["--workers", "1", "2", "4", "8"],
+    }),
+    ("bench_eval", "bench_eval.py", WRITE, {
+        "tiny": ["--images", "20", "--categories", "2", "--per-unit", "10", "--size", "64", "--repeats", "1"],
+        "cpu-full": EVAL_FULL,
+        "gpu": EVAL_FULL,
+    }),
+    ("lora_study", "lora_study.py", WRITE, {
+        "tiny": ["--scale", "tiny"],
+        "cpu-full": ["--scale", "cpu-full"],
+        "gpu": ["--scale", "gpu"],
+    }),
+]
+
+
+def command(script: str, args: list[str], write_flag: str | None, write: bool) -> list[str]:
+    """The subprocess command of one benchmark, with its own way of saying write or not."""
+    flags = []
+    if write_flag == WRITE and write:
+        flags = [WRITE]
+    elif write_flag == NO_WRITE and not write:
+        flags = [NO_WRITE]
+    return [sys.executable, str(BENCH / script), *args, *flags]
+
+
+def run(cmd: list[str]) -> tuple[int, str]:
+    """Run ``cmd`` with its output shown as it comes; its exit status and last output line."""
+    tail: deque[str] = deque(maxlen=1)
+    with subprocess.Popen(cmd, cwd=BENCH.parent, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                          text=True, bufsize=1) as process:
+        for line in process.stdout:
+            print(f"    {line}", end="", flush=True)
+            if line.strip():
+                tail.append(line.strip())
+    return process.returncode, tail[0] if tail else ""
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter,
+                                     epilog=__doc__.split("\n\n", 2)[2])
+    parser.add_argument("--scale", choices=SCALES, required=True)
+    parser.add_argument("--write", action="store_true", help="record the results in BENCHMARKS.md")
+    parser.add_argument("--only", nargs="+", metavar="NAME", choices=[name for name, *_ in BENCHMARKS],
+                        help="run only these benchmarks")
+    args = parser.parse_args()
+    if args.scale == "gpu":
+        import torch
+
+        if not torch.cuda.is_available():
+            print("run.py --scale gpu: torch.cuda is not available on this machine "
+                  "(use --scale cpu-full or --scale tiny)", file=sys.stderr)
+            return 2
+    failures = []
+    for name, script, write_flag, scales in BENCHMARKS:
+        if args.only and name not in args.only:
+            continue
+        what = scales[args.scale]
+        if isinstance(what, str):
+            print(f"== {name}: {what}", flush=True)
+            continue
+        if not (BENCH / script).is_file():
+            print(f"== {name}: bench/{script} not found, skipped", flush=True)
+            continue
+        cmd = command(script, what, write_flag, args.write)
+        print(f"== {name}: {' '.join(['python', f'bench/{script}', *cmd[2:]])}", flush=True)
+        started = time.perf_counter()
+        status, last = run(cmd)
+        seconds = time.perf_counter() - started
+        if status == 0:
+            print(f"== {name}: ok in {seconds:.0f} s", flush=True)
+        else:
+            failures.append(name)
+            print(f"== {name}: FAILED (exit {status}) in {seconds:.0f} s: {last}", flush=True)
+    if failures:
+        print(f"failed: {', '.join(failures)}", file=sys.stderr)
+        return 1
+    print("all benchmarks ran")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

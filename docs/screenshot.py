@@ -1,0 +1,70 @@
+"""Take docs/app.png: the web app on the demo's adapter, in headless Chromium.
+
+    sam3-lora demo                      # first: the bundled base and a trained demo adapter
+    python docs/screenshot.py [runs/demo]
+
+Serves ``sam3-lora app`` for the demo's run on a free localhost port, uploads a target-domain
+test image, prompts it with its concepts, runs the adapter side by side with the base model,
+and saves the page. Uses the browser set-up of the end-to-end tests (tests/test_app_browser.py).
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "tests"))
+
+from sam3_lora.app import AdapterApp
+from sam3_lora.app_ui import launch
+from sam3_lora.config import load_config
+from sam3_lora.data.coco import load_coco_split
+from test_app_browser import (
+    CHROMIUM,
+    CHROMIUM_ARGS,
+    browser_tools,
+    choose,
+    free_port,
+    set_threshold,
+)
+
+
+def main(demo: Path) -> None:
+    from PIL import Image
+
+    config = load_config(demo / "run" / "config.yaml")
+    split = load_coco_split(demo / "data" / "target" / "test", config.data.annotation_file, name="test")
+    record = max(split.images[:20], key=lambda r: len({o.category_id for o in r.objects}))
+    picture = Image.open(record.path).convert("RGB")
+    enlarged = demo / "app-example.png"   # 112 px is too small to see: show it at 336 px
+    picture.resize((picture.width * 3, picture.height * 3), Image.NEAREST).save(enlarged)
+    prompts = ", ".join(sorted({split.categories[o.category_id] for o in record.objects}))
+
+    port = free_port()
+    server = launch(AdapterApp(config), "127.0.0.1", port, prevent_thread_lock=True, quiet=True)
+    api = browser_tools()
+    with api.sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        page = browser.new_page(viewport={"width": 1280, "height": 900})
+        page.goto(f"http://127.0.0.1:{port}/")
+        page.locator("#run").wait_for()
+        page.locator("#upload input[type=file]").set_input_files(enlarged)
+        page.get_by_text("ready").first.wait_for()
+        page.locator("#prompts textarea").fill(prompts)
+        set_threshold(page, "0.3")
+        choose(page, "adapter", "best")
+        page.locator("#side-by-side input").check()
+        page.locator("#run").click()
+        page.locator("#base-overlay img").wait_for()
+        page.wait_for_function("!document.querySelector('.pending, .generating')")
+        page.wait_for_timeout(800)
+        page.evaluate("window.scrollTo(0, 0)")
+        page.screenshot(path=ROOT / "docs" / "app.png")
+        browser.close()
+    server.close()
+    print(f"wrote {ROOT / 'docs' / 'app.png'} ({record.file_name}: {prompts})")
+
+
+if __name__ == "__main__":
+    main(Path(sys.argv[1] if len(sys.argv) > 1 else "runs/demo"))
