@@ -84,7 +84,7 @@ def run_variant(name: str, overrides: list[str] | None, data: Path, work: Path, 
 
 def table(rows: list[dict]) -> str:
     def cell(value, form):
-        return "-" if value is None else form.format(value)
+        return "-" if value is None else form.format(round(value, 3) + 0.0)   # no "-0.000"
 
     lines = ["| variant | target mAP | target cgF1 | base-concept mAP | trainable | on disk | s/step | peak RSS |",
              "|---|---:|---:|---:|---:|---:|---:|---:|"]
@@ -112,6 +112,7 @@ def plot(rows: list[dict], path: Path) -> None:
     axes.set_ylabel("target-domain mAP (held-out)")
     axes.set_title("LoRA study on the tiny base: learning vs forgetting")
     axes.grid(alpha=0.3)
+    axes.margins(x=0.15, y=0.15)   # room for the labels
     figure.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(path, dpi=110)
