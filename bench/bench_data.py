@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 
 import torch
-from machine import machine  # bench/machine.py (scripts run from bench/)
+from machine import append_entry, machine  # bench/machine.py (scripts run from bench/)
 
 from sam3_lora.config import DataConfig
 from sam3_lora.data.collate import build_dataloader
@@ -128,7 +128,6 @@ def table(rows: list[tuple[int, list[float]]], batch_size: int, cpu_ms: float) -
 def record(markdown: str, args: argparse.Namespace, load: float) -> None:
     """Append this run under the "## Data loading" heading of BENCHMARKS.md."""
     path = REPO / "BENCHMARKS.md"
-    text = path.read_text() if path.exists() else "# Benchmarks\n"
     command = "python bench/bench_data.py " + " ".join(sys.argv[1:])
     entry = (
         f"\n### {datetime.date.today().isoformat()}: training pipeline at {IMAGE_SIZE} px\n\n"
@@ -139,13 +138,7 @@ def record(markdown: str, args: argparse.Namespace, load: float) -> None:
         "masks); default DataConfig (random resize, flip 0.5, 2 negatives); masks at 288 px.\n\n"
         f"{markdown}\n"
     )
-    if HEADING not in text:
-        text = text.rstrip("\n") + f"\n\n{HEADING}\n"
-    head, _, tail = text.partition(HEADING)
-    # Insert at the end of this section (before the next "## " heading, if any).
-    cut = tail.find("\n## ")
-    section, rest = (tail, "") if cut < 0 else (tail[:cut], tail[cut:])
-    path.write_text(head + HEADING + section.rstrip("\n") + "\n" + entry + rest)
+    append_entry(HEADING, entry, path)
 
 
 def main() -> None:

@@ -40,7 +40,7 @@ from bench_train import (  # bench/bench_train.py (scripts run from bench/)
     synthetic_targets,
     to_device,
 )
-from machine import machine
+from machine import append_entry, machine
 from torch.utils.flop_counter import FlopCounterMode
 
 REPO = Path(__file__).resolve().parents[1]
@@ -189,7 +189,6 @@ def caption(rows: list[dict], args: argparse.Namespace) -> str:
 def record(markdown: str, rows: list[dict], args: argparse.Namespace, load: float) -> None:
     """Append this run as a dated entry at the end of HEADING's section of BENCHMARKS.md."""
     path = REPO / "BENCHMARKS.md"
-    text = path.read_text() if path.exists() else "# Benchmarks\n"
     gpu = f", GPU {torch.cuda.get_device_name()}" if torch.cuda.is_available() else ""
     memory = ("the most memory torch allocated on the GPU during the timed steps"
               if torch.cuda.is_available() else "the process's peak RSS, model included")
@@ -204,12 +203,7 @@ def record(markdown: str, rows: list[dict], args: argparse.Namespace, load: floa
         "as run) over its time; MFU against the GPU's dense bf16 peak.\n\n"
         f"{markdown}\n"
     )
-    if HEADING not in text:
-        text = text.rstrip("\n") + f"\n\n{HEADING}\n"
-    head, _, tail = text.partition(HEADING)
-    cut = tail.find("\n## ")
-    section, rest = (tail, "") if cut < 0 else (tail[:cut], tail[cut:])
-    path.write_text(head + HEADING + section.rstrip("\n") + "\n" + entry + rest)
+    append_entry(HEADING, entry, path)
 
 
 def main() -> None:

@@ -30,12 +30,13 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from machine import machine
+from machine import append_entry, machine
 
 from sam3_lora.config import load_config
 from sam3_lora.demo import BUDGETS, make_data
 
 ROOT = Path(__file__).resolve().parent.parent
+HEADING = "## The LoRA study: which preset to pick"
 # name -> overrides of the demo config (None: no training, the base alone)
 VARIANTS: dict[str, list[str] | None] = {
     "base (zero-shot)": None,
@@ -137,12 +138,10 @@ def main() -> None:
     print(text)
     if args.write:
         plot(rows, ROOT / "docs" / "lora_study.png")
-        command = "python bench/lora_study.py --scale " + args.scale + (" --write" if args.write else "")
-        section = (f"\n### {date.today()}: {budget.train_images} target images, {budget.steps} steps, seed 0\n\n"
-                   f"Command: `{command}`  \nMachine: {machine()}\n\n{text}\n\n![LoRA study](docs/lora_study.png)\n")
-        with open(ROOT / "BENCHMARKS.md", "a") as file:
-            file.write(section)
-
+        entry = (f"\n### {date.today()}: {budget.train_images} target images, {budget.steps} steps, seed 0\n\n"
+                 f"Command: `python bench/lora_study.py --scale {args.scale} --write`  \nMachine: {machine()}\n\n"
+                 f"{text}\n\n![LoRA study](docs/lora_study.png)\n")
+        append_entry(HEADING, entry)
 
 
 if __name__ == "__main__":

@@ -1,4 +1,5 @@
-"""The line every benchmark writes into BENCHMARKS.md to say what it ran on."""
+"""What every benchmark writes into BENCHMARKS.md: the line saying what it ran on, and
+its entry, appended to its own section."""
 
 from __future__ import annotations
 
@@ -22,3 +23,16 @@ def machine() -> str:
     except (OSError, ValueError):
         ram = "unknown RAM"
     return f"{os.cpu_count()} CPUs (nproc {len(os.sched_getaffinity(0))}), {cpu}, {ram}, torch {torch.__version__}"
+
+
+def append_entry(heading: str, entry: str, path: Path | None = None) -> None:
+    """Append ``entry`` at the end of the ``heading`` section of BENCHMARKS.md (the section is
+    created at the end of the file if missing), leaving every other section as it is."""
+    path = path or Path(__file__).resolve().parent.parent / "BENCHMARKS.md"
+    text = path.read_text() if path.exists() else "# Benchmarks\n"
+    if heading not in text:
+        text = text.rstrip("\n") + f"\n\n{heading}\n"
+    head, _, tail = text.partition(heading)
+    cut = tail.find("\n## ")   # the next section, if any
+    section, rest = (tail, "") if cut < 0 else (tail[:cut], tail[cut:])
+    path.write_text(head + heading + section.rstrip("\n") + "\n" + entry + rest)
