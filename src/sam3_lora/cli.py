@@ -23,8 +23,8 @@ examples:
   sam3-lora info --config my.yaml lora.rank=8          any key can be overridden
   sam3-lora data synth data/shapes                     synthetic COCO data to try things on
   sam3-lora data validate data/my_dataset              check a dataset before training
-  sam3-lora train --config demo data.root=data/shapes  fine-tune (tiny model, CPU)
-  sam3-lora validate --config runs/demo/config.yaml     mAP, cgF1 and a report of the best adapter
+  sam3-lora train --config demo data.root=data/shapes output.dir=runs/shapes   LoRA on the tiny base, CPU
+  sam3-lora validate --config runs/shapes/config.yaml  mAP, cgF1 and a report of the best adapter
 presets: minimal, balanced, full, demo, base (see configs/)
 """
 
@@ -142,7 +142,7 @@ def build_parser() -> argparse.ArgumentParser:
                                description=cmd_info.__doc__)
     add_config_args(info)
     info.set_defaults(func=cmd_info)
-    train = commands.add_parser("train", help="fine-tune SAM3 with LoRA on a COCO dataset",
+    train = commands.add_parser("train", help="fine-tune SAM3 on a COCO dataset (LoRA, or every weight)",
                                 description=cmd_train.__doc__, epilog=TRAIN_EPILOG,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     add_config_args(train)

@@ -14,6 +14,7 @@ Output folder (``--output``, default ``runs/demo``)::
     data/target/             the target-domain dataset (train/valid/test)
     data/base-concepts/      images of the base's concepts: train/ (replayed), test/ (held out)
     run/                     the training run: config.yaml, best/ and last/ adapters, logs
+    eval/target-base/        the base's scores on the target, before training
     eval/target/             report.md (base vs fine-tuned), metrics.json, predictions.json
     eval/base-concepts/      the same on the base's concepts: how much was forgotten
     overlays/                base and fine-tuned predictions on test images, side by side
