@@ -189,12 +189,11 @@ def caption(rows: list[dict], args: argparse.Namespace) -> str:
 def record(markdown: str, rows: list[dict], args: argparse.Namespace, load: float) -> None:
     """Append this run as a dated entry at the end of HEADING's section of BENCHMARKS.md."""
     path = REPO / "BENCHMARKS.md"
-    gpu = f", GPU {torch.cuda.get_device_name()}" if torch.cuda.is_available() else ""
     memory = ("the most memory torch allocated on the GPU during the timed steps"
               if torch.cuda.is_available() else "the process's peak RSS, model included")
     entry = (
         f"\n### {datetime.date.today().isoformat()}: {caption(rows, args)}\n\n"
-        f"Machine: {machine()}{gpu}; load average at start {load:.2f}.  \n"
+        f"Machine: {machine()}; load average at start {load:.2f}.  \n"
         f"Command: `python bench/bench_steps.py {shlex.join(sys.argv[1:])}`  \n"
         "One step: a batch of synthetic images, each encoded once for its text queries, "
         "SAM3's loss with auxiliary layers on synthetic targets, backward, gradient clipping, "

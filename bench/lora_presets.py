@@ -2,7 +2,7 @@
 
 Builds the real architecture (random weights, 840M parameters, ~4 GB of RAM) once per
 preset, applies the preset's LoRA, saves the adapter and reports what a user will see.
-Usage: python bench/lora_presets.py [--markdown]
+Usage: python bench/lora_presets.py [--model sam3|sam3-tiny]   (sam3-tiny: a smoke run)
 """
 
 from __future__ import annotations
@@ -20,13 +20,13 @@ from sam3_lora.model import load_sam3
 PRESETS = ("minimal", "balanced", "full")
 
 
-def measure(preset: str) -> dict:
+def measure(preset: str, source: str = "sam3") -> dict:
     config = load_config(preset)
     started = time.perf_counter()
-    model = apply_lora_to_model(load_sam3("sam3").model, config.lora, verbose=False)
+    model = apply_lora_to_model(load_sam3(source).model, config.lora, verbose=False)
     count = count_parameters(model)
     with tempfile.TemporaryDirectory() as folder:
-        saved = save_adapter(model, Path(folder) / preset, base_source="sam3")
+        saved = save_adapter(model, Path(folder) / preset, base_source=source)
         size = (saved / "adapter_model.safetensors").stat().st_size
     return {
         "preset": preset,
@@ -41,9 +41,11 @@ def measure(preset: str) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.parse_args()
-    rows = [measure(preset) for preset in PRESETS]
-    print("| preset | rank | modules | trainable | % of 840M | adapter (fp32) |")
+    parser.add_argument("--model", default="sam3", help="architecture preset (sam3: the real 840M)")
+    args = parser.parse_args()
+    rows = [measure(preset, args.model) for preset in PRESETS]
+    print(f"model {args.model}")
+    print("| preset | rank | modules | trainable | % trainable | adapter (fp32) |")
     print("|---|---:|---:|---:|---:|---:|")
     for row in rows:
         print(f"| {row['preset']} | {row['rank']} | {row['modules']} | {row['trainable']:,} | "

@@ -11,7 +11,8 @@ import torch
 
 
 def machine() -> str:
-    """CPU count and model, RAM, torch version: e.g. '2 CPUs (nproc 2), Intel Xeon, 24 GiB RAM'."""
+    """CPU count and model, RAM, torch version, and the GPU where CUDA is available: e.g.
+    '2 CPUs (nproc 2), Intel Xeon, 24 GiB RAM, torch 2.13.0+cpu'."""
     cpu = platform.processor() or "unknown CPU"
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -22,7 +23,8 @@ def machine() -> str:
         ram = f"{pages / 2**30:.0f} GiB RAM"
     except (OSError, ValueError):
         ram = "unknown RAM"
-    return f"{os.cpu_count()} CPUs (nproc {len(os.sched_getaffinity(0))}), {cpu}, {ram}, torch {torch.__version__}"
+    gpu = f", GPU {torch.cuda.get_device_name()}" if torch.cuda.is_available() else ""
+    return f"{os.cpu_count()} CPUs (nproc {len(os.sched_getaffinity(0))}), {cpu}, {ram}, torch {torch.__version__}{gpu}"
 
 
 def append_entry(heading: str, entry: str, path: Path | None = None) -> None:

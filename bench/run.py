@@ -41,7 +41,7 @@ EVAL_FULL = ["--images", "250", "--categories", "4", "--per-unit", "100", "--siz
 # (name, script in bench/, write convention, {scale: arguments, or a string: why it is skipped})
 BENCHMARKS = [
     ("lora_presets", "lora_presets.py", PRINTS, {
-        "tiny": "skipped: lora_presets.py always builds the full-size model (it has no --model option)",
+        "tiny": ["--model", "sam3-tiny"],
         "cpu-full": [],
         "gpu": [],
     }),
