@@ -71,6 +71,11 @@ BENCHMARKS = [
         "cpu-full": EVAL_FULL,
         "gpu": EVAL_FULL,
     }),
+    ("demo_choices", "demo_choices.py", WRITE, {
+        "tiny": ["--scale", "tiny"],
+        "cpu-full": ["--scale", "cpu-full"],
+        "gpu": ["--scale", "gpu"],
+    }),
     ("lora_study", "lora_study.py", WRITE, {
         "tiny": ["--scale", "tiny"],
         "cpu-full": ["--scale", "cpu-full"],
