@@ -191,20 +191,24 @@ def write_overlays(config: Config, out: Path, count: int, scale: int = 3) -> lis
 
     split = load_coco_split(out / "data" / "target" / "test", config.data.annotation_file, name="test")
     threshold = OVERLAY_THRESHOLD
-    models = {"base model": SAM3LoRAInference(config=config, no_lora=True, detection_threshold=threshold),
-              "fine-tuned (LoRA)": SAM3LoRAInference(config=config, weights_path=out / "run" / "best",
-                                                     detection_threshold=threshold)}
+    # One model in memory: the adapter's answers, and the base's with the adapter switched off.
+    engine = SAM3LoRAInference(config=config, weights_path=out / "run" / "best", detection_threshold=threshold)
+    titles = ("base model", "fine-tuned (LoRA)")
     (out / "overlays").mkdir(exist_ok=True)
     written = []
     for record in split.images[:count]:
         prompts = sorted({split.categories[o.category_id] for o in record.objects})
         image = Image.open(record.path).convert("RGB")
         image = image.resize((image.width * scale, image.height * scale), Image.NEAREST)
-        panels = [draw_overlay(image, model.predict(image, prompts)) for model in models.values()]
+        with engine.model.disable_adapter():
+            engine.clear_text_cache()   # features cached with the adapter on differ
+            base = engine.predict(image, prompts)
+        engine.clear_text_cache()
+        panels = [draw_overlay(image, answer) for answer in (base, engine.predict(image, prompts))]
         header = 20
         both = Image.new("RGB", (sum(p.width for p in panels), header + max(p.height for p in panels)), "white")
         draw = ImageDraw.Draw(both)
-        for index, (title, panel) in enumerate(zip(models, panels, strict=True)):
+        for index, (title, panel) in enumerate(zip(titles, panels, strict=True)):
             both.paste(panel, (index * panel.width, header))
             draw.text((index * panel.width + 4, 4), f"{title}, scores >= {threshold}", fill="black")
         path = out / "overlays" / f"{Path(record.file_name).stem}-base-vs-finetuned.png"
