@@ -38,7 +38,7 @@ SAM3_336 = ["--model", "sam3", "--image-size", "336"]
 SAM3_1008 = ["--model", "sam3", "--image-size", "1008"]
 EVAL_FULL = ["--images", "250", "--categories", "4", "--per-unit", "100", "--size", "256", "--repeats", "3"]
 
-# (name, script in bench/, write convention, {scale: arguments, or a string: why it is skipped})
+# (name, script in bench/, write convention, {scale: arguments})
 BENCHMARKS = [
     ("lora_presets", "lora_presets.py", PRINTS, {
         "tiny": ["--model", "sam3-tiny"],
@@ -126,14 +126,7 @@ def main() -> int:
     for name, script, write_flag, scales in BENCHMARKS:
         if args.only and name not in args.only:
             continue
-        what = scales[args.scale]
-        if isinstance(what, str):
-            print(f"== {name}: {what}", flush=True)
-            continue
-        if not (BENCH / script).is_file():
-            print(f"== {name}: bench/{script} not found, skipped", flush=True)
-            continue
-        cmd = command(script, what, write_flag, args.write)
+        cmd = command(script, scales[args.scale], write_flag, args.write)
         print(f"== {name}: {' '.join(['python', f'bench/{script}', *cmd[2:]])}", flush=True)
         started = time.perf_counter()
         status, last = run(cmd)

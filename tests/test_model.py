@@ -166,7 +166,12 @@ def test_bundled_base_loads_offline_with_its_concepts():
     assert int(result.stdout.split()[-1]) == 362_954
     size = sum(p.stat().st_size for p in BUNDLED["sam3-tiny-shapes"].iterdir())
     assert size < 3 * 2**20
-    assert len(bundled_concepts("sam3-tiny-shapes")) == 12 and "red circle" in bundled_concepts("sam3-tiny-shapes")
+    # The demo's description of the base (what it synthesises to test forgetting) must match
+    # what the shipped weights say they learnt.
+    from sam3_lora.demo import BASE_CONCEPTS
+
+    described = sorted(f"{c} {s}" for c in BASE_CONCEPTS["colors"] for s in BASE_CONCEPTS["shapes"])
+    assert bundled_concepts("sam3-tiny-shapes") == described and len(described) == 12
 
 
 def test_bundled_base_listens_to_its_prompt(tmp_path):

@@ -71,12 +71,13 @@ def write_model(loaded: LoadedSam3, folder: Path, *, base_source: str = "unknown
     ``save_pretrained`` folder that ``model.source`` can name, plus ``sam3_lora.json``
     saying what it was trained from and on which prompts."""
     from sam3_lora import __version__
+    from sam3_lora.adapter import METADATA_FILE
 
     with quiet_progress():   # a "writing shards" bar at every checkpoint is noise
         loaded.save_pretrained(folder)
     metadata = {"format": MODEL_FORMAT, "trained_from": base_source, "prompts": sorted(set(prompts or [])),
                 "sam3_lora_version": __version__}
-    (Path(folder) / "sam3_lora.json").write_text(json.dumps(metadata, indent=2) + "\n")
+    (Path(folder) / METADATA_FILE).write_text(json.dumps(metadata, indent=2) + "\n")
 
 
 def is_model_folder(folder: str | Path) -> bool:
@@ -217,8 +218,9 @@ def _bundled(source: str) -> str | None:
 
 def bundled_concepts(source: str) -> list[str]:
     """The concepts a bundled base was trained on (its ``sam3_lora.json`` prompts)."""
-    folder = Path(_bundled(source))
-    return json.loads((folder / "sam3_lora.json").read_text())["prompts"]
+    from sam3_lora.adapter import METADATA_FILE
+
+    return json.loads((Path(_bundled(source)) / METADATA_FILE).read_text())["prompts"]
 
 
 def _looks_like_path(source: str) -> bool:
