@@ -41,6 +41,16 @@ def test_synth_options_reach_the_generator(tmp_path, capsys):
     assert not (tmp_path / "d" / "valid").exists()
 
 
+def test_synth_radius_sets_the_shape_size(tmp_path):
+    widths = {}
+    for radius in ("0.1", "0.3"):
+        run("synth", tmp_path / radius, "--train", 4, "--valid", 0, "--test", 0, "--size", 100,
+            "--objects", 1, 1, "--radius", radius, radius)
+        document = json.loads((tmp_path / radius / "train" / ANN).read_text())
+        widths[radius] = max(a["bbox"][2] for a in document["annotations"])
+    assert widths["0.1"] <= 20 < 40 <= widths["0.3"], widths   # box widths of circumradius 10 vs 30 px
+
+
 def test_synth_rejects_an_unknown_shape_with_the_choices(capsys, tmp_path):
     with pytest.raises(SystemExit) as exit_info:
         run("synth", tmp_path / "d", "--shapes", "blob")
