@@ -48,7 +48,7 @@ def test_synth_radius_sets_the_shape_size(tmp_path):
             "--objects", 1, 1, "--radius", radius, radius)
         document = json.loads((tmp_path / radius / "train" / ANN).read_text())
         widths[radius] = max(a["bbox"][2] for a in document["annotations"])
-    assert widths["0.1"] <= 20 < 40 <= widths["0.3"], widths   # box widths of circumradius 10 vs 30 px
+    assert widths["0.1"] <= 20 and widths["0.3"] >= 40, widths   # circumradius 10 vs 30 px
 
 
 def test_synth_rejects_an_unknown_shape_with_the_choices(capsys, tmp_path):
