@@ -40,7 +40,7 @@ def make_split(root: Path, count: int) -> CocoSplit:
     synthesize(root, images_per_split={"train": count}, image_size=640, seed=0)
     split_dir = root / "train"
     try:
-        from sam3_lora.data.coco import load_coco_split
+        from sam3_lora.data.coco.split import load_coco_split
     except ImportError:
         return _read_coco(split_dir)
     return load_coco_split(split_dir)

@@ -28,9 +28,9 @@ import numpy as np
 from machine import machine  # bench/machine.py (scripts run from bench/)
 from pycocotools import mask as coco_mask
 
-from sam3_lora.cgf1 import cgf1_from_inputs
-from sam3_lora.eval_inputs import load_json, prepare
-from sam3_lora.metrics import coco_from_inputs, evaluate_files
+from sam3_lora.evaluation.cgf1 import cgf1_from_inputs
+from sam3_lora.evaluation.inputs import load_json, prepare
+from sam3_lora.evaluation.metrics import coco_from_inputs, evaluate_files
 
 REPO = Path(__file__).resolve().parents[1]
 HEADING = "## Evaluation metrics"

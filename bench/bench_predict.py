@@ -19,8 +19,8 @@ import torch
 from machine import machine  # bench/machine.py (scripts run from bench/)
 
 from sam3_lora.config import load_config
-from sam3_lora.inference import SAM3LoRAInference
-from sam3_lora.postprocess import postprocess
+from sam3_lora.model.postprocess import postprocess
+from sam3_lora.serve.inference import SAM3LoRAInference
 
 COUNTS = (1, 4, 16)
 

@@ -11,7 +11,7 @@ Reported per configuration: images/s and s/step (mean of the timed steps after o
 step), peak memory (CUDA: the most torch allocated during the timed steps; CPU: the process's
 peak RSS, model included), the FLOPs of one step counted by FlopCounterMode (forward and
 backward as run, checkpoint recomputation included), the achieved TFLOP/s, and MFU against
-the GPU's dense bf16 peak where ``sam3_lora.train.PEAK_TFLOPS`` knows it.
+the GPU's dense bf16 peak where ``sam3_lora.recipes.train.PEAK_TFLOPS`` knows it.
 
     python bench/bench_steps.py [--model sam3-tiny] [--image-size N]
         [--presets minimal balanced full] [--batch-sizes 1 2 4] [--checkpointing off|on|both]
@@ -45,12 +45,11 @@ from torch.utils.flop_counter import FlopCounterMode
 
 REPO = Path(__file__).resolve().parents[1]
 HEADING = "## Training throughput per LoRA preset"
-OUTPUTS = ("pred_logits", "pred_boxes", "pred_masks", "presence_logits")
 
 
 def gpu_peak_tflops(device: torch.device) -> float | None:
     """The dense bf16 peak of this GPU from the trainer's table, or None (CPU, unknown GPU)."""
-    from sam3_lora.train import PEAK_TFLOPS
+    from sam3_lora.training.resources import PEAK_TFLOPS
 
     if device.type != "cuda":
         return None
@@ -63,10 +62,12 @@ def run_one(model_source: str, image_size: int | None, preset: str, batch_size: 
     """One configuration, measured in this process (see the module docstring)."""
     from sam3_lora.config import load_config
     from sam3_lora.data.collate import mask_size_for
-    from sam3_lora.lora import apply_lora_to_model, count_parameters
-    from sam3_lora.loss import Sam3Criterion, capture_aux_outputs
-    from sam3_lora.model import forward_queries, load_sam3
-    from sam3_lora.train import enable_activation_checkpointing, param_groups
+    from sam3_lora.lora.apply import apply_lora_to_model, count_parameters
+    from sam3_lora.loss.criterion import build_criterion
+    from sam3_lora.model.forward import as_float32, forward_queries
+    from sam3_lora.model.loading import load_sam3
+    from sam3_lora.training.optim import param_groups
+    from sam3_lora.training.resources import enable_activation_checkpointing
 
     device = benchmark_device()
     config = load_config(preset)
@@ -79,7 +80,7 @@ def run_one(model_source: str, image_size: int | None, preset: str, batch_size: 
     optimizer = torch.optim.AdamW(param_groups(model, train.learning_rate, train.weight_decay,
                                                train.component_learning_rates), lr=train.learning_rate)
     trainable = [p for p in model.parameters() if p.requires_grad]
-    criterion = Sam3Criterion(weights=config.loss)
+    criterion = build_criterion(config.loss)
 
     generator = torch.Generator().manual_seed(0)
     pixels = torch.randn(batch_size, 3, size, size, generator=generator).to(device)
@@ -90,12 +91,9 @@ def run_one(model_source: str, image_size: int | None, preset: str, batch_size: 
 
     def step() -> None:
         # As SAM3LoRATrainer: forward under autocast, the loss in fp32 on fp32 outputs.
-        with capture_aux_outputs(model) as aux, torch.autocast(
-                device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
-            out = forward_queries(model, pixels, image_index, **text)
-        predictions = {k: out[k].float() for k in OUTPUTS}
-        predictions["aux_outputs"] = [{k: v.float() for k, v in layer.items()} for layer in aux]
-        criterion(predictions, targets)["loss"].backward()
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
+            out = forward_queries(model, image_index, pixel_values=pixels, aux_outputs=True, **text)
+        criterion(as_float32(out), targets)["loss"].backward()
         if train.max_grad_norm > 0:
             torch.nn.utils.clip_grad_norm_(trainable, train.max_grad_norm)
         optimizer.step()

@@ -67,12 +67,13 @@ def run_one(model_source: str, image_size: int | None, queries: int, shared: boo
             steps: int) -> dict:
     """Measured in this process: seconds per step (after one warm-up step) and peak memory
     (RSS on CPU; on CUDA the GPU's peak allocation, the key ``peak_cuda_gb``)."""
-    from sam3_lora.config import load_config
+    from sam3_lora.config import LossConfig, load_config
     from sam3_lora.data.collate import mask_size_for
-    from sam3_lora.lora import apply_lora_to_model
-    from sam3_lora.loss import Sam3Criterion, capture_aux_outputs
-    from sam3_lora.model import forward_queries, load_sam3
-    from sam3_lora.train import enable_activation_checkpointing
+    from sam3_lora.lora.apply import apply_lora_to_model
+    from sam3_lora.loss.criterion import build_criterion
+    from sam3_lora.model.forward import capture_aux_outputs, forward_queries
+    from sam3_lora.model.loading import load_sam3
+    from sam3_lora.training.resources import enable_activation_checkpointing
 
     device = benchmark_device()
     loaded = load_sam3(model_source, image_size=image_size)
@@ -81,7 +82,7 @@ def run_one(model_source: str, image_size: int | None, queries: int, shared: boo
         enable_activation_checkpointing(model, every=1)
     size = loaded.processor.image_size
     built_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
-    criterion = Sam3Criterion()
+    criterion = build_criterion(LossConfig())
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
     generator = torch.Generator().manual_seed(0)
     pixels = torch.randn(1, 3, size, size, generator=generator).to(device)
@@ -91,12 +92,12 @@ def run_one(model_source: str, image_size: int | None, queries: int, shared: boo
     times = []
     for _ in range(steps + 1):
         started = time.perf_counter()
-        with capture_aux_outputs(model) as aux:
-            if shared:
-                out = forward_queries(model, pixels, index, **text)
-            else:
-                out = model(pixel_values=pixels[index], **text)
-        losses = criterion({**out, "aux_outputs": aux}, targets)
+        if shared:   # one encoding of the image for all its prompts
+            out = forward_queries(model, index, pixel_values=pixels, aux_outputs=True, **text)
+        else:        # the image encoded again for every prompt
+            with capture_aux_outputs(model) as aux:
+                out = {**model(pixel_values=pixels[index], **text), "aux_outputs": aux}
+        losses = criterion(out, targets)
         losses["loss"].backward()
         optimizer.step()
         optimizer.zero_grad()

@@ -23,7 +23,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 from machine import append_entry, machine
 
-from sam3_lora.demo import BASE_CONCEPTS, TARGET, Budget, run_demo
+from sam3_lora.recipes.demo import BASE_CONCEPTS, TARGET, Budget, run_demo
 
 HEADING = "## The demo: LoRA on a domain the base never saw"
 KNOWN_COLOURS = {"colors": BASE_CONCEPTS["colors"], "shapes": ("star", "hexagon"), "background": ("stripes",)}

@@ -12,10 +12,10 @@ import tempfile
 import time
 from pathlib import Path
 
-from sam3_lora.adapter import save_adapter
 from sam3_lora.config import load_config
-from sam3_lora.lora import apply_lora_to_model, count_parameters, lora_summary
-from sam3_lora.model import load_sam3
+from sam3_lora.lora.adapter import save_adapter
+from sam3_lora.lora.apply import apply_lora_to_model, count_parameters, lora_summary
+from sam3_lora.model.loading import load_sam3
 
 PRESETS = ("minimal", "balanced", "full")
 

@@ -1,7 +1,7 @@
 """The LoRA study: which preset to pick, measured on the demo's target task.
 
 On the bundled tiny base (``sam3-tiny-shapes``) and the demo's target domain (new shapes on a
-new background; ``sam3_lora.demo``), each variant is trained with the same data, steps and
+new background; ``sam3_lora.recipes.demo``), each variant is trained with the same data, steps and
 seed, then scored on the held-out target test split and on held-out images of the base's own
 concepts (retention). Variants:
 
@@ -33,7 +33,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from machine import append_entry, machine
 
 from sam3_lora.config import load_config
-from sam3_lora.demo import BUDGETS, make_data
+from sam3_lora.recipes.demo import BUDGETS, make_data
 
 ROOT = Path(__file__).resolve().parent.parent
 HEADING = "## The LoRA study: which preset to pick"
@@ -60,8 +60,8 @@ def study_config(data: Path, run: Path, steps: int, overrides: list[str]):
 
 
 def run_variant(name: str, overrides: list[str] | None, data: Path, work: Path, steps: int) -> dict:
-    from sam3_lora.evaluate import validate
-    from sam3_lora.train import SAM3LoRATrainer
+    from sam3_lora.recipes.train import SAM3LoRATrainer
+    from sam3_lora.recipes.validate import validate
 
     run = work / name.replace(" ", "_").replace("(", "").replace(")", "").replace("+", "plus")
     config = study_config(data, run, steps, overrides or [])
@@ -75,9 +75,9 @@ def run_variant(name: str, overrides: list[str] | None, data: Path, work: Path, 
                    s_per_step=config.training.batch_size / speed,
                    size_mb=sum(p.stat().st_size for p in (run / "best").iterdir()) / 2**20)
         weights = {"weights": run / "best"}
-    target = validate(config, split="test", output=run / "eval-target", quiet=True, **weights)
+    target = validate(config, split="test", output=run / "eval-target", **weights)
     concepts = config.model_copy(update={"data": config.data.model_copy(update={"root": str(data / "base-concepts")})})
-    retained = validate(concepts, split="test", output=run / "eval-base", quiet=True, **weights)
+    retained = validate(concepts, split="test", output=run / "eval-base", **weights)
     row.update(mAP=target["mAP"], cgF1=target["cgF1"], base_mAP=retained["mAP"])
     print(json.dumps(row), flush=True)
     return row

@@ -16,10 +16,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 
-from sam3_lora.app import AdapterApp
-from sam3_lora.app_ui import launch
+from sam3_lora.serve.app import AdapterApp
+from sam3_lora.serve.app_ui import launch
 from sam3_lora.config import load_config
-from sam3_lora.data.coco import load_coco_split
+from sam3_lora.data.coco.split import load_coco_split
 from test_app_browser import (
     CHROMIUM,
     CHROMIUM_ARGS,

@@ -7,7 +7,7 @@ import pytest
 import torch
 from PIL import Image
 
-from sam3_lora.model import load_sam3
+from sam3_lora.model.loading import load_sam3
 
 # The tests' fixed LoRA config on the random tiny model (see the file).
 TINY_CONFIG = Path(__file__).parent / "tiny.yaml"

@@ -12,17 +12,20 @@ _EXPORTS = {
     "Config": "config",
     "LoRAConfig": "config",
     "load_config": "config",
-    "load_sam3": "model",
-    "apply_lora_to_model": "lora",
-    "count_parameters": "lora",
-    "save_adapter": "adapter",
-    "load_adapter": "adapter",
-    "save_lora_weights": "adapter",
-    "load_lora_weights": "adapter",
+    "load_sam3": "model.loading",
+    "apply_lora_to_model": "lora.apply",
+    "count_parameters": "lora.apply",
+    "save_adapter": "lora.adapter",
+    "load_adapter": "lora.adapter",
+    "save_lora_weights": "lora.adapter",
+    "load_lora_weights": "lora.adapter",
+    "SAM3LoRATrainer": "recipes.train",
+    "SAM3LoRAInference": "serve.inference",
 }
 __all__ = [  # noqa: RUF022 - grouped by module, like _EXPORTS
     "Config", "LoRAConfig", "load_config", "load_sam3", "apply_lora_to_model", "count_parameters",
-    "save_adapter", "load_adapter", "save_lora_weights", "load_lora_weights", "__version__",
+    "save_adapter", "load_adapter", "save_lora_weights", "load_lora_weights", "SAM3LoRATrainer",
+    "SAM3LoRAInference", "__version__",
 ]
 
 

@@ -41,10 +41,14 @@ HEADS = ("text_projection", "dot_product_scoring")
 class Section(BaseModel):
     """Base of every section: misspelt keys are errors, assignments are re-validated."""
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    # Field docstrings become the schema's descriptions: ``sam3-lora info --explain KEY``
+    # and docs/config.md print them.
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, use_attribute_docstrings=True)
 
 
 class ModelConfig(Section):
+    """Which SAM3 to start from, and at what input size."""
+
     source: str = "facebook/sam3"
     """Where SAM3 comes from: a hub id (``facebook/sam3``, gated: the token is read from
     ``HF_TOKEN`` or ``hf auth login``), a local folder in ``save_pretrained`` format, or a preset
@@ -120,6 +124,8 @@ class LoRAConfig(Section):
 
 
 class DataConfig(Section):
+    """The dataset and how it becomes (image, prompt) queries."""
+
     root: str = "data"
     """Folder holding the splits ``train/``, ``valid/``, ``test/``, each with its images and
     an annotation file (``annotation_file``). ``valid/`` and ``test/`` are optional."""
@@ -170,6 +176,8 @@ class DataConfig(Section):
 
 
 class TrainingConfig(Section):
+    """How ``sam3-lora train`` optimises: steps, optimiser, schedule, precision, checkpoints."""
+
     method: Literal["lora", "full"] = "lora"
     """``lora``: train only LoRA weights where the ``lora`` section puts them; ``best/`` and
     ``last/`` hold adapters of a few MB. ``full``: train every weight of SAM3 and ignore the
@@ -374,6 +382,8 @@ class EvaluationConfig(Section):
 
 
 class OutputConfig(Section):
+    """Where a run writes."""
+
     dir: str = "runs/sam3-lora"
     """The run folder: effective config, adapters (``best/``, ``last/``), metrics, logs."""
 
@@ -492,3 +502,53 @@ def _suggest(loc: list[str]) -> str:
     if close:
         return f"; did you mean '{close[0]}'?"
     return f"; valid keys here: {', '.join(valid)}"
+
+
+# ---- documentation read from the schema -----------------------------------------------------
+
+def explain(key: str | None = None) -> str:
+    """The documentation of one ``section.key``, of one section, or (None) of every key."""
+    if key is None:
+        return "\n\n".join(explain(name) for name in Config.model_fields)
+    section_name, _, field_name = key.partition(".")
+    section = Config.model_fields.get(section_name)
+    if section is None:
+        raise ConfigError(f"{key}: no such section{_suggest([section_name])}")
+    model = section.annotation
+    if not field_name:
+        lines = [f"{section_name}: {_one_paragraph(model.__doc__)}"]
+        return "\n".join(lines + [_explain_field(section_name, name, field)
+                                   for name, field in model.model_fields.items()])
+    field = model.model_fields.get(field_name)
+    if field is None:
+        raise ConfigError(f"{key}: unknown key{_suggest([section_name, field_name])}")
+    return _explain_field(section_name, field_name, field)
+
+
+def _explain_field(section: str, name: str, field) -> str:
+    default = field.get_default(call_default_factory=True)
+    shown = yaml.safe_dump(default, default_flow_style=True, width=10**6).strip().removesuffix("\n...")
+    return f"  {section}.{name} = {shown}\n      {_one_paragraph(field.description)}"
+
+
+def _one_paragraph(text: str | None) -> str:
+    return " ".join((text or "(undocumented)").split())
+
+
+def reference_markdown() -> str:
+    """docs/config.md: every section and key with its default and documentation."""
+    lines = ["# Configuration reference", "",
+             "Every key of the config schema (`src/sam3_lora/config.py`), its default and what it does.",
+             "Generated from the schema by `sam3-lora info --explain --markdown`; a test keeps it equal.",
+             "Print one key with `sam3-lora info --explain section.key`.", ""]
+    for section_name, section in Config.model_fields.items():
+        model = section.annotation
+        lines += [f"## `{section_name}`", "", _one_paragraph(model.__doc__), "",
+                  "| key | default | what it does |", "|---|---|---|"]
+        for name, field in model.model_fields.items():
+            default = field.get_default(call_default_factory=True)
+            shown = yaml.safe_dump(default, default_flow_style=True, width=10**6).strip().removesuffix("\n...")
+            text = _one_paragraph(field.description).replace("|", "\\|")
+            lines.append(f"| `{name}` | `{shown}` | {text} |")
+        lines.append("")
+    return "\n".join(lines)

@@ -7,7 +7,23 @@ The CLI prints it without a traceback and exits with status 2.
 
 
 class Sam3LoraError(Exception):
-    """A user-facing error: one line, naming what is wrong and how to fix it."""
+    """A user-facing error: one line, naming what is wrong and how to fix it.
+
+    ``option`` names the parameter that fixes it, as the Python function calls it (the
+    command line has a flag of the same name): the message ends ``(argument resume)`` from
+    Python, and ``(--resume)`` on the command line. The library never names CLI flags.
+    """
+
+    def __init__(self, message: str, *, option: str | None = None):
+        super().__init__(message)
+        self.message, self.option = message, option
+
+    def __str__(self) -> str:
+        return self.worded(lambda option: f"argument {option}")
+
+    def worded(self, name_option) -> str:
+        """The message, with the fixing option named by ``name_option(option)``."""
+        return f"{self.message} ({name_option(self.option)})" if self.option else self.message
 
 
 class ConfigError(Sam3LoraError):

@@ -138,7 +138,7 @@ def test_eval_loader_is_in_order_and_unshuffled(tmp_path):
 def test_synthetic_dataset_end_to_end(tmp_path):
     """synth.py writes a Roboflow-style split; coco.py reads it; the loader batches it."""
     synth = pytest.importorskip("sam3_lora.data.synth")
-    coco = pytest.importorskip("sam3_lora.data.coco")
+    coco = pytest.importorskip("sam3_lora.data.coco.split")
     synth.synthesize(tmp_path / "shapes", images_per_split={"train": 4}, image_size=96, seed=0)
     split = coco.load_coco_split(tmp_path / "shapes" / "train")
     loader = build_dataloader(split, DataConfig(), SIZE, batch_size=2, train=True, seed=0)

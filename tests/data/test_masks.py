@@ -7,14 +7,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from pycocotools import mask as coco_mask
 
-from sam3_lora.data.masks import (
-    decode,
-    decode_stack,
-    mask_to_box,
-    masks_to_input,
-    rles_to_input,
-    to_rle,
-)
+from sam3_lora.data.masks import decode_stack, mask_to_box, masks_to_input, rles_to_input
+from sam3_lora.data.rle import decode, to_rle
 from sam3_lora.data.transforms import Geometry
 
 RECT = [[10, 20, 50, 20, 50, 40, 10, 40]]  # x 10..50, y 20..40

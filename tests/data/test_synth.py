@@ -49,7 +49,7 @@ def test_writes_all_splits_with_the_same_concept_categories(tmp_path):
 
 
 def test_output_reads_back_without_problems(tmp_path):
-    coco = pytest.importorskip("sam3_lora.data.coco")
+    coco = pytest.importorskip("sam3_lora.data.coco.split")
     synthesize(tmp_path / "d", images_per_split=SMALL, background=["noise", "gradient"],
                image_size=((60, 50), (90, 70)))
     for split in SMALL:

@@ -4,7 +4,8 @@ import pytest
 import torch
 
 from sam3_lora.config import DataConfig
-from sam3_lora.data.masks import mask_to_box, rles_to_input, to_rle
+from sam3_lora.data.masks import mask_to_box, rles_to_input
+from sam3_lora.data.rle import to_rle
 from sam3_lora.data.transforms import (
     EvalTransform,
     TrainTransform,
@@ -12,7 +13,7 @@ from sam3_lora.data.transforms import (
     color_jitter,
     scale_choices,
 )
-from sam3_lora.processing import resize_and_normalize
+from sam3_lora.model.processing import resize_and_normalize
 
 
 def seeded(seed: int) -> torch.Generator:

@@ -1,4 +1,4 @@
-"""validate_dataset / format_report / run_validate on small Roboflow-style exports."""
+"""validate_dataset / format_report on small Roboflow-style exports."""
 
 import json
 
@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from sam3_lora.data.validate import format_report, run_validate, validate_dataset
+from sam3_lora.data.validate import format_report, validate_dataset
 from sam3_lora.errors import DataError
 
 ANNOTATION_FILE = "_annotations.coco.json"
@@ -44,9 +44,10 @@ def write_clean_export(root):
     return root
 
 
-def test_clean_export_exits_0_with_counts(tmp_path, capsys):
-    assert run_validate(str(write_clean_export(tmp_path)), ANNOTATION_FILE) == 0
-    out = capsys.readouterr().out
+def test_clean_export_exits_0_with_counts(tmp_path):
+    checked = validate_dataset(str(write_clean_export(tmp_path)), ANNOTATION_FILE)
+    assert checked.exit_code == 0
+    out = format_report(checked)
     assert "OK: no problems found." in out
     report = validate_dataset(tmp_path)
     train = report.splits[0]
@@ -57,7 +58,7 @@ def test_clean_export_exits_0_with_counts(tmp_path, capsys):
     assert "crack: 2" in out and "images: 3 (1 without objects)" in out
 
 
-def test_export_with_planted_problems_prints_each_and_exits_1(tmp_path, capsys):
+def test_export_with_planted_problems_prints_each_and_exits_1(tmp_path):
     root = write_clean_export(tmp_path)
     (root / "train" / "broken.jpg").write_text("not an image")
     images = [{"id": 0, "file_name": "t0.jpg", "width": 40, "height": 30},
@@ -84,8 +85,9 @@ def test_export_with_planted_problems_prints_each_and_exits_1(tmp_path, capsys):
                 "unsafe_path": "image id 3", "unreadable_image": "image id 4",
                 "unreadable_annotation_file": "truncated"}
 
-    assert run_validate(str(root), ANNOTATION_FILE) == 1
-    lines = capsys.readouterr().out.splitlines()
+    checked = validate_dataset(str(root), ANNOTATION_FILE)
+    assert checked.exit_code == 1
+    lines = format_report(checked).splitlines()
     for code, detail in expected.items():
         assert any(f" {code}: " in line and detail in line for line in lines), code
     assert lines[-1].startswith("FAILED: 12 error(s), 1 warning(s)")
@@ -101,11 +103,11 @@ def test_errors_and_warnings_are_listed_apart_with_their_files(tmp_path):
     assert f"(in valid/{ANNOTATION_FILE})" in text
 
 
-def test_warnings_only_exit_0(tmp_path, capsys):
+def test_warnings_only_exit_0(tmp_path):
     root = write_clean_export(tmp_path)
     write_export_split(root / "valid", ["v0.jpg"], [box(0, 0, 1, bbox=(30, 2, 20, 5))])
-    assert run_validate(str(root), ANNOTATION_FILE) == 0
-    assert "OK with 1 warning(s)" in capsys.readouterr().out
+    checked = validate_dataset(str(root), ANNOTATION_FILE)
+    assert checked.exit_code == 0 and "OK with 1 warning(s)" in format_report(checked)
 
 
 def test_missing_train_is_an_error(tmp_path):
@@ -145,7 +147,7 @@ def test_categories_missing_from_train_are_flagged(tmp_path):
 def test_custom_annotation_file_name(tmp_path, capsys):
     folder = write_export_split(tmp_path / "train", ["a.jpg"], [box(0, 0, 1)])
     (folder / ANNOTATION_FILE).rename(folder / "labels.json")
-    assert run_validate(str(tmp_path), "labels.json") == 0
+    assert validate_dataset(str(tmp_path), "labels.json").exit_code == 0
 
 
 def test_truncated_image_found_by_full_decode(tmp_path):
@@ -160,4 +162,4 @@ def test_truncated_image_found_by_full_decode(tmp_path):
 
 def test_missing_root_raises(tmp_path):
     with pytest.raises(DataError, match="dataset folder not found: .*nowhere"):
-        run_validate(str(tmp_path / "nowhere"), ANNOTATION_FILE)
+        validate_dataset(str(tmp_path / "nowhere"), ANNOTATION_FILE)

@@ -30,11 +30,11 @@ from PIL import Image, ImageOps
 from torch.utils.data import Dataset
 
 from sam3_lora.config import DataConfig
-from sam3_lora.data.masks import to_rle
 from sam3_lora.data.records import CocoSplit, ImageRecord, ObjectRecord
+from sam3_lora.data.rle import to_rle
 from sam3_lora.data.transforms import build_transform
 from sam3_lora.errors import DataError
-from sam3_lora.processing import image_to_tensor
+from sam3_lora.model.processing import image_to_tensor
 
 # Independent random streams per sample, so that changing one option (e.g. the number of
 # negatives) does not change the draws of another (e.g. the flip).

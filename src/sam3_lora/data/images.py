@@ -6,7 +6,7 @@ Conventions every reader of dataset images follows (the COCO checks, the dataset
   those an image viewer shows; annotations are taken to be in that frame (Roboflow's
   "auto-orient" bakes the rotation in the same way).
 - Alpha is dropped, not composited: RGBA/LA/PA keep their colour channels as stored. This is
-  what ``Image.convert("RGB")`` does, which the inference path (``processing.py``) uses, so
+  what ``Image.convert("RGB")`` does, which the inference path (``model.processing``) uses, so
   training and serving see the same pixels for the same file.
 - 16-bit grayscale (``I;16``, ``I;16B``, ...) maps 0..65535 linearly onto 0..255, so relative
   brightness is kept across images (PIL's own ``convert`` would clip everything above 255).
@@ -27,6 +27,8 @@ from PIL import Image, ImageOps
 
 from sam3_lora.errors import DataError
 
+IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp"})
+"""File suffixes (lower case) taken for images wherever a folder is searched for them."""
 _ORIENTATION_TAG = 0x0112
 # EXIF orientations 5-8 rotate by 90 degrees, so the shown width is the stored height.
 _QUARTER_TURN_ORIENTATIONS = {5, 6, 7, 8}

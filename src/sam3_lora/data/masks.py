@@ -12,61 +12,17 @@ spanning x in [10, 50] fills columns 10..49 and ``mask_to_box`` gives back x1=10
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from pycocotools import mask as coco_mask
 
+from sam3_lora.data.rle import RLE
+
 if TYPE_CHECKING:
     from sam3_lora.data.transforms import Geometry
-
-RLE = dict[str, Any]
-"""{"size": [h, w], "counts": bytes}: a compressed COCO run-length encoding."""
-
-
-def to_rle(segmentation: Any, height: int, width: int) -> RLE | None:
-    """Any COCO segmentation -> one compressed RLE of an ``height`` x ``width`` image.
-
-    Accepts polygons (list of flat [x1, y1, x2, y2, ...] lists, or one flat list), an
-    uncompressed RLE (``counts`` a list of run lengths) or a compressed one (``counts`` a
-    str or bytes). Returns None when there is no usable mask (None, [], only polygons of
-    fewer than 3 points): such an object is box-only. Raises ValueError when an RLE's
-    ``size`` is not [height, width], TypeError when its ``counts`` is of no known type.
-    """
-    if segmentation is None:
-        return None
-    if isinstance(segmentation, dict):
-        return _rle_from_dict(segmentation, height, width)
-    polygons = list(segmentation)
-    if polygons and not isinstance(polygons[0], (list, tuple)):
-        polygons = [polygons]  # some exporters write a single polygon unnested
-    # Fewer than 3 points is no area; and frPyObjects reads a 4-number list as a *box*.
-    polygons = [[float(v) for v in poly] for poly in polygons if len(poly) >= 6]
-    if not polygons:
-        return None
-    return coco_mask.merge(coco_mask.frPyObjects(polygons, height, width))
-
-
-def _rle_from_dict(rle: dict, height: int, width: int) -> RLE:
-    size = [int(v) for v in rle.get("size", [])]
-    if size != [height, width]:
-        raise ValueError(f"RLE size {size} differs from the image size [{height}, {width}]")
-    counts = rle.get("counts")
-    if isinstance(counts, list):  # uncompressed: encode it
-        return coco_mask.frPyObjects({"size": size, "counts": counts}, height, width)
-    if isinstance(counts, str):
-        counts = counts.encode("ascii")
-    if not isinstance(counts, bytes):
-        raise TypeError(f"RLE counts must be a list, str or bytes, got {type(counts).__name__}")
-    return {"size": size, "counts": counts}
-
-
-def decode(rle: RLE) -> np.ndarray:
-    """One RLE -> (H, W) uint8 mask of 0/1."""
-    return coco_mask.decode(rle)
-
 
 def decode_stack(rles: list[RLE], height: int, width: int) -> torch.Tensor:
     """RLEs of one image -> (n, H, W) uint8 in one pycocotools call; (0, H, W) for none."""

@@ -1,6 +1,6 @@
 """Plain records that every data module shares: what a COCO split holds once parsed.
 
-The reader (``coco.py``) turns an annotation file into a ``CocoSplit``; validation reports
+The reader (``data.coco.split``) turns an annotation file into a ``CocoSplit``; validation reports
 its ``problems``; the dataset turns its images into (image, prompt) queries; converters and
 the synthetic generator write files that read back into the same records.
 Coordinates are COCO's: pixels, boxes ``[x, y, w, h]`` with the origin at the top-left.

@@ -24,6 +24,7 @@ import numpy as np
 from PIL import Image
 from pycocotools import mask as mask_utils
 
+from sam3_lora.data.rle import as_compressed, encode
 from sam3_lora.data.scaffold import (
     ANNOTATION_FILE,
     SPLITS,
@@ -230,18 +231,15 @@ def scene_annotations(scene: Scene, image_id: int, first_id: int) -> list[dict]:
     """COCO annotations: a polygon when the shape is whole, else the RLE of its visible part."""
     annotations = []
     for offset, obj in enumerate(scene.objects):
-        rle = mask_utils.encode(np.asfortranarray(obj.visible_mask.astype(np.uint8)))
+        visible = encode(obj.visible_mask)
         whole = bool(np.array_equal(obj.visible_mask, obj.full_mask))
-        if whole:
-            segmentation = [obj.polygon.ravel().tolist()]
-        else:
-            segmentation = {"size": list(rle["size"]), "counts": rle["counts"].decode("ascii")}
+        segmentation = [obj.polygon.ravel().tolist()] if whole else visible
         annotations.append(
             {
                 "id": first_id + offset,
                 "image_id": image_id,
                 "category_id": obj.category_id,
-                "bbox": [float(v) for v in mask_utils.toBbox(rle)],
+                "bbox": [float(v) for v in mask_utils.toBbox(as_compressed(visible))],
                 "area": int(obj.visible_mask.sum()),
                 "segmentation": segmentation,
                 "iscrowd": 0,

@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 
 from sam3_lora.config import DataConfig
-from sam3_lora.processing import normalize, resize_and_normalize
+from sam3_lora.model.processing import normalize, resize_and_normalize
 
 # SAM3 trains at 1008 px with scales on a 32 px grid; other sizes keep the same proportion.
 SAM3_SIZE = 1008

@@ -4,7 +4,7 @@ DIR holds the splits ``train/`` (required), ``valid/`` and ``test/`` (optional),
 its images and annotation file; DIR may also be one split folder itself (it holds the
 annotation file). Every split is read with ``load_coco_split`` and every image decoded in
 full, so the report lists everything training would trip on. Besides the per-split problem
-codes (see ``coco.py``), the dataset level adds:
+codes (see ``data.coco.split``), the dataset level adds:
 
 ===========================  =======  ===================================================
 code                         level    when
@@ -28,7 +28,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from sam3_lora.data.coco import DEFAULT_ANNOTATION_FILE, load_coco_split
+from sam3_lora.data.coco.split import DEFAULT_ANNOTATION_FILE, load_coco_split
 from sam3_lora.data.records import CocoSplit, HasProblems, Problem
 from sam3_lora.errors import DataError
 
@@ -76,16 +76,6 @@ class DatasetReport(HasProblems):
         return 1 if self.errors else 0
 
 
-def run_validate(root: str, annotation_file: str = DEFAULT_ANNOTATION_FILE) -> int:
-    """Validate the dataset at ``root``, print the report, return the exit code (0 or 1).
-
-    Raises ``DataError`` when ``root`` is not a folder.
-    """
-    report = validate_dataset(root, annotation_file)
-    print(format_report(report))
-    return report.exit_code
-
-
 def validate_dataset(root: str | Path, annotation_file: str = DEFAULT_ANNOTATION_FILE, *,
                      full_decode: bool = True) -> DatasetReport:
     """Check every split under ``root`` (see the module docstring).
@@ -124,7 +114,7 @@ def _split_report(split_dir: Path, name: str, annotation_file: str,
         report.problems.append(_dataset_problem(
             "error", "missing_annotation_file", str(annotation_path),
             f"{name}/ has no {annotation_file}; add the split's COCO file, delete the folder, "
-            "or pass --annotation-file if yours has another name"))
+            "or give its file name (annotation_file) if it is called otherwise"))
         return report
     try:
         split = load_coco_split(split_dir, annotation_file, name, full_decode=full_decode)

@@ -1,0 +1,78 @@
+"""``sam3-lora evaluate``: COCO mAP and SAM3's cgF1 of a predictions file, no model needed.
+
+``add_parser(subparsers)`` registers the command on the main parser.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+EVALUATE_EPILOG = """\
+examples:
+  sam3-lora evaluate --gt data/cracks/valid/_annotations.coco.json \\
+      --predictions runs/cracks/eval-valid/predictions.json --output metrics.json
+  sam3-lora evaluate --gt gt.json --predictions boxes.json --iou-type bbox
+
+predictions: COCO results, a JSON list of
+  {"image_id": 1, "category_id": 2, "score": 0.93,
+   "segmentation": {"size": [h, w], "counts": "..."}}
+  (RLE masks as pycocotools.mask.encode writes them, counts as str; or "bbox": [x, y, w, h]).
+  Scores must be probabilities in [0, 1]; ids must be those of the GT file.
+
+metrics: mAP, mAP50, mAP75 (pycocotools COCOeval, all scores ranked); cgF1 = pmF1 x IL_MCC
+  (SAM3's, predictions with score >= --score-threshold, per (image, category) unit; a category
+  absent from an image is a negative unit). cgF1 is n/a (null) when the GT has no negative units.
+"""
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    """Add ``evaluate`` to the main parser's ``subparsers``; returns its parser."""
+    parser = subparsers.add_parser(
+        "evaluate", help="score a COCO predictions file: mAP and SAM3's cgF1 (no model needed)",
+        description="Score COCO results against COCO ground truth: COCO mAP (pycocotools) and "
+                    "SAM3's cgF1 family; prints a table, optionally writes the metrics as JSON.",
+        epilog=EVALUATE_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--gt", required=True, metavar="GT.json",
+                        help="COCO ground truth (images, categories, annotations)")
+    parser.add_argument("--predictions", required=True, metavar="PRED.json",
+                        help="COCO results: a list of {image_id, category_id, score, "
+                             "segmentation|bbox}")
+    parser.add_argument("--iou-type", choices=("segm", "bbox"), default="segm",
+                        help="match masks (segm) or boxes (bbox) (default: segm)")
+    parser.add_argument("--output", metavar="metrics.json", default=None,
+                        help="also write the metrics as one flat JSON object here")
+    parser.add_argument("--score-threshold", type=float, default=0.5, metavar="S",
+                        help="cgF1 counts predictions scoring at least this (default: 0.5, "
+                             "SAM3's); mAP uses every score")
+    parser.add_argument("--compare-base", metavar="BASE.json", default=None,
+                        help="the base model's predictions on the same images: scored too and "
+                             "shown side by side, per category")
+    parser.set_defaults(func=cmd_evaluate)
+    return parser
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    """Print the metrics table; write the flat JSON to ``--output`` if given. With
+    ``--compare-base`` the base model's file is scored too, shown side by side and written
+    under ``base``."""
+    # Imported here so that building the CLI does not load pycocotools and scipy.
+    from sam3_lora.evaluation.metrics import evaluate_files, format_table
+
+    metrics = evaluate_files(args.gt, args.predictions, iou_type=args.iou_type, score_threshold=args.score_threshold)
+    base = None
+    if args.compare_base:
+        base = evaluate_files(args.gt, args.compare_base, iou_type=args.iou_type,
+                              score_threshold=args.score_threshold)
+        metrics["base"] = base
+    print(f"{args.iou_type} metrics of {args.predictions} against {args.gt} "
+          f"(cgF1 counts scores >= {args.score_threshold:g}):")
+    print(format_table(metrics, base))
+    if args.output:
+        path = Path(args.output)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(metrics, indent=2) + "\n", encoding="utf-8")
+        print(f"wrote {path}")
+    return 0

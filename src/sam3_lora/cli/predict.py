@@ -1,0 +1,111 @@
+"""``sam3-lora predict``: a thin layer over ``serve.inference``."""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import json
+from pathlib import Path
+
+from sam3_lora.cli.common import add_config_args, config_from_args
+from sam3_lora.data.images import IMAGE_SUFFIXES
+from sam3_lora.errors import Sam3LoraError
+
+PREDICT_EPILOG = """\
+examples:
+  sam3-lora predict --config runs/cracks/config.yaml --image wall.jpg --prompt "concrete crack"
+  sam3-lora predict --config runs/cracks/config.yaml --image photos/ --prompt crack spalling --output out/
+  sam3-lora predict --config balanced --no-lora --image shelf.png --bboxes '[[10, 20, 200, 180]]'
+
+writes, per image NAME: NAME.png (overlay: a colour per prompt, scores, legend) and NAME.json,
+COCO results (image_id = the image's index, category_id = the prompt's index + 1, with
+"prompt" and "box_xyxy"; masks as RLE) that `sam3-lora evaluate` reads.
+"""
+
+class PredictInputError(Sam3LoraError):
+    """Images or output paths that cannot be used."""
+
+
+def find_images(spec: str) -> list[Path]:
+    """A file, a folder (its images, sorted) or a glob -> image paths."""
+    path = Path(spec)
+    if path.is_dir():
+        found = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    elif path.is_file():
+        found = [path]
+    else:
+        found = sorted(Path(p) for p in glob.glob(spec) if Path(p).suffix.lower() in IMAGE_SUFFIXES)
+    if not found:
+        raise PredictInputError(f"--image {spec}: no image found (give a file, a folder of images or a glob)")
+    return found
+
+
+def output_paths(images: list[Path], output: str) -> list[tuple[Path, Path]]:
+    """(overlay PNG, JSON) per image: a .png path for one image, else a folder."""
+    out = Path(output)
+    if len(images) == 1 and out.suffix.lower() == ".png":
+        pairs = [(out, out.with_suffix(".json"))]
+    else:
+        if out.exists() and not out.is_dir():
+            raise PredictInputError(f"--output {out}: is a file; give a folder for several images")
+        pairs = [(out / f"{image.stem}.png", out / f"{image.stem}.json") for image in images]
+    inputs = {image.resolve() for image in images}
+    for png, _ in pairs:
+        if png.resolve() in inputs:
+            raise PredictInputError(f"--output {png}: is an input image; choose another path (inputs are never overwritten)")
+    return pairs
+
+
+def parse_boxes(text: str | None, flag: str):
+    if text is None:
+        return None
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        raise PredictInputError(f"{flag} {text!r}: not JSON; write boxes as '[[x1, y1, x2, y2], ...]' in pixels") from None
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    """Segment what the prompts name in each image: an overlay PNG and COCO-results JSON."""
+    from tqdm.auto import tqdm
+
+    from sam3_lora.evaluation.results import prediction_entries
+    from sam3_lora.serve.inference import SAM3LoRAInference
+
+    images = find_images(args.image)
+    pairs = output_paths(images, args.output)
+    boxes, negative = parse_boxes(args.bboxes, "--bboxes"), parse_boxes(args.negative_bboxes, "--negative-bboxes")
+    if not args.prompt and boxes is None:
+        raise PredictInputError("no prompt: give --prompt text, --bboxes, or both")
+    engine = SAM3LoRAInference(config=config_from_args(args), weights_path=args.weights, no_lora=args.no_lora,
+                               detection_threshold=args.threshold, resolution=args.resolution)
+    for image_id, (image, (png, js)) in enumerate(tqdm(list(zip(images, pairs, strict=True)), desc="predict",
+                                                       disable=len(images) == 1)):
+        predictions = engine.predict(image, args.prompt, boxes, negative)
+        png.parent.mkdir(parents=True, exist_ok=True)
+        engine.visualize(predictions, png, show_boxes=not args.no_boxes, show_masks=not args.no_masks)
+        js.write_text(json.dumps(prediction_entries(predictions, image_id)))
+        counts = ", ".join(f"{p['prompt']} {p['num_detections']}" for p in predictions)
+        tqdm.write(f"{image.name}: {counts} -> {png}")   # above the progress bar, not through it
+    return 0
+
+
+def add_parser(commands: argparse._SubParsersAction) -> None:
+    """Register ``predict``."""
+    predict = commands.add_parser("predict", help="segment images with text and box prompts",
+                                  description=cmd_predict.__doc__, epilog=PREDICT_EPILOG,
+                                  formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_config_args(predict)
+    predict.add_argument("--weights", metavar="DIR", help="adapter folder (default: output.dir/best)")
+    predict.add_argument("--no-lora", action="store_true", help="the base model, no adapter")
+    predict.add_argument("--image", required=True, metavar="PATH", help="an image, a folder of images, or a glob")
+    predict.add_argument("--prompt", nargs="+", default=[], metavar="TEXT", help="one or more text prompts")
+    predict.add_argument("--bboxes", metavar="JSON", help="positive box exemplars '[[x1,y1,x2,y2], ...]' in pixels")
+    predict.add_argument("--negative-bboxes", metavar="JSON", help="negative box exemplars, same form")
+    predict.add_argument("--threshold", type=float, default=0.5, help="minimum score (default 0.5)")
+    predict.add_argument("--resolution", type=int, metavar="PX", help="model input size (multiple of 14)")
+    predict.add_argument("--no-boxes", action="store_true", help="do not draw boxes")
+    predict.add_argument("--no-masks", action="store_true", help="do not draw masks")
+    predict.add_argument("--output", default="predictions", metavar="PATH",
+                         help="a .png for one image, else a folder (default: predictions/)")
+    predict.set_defaults(func=cmd_predict)

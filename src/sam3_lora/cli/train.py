@@ -1,0 +1,66 @@
+"""``sam3-lora info`` and ``sam3-lora train``: where LoRA goes, and fine-tuning."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from sam3_lora.cli.common import add_config_args, config_from_args
+
+TRAIN_EPILOG = """\
+examples:
+  sam3-lora train --config balanced data.root=data/cracks output.dir=runs/cracks
+  sam3-lora train --config runs/cracks/config.yaml --resume runs/cracks
+  accelerate launch --num_processes 4 -m sam3_lora.cli train --config balanced   (multi-GPU)
+"""
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    """Model source, LoRA placement and trainable share, without loading weights; or, with
+    --explain, what config keys mean."""
+    from sam3_lora.config import explain, reference_markdown
+
+    if args.explain is not None:
+        print(reference_markdown() if args.markdown else explain(args.explain or None))
+        return 0
+    from sam3_lora.lora.apply import preview
+
+    print(preview(config_from_args(args)))
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    """Fine-tune SAM3 with LoRA as the config says; writes the run folder (output.dir)."""
+    from sam3_lora.recipes.train import SAM3LoRATrainer, TrainingInterrupted
+
+    if args.skip_invalid:
+        args.overrides.append("data.skip_invalid=true")
+    trainer = SAM3LoRATrainer(config_from_args(args), resume=args.resume)
+    try:
+        summary = trainer.train()
+    except TrainingInterrupted as stop:
+        print(stop, file=sys.stderr)
+        return stop.exit_code
+    print(json.dumps(summary))
+    return 0
+
+
+def add_parser(commands: argparse._SubParsersAction) -> None:
+    """Register ``info`` and ``train``."""
+    info = commands.add_parser("info", help="show the model and where LoRA goes, without training",
+                               description=cmd_info.__doc__)
+    add_config_args(info)
+    info.add_argument("--explain", nargs="?", const="", metavar="KEY",
+                      help="print what a config key (section.key), a section or (alone) every key means")
+    info.add_argument("--markdown", action="store_true", help="with --explain: the whole reference as Markdown")
+    info.set_defaults(func=cmd_info)
+    train = commands.add_parser("train", help="fine-tune SAM3 on a COCO dataset (LoRA, or every weight)",
+                                description=cmd_train.__doc__, epilog=TRAIN_EPILOG,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_config_args(train)
+    train.add_argument("--resume", metavar="RUN_DIR|auto", default=None,
+                       help="continue a run exactly where it stopped (auto: output.dir's newest checkpoint)")
+    train.add_argument("--skip-invalid", action="store_true",
+                       help="train despite dataset errors, skipping (and listing) every bad item")
+    train.set_defaults(func=cmd_train)

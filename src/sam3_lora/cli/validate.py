@@ -1,0 +1,48 @@
+"""``sam3-lora validate``: score a fine-tuned model on a split."""
+
+from __future__ import annotations
+
+import argparse
+
+from sam3_lora.cli.common import add_config_args, config_from_args
+
+VALIDATE_EPILOG = """\
+examples:
+  sam3-lora validate --config runs/cracks/config.yaml                  best/ adapter on valid/
+  sam3-lora validate --config runs/cracks/config.yaml --split test --compare-base
+  sam3-lora validate --config balanced data.root=data/cracks --no-lora  the base model alone
+"""
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    """Score the fine-tuned (or base) model on a split: COCO mAP, cgF1, validation loss, the
+    forgetting check; writes metrics.json, predictions.json (COCO results) and report.md."""
+    from sam3_lora.evaluation.metrics import format_table
+    from sam3_lora.recipes.validate import validate
+
+    summary = validate(config_from_args(args), weights=args.weights, split=args.split,
+                       num_samples=args.num_samples, no_lora=args.no_lora, compare_base=args.compare_base,
+                       positives_only=args.positives_only, output=args.output)
+    print(format_table(summary, summary.get("base")))
+    if summary.get("val_loss") is not None:
+        print(f"validation loss {summary['val_loss']:.4f}")
+    print(f"wrote {summary['output']}/metrics.json, predictions.json and report.md")
+    return 0
+
+
+def add_parser(commands: argparse._SubParsersAction) -> None:
+    """Register ``validate``."""
+    check = commands.add_parser("validate", help="score a fine-tuned model: mAP, cgF1, loss, report",
+                                description=cmd_validate.__doc__, epilog=VALIDATE_EPILOG,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_config_args(check)
+    check.add_argument("--weights", metavar="DIR", help="adapter folder (default: output.dir/best)")
+    check.add_argument("--split", choices=["valid", "test"], help="split to score (default: evaluation.split)")
+    check.add_argument("--num-samples", type=int, metavar="N", help="score only the first N images")
+    check.add_argument("--no-lora", action="store_true", help="evaluate the base model, no adapter")
+    check.add_argument("--compare-base", action="store_true",
+                       help="also score the base model (adapter switched off) and show both side by side")
+    check.add_argument("--positives-only", action="store_true",
+                       help="accept a split without negative (image, prompt) units; cgF1 is then undefined")
+    check.add_argument("--output", metavar="DIR", help="where results go (default: output.dir/eval-SPLIT)")
+    check.set_defaults(func=cmd_validate)

@@ -1,0 +1,208 @@
+"""LoRA on chosen parts of SAM3 (or any torch model), with PEFT as the engine.
+
+We compute the exact set of Linear layers to adapt from the ``lora`` config (components x
+layer names) and hand PEFT that list, so a selection can never silently match nothing. (PEFT
+stores a long list as the shortest name endings that match the same layers of this
+architecture; the adapter's own ``sam3_lora.json`` keeps the selection as the user wrote it.)
+
+Layer names (matched against the last part of a module's name):
+    q_proj, k_proj, v_proj   attention projections, in every component
+    out_proj                 attention output: CLIP's ``out_proj`` and SAM3's ``o_proj``
+    fc1, fc2                 the two layers of each transformer MLP
+    all                      every Linear layer of the chosen components
+Names from Meta's original SAM3 code map to these: ``qkv`` -> q_proj, k_proj, v_proj;
+``proj`` -> out_proj; ``linear1`` -> fc1; ``linear2`` -> fc2.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from typing import NamedTuple
+
+import torch
+from torch import nn
+from transformers import Sam3Model
+
+from sam3_lora.config import COMPONENTS, Config, LoRAConfig
+from sam3_lora.errors import ConfigError
+from sam3_lora.model.loading import load_sam3_config
+from sam3_lora.model.roi_align import install_fallback
+
+# Each accepted layer name -> the module-name endings it selects.
+LAYER_NAMES = {
+    "q_proj": ("q_proj",),
+    "k_proj": ("k_proj",),
+    "v_proj": ("v_proj",),
+    "o_proj": ("o_proj", "out_proj"),
+    "out_proj": ("out_proj", "o_proj"),
+    "fc1": ("fc1",),
+    "fc2": ("fc2",),
+    # Meta's original SAM3 code names, mapped to transformers' equivalents.
+    "qkv": ("q_proj", "k_proj", "v_proj"),
+    "proj": ("out_proj", "o_proj"),
+    "linear1": ("fc1",),
+    "linear2": ("fc2",),
+}
+ALL_LINEAR = "all"
+WHOLE_MODEL = "model"  # the one "component" of a model that has none of SAM3's
+
+
+class ParameterCount(NamedTuple):
+    """Parameter counts: ``total, trainable, percent = count_parameters(model)``, or as the
+    original tool's dict, ``stats["trainable_parameters"]`` (see ``DICT_KEYS``)."""
+
+    total: int
+    trainable: int
+    percent: float
+    """Trainable share of all parameters, in percent."""
+
+    def __getitem__(self, key):
+        if isinstance(key, str):
+            return getattr(self, DICT_KEYS[key]) if key in DICT_KEYS else self._missing(key)
+        return tuple.__getitem__(self, key)
+
+    def keys(self) -> tuple[str, ...]:
+        return tuple(DICT_KEYS)
+
+    def _missing(self, key: str):
+        raise KeyError(f"{key!r}; the counts are {', '.join(DICT_KEYS)}")
+
+
+DICT_KEYS = {"total_parameters": "total", "trainable_parameters": "trainable", "trainable_percentage": "percent"}
+"""The original tool's ``count_parameters`` dict keys and the fields they read."""
+
+
+def count_parameters(model: nn.Module) -> ParameterCount:
+    """Total and trainable parameters of ``model``, and the trainable percentage."""
+    total = sum(p.numel() for p in model.parameters())
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    return ParameterCount(total, trainable, 100.0 * trainable / max(total, 1))
+
+
+def model_components(model: nn.Module, config: LoRAConfig) -> list[str]:
+    """Root module names LoRA may enter: the chosen SAM3 components, or the whole model."""
+    children = dict(model.named_children())
+    if not any(name in children for name in COMPONENTS):
+        return [WHOLE_MODEL]
+    return [name for name in config.components() if name in children]
+
+
+def _wanted_endings(target_modules: list[str]) -> set[str] | None:
+    """Module-name endings selected by ``target_modules``; None means every Linear."""
+    unknown = [name for name in target_modules if name != ALL_LINEAR and name not in LAYER_NAMES]
+    if unknown:
+        valid = ", ".join([*LAYER_NAMES, ALL_LINEAR])
+        raise ConfigError(f"lora.target_modules: unknown layer name(s) {unknown}; valid names: {valid}")
+    if ALL_LINEAR in target_modules:
+        return None
+    return {ending for name in target_modules for ending in LAYER_NAMES[name]}
+
+
+def resolve_targets(model: nn.Module, config: LoRAConfig) -> dict[str, list[str]]:
+    """Component -> full names of the Linear layers to adapt. Raises if nothing matches."""
+    endings = _wanted_endings(config.target_modules)
+    components = model_components(model, config)
+    if not components:
+        raise ConfigError("lora: no component is switched on; set at least one apply_to_* to true")
+    targets: dict[str, list[str]] = {}
+    for component in components:
+        root = model if component == WHOLE_MODEL else model.get_submodule(component)
+        prefix = "" if component == WHOLE_MODEL else f"{component}."
+        targets[component] = [
+            prefix + name
+            for name, module in root.named_modules()
+            if isinstance(module, nn.Linear) and (endings is None or name.rsplit(".", 1)[-1] in endings)
+        ]
+    if not any(targets.values()):
+        raise ConfigError(
+            f"lora.target_modules={config.target_modules} match no Linear layer in "
+            f"{', '.join(components)}; layer names there: {', '.join(_linear_names(model, components))}"
+        )
+    return targets
+
+
+def _linear_names(model: nn.Module, components: list[str]) -> list[str]:
+    roots = [model] if components == [WHOLE_MODEL] else [model.get_submodule(c) for c in components]
+    return sorted({n.rsplit(".", 1)[-1] for r in roots for n, m in r.named_modules() if isinstance(m, nn.Linear)})
+
+
+def peft_config(config: LoRAConfig, target_names: list[str]):
+    """PEFT's ``LoraConfig`` for exactly ``target_names``."""
+    from peft import LoraConfig as PeftLoraConfig
+
+    return PeftLoraConfig(
+        r=config.rank,
+        lora_alpha=config.alpha,
+        lora_dropout=config.dropout,
+        target_modules=sorted(target_names),
+        use_rslora=config.use_rslora,
+        use_dora=config.use_dora,
+        bias="none",
+    )
+
+
+def apply_lora_to_model(model: nn.Module, config: LoRAConfig | None = None, verbose: bool = True,
+                        adapter_name: str = "default"):
+    """Freeze ``model`` and add LoRA to the layers ``config`` selects; returns a PEFT model.
+
+    Works on SAM3 (component switches apply) and on any torch model (layer names are
+    matched everywhere). Prints the per-component summary unless ``verbose`` is False.
+    """
+    from peft import get_peft_model
+
+    config = config or LoRAConfig()
+    targets = resolve_targets(model, config)
+    names = [name for component_names in targets.values() for name in component_names]
+    peft_model = get_peft_model(model, peft_config(config, names), adapter_name=adapter_name)
+    peft_model.sam3_lora_config = config
+    if verbose:
+        print(format_summary(lora_summary(peft_model), count_parameters(peft_model)))
+    return peft_model
+
+
+def lora_summary(model: nn.Module) -> dict[str, tuple[int, int]]:
+    """Component -> (modules adapted, trainable LoRA parameters), from the model itself."""
+    modules: dict[str, set[str]] = defaultdict(set)
+    params: dict[str, int] = defaultdict(int)
+    for name, parameter in model.named_parameters():
+        if "lora_" not in name or not parameter.requires_grad:
+            continue
+        path = name.removeprefix("base_model.model.")
+        component = path.split(".", 1)[0] if path.split(".", 1)[0] in COMPONENTS else WHOLE_MODEL
+        modules[component].add(path.split(".lora_", 1)[0])
+        params[component] += parameter.numel()
+    order = [*COMPONENTS, WHOLE_MODEL]
+    return {c: (len(modules[c]), params[c]) for c in sorted(modules, key=order.index)}
+
+
+def format_summary(summary: dict[str, tuple[int, int]], count: ParameterCount) -> str:
+    """The per-component table printed when LoRA is applied."""
+    lines = [f"{'component':<18}{'modules':>9}{'trainable':>14}"]
+    lines += [f"{name:<18}{mods:>9}{params:>14,}" for name, (mods, params) in summary.items()]
+    lines.append(
+        f"{'total':<18}{sum(m for m, _ in summary.values()):>9}{count.trainable:>14,}"
+        f"  of {count.total:,} parameters ({count.percent:.3f}% trainable)"
+    )
+    return "\n".join(lines)
+
+
+def lora_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The trainable LoRA tensors of a PEFT model, keyed as PEFT saves them."""
+    from peft import get_peft_model_state_dict
+
+    return get_peft_model_state_dict(model)
+
+
+def preview(config: Config) -> str:
+    """Where ``config`` puts LoRA and how much trains, from the architecture alone: built on
+    PyTorch's meta device (shapes without weights), so it is instant even at 840M."""
+    model_config = load_sam3_config(config.model.source, config.model.revision, config.model.image_size)
+    install_fallback()
+    with torch.device("meta"):
+        model = apply_lora_to_model(Sam3Model(model_config), config.lora, verbose=False)
+    size = model_config.vision_config.backbone_config.image_size
+    return "\n".join([
+        f"model:   {config.model.source} ({size} px)",
+        f"lora:    rank {config.lora.rank}, alpha {config.lora.alpha:g}, layers {', '.join(config.lora.target_modules)}",
+        format_summary(lora_summary(model), count_parameters(model)),
+    ])

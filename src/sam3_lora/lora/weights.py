@@ -1,0 +1,56 @@
+"""A run's weights onto their base, ready to use, and switching the adapter off.
+
+``load_finetuned`` is what validation, prediction and the app load: the base model with an
+adapter attached, or a whole model folder from ``training.method: full``, or the base alone.
+``has_adapter`` / ``adapter_disabled`` are the one way to ask a model for its base's answers.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from sam3_lora.config import Config
+from sam3_lora.errors import AdapterError
+from sam3_lora.lora.adapter import load_adapter
+from sam3_lora.model.folders import is_model_folder
+from sam3_lora.model.loading import load_sam3
+from sam3_lora.model.processing import Sam3InputProcessor
+
+
+def has_adapter(model: nn.Module) -> bool:
+    """Whether ``model`` carries a LoRA adapter that can be switched off (PEFT)."""
+    return hasattr(model, "disable_adapter")
+
+
+@contextlib.contextmanager
+def adapter_disabled(model: nn.Module, disabled: bool = True) -> Iterator[None]:
+    """Inside, ``model`` answers as its base model (PEFT's ``disable_adapter``); a model
+    without an adapter, or ``disabled=False``, is left as it is."""
+    with model.disable_adapter() if disabled and has_adapter(model) else contextlib.nullcontext():
+        yield
+
+
+def load_finetuned(config: Config, weights: str | Path | None = None, no_lora: bool = False,
+                   device: torch.device | str | None = None) -> tuple[nn.Module, Sam3InputProcessor, Path | None]:
+    """(model in eval mode, processor, weights folder or None): the base with the adapter
+    attached unless ``no_lora``.
+
+    ``weights`` (default: the run's ``best/``) is an adapter folder, or a whole model folder
+    from ``training.method: full``, which then replaces the base (so there is no adapter).
+    ``device`` defaults to the GPU when there is one.
+    """
+    chosen = None if no_lora else Path(weights) if weights else Path(config.output.dir) / "best"
+    if chosen is not None and not chosen.exists():
+        raise AdapterError(f"{chosen}: no adapter there; train first (sam3-lora train), give the "
+                           f"weights folder, or use the base model (no LoRA)")
+    whole = chosen is not None and is_model_folder(chosen)
+    loaded = load_sam3(str(chosen) if whole else config.model.source, revision=config.model.revision,
+                       image_size=config.model.image_size, seed=config.training.seed)
+    model = loaded.model if chosen is None or whole else load_adapter(loaded.model, chosen)
+    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    return model.to(device).eval(), loaded.processor, chosen

@@ -1,0 +1,68 @@
+"""Whole-model folders: what ``training.method: full`` writes and ``model.source`` reads back.
+
+A model folder is a ``save_pretrained`` folder (config, weights, tokenizer) plus
+``sam3_lora.json`` (METADATA_FILE) saying what it was trained from and on which prompts;
+adapters (``lora.adapter``) carry the same file name with their own format.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from sam3_lora import __version__
+from sam3_lora.errors import ModelLoadError
+
+if TYPE_CHECKING:
+    from transformers import Sam3Model
+
+MODEL_FORMAT = "sam3-lora-model/1"
+METADATA_FILE = "sam3_lora.json"
+
+
+@contextlib.contextmanager
+def quiet_progress():
+    """transformers' progress bars off (loading and saving the tiny bundled model is instant)."""
+    from transformers.utils import logging as hf_logging
+
+    shown = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if shown:
+            hf_logging.enable_progress_bar()
+
+
+def write_model(model: Sam3Model, tokenizer, folder: Path, *, base_source: str = "unknown",
+                prompts: list[str] | None = None) -> None:
+    """A whole trained model (``training.method: full``) into the existing ``folder``: a
+    ``save_pretrained`` folder that ``model.source`` can name, plus ``sam3_lora.json``
+    saying what it was trained from and on which prompts."""
+    with quiet_progress():   # a "writing shards" bar at every checkpoint is noise
+        model.save_pretrained(folder)
+        tokenizer.save_pretrained(folder)
+    metadata = {"format": MODEL_FORMAT, "trained_from": base_source, "prompts": sorted(set(prompts or [])),
+                "sam3_lora_version": __version__}
+    (Path(folder) / METADATA_FILE).write_text(json.dumps(metadata, indent=2) + "\n")
+
+
+def is_model_folder(folder: str | Path) -> bool:
+    """Whether ``folder`` holds a whole model (``save_pretrained``) rather than an adapter."""
+    folder = Path(folder)
+    return (folder / "config.json").is_file() and not (folder / "adapter_config.json").is_file()
+
+
+def load_model_weights(model: Sam3Model, folder: str | Path) -> None:
+    """Copy the weights of a model folder written by ``write_model`` into ``model`` (resume)."""
+    from safetensors.torch import load_file
+
+    path = Path(folder) / "model.safetensors"
+    if not path.is_file():
+        raise ModelLoadError(f"{folder}: no model.safetensors; resume a method=full run from its own checkpoints")
+    result = model.load_state_dict(load_file(path), strict=False)
+    if result.missing_keys or result.unexpected_keys:
+        raise ModelLoadError(f"{path}: weights do not fit the model (missing {result.missing_keys[:2]}, "
+                             f"unexpected {result.unexpected_keys[:2]}); resume with the run's own config")

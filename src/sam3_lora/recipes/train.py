@@ -1,0 +1,526 @@
+"""The training recipe: ``SAM3LoRATrainer(config).train()``, LoRA or (``method: full``) every weight.
+
+One class, read top to bottom: ``setup`` (accelerator, model, data, optimiser), ``train``
+(the loop), ``evaluate`` (validation loss), ``save_checkpoint``. It runs on Accelerate, so
+the same code serves one CPU, one GPU, or many processes under ``accelerate launch`` or
+``torchrun`` (DDP). Every key of the ``training`` section is read here.
+
+Run folder (``output.dir``)::
+
+    config.yaml            the effective config, every key
+    metrics.jsonl          one JSON line per log and per evaluation
+    tensorboard/           TensorBoard events (and other trackers through Accelerate)
+    checkpoints/step-N/    resumable: weights + optimiser, scheduler, scaler, RNG, progress
+    last/                  weights of the latest step
+    best/                  weights with the best validation metric (= last/ without valid/)
+
+The weights are an adapter (``lora.adapter``), or with ``training.method: full`` a whole model
+folder (``model.folders.write_model``) that ``model.source`` can name.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import shutil
+import signal
+import time
+from functools import partial
+from importlib.util import find_spec
+from pathlib import Path
+
+import torch
+from accelerate import Accelerator
+from accelerate.state import AcceleratorState
+from accelerate.utils import DistributedDataParallelKwargs, set_seed
+from torch.utils.flop_counter import FlopCounterMode
+from tqdm.auto import tqdm
+
+from sam3_lora.config import Config, load_config
+from sam3_lora.data.coco.split import check_split, load_coco_split
+from sam3_lora.data.collate import build_dataloader
+from sam3_lora.data.dataset import ConceptDataset
+from sam3_lora.errors import ConfigError, Sam3LoraError
+from sam3_lora.evaluation.runner import SplitRunner, score
+from sam3_lora.files import atomic_folder
+from sam3_lora.lora.adapter import load_lora_weights, write_adapter
+from sam3_lora.lora.apply import apply_lora_to_model, count_parameters, format_summary, lora_summary
+from sam3_lora.loss.criterion import build_criterion
+from sam3_lora.model.folders import load_model_weights, write_model
+from sam3_lora.model.forward import QueryModel, as_float32
+from sam3_lora.model.loading import load_sam3
+from sam3_lora.training.checkpoint import (
+    latest_checkpoint,
+    load_checkpoint,
+    prune_checkpoints,
+    save_checkpoint,
+)
+from sam3_lora.training.optim import lr_lambda, param_groups
+from sam3_lora.training.resources import (
+    enable_activation_checkpointing,
+    peak_memory_mb,
+    peak_tflops,
+)
+
+
+class TrainingError(Sam3LoraError):
+    """Training stopped for a reason the user can act on."""
+
+
+class TrainingInterrupted(Sam3LoraError):
+    """Ctrl-C or SIGTERM: a resumable checkpoint was written."""
+
+    def __init__(self, message: str, signal_number: int):
+        super().__init__(message)
+        self.exit_code = 128 + signal_number
+
+
+class SAM3LoRATrainer:
+    """Fine-tunes SAM3 as ``config`` says; ``train()`` returns the summary.
+
+    ``peft_model`` is the model being trained: PEFT-wrapped with LoRA, or with
+    ``training.method: full`` the bare SAM3 with every weight trainable.
+    """
+
+    def __init__(self, config: Config | str | Path, overrides: list[str] | None = None,
+                 resume: str | Path | None = None, quiet: bool = False):
+        self.config = config if isinstance(config, Config) else load_config(config, overrides)
+        self.run_dir = Path(self.config.output.dir)
+        self.resume = resume
+        self.quiet = quiet
+        self.step = self.epoch = self.batches_done = 0
+        self.best_value: float | None = None
+        self.evals_without_improvement = 0
+        self.stop_signal: int | None = None
+        self.last_eval_step = -1
+        self._text_cache: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+        self.flops_per_batch: int | None = None
+
+    # ---- setup -----------------------------------------------------------------
+
+    def setup(self) -> SAM3LoRATrainer:
+        self._setup_accelerator()
+        self._setup_model()
+        self._setup_data()
+        self._setup_optimizer()
+        self.criterion = build_criterion(self.config.loss)
+        if self.resume:
+            self._restore(self.resume)
+        if self.accelerator.is_main_process:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            self.config.save(self.run_dir / "config.yaml")
+        return self
+
+    def _setup_accelerator(self) -> None:
+        cfg = self.config.training
+        if cfg.mixed_precision == "fp16" and not torch.cuda.is_available():
+            raise ConfigError("training.mixed_precision=fp16 needs a CUDA GPU; use bf16 or no on CPU")
+        # One process may build several trainers (tests, the demo); Accelerate keeps its
+        # settings in a singleton that must be cleared between them.
+        AcceleratorState._reset_state()
+        trackers = [t for t in cfg.report_to if _tracker_available(t)]
+        self.accelerator = Accelerator(
+            # cpu=True lets `torchrun`/`accelerate launch` run several CPU processes (gloo).
+            cpu=not torch.cuda.is_available(),
+            mixed_precision=cfg.mixed_precision,
+            gradient_accumulation_steps=cfg.gradient_accumulation_steps,
+            log_with=trackers or None,
+            project_dir=str(self.run_dir),
+            # LoRA on a component the batch does not use (the geometry encoder without box
+            # prompts) leaves parameters without gradients, which DDP must be told about.
+            kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)],
+        )
+        set_seed(cfg.seed)
+        if trackers:
+            self.accelerator.init_trackers("tensorboard" if trackers == ["tensorboard"] else "sam3-lora",
+                                           config=_flat(self.config.model_dump(mode="json")))
+
+    def _setup_model(self) -> None:
+        cfg = self.config
+        self.loaded = load_sam3(cfg.model.source, revision=cfg.model.revision,
+                                image_size=cfg.model.image_size, seed=cfg.training.seed)
+        self.image_size = self.loaded.processor.image_size
+        self.full = cfg.training.method == "full"
+        if self.full:
+            model = self.loaded.model.requires_grad_(True)
+        else:
+            model = apply_lora_to_model(self.loaded.model, cfg.lora, verbose=False)
+        self.checkpointed_blocks = enable_activation_checkpointing(model, cfg.training.activation_checkpointing)
+        self.peft_model = model
+        self.parameters = count_parameters(model)
+        self._log_text(f"full training: all {self.parameters.trainable:,} parameters" if self.full
+                       else format_summary(lora_summary(model), self.parameters))
+
+    def _setup_data(self) -> None:
+        root = Path(self.config.data.root)
+        if not (root / "train").is_dir():
+            raise ConfigError(f"data.root={root}: no train/ folder there; point data.root at the folder "
+                              f"holding train/ (and valid/), or create one with `sam3-lora data create`")
+        self.splits = {}
+        for name in ("train", "valid"):
+            if (root / name).is_dir():
+                split = load_coco_split(root / name, self.config.data.annotation_file, name=name)
+                self.splits[name] = check_split(split, self.config.data.skip_invalid)
+        if "valid" not in self.splits:
+            self._log_text(f"no validation split in {root}: training without evaluation; last/ = best/")
+        self.prompts = sorted({prompt for name, split in self.splits.items() for prompt in
+                               ConceptDataset(split, self.config.data, self.image_size, train=name == "train")
+                               .prompt_vocabulary()})
+        per_process = math.ceil(len(self.splits["train"].images) / self.config.training.batch_size
+                                / self.accelerator.num_processes)
+        # Accelerate steps at the end of an epoch even mid-accumulation: round up.
+        self.steps_per_epoch = math.ceil(per_process / self.config.training.gradient_accumulation_steps)
+        cfg = self.config.training
+        self.total_steps = cfg.max_steps or cfg.num_epochs * self.steps_per_epoch
+
+    def _setup_optimizer(self) -> None:
+        cfg = self.config.training
+        groups = param_groups(self.peft_model, cfg.learning_rate, cfg.weight_decay, cfg.component_learning_rates)
+        optimizer = torch.optim.AdamW(groups, lr=cfg.learning_rate)
+        # The scheduler is stepped by hand once per optimiser step: Accelerate's wrapper
+        # would step it once per process, changing the schedule with the process count.
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, partial(lr_lambda, kind=cfg.lr_scheduler, warmup=cfg.warmup_steps, total=self.total_steps))
+        self.model, self.optimizer = self.accelerator.prepare(QueryModel(self.peft_model), optimizer)
+
+    def _restore(self, resume: str | Path) -> None:
+        folder = latest_checkpoint(self.run_dir if str(resume) == "auto" else resume)
+        if folder is None:
+            if str(resume) == "auto":
+                return
+            raise TrainingError(f"{resume}: no checkpoint there; give a run folder with checkpoints/",
+                                option="resume")
+        if self.full:
+            load_model_weights(self.peft_model, folder)
+        else:
+            load_lora_weights(self.peft_model, folder)
+        progress = load_checkpoint(folder, self.optimizer.optimizer, self.scheduler, self.accelerator.scaler)
+        self.step, self.epoch, self.batches_done = progress["step"], progress["epoch"], progress["batches_done"]
+        self.best_value = progress["best_value"]
+        self.evals_without_improvement = progress["evals_without_improvement"]
+        self._log_text(f"resumed from {folder} at step {self.step}")
+
+    # ---- the loop ----------------------------------------------------------------
+
+    def train(self) -> dict:
+        """Train until ``max_steps`` / ``num_epochs``, early stopping, or a signal."""
+        if not hasattr(self, "accelerator"):
+            self.setup()
+        # load_sam3 returns the model in eval mode; dropout and checkpointing need train mode.
+        self.model.train()
+        previous = {s: signal.signal(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+        started = time.perf_counter()
+        progress = tqdm(total=self.total_steps, initial=self.step, desc="train", unit="step",
+                        disable=self.quiet or not self.accelerator.is_main_process)
+        try:
+            self._loop(progress, started)
+        except torch.OutOfMemoryError:
+            raise TrainingError(
+                f"out of memory at step {self.step}: lower training.batch_size, set "
+                f"training.activation_checkpointing=1, use the minimal preset, or a smaller model.image_size"
+            ) from None
+        finally:
+            progress.close()
+            for number, handler in previous.items():
+                signal.signal(number, handler)
+        if self.last_eval_step != self.step:
+            self._evaluate_and_save(final=True)
+        return self._summary(time.perf_counter() - started)
+
+    def _loop(self, progress, started: float) -> None:
+        """Epochs of micro-batches; an optimiser step at each accumulation boundary."""
+        nonfinite, poisoned = 0, False
+        while self.step < self.total_steps:
+            for batch in self._train_batches():
+                with self.accelerator.accumulate(self.model):
+                    with self._flop_counter() as counter:
+                        losses = self._forward_loss(batch)
+                        if self._all_finite(losses["loss"]):
+                            self.accelerator.backward(losses["loss"])
+                        else:
+                            poisoned = True   # skip the whole step, on every process
+                    if counter is not None:
+                        self.flops_per_batch = counter.get_total_flops()
+                    self.batches_done += 1
+                    if not self.accelerator.sync_gradients:
+                        continue
+                    if poisoned:
+                        self.optimizer.zero_grad()
+                        poisoned, nonfinite = False, nonfinite + 1
+                        self._check_nonfinite(nonfinite)
+                        continue
+                    nonfinite = 0
+                    self._optimizer_step()
+                self.step += 1
+                progress.update()
+                self._after_step(losses, batch, started, progress)
+                if self._maybe_evaluate_and_save():
+                    return
+                if self.stop_signal is not None:
+                    self._interrupt()
+                if self.step >= self.total_steps:
+                    return
+            self.epoch, self.batches_done = self.epoch + 1, 0
+            epoch_eval = self.config.training.eval_every_steps is None and self.step < self.total_steps
+            if epoch_eval and self._evaluate_and_save():
+                return
+
+    @contextlib.contextmanager
+    def _flop_counter(self):
+        """Counts the FLOPs of the first micro-batch (forward and backward, as run: LoRA,
+        checkpoint recomputation and all) for the throughput and MFU meter."""
+        if self.flops_per_batch is not None:
+            yield None
+            return
+        with FlopCounterMode(display=False) as counter:
+            yield counter
+
+    def _optimizer_step(self) -> None:
+        max_norm = self.config.training.max_grad_norm
+        if max_norm > 0:
+            self.accelerator.clip_grad_norm_(self.model.parameters(), max_norm)
+        self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad()
+
+    def _train_batches(self):
+        cfg = self.config.training
+        loader = build_dataloader(self.splits["train"], self.config.data, self.image_size, cfg.batch_size,
+                                  train=True, seed=cfg.seed, epoch=self.epoch)
+        loader = self.accelerator.prepare_data_loader(loader, device_placement=True)
+        if self.batches_done:
+            loader = self.accelerator.skip_first_batches(loader, self.batches_done)
+        return loader
+
+    def _tokens(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        """input_ids and attention_mask (Q, T), tokenised once per distinct prompt."""
+        for prompt in set(prompts) - set(self._text_cache):
+            encoded = self.loaded.processor.text([prompt])
+            self._text_cache[prompt] = (encoded["input_ids"][0], encoded["attention_mask"][0])
+        ids, mask = zip(*(self._text_cache[p] for p in prompts))
+        device = self.accelerator.device
+        return torch.stack(ids).to(device), torch.stack(mask).to(device)
+
+    def _forward_loss(self, batch: dict) -> dict[str, torch.Tensor]:
+        input_ids, attention_mask = self._tokens(batch["prompts"])
+        targets = [{k: v.to(self.accelerator.device) if torch.is_tensor(v) else v for k, v in t.items()}
+                   for t in batch["targets"]]
+        with self.accelerator.autocast():
+            outputs = self.model(batch["pixel_values"], batch["query_image_index"], input_ids, attention_mask)
+        return self.criterion(as_float32(outputs), targets)
+
+    def _all_finite(self, loss: torch.Tensor) -> bool:
+        """Whether the loss is finite on every process (all must skip a step together)."""
+        bad = torch.tensor(0.0 if torch.isfinite(loss.detach()).all() else 1.0, device=loss.device)
+        return self.accelerator.reduce(bad, reduction="sum").item() == 0
+
+    def _check_nonfinite(self, count: int) -> None:
+        self._log_json({"step": self.step, "nonfinite_steps": count})
+        if count >= self.config.training.max_nonfinite_steps:
+            hint = ("training.mixed_precision=fp16 overflows: use bf16 or no, or lower "
+                    if self.config.training.mixed_precision == "fp16" else "lower ")
+            raise TrainingError(
+                f"loss was NaN or infinite for {count} steps in a row at step {self.step}: {hint}"
+                f"training.learning_rate ({self.config.training.learning_rate:g}); the last good "
+                f"checkpoint is in {self.run_dir / 'checkpoints'}"
+            )
+
+    def _after_step(self, losses: dict, batch: dict, started: float, progress) -> None:
+        cfg = self.config.training
+        if self.step % cfg.log_every_steps and self.step != 1:
+            return
+        elapsed = max(time.perf_counter() - started, 1e-9)
+        shown = {k: v.detach() for k, v in losses.items() if "_aux_" not in k}
+        # The mean over processes: the loss of the global batch.
+        shown = self.accelerator.reduce(shown, reduction="mean")
+        record = {
+            "step": self.step, "epoch": self.epoch,
+            "lr": self.scheduler.get_last_lr()[0],
+            **{k: round(v.item(), 6) for k, v in shown.items()},
+            "samples_per_s": round(self.step * cfg.batch_size * cfg.gradient_accumulation_steps
+                                   * self.accelerator.num_processes / elapsed, 3),
+            "queries_per_batch": len(batch["prompts"]),
+            **self._throughput(elapsed),
+            "peak_memory_mb": round(peak_memory_mb(self.accelerator.device), 1),
+        }
+        progress.set_postfix(loss=f"{record['loss']:.3f}", lr=f"{record['lr']:.2e}",
+                             samples_s=record["samples_per_s"])
+        self._log_json(record)
+
+    def _throughput(self, elapsed: float) -> dict:
+        """Achieved TFLOP/s per process, and MFU where the accelerator's peak is known.
+
+        Estimated from the first batch's counted FLOPs: batches with more queries cost more.
+        """
+        batches = self.step * self.config.training.gradient_accumulation_steps
+        tflops = self.flops_per_batch * batches / elapsed / 1e12
+        record = {"tflops": round(tflops, 4)}
+        peak = peak_tflops(self.accelerator.device)
+        if peak:
+            record["mfu"] = round(tflops / peak, 4)
+        return record
+
+    # ---- evaluation and checkpoints -------------------------------------------------
+
+    def _maybe_evaluate_and_save(self) -> bool:
+        cfg = self.config.training
+        if cfg.save_every_steps and self.step % cfg.save_every_steps == 0:
+            self.save_checkpoint()
+        if cfg.eval_every_steps and self.step % cfg.eval_every_steps == 0 and self.step < self.total_steps:
+            return self._evaluate_and_save()
+        return False
+
+    @torch.no_grad()
+    def evaluate(self) -> dict[str, float]:
+        """Validation loss, plus mAP and cgF1 when ``best_metric`` asks for them."""
+        if "valid" not in self.splits:
+            return {}
+        self.model.eval()
+        if self.config.training.best_metric == "val_loss":
+            metrics = {"val_loss": self._validation_loss()}
+        else:
+            metrics = self._detection_metrics()
+        self.model.train()
+        return metrics
+
+    def _validation_loss(self) -> float:
+        """Mean loss over the validation batches, sharded over and reduced across processes."""
+        cfg = self.config.training
+        loader = build_dataloader(self.splits["valid"], self.config.data, self.image_size, cfg.batch_size,
+                                  train=False, seed=cfg.seed)
+        totals = torch.zeros(2, device=self.accelerator.device)
+        for batch in self.accelerator.prepare_data_loader(loader, device_placement=True):
+            totals += torch.stack([self._forward_loss(batch)["loss"].detach().float(), totals.new_tensor(1.0)])
+        totals = self.accelerator.reduce(totals, reduction="sum")
+        return (totals[0] / totals[1].clamp(min=1)).item()
+
+    def _detection_metrics(self) -> dict[str, float | None]:
+        """Validation loss, mAP and cgF1 from one pass over the split, computed as
+        ``sam3-lora validate`` does (each process scores the whole split)."""
+        runner = SplitRunner(self.peft_model, self.loaded.processor, self.splits["valid"], self.config)
+        found = runner.predict()
+        metrics, _ = score(runner.ground_truth(), found.results, self.config.evaluation.score_threshold)
+        return {"val_loss": found.val_loss, **{key: metrics[key] for key in ("mAP", "mAP50", "cgF1")}}
+
+    def _evaluate_and_save(self, final: bool = False) -> bool:
+        """Evaluate, update best/ and last/, write a checkpoint; True if training should stop."""
+        metrics = self.evaluate()
+        self.last_eval_step = self.step
+        improved = False
+        if metrics:
+            value = _better_is_higher(self.config.training.best_metric, metrics)
+            improved = value is not None and (self.best_value is None or value > self.best_value)
+            if improved:
+                self.best_value, self.evals_without_improvement = value, 0
+            else:
+                self.evals_without_improvement += 1
+            self._log_json({"step": self.step, "epoch": self.epoch, **metrics, "best": improved})
+        self.save_checkpoint(best=improved or not metrics)
+        patience = self.config.training.early_stopping_patience
+        if patience and self.evals_without_improvement >= patience and not final:
+            self._log_text(f"early stopping at step {self.step}: {patience} evaluations without improvement")
+            return True
+        return False
+
+    def save_checkpoint(self, best: bool = False) -> None:
+        """Resumable checkpoint in checkpoints/step-N, weights in last/ (and best/)."""
+        self.accelerator.wait_for_everyone()
+        if not self.accelerator.is_main_process:
+            return
+        progress = {"step": self.step, "epoch": self.epoch, "batches_done": self.batches_done,
+                    "best_value": self.best_value, "evals_without_improvement": self.evals_without_improvement}
+        folder = save_checkpoint(self.run_dir / "checkpoints" / f"step-{self.step:06d}", self.write_weights,
+                                 self.optimizer.optimizer, self.scheduler, self.accelerator.scaler, progress)
+        prune_checkpoints(self.run_dir, self.config.training.save_total_limit)
+        for name in ("last", "best") if best else ("last",):
+            with atomic_folder(self.run_dir / name) as staging:
+                self.write_weights(staging)
+        self.last_checkpoint = folder
+
+    def write_weights(self, folder: Path) -> None:
+        """The trained weights into the existing ``folder``: the adapter, or the whole model."""
+        info = {"base_source": self.config.model.source, "prompts": self.prompts}
+        if self.full:
+            write_model(self.loaded.model, self.loaded.tokenizer, folder, **info)
+        else:
+            write_adapter(self.peft_model, folder, **info)
+
+    # ---- signals, logs, summary ----------------------------------------------------
+
+    def _on_signal(self, number: int, frame) -> None:
+        if self.stop_signal is not None:   # a second Ctrl-C: stop now
+            raise KeyboardInterrupt
+        self.stop_signal = number
+        self._log_text(f"{signal.Signals(number).name}: finishing this step, then saving a checkpoint")
+
+    def _interrupt(self) -> None:
+        self.save_checkpoint()
+        name = signal.Signals(self.stop_signal).name
+        raise TrainingInterrupted(
+            f"{name} at step {self.step}; checkpoint saved. Resume with: "
+            f"sam3-lora train --config {self.run_dir / 'config.yaml'} --resume {self.run_dir}", self.stop_signal)
+
+    def _log_json(self, record: dict) -> None:
+        if not self.accelerator.is_main_process:
+            return
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        with open(self.run_dir / "metrics.jsonl", "a") as file:
+            file.write(json.dumps(record) + "\n")
+        numbers = {k: v for k, v in record.items() if isinstance(v, (int, float)) and k != "step"}
+        if self.accelerator.trackers:
+            self.accelerator.log(numbers, step=record["step"])
+
+    def _log_text(self, text: str) -> None:
+        if not self.quiet and self.accelerator.is_main_process:
+            tqdm.write(text)
+
+    def _best(self) -> float | None:
+        """The best value of ``best_metric`` so far, as the metric reads (a loss positive)."""
+        if self.best_value is None:
+            return None
+        return -self.best_value if self.config.training.best_metric == "val_loss" else self.best_value
+
+    def _summary(self, seconds: float) -> dict:
+        summary = {
+            "steps": self.step, "epochs": round(self.step / self.steps_per_epoch, 2), "seconds": round(seconds, 1),
+            "best_metric": self.config.training.best_metric, "best_value": self._best(),
+            "run_dir": str(self.run_dir),
+            "trainable_parameters": self.parameters.trainable,
+            "peak_memory_mb": round(peak_memory_mb(self.accelerator.device), 1),
+        }
+        if not (self.run_dir / "best").exists() and (self.run_dir / "last").exists():
+            shutil.copytree(self.run_dir / "last", self.run_dir / "best")
+        self.accelerator.end_training()
+        self._log_text(
+            f"done: {self.step} steps in {seconds:.0f} s, best {self.config.training.best_metric} "
+            f"{'-' if self._best() is None else f'{self._best():.4f}'}, "
+            f"{'models' if self.full else 'adapters'} in {self.run_dir}/best and /last")
+        return summary
+
+
+def _better_is_higher(metric: str, metrics: dict) -> float | None:
+    """The best metric's value, signed so that higher is better (None: undefined, e.g. cgF1
+    without negative prompts, which never counts as an improvement)."""
+    value = metrics.get(metric)
+    if value is None:
+        return None
+    return -value if metric == "val_loss" else value
+
+
+def _tracker_available(name: str) -> bool:
+    module = {"tensorboard": "tensorboard", "wandb": "wandb", "mlflow": "mlflow"}[name]
+    if find_spec(module) is None:
+        raise ConfigError(f"training.report_to: {name} is not installed; pip install {module}, or remove it")
+    return True
+
+
+def _flat(tree: dict, prefix: str = "") -> dict:
+    """Nested config -> flat {"a.b": value} of scalars, for trackers' hyper-parameter tables."""
+    flat = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            flat.update(_flat(value, f"{prefix}{key}."))
+        elif isinstance(value, (int, float, str, bool)):
+            flat[f"{prefix}{key}"] = value
+    return flat

@@ -1,0 +1,277 @@
+"""The logic behind ``sam3-lora app``: one SAM3 in memory, adapters switched by name.
+
+``AdapterApp`` loads the base model once and attaches every adapter of a run (``best/``,
+``last/`` under ``output.dir``) and any ``--weights`` folder to it as PEFT named adapters, so
+choosing another adapter in the page is a switch, not a reload; "base model" runs with the
+adapter switched off (PEFT's ``disable_adapter``, as ``validate --compare-base`` does). One
+lock serialises every use of the model: the page's queue already runs one request at a time,
+the lock keeps that true for any other caller (two tabs, the Python API, tests).
+
+Uploads arrive as bytes, never as paths: they are checked for size, decoded only as PNG,
+JPEG, WebP, BMP or TIFF, and refused unread when their header announces more pixels than
+``max_pixels`` (a decompression bomb). Every refusal is an ``AppError`` whose one-line message
+the page shows as it is. The page itself is in ``serve.app_ui``; this module needs no gradio.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+import re
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from sam3_lora.config import Config
+from sam3_lora.data.images import to_rgb, upright
+from sam3_lora.data.synth import synthesize
+from sam3_lora.errors import Sam3LoraError
+from sam3_lora.evaluation.results import prediction_entries
+from sam3_lora.serve.inference import SAM3LoRAInference, check_boxes
+from sam3_lora.serve.limits import (
+    MAX_BOXES,
+    MAX_PIXELS,
+    MAX_PROMPTS,
+    MAX_UPLOAD_MB,
+    UPLOAD_FORMATS,
+)
+from sam3_lora.serve.overlay import draw_overlay
+
+BASE = "base model"   # the adapter choice that runs SAM3 with no adapter
+LOCAL_HOSTS = {"127.0.0.1", "localhost", "::1"}
+TABLE_HEADERS = ["model", "prompt", "score", "box (x1, y1, x2, y2)", "area (px)"]
+
+
+class AppError(Sam3LoraError):
+    """An input the app cannot use: an upload, a prompt, a box or an adapter name."""
+
+
+# ---- inputs ---------------------------------------------------------------------------
+
+
+def read_image(data: bytes, max_mb: float = MAX_UPLOAD_MB,
+               max_pixels: int = MAX_PIXELS) -> Image.Image:
+    """Uploaded bytes -> an RGB image, following the dataset conventions (EXIF orientation
+    applied, alpha dropped, 16-bit scaled: ``data/images.py``), or an ``AppError`` saying why.
+
+    The size in pixels is read from the header and checked before any pixel is decoded.
+    """
+    # The dataset readers' own helpers, so training and the app see the same pixels.
+    if len(data) > max_mb * 1e6:
+        raise AppError(f"upload is {len(data) / 1e6:.1f} MB, over this app's {max_mb:g} MB limit; "
+                       f"upload a smaller image (the limit is set where the app is started)")
+    try:
+        # ``formats`` keeps PIL from trying its other (rarely used, less hardened) parsers.
+        image = Image.open(io.BytesIO(data), formats=UPLOAD_FORMATS)
+    except Image.DecompressionBombError:   # PIL's own refusal, far above ours
+        raise AppError(f"upload has too many pixels (over {max_pixels / 1e6:g} MP): refused "
+                       f"unread as a possible decompression bomb; downscale it") from None
+    except (OSError, ValueError, SyntaxError):
+        raise AppError("upload is not an image this app reads; upload a PNG, JPEG, WebP, BMP or "
+                       "TIFF file") from None
+    width, height = image.size
+    if width * height > max_pixels:
+        raise AppError(f"upload is {width}x{height} pixels ({width * height / 1e6:.0f} MP), over "
+                       f"this app's {max_pixels / 1e6:g} MP limit: refused unread as a possible "
+                       f"decompression bomb; downscale it")
+    try:
+        image.load()
+        return to_rgb(upright(image))
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as error:
+        reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+        raise AppError(f"upload could not be decoded as {image.format} ({reason}); "
+                       f"re-export the image and upload it again") from None
+
+
+def parse_prompts(text: str | None) -> list[str]:
+    """Comma- or newline-separated prompts, stripped, empty and repeated ones dropped."""
+    prompts = list(dict.fromkeys(p.strip() for p in re.split(r"[,\n]", text or "") if p.strip()))
+    if len(prompts) > MAX_PROMPTS:
+        raise AppError(f"prompts: {len(prompts)} given, at most {MAX_PROMPTS} per request; "
+                       f"remove some")
+    return prompts
+
+
+def parse_boxes(text: str | None, size: tuple[int, int]) -> np.ndarray | None:
+    """Box prompts written one per line as ``x1,y1,x2,y2`` in pixels -> (n, 4), or None."""
+    boxes = []
+    for number, line in enumerate((text or "").splitlines(), start=1):
+        line = line.strip().strip("[]()").strip()
+        if not line:
+            continue
+        try:
+            values = [float(v) for v in re.split(r"[,\s]+", line) if v]
+        except ValueError:
+            values = []
+        if len(values) != 4 or not all(math.isfinite(v) for v in values):
+            raise AppError(f"box prompts, line {number}: {line!r} is not x1,y1,x2,y2; write one "
+                           f"box per line in pixels, e.g. 10,20,200,180")
+        boxes.append(values)
+    if len(boxes) > MAX_BOXES:
+        raise AppError(f"box prompts: {len(boxes)} given, at most {MAX_BOXES} per request; "
+                       f"remove some")
+    return check_boxes(boxes, size, what="box prompts") if boxes else None
+
+
+def bind_warning(host: str) -> str | None:
+    """The warning to print when the app listens beyond this machine, else None."""
+    if host in LOCAL_HOSTS:
+        return None
+    return (f"warning: serving on {host}: anyone who can reach this machine can use the model and "
+            f"upload images (there is no login); listen on 127.0.0.1 to keep it local")
+
+
+def adapter_folders(config: Config, weights: list[str | Path] | tuple = ()) -> dict[str, Path]:
+    """The adapters to offer, by display name: the run's ``best`` and ``last`` where they
+    exist (``output.dir``), then each ``--weights`` folder under the path as given."""
+    run = Path(config.output.dir)
+    found = {name: run / name for name in ("best", "last")
+             if (run / name / "adapter_config.json").is_file()}
+    for folder in weights:
+        path = Path(folder)
+        if any(path.resolve() == known.resolve() for known in found.values()):
+            continue
+        name = str(folder)
+        found[name if name not in found and name != BASE else f"{name} (extra)"] = path
+    return found
+
+
+def synthetic_examples(count: int = 3, seed: int = 7) -> dict[str, bytes]:
+    """A few PNGs of coloured shapes (``data/synth.py``), named by the concepts they show, so
+    the page can be tried without an image at hand. Made in memory at start-up: nothing is
+    shipped, and the page serves them by name, never by path."""
+    examples = {}
+    with tempfile.TemporaryDirectory(prefix="sam3-lora-examples-") as tmp:
+        synthesize(Path(tmp) / "shapes", images_per_split={"train": count}, image_size=(320, 240),
+                   background=["plain", "gradient", "stripes"], objects_per_image=(3, 5), seed=seed)
+        split = Path(tmp) / "shapes" / "train"
+        coco = json.loads((split / "_annotations.coco.json").read_text())
+        names = {c["id"]: c["name"] for c in coco["categories"]}
+        for number, image in enumerate(coco["images"], start=1):
+            shown = sorted({names[a["category_id"]] for a in coco["annotations"]
+                            if a["image_id"] == image["id"]})
+            name = f"example {number}: {', '.join(shown)}"
+            examples[name] = (split / image["file_name"]).read_bytes()
+    return examples
+
+
+# ---- results --------------------------------------------------------------------------
+
+
+@dataclass
+class ModelAnswer:
+    """One model's answer to a request."""
+
+    model: str
+    """The adapter's display name, or ``BASE``."""
+    overlay: Image.Image
+    predictions: list[dict]
+    """One dict per prompt, as ``SAM3LoRAInference.predict`` returns them."""
+    seconds: float
+
+    def rows(self) -> list[list]:
+        """The detections table: model, prompt, score, box, area in pixels; best first."""
+        rows = [[self.model, p["prompt"], round(float(score), 3),
+                 ", ".join(f"{v:.1f}" for v in box), int(mask.sum())]
+                for p in self.predictions
+                for score, box, mask in zip(p["scores"], p["boxes"], p["masks"], strict=True)]
+        return sorted(rows, key=lambda row: -row[2])
+
+    def coco(self) -> list[dict]:
+        """COCO results entries exactly as ``sam3-lora predict`` writes them (image_id 0)."""
+        return prediction_entries(self.predictions, image_id=0)
+
+
+@dataclass
+class AppResult:
+    """What one request produced: the chosen model's answer, then the base model's when side
+    by side."""
+
+    answers: list[ModelAnswer] = field(default_factory=list)
+
+    def rows(self) -> list[list]:
+        return [row for answer in self.answers for row in answer.rows()]
+
+    def summary(self) -> str:
+        """One line: detections and time per model."""
+        return " · ".join(f"{a.model}: {len(a.rows())} detection{'s' * (len(a.rows()) != 1)} "
+                          f"in {a.seconds:.2f} s" for a in self.answers)
+
+    def save(self, folder: str | Path) -> list[Path]:
+        """Overlay PNG and COCO-results JSON of each model into ``folder``; returns the paths."""
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        paths = []
+        for answer in self.answers:
+            stem = re.sub(r"[^A-Za-z0-9_.-]+", "-", answer.model).strip("-.") or "adapter"
+            answer.overlay.save(folder / f"{stem}-overlay.png", format="PNG")
+            (folder / f"{stem}-detections.json").write_text(json.dumps(answer.coco()))
+            paths += [folder / f"{stem}-overlay.png", folder / f"{stem}-detections.json"]
+        return paths
+
+
+# ---- the model --------------------------------------------------------------------------
+
+
+class AdapterApp:
+    """SAM3 loaded once, with the run's adapters attached by name, answering one request at a
+    time. ``weights``: extra adapter folders; the limits bound what an upload may be."""
+
+    def __init__(self, config: Config, weights: list[str | Path] | tuple = (), *,
+                 max_upload_mb: float = MAX_UPLOAD_MB, max_pixels: int = MAX_PIXELS):
+        self.config = config
+        self.max_upload_mb, self.max_pixels = max_upload_mb, max_pixels
+        self.engine = SAM3LoRAInference(config=config, no_lora=True)
+        self.folders = adapter_folders(config, weights)
+        self._peft_names: dict[str, str] = {}   # display name -> PEFT adapter name (a safe key)
+        for index, (name, folder) in enumerate(self.folders.items()):
+            peft_name = f"adapter_{index}"
+            self.engine.load_adapter(folder, peft_name)
+            self._peft_names[name] = peft_name
+        self._lock = threading.Lock()
+
+    @property
+    def choices(self) -> list[str]:
+        """Adapter names for the page: the run's and ``--weights`` folders, then ``BASE``."""
+        return [*self._peft_names, BASE]
+
+    def read_image(self, data: bytes) -> Image.Image:
+        return read_image(data, self.max_upload_mb, self.max_pixels)
+
+    def predict(self, image: Image.Image | bytes | None, prompts_text: str = "",
+                boxes_text: str = "", threshold: float = 0.5, adapter: str = BASE,
+                side_by_side: bool = False) -> AppResult:
+        """Run the prompts on ``image`` (an RGB image, or uploaded bytes) with ``adapter``, and
+        with the base model beside it when ``side_by_side``. Inputs are checked before the
+        model is touched; each check fails with an ``AppError`` naming the field."""
+        if image is None:
+            raise AppError("no image: upload one or pick an example")
+        picture = image.convert("RGB") if isinstance(image, Image.Image) else self.read_image(image)
+        prompts = parse_prompts(prompts_text)
+        boxes = parse_boxes(boxes_text, picture.size)
+        if not prompts and boxes is None:
+            raise AppError("no prompt: type a text prompt (e.g. red circle) or a box x1,y1,x2,y2")
+        if adapter not in self.choices:
+            raise AppError(f"adapter {adapter!r} is not loaded; choose one of: "
+                           f"{', '.join(self.choices)}")
+        if not 0.0 <= float(threshold) <= 1.0:   # also refuses NaN
+            raise AppError(f"threshold {threshold}: must be between 0 and 1")
+        if side_by_side and adapter == BASE:
+            raise AppError("side by side compares an adapter with the base model; "
+                           "choose an adapter")
+        answers = []
+        with self._lock:
+            for name in [adapter, BASE] if side_by_side else [adapter]:
+                start = time.perf_counter()
+                with self.engine.using(self._peft_names.get(name)):
+                    found = self.engine.predict(picture, prompts, boxes, threshold=float(threshold))
+                answers.append((name, found, time.perf_counter() - start))
+        # Drawing needs no model: outside the lock, so the next request can start.
+        return AppResult([ModelAnswer(name, draw_overlay(picture, found), found, seconds)
+                          for name, found, seconds in answers])

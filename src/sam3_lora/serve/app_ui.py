@@ -1,0 +1,213 @@
+"""The page of ``sam3-lora app``: a gradio Blocks over ``app.AdapterApp``.
+
+Left, the inputs: an upload (read as bytes: no path from the browser is ever opened), an
+example picker, the prompts, optional box prompts, the threshold, the adapter and the
+side-by-side switch. Right, the answer: a status line (time taken, or what went wrong), the
+overlay (and the base model's beside it), the detections table and the downloads (overlay
+PNG and COCO-results JSON per model, as ``sam3-lora predict`` writes them).
+
+Every handler catches our errors and shows their one-line message in the status line; an
+unexpected error is logged on the server and shown as one generic line, never as a trace.
+"""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import os
+import re
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+from sam3_lora.errors import Sam3LoraError
+from sam3_lora.serve.app import (
+    BASE,
+    TABLE_HEADERS,
+    AdapterApp,
+    synthetic_examples,
+)
+from sam3_lora.serve.limits import UPLOAD_SUFFIXES
+
+log = logging.getLogger(__name__)
+
+DOWNLOADS_MAX_AGE_S = 3600   # request folders older than this are removed at the next request
+STATE_SESSIONS = 64   # tabs whose image is kept (up to 75 MB each at 25 MP); the oldest go first
+INTRO = """\
+# SAM3 LoRA adapters
+Upload an image (or pick an example), type what to find, and run. **Model** {source} ({size} px)
+· **adapters** {adapters} · requests run one at a time.
+"""
+
+
+def _markdown_text(text: str) -> str:
+    """``text`` shown literally in Markdown (paths and names hold ``_``, ``*``, ``<``...)."""
+    return re.sub(r"([\\`*_{}\[\]()#+\-.!|<>])", r"\\\1", text)
+
+
+def _problem(message: str) -> str:
+    return f"⚠️ {_markdown_text(message)}"
+
+
+class Handlers:
+    """What the page's events call; each returns the new values of its outputs, and turns
+    every failure into a line for the status Markdown."""
+
+    def __init__(self, app: AdapterApp, examples: dict[str, bytes]):
+        self.app, self.examples = app, examples
+        # Downloads are written here; gradio serves a file only once a handler returns it.
+        self.downloads = Path(tempfile.mkdtemp(prefix="sam3-lora-app-"))
+        atexit.register(shutil.rmtree, self.downloads, ignore_errors=True)
+
+    def _guard(self, work, failed):
+        """``work()``, or ``failed(line)`` with the error's one-line message."""
+        try:
+            return work()
+        except Sam3LoraError as error:
+            return failed(_problem(str(error)))
+        except Exception:   # a bug must not reach the page as a trace
+            log.exception("sam3-lora app: request failed")
+            return failed(_problem("the request failed on the server; the details are in the "
+                                   "server's log"))
+
+    def _loaded(self, data: bytes, what: str):
+        image = self.app.read_image(data)
+        return image, image, f"{_markdown_text(what)}: {image.width}x{image.height} px, ready"
+
+    def upload(self, data: bytes | None):
+        """An uploaded file -> (image state, preview, status, upload); a refused file is
+        removed from the upload box, which is then ready for the next one."""
+        import gradio as gr
+
+        if data is None:
+            return None, None, "", None
+
+        def work():
+            return *self._loaded(data, "uploaded image"), gr.update()
+
+        return self._guard(work, lambda line: (None, None, line, None))
+
+    def example(self, name: str | None, prompts: str):
+        """A picked example -> (image state, preview, prompts, status); empty prompts are
+        filled with the concepts the example shows."""
+        if name not in self.examples:
+            return None, None, prompts, ""
+
+        def work():
+            image, preview, status = self._loaded(self.examples[name], name.split(":")[0])
+            return image, preview, prompts or name.split(": ", 1)[1], status
+
+        return self._guard(work, lambda line: (None, None, prompts, line))
+
+    def run(self, image, prompts: str, boxes: str, threshold: float, adapter: str,
+            side_by_side: bool):
+        """The request -> (overlay, base overlay, table, status, downloads)."""
+        import gradio as gr
+        import pandas as pd
+
+        def work():
+            result = self.app.predict(image, prompts, boxes, threshold, adapter, side_by_side)
+            chosen, *base = result.answers
+            label = BASE if chosen.model == BASE else f"adapter: {chosen.model}"
+            return (gr.update(value=chosen.overlay, label=label),
+                    gr.update(value=base[0].overlay if base else None, visible=bool(base)),
+                    pd.DataFrame(result.rows(), columns=TABLE_HEADERS),
+                    f"{_markdown_text(result.summary())} (threshold {threshold:.2f})",
+                    [str(p) for p in result.save(self._request_folder())])
+
+        return self._guard(work, lambda line: (None, gr.update(value=None), None, line, None))
+
+    def _request_folder(self) -> Path:
+        """A fresh folder for one request's downloads; old ones are removed on the way."""
+        for old in self.downloads.iterdir():
+            if time.time() - old.stat().st_mtime > DOWNLOADS_MAX_AGE_S:
+                shutil.rmtree(old, ignore_errors=True)
+        return Path(tempfile.mkdtemp(dir=self.downloads))
+
+
+def build_app(app: AdapterApp, examples: dict[str, bytes] | None = None):
+    """The page (a ``gr.Blocks``) for ``app``; ``examples`` default to synthetic shapes."""
+    import gradio as gr
+
+    handlers = Handlers(app, synthetic_examples() if examples is None else examples)
+    adapters = [c for c in app.choices if c != BASE]
+    offered = _markdown_text(", ".join(adapters)) if adapters else "none (base model only)"
+    intro = INTRO.format(source=_markdown_text(app.config.model.source), adapters=offered,
+                         size=app.engine.processor.image_size)
+    limit = f"up to {app.max_upload_mb:g} MB"
+    # delete_cache: gradio's copies of uploads and downloads go after an hour.
+    with gr.Blocks(title="sam3-lora app", analytics_enabled=False,
+                   delete_cache=(3600, 3600)) as page:
+        gr.Markdown(intro, elem_id="intro")
+        # The decoded image, per browser tab; dropped after an hour so tabs left open cost nothing.
+        image = gr.State(None, time_to_live=3600)
+        with gr.Row(equal_height=False):
+            with gr.Column(scale=2, min_width=320):
+                upload = gr.File(label=f"Image: PNG, JPEG, WebP, BMP or TIFF, {limit}",
+                                 file_types=UPLOAD_SUFFIXES, type="binary", height=150,
+                                 elem_id="upload")
+                example = gr.Dropdown(list(handlers.examples), value=None, label="…or an example",
+                                      elem_id="example")
+                preview = gr.Image(label="Input", type="pil", interactive=False, height=150,
+                                   elem_id="preview")
+                with gr.Row():
+                    prompts = gr.Textbox(label="Prompts", lines=2, max_length=2000,
+                                         placeholder="red circle, blue square (comma or newline "
+                                                     "between)", elem_id="prompts")
+                    boxes = gr.Textbox(label="Box prompts (optional)", lines=2, max_length=2000,
+                                       placeholder="x1,y1,x2,y2 in pixels, one box per line",
+                                       elem_id="boxes")
+                with gr.Row():
+                    threshold = gr.Slider(0.0, 1.0, value=0.5, step=0.01, label="Score threshold",
+                                          elem_id="threshold")
+                    adapter = gr.Dropdown(app.choices, value=app.choices[0], label="Adapter",
+                                          elem_id="adapter")
+                side_by_side = gr.Checkbox(label="Side by side with the base model",
+                                           interactive=bool(adapters), elem_id="side-by-side")
+                run = gr.Button("Run", variant="primary", elem_id="run")
+            with gr.Column(scale=3, min_width=420):
+                status = gr.Markdown("Upload an image or pick an example, then run.",
+                                     elem_id="status")
+                with gr.Row():
+                    overlay = gr.Image(label="Result", type="pil", format="png", interactive=False,
+                                       height=330, elem_id="overlay")
+                    base_overlay = gr.Image(label=BASE, type="pil", format="png", interactive=False,
+                                            height=330, visible=False, elem_id="base-overlay")
+                table = gr.Dataframe(headers=TABLE_HEADERS, label="Detections", interactive=False,
+                                     wrap=True, max_height=260, elem_id="detections")
+                downloads = gr.File(label="Downloads: overlay PNG and COCO-results JSON (as "
+                                          "sam3-lora predict writes)", file_count="multiple",
+                                    interactive=False, height=110, elem_id="downloads")
+        upload.upload(handlers.upload, upload, [image, preview, status, upload])
+        upload.clear(lambda: (None, None, ""), None, [image, preview, status])
+        example.input(handlers.example, [example, prompts], [image, preview, prompts, status])
+        run.click(handlers.run, [image, prompts, boxes, threshold, adapter, side_by_side],
+                  [overlay, base_overlay, table, status, downloads], concurrency_limit=1,
+                  concurrency_id="model")
+    return page
+
+
+def launch(app: AdapterApp, host: str = "127.0.0.1", port: int = 7860, *,
+           examples: dict[str, bytes] | None = None, prevent_thread_lock: bool = False,
+           quiet: bool = False):
+    """Serve the page for ``app`` on ``host``:``port``; returns the running ``gr.Blocks``
+    (with ``prevent_thread_lock``, else it blocks until Ctrl-C).
+
+    Binds to this machine only by default, and warns on any other address. Gradio itself
+    refuses uploads over twice our limit (with its own message in the page) before they are
+    written to disk; our check answers those in between.
+    """
+    os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")   # no calls home from gradio
+    import gradio as gr
+
+    page = build_app(app, examples)
+    page.queue(default_concurrency_limit=1, max_size=64)
+    # System fonts: the default theme may fetch web fonts, which an offline machine cannot.
+    theme = gr.themes.Default(font=["ui-sans-serif", "system-ui", "sans-serif"],
+                              font_mono=["ui-monospace", "monospace"])
+    # show_error=False: only our one-line messages reach the page; allowed_paths stays empty.
+    page.launch(server_name=host, server_port=port, show_error=False, ssr_mode=False, quiet=quiet,
+                theme=theme, max_file_size=int(2 * app.max_upload_mb * 2**20),
+                state_session_capacity=STATE_SESSIONS, prevent_thread_lock=prevent_thread_lock)
+    return page

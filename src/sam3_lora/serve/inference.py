@@ -1,0 +1,239 @@
+"""Prediction with text and box prompts: ``SAM3LoRAInference`` (the original tool's API).
+
+The vision encoder, most of SAM3's compute, runs once per image; K prompts then cost K rows
+of the light prompt-dependent heads, in one batched call. Text features of a prompt are
+computed once and cached across images (the cache is cleared when the adapter changes,
+since LoRA may touch the text encoder). Scores and masks come from the shared
+post-processing (``model.postprocess``), the same code validation uses.
+
+Several adapters can share the one base in memory: ``load_adapter(folder, name)`` attaches
+one, ``with engine.using(name):`` answers with it, ``with engine.base_model():`` with the
+base. The text-feature cache is kept per adapter, so switching needs no care from callers.
+
+Each prediction is one dict per prompt::
+
+    prompt          str ("boxes" for box-only prompts)
+    num_detections  int N
+    boxes           (N, 4) float, x1 y1 x2 y2 in pixels of the image
+    scores          (N,) float in [0, 1]
+    masks           (N, H, W) bool at the image's size
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from sam3_lora.config import Config, load_config
+from sam3_lora.data.images import open_image
+from sam3_lora.errors import Sam3LoraError
+from sam3_lora.lora.adapter import load_adapter
+from sam3_lora.lora.weights import adapter_disabled, has_adapter, load_finetuned
+from sam3_lora.model.forward import encode_images, encode_text, forward_queries
+from sam3_lora.model.postprocess import postprocess
+from sam3_lora.serve.overlay import save_overlay
+
+BOX_ONLY_PROMPT = "visual"   # SAM3's text for a prompt made of boxes alone
+
+
+class PromptError(Sam3LoraError):
+    """Prompts that cannot be run: none given, or boxes that do not fit the image."""
+
+
+def check_boxes(boxes, size: tuple[int, int], what: str = "boxes") -> np.ndarray:
+    """(n, 4) x1 y1 x2 y2 pixel boxes inside an image of ``size`` (W, H), or a clear error."""
+    try:
+        flat = np.asarray([] if boxes is None else boxes, dtype=float)
+    except (TypeError, ValueError):   # ragged lists or non-numbers
+        flat = np.zeros(1)
+    if flat.size % 4:
+        raise PromptError(f"{what}: each box needs 4 numbers [x1, y1, x2, y2] in pixels")
+    array = flat.reshape(-1, 4)
+    width, height = size
+    for x1, y1, x2, y2 in array:
+        if not (x2 > x1 and y2 > y1):
+            raise PromptError(f"{what}: box [{x1:g}, {y1:g}, {x2:g}, {y2:g}] needs x2 > x1 and y2 > y1")
+        if x1 < 0 or y1 < 0 or x2 > width or y2 > height:
+            raise PromptError(f"{what}: box [{x1:g}, {y1:g}, {x2:g}, {y2:g}] is outside the "
+                              f"{width}x{height} image; clip it to the image")
+    return array
+
+
+def as_image(image) -> Image.Image:
+    """A path, a PIL image or an HxWx3 uint8 array -> an RGB PIL image."""
+    if isinstance(image, (str, Path)):
+        return open_image(image)
+    if isinstance(image, Image.Image):
+        return image.convert("RGB")
+    array = np.asarray(image)
+    if array.ndim == 2:
+        array = np.stack([array] * 3, axis=-1)
+    if array.ndim != 3 or array.shape[2] not in (3, 4):
+        raise PromptError(f"image array of shape {array.shape}: expected H x W x 3 (RGB)")
+    return Image.fromarray(array[..., :3].astype(np.uint8))
+
+
+class SAM3LoRAInference:
+    """SAM3 with an adapter (or the base model) ready for prompts.
+
+    ``config_path`` (or ``config``) names the model; ``weights_path`` is an adapter folder (or
+    a whole-model folder), defaulting to the run's ``best/`` (``no_lora=True`` keeps the base
+    model). ``detection_threshold`` is the default score threshold; ``predict`` takes another
+    per call.
+    """
+
+    def __init__(self, config_path: str | Path | None = None, weights_path: str | Path | None = None,
+                 detection_threshold: float = 0.5, *, config: Config | None = None, no_lora: bool = False,
+                 resolution: int | None = None, mask_nms_iou: float | None = None):
+        self.config = config or load_config(config_path)
+        if resolution:
+            self.config = self.config.model_copy(update={"model": self.config.model.model_copy(
+                update={"image_size": resolution})})
+        self.model, self.processor, self.weights = load_finetuned(self.config, weights_path, no_lora)
+        self.device = next(self.model.parameters()).device
+        self.threshold = check_threshold(detection_threshold)
+        self.mask_nms_iou = mask_nms_iou
+        # (active adapter or None for the base, prompt) -> (features (T, D), attention mask (T,))
+        self._text_cache: dict[tuple[str | None, str], tuple[torch.Tensor, torch.Tensor]] = {}
+        self._base = False   # inside base_model(): the adapter is switched off
+        self._last_image: Image.Image | None = None
+
+    # ---- adapters -------------------------------------------------------------------
+
+    @property
+    def adapter(self) -> str | None:
+        """The adapter answering now: its name, or None for the base model."""
+        if self._base or not has_adapter(self.model):
+            return None
+        return self.model.active_adapter
+
+    def load_adapter(self, folder: str | Path, name: str) -> None:
+        """Attach another adapter by ``name`` (the base stays shared); not yet active."""
+        self.model = load_adapter(self.model, folder, adapter_name=name).to(self.device).eval()
+        self._text_cache = {key: value for key, value in self._text_cache.items() if key[0] != name}
+
+    def set_adapter(self, name: str) -> None:
+        """Answer with adapter ``name`` from now on."""
+        names = list(getattr(self.model, "peft_config", {}))
+        if name not in names:
+            raise PromptError(f"adapter {name!r} is not loaded; loaded: {', '.join(names) or 'none (base model only)'}")
+        self.model.set_adapter(name)
+
+    @contextlib.contextmanager
+    def using(self, name: str | None) -> Iterator[SAM3LoRAInference]:
+        """Inside, the engine answers with adapter ``name`` (None: the base model); the
+        previous adapter is restored on exit."""
+        if name is None:
+            with self.base_model():
+                yield self
+            return
+        previous = self.adapter
+        self.set_adapter(name)
+        try:
+            yield self
+        finally:
+            if previous is not None:
+                self.set_adapter(previous)
+
+    @contextlib.contextmanager
+    def base_model(self) -> Iterator[SAM3LoRAInference]:
+        """Inside, the engine answers as the base model (adapter switched off)."""
+        with adapter_disabled(self.model):
+            self._base, previous = True, self._base
+            try:
+                yield self
+            finally:
+                self._base = previous
+
+    # ---- prompts ------------------------------------------------------------------
+
+    def text_features(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        """(K, T, D) text features and (K, T) attention mask; each prompt tokenised and encoded
+        once per adapter, then served from the cache."""
+        adapter = self.adapter
+        missing = [p for p in dict.fromkeys(prompts) if (adapter, p) not in self._text_cache]
+        if missing:
+            fresh = {k: v.to(self.device) for k, v in self.processor.text(missing).items()}
+            with torch.no_grad():
+                features = encode_text(self.model, fresh["input_ids"], fresh["attention_mask"])
+            for prompt, feature, mask in zip(missing, features, fresh["attention_mask"], strict=True):
+                self._text_cache[adapter, prompt] = (feature, mask)
+        features, masks = zip(*(self._text_cache[adapter, p] for p in prompts), strict=True)
+        return torch.stack(features), torch.stack(masks)
+
+    def clear_text_cache(self) -> None:
+        """Forget cached prompt features (after changing weights by hand)."""
+        self._text_cache.clear()
+
+    def _geometry(self, boxes: np.ndarray, negative: np.ndarray, size: tuple[int, int], rows: int) -> dict:
+        """Box prompts as SAM3 inputs for ``rows`` queries: cxcywh in [0, 1], label 1/0."""
+        if not len(boxes) and not len(negative):
+            return {}
+        width, height = size
+        both = np.concatenate([boxes, negative]) / np.array([width, height, width, height])
+        cxcywh = np.stack([(both[:, 0] + both[:, 2]) / 2, (both[:, 1] + both[:, 3]) / 2,
+                           both[:, 2] - both[:, 0], both[:, 3] - both[:, 1]], axis=1)
+        labels = [1] * len(boxes) + [0] * len(negative)
+        return {"input_boxes": torch.tensor(cxcywh, dtype=torch.float32, device=self.device)[None].expand(rows, -1, -1),
+                "input_boxes_labels": torch.tensor(labels, device=self.device)[None].expand(rows, -1)}
+
+    # ---- prediction -----------------------------------------------------------------
+
+    @torch.no_grad()
+    def predict_batch(self, images: list, prompts: str | list[str] | None = None, boxes=None,
+                      negative_boxes=None, *, threshold: float | None = None) -> list[list[dict]]:
+        """Every prompt on every image: one vision-encoder pass per image, one batched call
+        of the heads for all (image, prompt) rows. ``prompts`` is one phrase or a list.
+        Returns, per image, one dict per prompt."""
+        pictures = [as_image(image) for image in images]
+        prompts = [prompts] if isinstance(prompts, str) else list(prompts or [])
+        threshold = self.threshold if threshold is None else check_threshold(threshold)
+        if not prompts and boxes is None:
+            raise PromptError("no prompt: give text prompts, boxes, or both")
+        names = prompts or ["boxes"]
+        texts = prompts or [BOX_ONLY_PROMPT]
+        geometry = [(check_boxes(boxes, p.size), check_boxes(negative_boxes, p.size, "negative boxes"))
+                    for p in pictures]
+        features, mask = self.text_features(texts)
+        vision = encode_images(self.model, self.processor.images(pictures).to(self.device))
+        answers = []
+        for index, (picture, (positive, negative)) in enumerate(zip(pictures, geometry, strict=True)):
+            rows = torch.full((len(texts),), index, dtype=torch.long, device=self.device)
+            outputs = forward_queries(self.model, rows, vision=vision, text_features=features, attention_mask=mask,
+                                      **self._geometry(positive, negative, picture.size, len(texts)))
+            found = postprocess(outputs, [(picture.height, picture.width)] * len(texts), threshold,
+                                self.mask_nms_iou)
+            answers.append([{"prompt": name, "num_detections": len(d), "boxes": d.boxes, "scores": d.scores,
+                             "masks": d.masks, "presence": d.presence} for name, d in zip(names, found, strict=True)])
+        self._last_image = pictures[-1]
+        return answers
+
+    def predict(self, image=None, text_prompts: str | list[str] | None = None, boxes=None, negative_boxes=None,
+                image_path=None, *, threshold: float | None = None) -> list[dict]:
+        """One image (path, PIL image or array; ``image_path`` as the original tool named it)
+        and its prompts -> one dict per prompt."""
+        if image is None and image_path is None:
+            raise PromptError("no image: pass image (a path, PIL image or array)")
+        return self.predict_batch([image if image_path is None else image_path], text_prompts, boxes,
+                                  negative_boxes, threshold=threshold)[0]
+
+    def visualize(self, predictions: list[dict], output_path: str | Path, show_boxes: bool = True,
+                  show_masks: bool = True, image=None) -> Path:
+        """Overlay PNG of ``predictions`` on ``image`` (default: the last image predicted)."""
+        picture = as_image(image) if image is not None else self._last_image
+        if picture is None:
+            raise PromptError("visualize: no image; predict first or pass image=")
+        return save_overlay(picture, predictions, output_path, show_boxes=show_boxes, show_masks=show_masks)
+
+
+def check_threshold(threshold: float) -> float:
+    """A score threshold in [0, 1], or a clear error (NaN and 5 are not thresholds)."""
+    value = float(threshold)
+    if not 0.0 <= value <= 1.0:   # also false for NaN
+        raise PromptError(f"threshold {threshold}: must be a number between 0 and 1")
+    return value

@@ -1,0 +1,37 @@
+"""The optimiser's side of training: parameter groups and the learning-rate schedule."""
+
+from __future__ import annotations
+
+import math
+
+from torch import nn
+
+from sam3_lora.config import COMPONENTS, HEADS
+
+
+def param_groups(model: nn.Module, lr: float, weight_decay: float, component_lrs: dict[str, float]) -> list[dict]:
+    """AdamW groups over trainable parameters: a learning rate per component (or head), and
+    no weight decay on biases and norm weights (1-D tensors)."""
+    groups: dict[tuple[float, float], list] = {}
+    for name, parameter in model.named_parameters():
+        if not parameter.requires_grad:
+            continue
+        component = next((c for c in COMPONENTS + HEADS if f".{c}." in f".{name}"), None)
+        group_lr = component_lrs.get(component, lr)
+        decay = 0.0 if parameter.ndim < 2 else weight_decay
+        groups.setdefault((group_lr, decay), []).append(parameter)
+    return [{"params": params, "lr": group_lr, "weight_decay": decay} for (group_lr, decay), params in groups.items()]
+
+
+def lr_lambda(step: int, kind: str, warmup: int, total: int) -> float:
+    """Multiplier of the peak learning rate at optimiser step ``step`` (0-based)."""
+    if step < warmup:
+        return (step + 1) / (warmup + 1)
+    progress = (step - warmup) / max(total - warmup, 1)
+    if kind == "linear":
+        return max(0.0, 1.0 - progress)
+    if kind == "cosine":
+        return 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0)))
+    if kind == "inverse_sqrt":
+        return 1.0 / math.sqrt((step - warmup) + 1)
+    return 1.0

@@ -1,0 +1,131 @@
+"""``sam3-lora data ...`` on a parser built here (the main CLI only calls ``add_parser``)."""
+
+import argparse
+import json
+import re
+import sys
+import types
+
+import pytest
+
+from sam3_lora.cli.data import add_parser
+from sam3_lora.errors import DataError
+
+pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
+ANN = "_annotations.coco.json"
+
+
+def run(*argv) -> int:
+    parser = argparse.ArgumentParser(prog="sam3-lora")
+    add_parser(parser.add_subparsers(dest="command"))
+    args = parser.parse_args(["data", *map(str, argv)])
+    return args.func(args)
+
+
+def test_create_prints_what_it_wrote(tmp_path, capsys):
+    assert run("create", tmp_path / "d") == 0
+    assert capsys.readouterr().out.startswith(f"wrote {tmp_path / 'd'}: train 0 images")
+    assert (tmp_path / "d" / "README.md").is_file()
+
+
+def test_synth_options_reach_the_generator(tmp_path, capsys):
+    code = run("synth", tmp_path / "d", "--shapes", "star", "cross", "--colors", "yellow",
+               "--background", "stripes", "checker", "--train", 3, "--valid", 0, "--test", 1,
+               "--size", 64, "--max-size", 80, "--objects", 1, 2, "--seed", 5)
+    assert code == 0
+    pattern = rf"wrote {re.escape(str(tmp_path / 'd'))}: train 3 images/\d+ objects, test 1 images/\d+ objects; 2 categories"
+    assert re.fullmatch(pattern, capsys.readouterr().out.strip())
+    document = json.loads((tmp_path / "d" / "train" / ANN).read_text())
+    assert [c["name"] for c in document["categories"]] == ["yellow star", "yellow cross"]
+    assert all(64 <= i["width"] <= 80 for i in document["images"])
+    assert not (tmp_path / "d" / "valid").exists()
+
+
+def test_synth_radius_sets_the_shape_size(tmp_path):
+    widths = {}
+    for radius in ("0.1", "0.3"):
+        run("synth", tmp_path / radius, "--train", 4, "--valid", 0, "--test", 0, "--size", 100,
+            "--objects", 1, 1, "--radius", radius, radius)
+        document = json.loads((tmp_path / radius / "train" / ANN).read_text())
+        widths[radius] = max(a["bbox"][2] for a in document["annotations"])
+    assert widths["0.1"] <= 20 and widths["0.3"] >= 40, widths   # circumradius 10 vs 30 px
+
+
+def test_synth_rejects_an_unknown_shape_with_the_choices(capsys, tmp_path):
+    with pytest.raises(SystemExit) as exit_info:
+        run("synth", tmp_path / "d", "--shapes", "blob")
+    assert exit_info.value.code == 2
+    assert "choose from" in capsys.readouterr().err
+
+
+@pytest.fixture
+def shapes(tmp_path):
+    run("synth", tmp_path / "shapes", "--train", 6, "--valid", 0, "--test", 0, "--size", 64)
+    return tmp_path / "shapes"
+
+
+def test_convert_coco_and_split(shapes, tmp_path, capsys):
+    train = shapes / "train"
+    assert run("convert", "coco", train / ANN, train, tmp_path / "c", "--split", "test",
+               "--copy") == 0
+    assert "test 6 images" in capsys.readouterr().out
+    assert run("convert", "coco", train / ANN, train, tmp_path / "r",
+               "--split-ratios", 0.5, 0.25, 0.25, "--seed", 1) == 0
+    assert "train 3 images" in capsys.readouterr().out
+    assert run("convert", "split", train, tmp_path / "s", "--seed", 1) == 0
+    assert "train 4 images" in capsys.readouterr().out  # 0.8 0.1 0.1 of 6: 4/1/1
+
+
+def test_convert_yolo_and_labelme(tmp_path, capsys):
+    (tmp_path / "y" / "images" / "train").mkdir(parents=True)
+    (tmp_path / "y" / "labels" / "train").mkdir(parents=True)
+    from PIL import Image
+
+    Image.new("RGB", (40, 30)).save(tmp_path / "y" / "images" / "train" / "a.jpg")
+    (tmp_path / "y" / "labels" / "train" / "a.txt").write_text("0 0.5 0.5 0.5 0.5\n")
+    (tmp_path / "y" / "classes.txt").write_text("cat\n")
+    assert run("convert", "yolo", tmp_path / "y", tmp_path / "out") == 0
+    assert capsys.readouterr().out.strip().endswith("train 1 images/1 objects; 1 categories")
+    (tmp_path / "lm").mkdir()
+    Image.new("RGB", (40, 30)).save(tmp_path / "lm" / "a.jpg")
+    (tmp_path / "lm" / "a.json").write_text(json.dumps(
+        {"imagePath": "a.jpg", "shapes": [{"label": "cat", "points": [[1, 1], [9, 1], [5, 8]]}]}))
+    assert run("convert", "labelme", tmp_path / "lm", tmp_path / "out2", "--copy") == 0
+    assert "train 1 images/1 objects" in capsys.readouterr().out
+
+
+def test_user_errors_are_raised_for_the_main_cli(shapes):
+    with pytest.raises(DataError, match="folder is not empty"):
+        run("convert", "split", shapes / "train", shapes)
+
+
+def test_validate_prints_the_report_and_returns_its_code(monkeypatch, tmp_path, capsys):
+    calls = []
+    report = types.SimpleNamespace(exit_code=1)
+    fake = types.ModuleType("sam3_lora.data.validate")
+    fake.validate_dataset = lambda root, annotation_file: calls.append((root, annotation_file)) or report
+    fake.format_report = lambda given: "the report" if given is report else "?"
+    monkeypatch.setitem(sys.modules, "sam3_lora.data.validate", fake)
+    assert run("validate", tmp_path, "--annotation-file", "a.json") == 1
+    assert calls == [(str(tmp_path), "a.json")]
+    assert capsys.readouterr().out.strip() == "the report"
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [["--help"], ["create", "--help"], ["synth", "--help"], ["validate", "--help"],
+     ["convert", "--help"], ["convert", "yolo", "--help"], ["convert", "labelme", "--help"],
+     ["convert", "coco", "--help"], ["convert", "split", "--help"]],
+)
+def test_every_command_has_help_with_an_example(argv, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        run(*argv)
+    assert exit_info.value.code == 0
+    text = capsys.readouterr().out
+    assert "sam3-lora data" in text and "example" in text
+
+
+def test_a_missing_subcommand_is_a_usage_error(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        run()
+    assert exit_info.value.code == 2

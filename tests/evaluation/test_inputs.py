@@ -1,0 +1,88 @@
+"""Bad ground truth and predictions: one clear line each, never a crash."""
+
+from __future__ import annotations
+
+import pytest
+
+from sam3_lora.errors import DataError, Sam3LoraError
+from sam3_lora.evaluation.metrics import (
+    evaluate_files,
+)
+from tests.evaluation.cases import (
+    GOOD,
+    write,
+)
+
+# ---------------------------------------------------------------------- bad inputs
+
+
+@pytest.mark.parametrize(("prediction", "message"), [
+    ({**GOOD, "image_id": 999}, r"prediction 1 has image_id 999, which is not in the ground truth.*same split"),
+    ({**GOOD, "image_id": "1"}, r"image_id '1'.*numbers, not strings"),
+    ({**GOOD, "category_id": 7}, r"category_id 7, which is not in the ground truth.*category ids"),
+    ({**GOOD, "score": 1.5}, r"score 1.5; scores must be probabilities in \[0, 1\]"),
+    ({**GOOD, "score": -0.1}, r"score -0.1"),
+    ({**GOOD, "score": None}, r"score None"),
+    ({**GOOD, "segmentation": {"size": [100, 100], "counts": "0zzzzz"}}, r"malformed RLE"),
+    ({**GOOD, "segmentation": {"size": [100, 100], "counts": "2"}}, r"malformed RLE"),
+    ({**GOOD, "segmentation": {"size": [100, 100], "counts": [5, 3]}}, r"malformed RLE"),
+    ({**GOOD, "segmentation": {"size": [50, 50], "counts": "PP5"}}, r"size \[50, 50\].*\[100, 100\]"),
+    ({**GOOD, "segmentation": [[0, 0, 5, 0, 5, 5]]}, r"list segmentation; predictions need an RLE"),
+    ({k: v for k, v in GOOD.items() if k != "segmentation"}, r"no segmentation.*iou_type bbox"),
+])
+def test_bad_prediction_gives_one_clear_line(files, prediction, message):
+    with pytest.raises(DataError, match=message) as error:
+        evaluate_files(*files([GOOD, prediction]))
+    assert "\n" not in str(error.value) and "pred.json" in str(error.value)
+
+
+def test_unknown_ids_are_counted(files):
+    preds = [{**GOOD, "image_id": 50 + i} for i in range(4)]
+    with pytest.raises(DataError, match=r"image_id 50.*and 3 more predictions with unknown image_ids"):
+        evaluate_files(*files(preds))
+
+
+@pytest.mark.parametrize("content", ["[]", " \n"])
+def test_empty_predictions_warn_and_score_zero(files, tmp_path, content):
+    gt_path, pred_path = files([])
+    (tmp_path / "pred.json").write_text(content)
+    with pytest.warns(UserWarning, match="no predictions"):
+        result = evaluate_files(gt_path, pred_path)
+    assert result["mAP"] == 0.0 and result["cgF1"] == 0.0 and result["pmF1"] == 0.0
+    assert result["mAP_large"] is None and result["num_predictions"] == 0
+
+
+@pytest.mark.parametrize(("gt_text", "message"), [
+    ("[]", r"is a JSON list \(COCO results\?\), not a COCO ground-truth file"),
+    ('{"info": {}}', r"not a COCO ground-truth file \(needs top-level 'images'"),
+    ('{"images": [], "categories": []}', r"has no images"),
+    (('{"images": [{"id": 1, "width": 10, "height": 10}], "categories": [], "annotations": '
+      '[{"id": 4, "image_id": 2, "category_id": 1, "bbox": [0, 0, 1, 1]}]}'),
+     r"annotation id 4 has image_id 2, which is not in 'images'"),
+    ('{"images": [{"id": 1, "file_name": "x.png"}], "categories": []}', r"image id 1 has no valid height/width"),
+    ('{"images": [{"id": 1, "width": 10, "height": 10}]', r"truncated"),
+    ('{"images": [{"id": 1, "width": 10, "height": 10, "neg_category_ids": 3}], "categories": []}',
+     r"image id 1 has neg_category_ids 3; write a list of category ids"),
+    (('{"images": [{"id": 1, "width": 10, "height": 10}], "categories": [{"id": 1}], '
+      '"annotations": [{"id": 9, "image_id": 1, "category_id": 1, '
+      '"segmentation": {"size": [10, 10], "counts": "0zz"}}]}'),
+     r"annotation id 9 \(annotations\[0\]\) has a malformed RLE segmentation"),
+])
+def test_bad_ground_truth_gives_one_clear_line(tmp_path, gt_text, message):
+    (tmp_path / "gt.json").write_text(gt_text)
+    pred_path = write(tmp_path, "pred.json", [])
+    with pytest.raises(DataError, match=message) as error:
+        evaluate_files(tmp_path / "gt.json", pred_path)
+    assert "\n" not in str(error.value) and "gt.json" in str(error.value)
+
+
+def test_missing_files_and_swapped_arguments(files, tmp_path):
+    gt_path, pred_path = files([GOOD])
+    with pytest.raises(DataError, match=r"nope.json: no such file; give the path of the COCO ground"):
+        evaluate_files(tmp_path / "nope.json", pred_path)
+    with pytest.raises(DataError, match=r"is a COCO dataset \(it has 'annotations'\), not COCO results"):
+        evaluate_files(gt_path, gt_path)
+    with pytest.raises(Sam3LoraError, match=r"outside \[0, 1\]"):
+        evaluate_files(gt_path, pred_path, score_threshold=5)
+
+

@@ -1,0 +1,123 @@
+import pytest
+import torch
+from safetensors import safe_open
+from transformers import Sam3Model
+
+from sam3_lora.config import LoRAConfig
+from sam3_lora.errors import AdapterError
+from sam3_lora.lora.adapter import (
+    load_adapter,
+    load_lora_weights,
+    read_metadata,
+    save_adapter,
+    save_lora_weights,
+)
+from sam3_lora.lora.apply import apply_lora_to_model
+from sam3_lora.model.loading import load_sam3, tiny_config
+
+SELECTION = LoRAConfig(rank=4, target_modules=["all"], apply_to_detr_decoder=True, apply_to_mask_decoder=True)
+
+
+def trained_adapter(model, selection=SELECTION, seed=0):
+    """LoRA with random B matrices, standing in for a trained adapter (B=0 would be a no-op)."""
+    adapted = apply_lora_to_model(model, selection, verbose=False)
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, parameter in adapted.named_parameters():
+            if "lora_B" in name:
+                parameter.copy_(torch.randn(parameter.shape, generator=generator) * 0.05)
+    return adapted.eval()
+
+
+def fresh_base():
+    return load_sam3("sam3-tiny", seed=0).model
+
+
+def test_save_reload_and_merge_give_the_adapted_outputs(tmp_path, tiny, predict, differ):
+    adapted = trained_adapter(tiny.model)
+    expected = predict(adapted)
+    assert differ(expected, predict(fresh_base())) > 1e-3   # the adapter changes predictions
+    save_adapter(adapted, tmp_path / "adapter", base_source="sam3-tiny", prompts=["red circle", "red circle"])
+    reloaded = load_adapter(fresh_base(), tmp_path / "adapter")
+    assert differ(predict(reloaded), expected) == 0.0            # same float ops: bit-identical
+    merged = reloaded.merge_and_unload()
+    assert isinstance(merged, Sam3Model)
+    assert differ(predict(merged), expected) < 1e-5              # W + BA folded: float32 rounding
+
+
+def test_adapter_folder_describes_itself(tmp_path, tiny):
+    folder = save_adapter(trained_adapter(tiny.model), tmp_path / "a", base_source="sam3-tiny", prompts=["b", "a"])
+    files = sorted(p.name for p in folder.iterdir())
+    assert {"adapter_config.json", "adapter_model.safetensors", "sam3_lora.json"} <= set(files)
+    assert not any(name.endswith((".bin", ".pt", ".pth")) for name in files)
+    metadata = read_metadata(folder)
+    assert metadata["base_model"]["source"] == "sam3-tiny"
+    assert metadata["base_model"]["architecture"]["vit"] == "2x64"
+    assert metadata["lora"]["rank"] == 4 and metadata["lora"]["apply_to_mask_decoder"] is True
+    assert metadata["prompts"] == ["a", "b"]
+    saved_modules = {key.removeprefix("base_model.model.").split(".")[0]
+                     for key in safe_open(folder / "adapter_model.safetensors", "pt").keys()}  # noqa: SIM118
+    assert saved_modules == {"detr_decoder", "mask_decoder", "vision_encoder"}
+    assert not list(tmp_path.glob(".a.*")), "staging folder left behind"
+
+
+def test_saving_over_an_adapter_replaces_it(tmp_path, tiny):
+    save_adapter(trained_adapter(tiny.model, seed=0), tmp_path / "a")
+    first = (tmp_path / "a" / "adapter_model.safetensors").read_bytes()
+    save_adapter(trained_adapter(fresh_base(), seed=1), tmp_path / "a")
+    assert (tmp_path / "a" / "adapter_model.safetensors").read_bytes() != first
+
+
+def test_seed_api_round_trip(tmp_path, tiny, predict, differ):
+    adapted = trained_adapter(tiny.model)
+    save_lora_weights(adapted, tmp_path / "lora")
+    target = apply_lora_to_model(fresh_base(), SELECTION, verbose=False).eval()
+    assert load_lora_weights(target, tmp_path / "lora") is target
+    assert differ(predict(target), predict(adapted)) == 0.0
+
+
+def test_other_architecture_is_refused_naming_both(tmp_path, tiny):
+    save_adapter(trained_adapter(tiny.model), tmp_path / "a", base_source="sam3-tiny")
+    config = tiny_config()
+    config.detr_decoder_config.num_queries = 10
+    with pytest.raises(AdapterError, match=r"trained on base sam3-tiny \(.*queries 20\), but the model is \(.*queries 10\)"):
+        load_adapter(Sam3Model(config), tmp_path / "a")
+
+
+def test_other_rank_is_refused_naming_both(tmp_path, tiny):
+    save_adapter(trained_adapter(tiny.model), tmp_path / "a")
+    rank8 = apply_lora_to_model(fresh_base(), SELECTION.model_copy(update={"rank": 8}), verbose=False)
+    with pytest.raises(AdapterError, match="adapter has r=4 but the model's LoRA has r=8"):
+        load_lora_weights(rank8, tmp_path / "a")
+
+
+@pytest.mark.parametrize("make, message", [
+    (lambda p: None, "no such adapter folder"),
+    (lambda p: p.mkdir(), "missing adapter_config.json, adapter_model.safetensors"),
+])
+def test_not_an_adapter(tmp_path, make, message):
+    make(tmp_path / "x")
+    with pytest.raises(AdapterError, match=message):
+        load_adapter(fresh_base(), tmp_path / "x")
+
+
+def test_pickle_checkpoints_are_never_read(tmp_path):
+    legacy = tmp_path / "best_lora_weights.pt"
+    legacy.write_bytes(b"\x80\x04not really a pickle")
+    with pytest.raises(AdapterError, match="pickle checkpoints are not read"):
+        load_adapter(fresh_base(), legacy)
+
+
+def test_two_named_adapters_share_one_base(tmp_path, tiny, predict, differ):
+    first, second = trained_adapter(tiny.model, seed=0), None
+    expected_first = predict(first)
+    save_adapter(first, tmp_path / "first")
+    second = trained_adapter(fresh_base(), SELECTION.model_copy(update={"rank": 2}), seed=1)
+    expected_second = predict(second)
+    save_adapter(second, tmp_path / "second")
+    model = load_adapter(fresh_base(), tmp_path / "first", adapter_name="first")
+    model = load_adapter(model, tmp_path / "second", adapter_name="second")
+    model.set_adapter("second")
+    assert differ(predict(model), expected_second) == 0.0
+    model.set_adapter("first")
+    assert differ(predict(model), expected_first) == 0.0
