@@ -90,7 +90,8 @@ def test_export_with_planted_problems_prints_each_and_exits_1(tmp_path):
     lines = format_report(checked).splitlines()
     for code, detail in expected.items():
         assert any(f" {code}: " in line and detail in line for line in lines), code
-    assert lines[-1].startswith("FAILED: 12 error(s), 1 warning(s)")
+    # The warnings: the size mismatch, and no mask left in any split (no_masks).
+    assert lines[-1].startswith("FAILED: 12 error(s), 2 warning(s)")
 
 
 def test_errors_and_warnings_are_listed_apart_with_their_files(tmp_path):
@@ -163,3 +164,36 @@ def test_truncated_image_found_by_full_decode(tmp_path):
 def test_missing_root_raises(tmp_path):
     with pytest.raises(DataError, match="dataset folder not found: .*nowhere"):
         validate_dataset(str(tmp_path / "nowhere"), ANNOTATION_FILE)
+
+
+def test_box_only_dataset_is_a_warning_naming_what_it_costs(tmp_path):
+    root = write_clean_export(tmp_path)
+    write_export_split(root / "train", ["t0.jpg"], [box(0, 0, 1)])   # the polygon was train's
+    report = validate_dataset(root)
+    assert report.exit_code == 0 and [(p.code, p.severity) for p in report.problems] == [
+        ("no_masks", "warning")]
+    assert "validate` scores boxes" in report.problems[0].message
+    assert "objects: 1 in 2 categories, 0 with a mask" in format_report(report)
+    assert validate_dataset(write_clean_export(tmp_path / "masked")).problems == []
+
+
+@pytest.mark.parametrize("layout", [["data.yaml", "train/images/a.jpg", "train/labels/a.txt"],
+                                    ["images/train/a.jpg", "labels/train/a.txt"],
+                                    ["images/a.jpg", "labels/a.txt"]])
+def test_yolo_folder_suggests_converting_it(tmp_path, layout):
+    for name in layout:
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text("0 0.5 0.5 0.2 0.2\n")
+    report = validate_dataset(tmp_path)
+    (problem,) = report.all_problems
+    assert (problem.code, report.exit_code) == ("yolo_layout", 1)
+    assert f"sam3-lora data convert yolo {tmp_path} {tmp_path}-coco" in problem.message
+
+
+def test_skip_invalid_is_suggested_only_where_it_can_help(tmp_path):
+    missing = format_report(validate_dataset(write_export_split(tmp_path / "a" / "valid", ["v.jpg"], [])
+                                             .parent))
+    assert "skip_invalid" not in missing.splitlines()[-1] and "cannot help" in missing
+    root = write_clean_export(tmp_path / "b")
+    write_export_split(root / "valid", ["v0.jpg"], [box(0, 0, 1, bbox=(1, 1, 0, 1))])
+    assert "data.skip_invalid=true" in format_report(validate_dataset(root)).splitlines()[-1]

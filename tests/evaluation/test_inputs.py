@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import json
+import math
+import subprocess
+import sys
+
 import pytest
 
 from sam3_lora.errors import DataError, Sam3LoraError
@@ -10,6 +15,7 @@ from sam3_lora.evaluation.metrics import (
 )
 from tests.evaluation.cases import (
     GOOD,
+    rect_rle,
     write,
 )
 
@@ -86,3 +92,46 @@ def test_missing_files_and_swapped_arguments(files, tmp_path):
         evaluate_files(gt_path, pred_path, score_threshold=5)
 
 
+
+
+# ------------------------------------------- ground truth pycocotools would crash on
+# Each ran to a segfault (exit 139), an out-of-memory kill or a traceback before the GT was
+# checked as `data validate` checks it. They run in a child process with bounded memory, so
+# a crash fails the test instead of killing pytest.
+
+CRASHING_GT = {
+    "polygon at 1e9 px": {"segmentation": [[0, 0, 1e9, 0, 1e9, 1e9]]},
+    "polygon with NaN": {"segmentation": [[0, 0, math.nan, 0, 10, 10]]},
+    "polygon with infinity": {"segmentation": [[0, 0, math.inf, 0, 10, 10]]},
+    "flat polygon with NaN": {"segmentation": [0, 0, math.nan, 0, 10, 10]},
+    "box-only object at 1e9 px": {"bbox": [0, 0, 1e9, 1e9]},
+    "RLE run beyond 32 bits": {"segmentation": {"size": [100, 100], "counts": [10**12]}},
+    "RLE with a negative run": {"segmentation": {"size": [100, 100], "counts": [-5, 10005]}},
+    "RLE with a fractional run": {"segmentation": {"size": [100, 100], "counts": [9999.5]}},
+}
+PROBE = """
+import resource, sys
+resource.setrlimit(resource.RLIMIT_AS, (4 * 2**30, 4 * 2**30))
+from sam3_lora.cli.main import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+@pytest.mark.parametrize("case", list(CRASHING_GT), ids=list(CRASHING_GT))
+def test_ground_truth_that_crashed_pycocotools_is_one_line(tmp_path, case):
+    annotation = {"id": 7, "image_id": 1, "category_id": 1, "bbox": [10, 10, 20, 20], "iscrowd": 0,
+                  "segmentation": rect_rle(10, 10, 20, 20), **CRASHING_GT[case]}
+    if "segmentation" not in CRASHING_GT[case]:
+        del annotation["segmentation"]
+    gt = {"images": [{"id": 1, "width": 100, "height": 100}],
+          "categories": [{"id": 1, "name": "a"}], "annotations": [annotation]}
+    (tmp_path / "gt.json").write_text(json.dumps(gt))   # NaN and Infinity as Python writes them
+    pred = write(tmp_path, "pred.json", [{"image_id": 1, "category_id": 1, "score": 0.9,
+                                          "segmentation": rect_rle(10, 10, 20, 20)}])
+    result = subprocess.run([sys.executable, "-c", PROBE, "evaluate", "--gt", str(tmp_path / "gt.json"),
+                             "--predictions", pred], capture_output=True, text=True, timeout=120,
+                            check=False)
+    assert result.returncode == 2, (result.returncode, result.stderr[-2000:])
+    message = result.stderr.strip()
+    assert message.startswith("error: ") and "\n" not in message and len(message) < 300
+    assert "gt.json: annotation id 7" in message and "Traceback" not in message

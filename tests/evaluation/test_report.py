@@ -205,6 +205,22 @@ def test_report_none_is_na_with_footnote(tmp_path):
     assert "[^na]" not in text and row(text, "cgF1") == ["cgF1", "0.300"]
 
 
+def test_each_na_cell_points_at_its_own_reason(tmp_path):
+    """mAP_large n/a used to be footnoted with the cgF1 reason (negative prompts)."""
+    metrics = dict(METRICS, cgF1=0.3, cgF1_50=0.4, cgF1_75=0.2, IL_MCC=0.5, mAP_large=None,
+                   presence_AUC=None,
+                   per_category={"red circle": {"AP": None, "cgF1": 0.2}})
+    text = write_report(tmp_path, metrics=metrics, notes=["Box metrics: no masks."]).read_text()
+    assert row(text, "mAP_large") == ["mAP_large", "n/a[^na-size]"]
+    assert row(text, "presence_AUC") == ["presence_AUC", "n/a[^na-other]"]
+    assert row(text, "red circle")[1] == "n/a[^na-ap]"
+    notes = {line.split(":")[0]: line for line in text.splitlines() if line.startswith("[^")}
+    assert set(notes) == {"[^na-size]", "[^na-other]", "[^na-ap]"}   # none unused, cgF1's gone
+    assert "no (non-crowd) object in that range" in notes["[^na-size]"]
+    assert "96² = 9,216 px" in notes["[^na-size]"] and "negative" not in notes["[^na-size]"]
+    assert text.index("Box metrics: no masks.") < text.index("| Metric |")
+
+
 def test_report_forgetting_table(tmp_path):
     text = full_report(tmp_path).read_text()
     assert row(text, "matched_mask_iou") == ["matched_mask_iou", "0.870"]

@@ -164,3 +164,35 @@ def test_every_evaluation_key_has_an_effect(trained, tmp_path, monkeypatch):
     }
     assert set(effects) == set(EvaluationConfig.model_fields)
     assert all(effects.values()), effects
+
+
+def test_box_only_split_is_scored_on_boxes_and_says_why(trained, tmp_path, capsys):
+    """A split without masks used to get mask mAP against its boxes drawn as masks, silently."""
+    from sam3_lora.cli import main
+
+    config, _ = trained
+    root = tmp_path / "data"
+    shutil.copytree(config.data.root, root)
+    coco_file = root / "valid" / "_annotations.coco.json"
+    coco = json.loads(coco_file.read_text())
+    for annotation in coco["annotations"]:
+        del annotation["segmentation"]
+    coco_file.write_text(json.dumps(coco))
+    boxes = config.model_copy(update={"data": config.data.model_copy(update={"root": str(root)})})
+    summary = validate(boxes, output=tmp_path / "boxes", compare_base=True)
+    assert summary["iou_type"] == "bbox" and "no object of this split has a mask" in summary["iou_type_reason"]
+    written = json.loads((tmp_path / "boxes" / "metrics.json").read_text())
+    assert written["iou_type"] == "bbox" and written["base"]["iou_type"] == "bbox"
+    assert "Box metrics: no object of this split has a mask" in (tmp_path / "boxes" / "report.md").read_text()
+    # The same predictions scored as boxes by `evaluate` give the same numbers.
+    gt_file = tmp_path / "gt.json"
+    gt_file.write_text(json.dumps(ground_truth(load_split(boxes, "valid"))))
+    assert main(["evaluate", "--gt", str(gt_file), "--predictions", str(tmp_path / "boxes" / "predictions.json"),
+                 "--iou-type", "bbox", "--output", str(tmp_path / "m.json")]) == 0
+    assert json.loads((tmp_path / "m.json").read_text())["mAP"] == summary["mAP"]
+    assert validate(config, output=tmp_path / "masks")["iou_type"] == "segm"
+    config.save(tmp_path / "boxes.yaml")
+    capsys.readouterr()
+    assert main(["validate", "--config", str(tmp_path / "boxes.yaml"), f"data.root={root}",
+                 "--output", str(tmp_path / "cli")]) == 0
+    assert "box metrics: no object of this split has a mask" in capsys.readouterr().out

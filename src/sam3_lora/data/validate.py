@@ -16,6 +16,11 @@ unreadable_annotation_file   error    the annotation file is not COCO JSON (the 
 ignored_folder               warning  a folder with an annotation file that is not
                                       train/valid/test (e.g. ``val/``): it is not read
 category_mismatch            warning  a valid/test split has categories train does not
+no_masks                     warning  objects, but not one mask in any split: training
+                                      learns boxes only (no mask loss) and ``validate``
+                                      scores boxes (bbox mAP), not masks
+yolo_layout                  error    DIR holds YOLO labels and no COCO file: it must be
+                                      converted first (``sam3-lora data convert yolo``)
 ===========================  =======  ===================================================
 
 The exit code is 0 when there are no errors (warnings allowed), 1 otherwise.
@@ -29,10 +34,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from sam3_lora.data.coco.split import DEFAULT_ANNOTATION_FILE, load_coco_split
+from sam3_lora.data.convert.yolo import NAME_FILES as YOLO_NAME_FILES
 from sam3_lora.data.records import CocoSplit, HasProblems, Problem
 from sam3_lora.errors import DataError
 
 SPLIT_NAMES = ("train", "valid", "test")
+UNSKIPPABLE = frozenset({"missing_split", "missing_annotation_file", "unreadable_annotation_file",
+                         "yolo_layout", "empty_split"})
+"""Error codes about a whole file or split: ``data.skip_invalid`` leaves out bad items, so
+it cannot get training past these."""
 _LISTED_BACKGROUND_IMAGES = 10
 """Background images are normal, so only this many of their names are printed."""
 
@@ -45,6 +55,8 @@ class SplitReport(HasProblems):
     annotation_path: Path
     num_images: int = 0
     num_objects: int = 0
+    num_masks: int = 0
+    """Objects with a mask (polygon or RLE); the others are box-only."""
     objects_per_category: dict[str, int] = field(default_factory=dict)
     """Category name -> objects (crowd regions included), every category listed, in file
     order; categories with no object show 0."""
@@ -89,6 +101,13 @@ def validate_dataset(root: str | Path, annotation_file: str = DEFAULT_ANNOTATION
         raise DataError(f"dataset folder {state}: {root}; pass the folder holding train/ "
                         "(and optionally valid/, test/), or one split folder")
     report = DatasetReport(root)
+    if _is_yolo_folder(root, annotation_file):
+        target = root.parent / f"{root.name}-coco"
+        report.problems.append(_dataset_problem(
+            "error", "yolo_layout", str(root),
+            f"{root} holds YOLO labels, not COCO files; convert it first: `sam3-lora data "
+            f"convert yolo {root} {target}`, then validate {target}"))
+        return report
     if os.path.isfile(root / annotation_file):
         report.splits.append(_split_report(root, root.name, annotation_file, full_decode))
         return report
@@ -103,7 +122,22 @@ def validate_dataset(root: str | Path, annotation_file: str = DEFAULT_ANNOTATION
                 f"{annotation_file})"))
     report.problems.extend(_ignored_folders(root, annotation_file))
     report.problems.extend(_category_mismatches(report))
+    report.problems.extend(_box_only(report))
     return report
+
+
+def _is_yolo_folder(root: Path, annotation_file: str) -> bool:
+    """No COCO file where one is looked for, but YOLO's: a class file (data.yaml,
+    classes.txt...) or a ``labels/`` folder of .txt files, at the top or in a split folder."""
+    if any(os.path.isfile(folder / annotation_file)
+           for folder in (root, *(root / name for name in SPLIT_NAMES))):
+        return False
+    if any(os.path.isfile(root / name) for name in YOLO_NAME_FILES):
+        return True
+    label_folders = [root / "labels", *(child / "labels" for child in root.iterdir()
+                                        if child.is_dir())]
+    return any(folder.is_dir() and next(folder.rglob("*.txt"), None) is not None
+               for folder in label_folders)
 
 
 def _split_report(split_dir: Path, name: str, annotation_file: str,
@@ -131,6 +165,8 @@ def _fill_counts(report: SplitReport, split: CocoSplit) -> None:
     per_category = Counter(o.category_id for image in split.images for o in image.objects)
     report.num_images = len(split.images)
     report.num_objects = sum(per_category.values())
+    report.num_masks = sum(1 for image in split.images for o in image.objects
+                           if o.segmentation is not None)
     report.objects_per_category = {name: per_category.get(category_id, 0)
                                    for category_id, name in split.categories.items()}
     report.images_without_objects = [image.file_name for image in split.images
@@ -172,6 +208,17 @@ def _category_mismatches(report: DatasetReport) -> list[Problem]:
     return problems
 
 
+def _box_only(report: DatasetReport) -> list[Problem]:
+    """A dataset with objects but no mask at all: worth knowing before training on it."""
+    if sum(s.num_masks for s in report.splits) or not sum(s.num_objects for s in report.splits):
+        return []
+    return [_dataset_problem(
+        "warning", "no_masks", str(report.root),
+        "no object has a mask (polygon or RLE), only boxes: training learns boxes without "
+        "mask loss, so predicted masks stay untrained, and `sam3-lora validate` scores boxes "
+        "(bbox mAP); add masks to train them")]
+
+
 def format_report(report: DatasetReport) -> str:
     """The report as plain text: per split counts, then errors, then warnings."""
     lines = [f"Dataset {report.root}"]
@@ -187,7 +234,8 @@ def _split_lines(split: SplitReport, root: Path) -> list[str]:
     background = split.images_without_objects
     lines = ["", f"{split.name}: {_relative(split.annotation_path, root)}",
              f"  images: {split.num_images} ({len(background)} without objects)",
-             f"  objects: {split.num_objects} in {split.num_categories} categories"]
+             f"  objects: {split.num_objects} in {split.num_categories} categories, "
+             + f"{split.num_masks} with a mask"]
     lines += [f"    {name}: {count}" for name, count in split.objects_per_category.items()]
     if background:
         shown = ", ".join(background[:_LISTED_BACKGROUND_IMAGES])
@@ -210,13 +258,17 @@ def _problem_line(problem: Problem, root: Path) -> str:
 def _relative(path: str | Path, root: Path) -> str:
     """``path`` relative to the dataset root when inside it (shorter lines), else as is."""
     try:
-        return str(Path(path).relative_to(root))
+        relative = Path(path).relative_to(root)
     except ValueError:
         return str(path)
+    return str(path) if relative == Path(".") else str(relative)
 
 
 def _summary_line(report: DatasetReport) -> str:
     errors, warnings = len(report.errors), len(report.warnings)
+    if errors and all(p.code in UNSKIPPABLE for p in report.errors):
+        return (f"\nFAILED: {errors} error(s), {warnings} warning(s). Fix the errors (skipping "
+                "invalid items cannot help: they concern whole files or splits).")
     if errors:
         return (f"\nFAILED: {errors} error(s), {warnings} warning(s). Fix the errors, or set "
                 "data.skip_invalid=true to train without the items they name.")

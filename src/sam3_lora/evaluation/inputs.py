@@ -16,6 +16,10 @@ Normalisation, so that pycocotools never meets input it mishandles:
 - ``bbox``: a prediction without ``bbox`` gets its mask's extent; GT likewise.
 - RLE strings are checked in one vectorised pass (``data.rle_check``): pycocotools hangs or
   returns garbage on a malformed one. Predictions are checked in ``evaluation.predictions``.
+- GT polygons and boxes are checked as the dataset reader checks them
+  (``data.coco.objects.polygon_parts``, ``data.coco.fields.get_box``: finite, within
+  +-1e6 px), and uncompressed RLE counts must cover the image: pycocotools' rasteriser
+  crashes the process on anything else (a polygon at 1e9 px, NaN, a negative run).
 """
 
 from __future__ import annotations
@@ -29,6 +33,8 @@ from typing import Any
 import numpy as np
 from pycocotools import mask as coco_mask
 
+from sam3_lora.data.coco.fields import Invalid, describe, get_box
+from sam3_lora.data.coco.objects import polygon_parts, rle_counts_cover
 from sam3_lora.data.rle import as_json, to_rle
 from sam3_lora.data.rle_check import invalid_rle_strings
 from sam3_lora.errors import DataError
@@ -185,9 +191,9 @@ def _annotation(ann: Any, n: int, images: dict, category_ids: set, name: str,
     out = {"image_id": image_id, "category_id": category_id,
            "iscrowd": int(bool(ann.get("iscrowd", 0)))}
     box = ann.get("bbox")
-    if box is not None and not is_box(box):
-        raise DataError(f"{name}: {where} has bbox {box!r}; write [x, y, width, height] with "
-                        "non-negative width and height")
+    if box is not None and (not is_box(box) or isinstance(get_box(list(box)), Invalid)):
+        raise DataError(f"{name}: {where} has bbox {describe(box)}; write [x, y, width, height] "
+                        "in pixels, with non-negative width and height")
     rle = None
     if iou_type == "segm" or box is None:
         rle = _gt_mask(ann, where, image, name)
@@ -214,12 +220,32 @@ def _annotation(ann: Any, n: int, images: dict, category_ids: set, name: str,
 def _gt_mask(ann: dict, where: str, image: dict, name: str) -> dict | None:
     if "height" not in image:
         return None
+    segmentation = _checked_segmentation(ann.get("segmentation"), image, where, name)
     try:
-        rle = to_rle(ann.get("segmentation"), image["height"], image["width"])
+        rle = to_rle(segmentation, image["height"], image["width"])
     except (ValueError, TypeError) as error:
         raise DataError(f"{name}: {where} has an unusable segmentation ({error}); write polygons "
                         "or an RLE of the image's size") from None
     return rle
+
+
+def _checked_segmentation(segmentation: Any, image: dict, where: str, name: str) -> Any:
+    """``segmentation`` with polygons checked (and flat ones nested) and uncompressed RLE
+    counts checked, so that pycocotools never rasterises what crashes it."""
+    if isinstance(segmentation, list) and segmentation:
+        parts = polygon_parts(segmentation)
+        if isinstance(parts, Invalid):
+            raise DataError(f"{name}: {where} has an unusable polygon ({parts.reason}); write "
+                            "polygons in pixels of the image, or fix the annotation")
+        return parts[0]
+    if isinstance(segmentation, dict) and isinstance(segmentation.get("counts"), list) \
+            and segmentation.get("size") == [image["height"], image["width"]] \
+            and not rle_counts_cover(segmentation["counts"], image["height"], image["width"]):
+        raise DataError(f"{name}: {where} has a malformed RLE segmentation (its counts are not "
+                        "non-negative integers covering the image); re-encode the mask with "
+                        "pycocotools.mask.encode")
+    return segmentation
+
 
 
 def _check_gt_rles(anns: list[dict], annotations: list, name: str) -> None:

@@ -157,9 +157,11 @@ def format_table(metrics: dict, base: dict | None = None) -> str:
     def change(new: Any, old: Any) -> str:
         return "n/a" if new is None or old is None else f"{new - old:+.4f}"
 
+    # Why boxes were scored where masks were expected (``validate`` on a box-only split).
+    note = [f"box metrics: {metrics['iou_type_reason']}"] if metrics.get("iou_type_reason") else []
     if base is not None:
-        return _format_comparison(metrics, base, cell, change)
-    lines = [f"{key:<14}{cell(metrics.get(key)):>8}" for key in TABLE_KEYS if key in metrics]
+        return "\n".join([*note, _format_comparison(metrics, base, cell, change)])
+    lines = note + [f"{key:<14}{cell(metrics.get(key)):>8}" for key in TABLE_KEYS if key in metrics]
     if metrics.get("cgF1_defined") is False:
         lines.append("cgF1/IL_MCC n/a: the GT has no negative (image, category) units "
                      "(or no positive ones)")

@@ -41,6 +41,29 @@ PALETTE = np.array([(31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40)
 NA_NOTE = ("Undefined for this evaluation. cgF1 = pmF1 × IL_MCC, and IL_MCC (image-level MCC) "
            "needs negative prompts, i.e. image-prompt pairs with no matching object; without "
            "them cgF1 and IL_MCC are undefined. \"—\" means the value was not reported.")
+# Why a value is n/a depends on the value: one footnote per reason, each cell pointing at its own.
+NA_NOTES = {
+    "na": NA_NOTE,
+    "na-size": ("COCO's size ranges: mAP_small, mAP_medium and mAP_large average AP over the "
+                "ground-truth objects of area under 32² = 1,024 px, 32² to 96², and over "
+                "96² = 9,216 px (areas in pixels of the original image). n/a: the ground truth "
+                "has no (non-crowd) object in that range, so COCOeval has nothing to average "
+                "(e.g. no object over 9,216 px: a 112 px image has 12,544 px in all)."),
+    "na-ap": ("No ground-truth object (of this category) in the evaluated images: AP averages "
+              "precision over recall, and recall needs at least one object to find."),
+    "na-pos": ("No positive image-prompt pair (a prompt whose object is in the image): with "
+               "nothing to find, the pm* values and the image-level recall are undefined."),
+    "na-other": ("Undefined for this evaluation (e.g. presence_AUC needs both present and absent "
+                 "prompts). \"—\" means the value was not reported."),
+}
+NA_NOTE_OF = {
+    **dict.fromkeys(("cgF1", "cgF1_50", "cgF1_75", "IL_MCC", "IL_FPR"), "na"),
+    **dict.fromkeys(("mAP_small", "mAP_medium", "mAP_large"), "na-size"),
+    **dict.fromkeys(("mAP", "mAP50", "mAP75", "AP", "AP50", "AP75"), "na-ap"),
+    **dict.fromkeys(("pmF1", "pmF1_50", "pmF1_75", "pmPrecision", "pmRecall", "IL_recall",
+                     "IL_F1"), "na-pos"),
+}
+"""Metric -> the footnote saying why it can be n/a; "na-other" for any other metric."""
 
 
 # ---- saving -----------------------------------------------------------------------------
@@ -346,10 +369,11 @@ def select_examples(units: list[dict], k: int = 3, seed: int = 0) -> list[dict]:
 
 # ---- the report ---------------------------------------------------------------------------
 
-def _fmt(value, footnote: bool = True) -> str:
-    """A table cell: 3 decimals, integers as they are, None/NaN as "n/a" (footnoted)."""
+def _fmt(value, footnote: str | None = "na-other") -> str:
+    """A table cell: 3 decimals, integers as they are, None/NaN as "n/a" (with ``footnote``,
+    the label of the note saying why, if given)."""
     if value is None or (isinstance(value, Real) and math.isnan(value)):
-        return "n/a[^na]" if footnote else "n/a"
+        return f"n/a[^{footnote}]" if footnote else "n/a"
     if isinstance(value, (list, tuple)):
         return ", ".join(map(str, value))
     if isinstance(value, bool) or not isinstance(value, Real):
@@ -359,7 +383,9 @@ def _fmt(value, footnote: bool = True) -> str:
 
 def _cell(values: dict | None, key: str, footnote: bool = True) -> str:
     """``values[key]`` formatted; "—" when it is not there at all (not the same as None)."""
-    return "—" if not isinstance(values, dict) or key not in values else _fmt(values[key], footnote)
+    if not isinstance(values, dict) or key not in values:
+        return "—"
+    return _fmt(values[key], NA_NOTE_OF.get(key, "na-other") if footnote else None)
 
 
 def _diff(new, old) -> str:
@@ -402,7 +428,7 @@ def _per_category(per_category: dict, base: dict | None) -> list[str]:
 
 def _forgetting(forgetting: dict) -> list[str]:
     flat = {k: v for k, v in forgetting.items() if k != "per_prompt"}
-    lines = _table(["Measure", "Value"], [[k, _fmt(v, False)] for k, v in flat.items()])
+    lines = _table(["Measure", "Value"], [[k, _fmt(v, None)] for k, v in flat.items()])
     per_prompt = forgetting.get("per_prompt") or {}
     if isinstance(per_prompt, dict) and per_prompt:
         keys = sorted({k for v in per_prompt.values() if isinstance(v, dict) for k in v})
@@ -443,18 +469,21 @@ def _figures(out_dir: Path, metrics: dict, base_metrics: dict | None, curves: di
 def write_report(out_dir: Path, *, metrics: dict, base_metrics: dict | None = None,
                  curves: dict | None = None, category_names: list[str] | None = None,
                  run_metrics_jsonl: Path | None = None, examples: list[dict] | None = None,
-                 forgetting: dict | None = None, title: str = "Evaluation report") -> Path:
+                 forgetting: dict | None = None, title: str = "Evaluation report",
+                 notes: list[str] | None = None) -> Path:
     """Write ``out_dir/report.md`` and its figures (PNG, beside it); returns the report path.
 
     ``metrics``: flat scalars (mAP, cgF1, ... None where undefined) and ``per_category``
     {name: {AP, AP50, AP75, cgF1}}. ``curves``: {"precision": COCOeval array (T, R, K, A, M),
     "recall_thresholds": [R], "iou_thresholds": [T]}. Figures appear only for given data.
+    ``notes``: sentences shown above the summary table (what was scored, and why).
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     per_category = metrics.get("per_category") or {}
     base_per_category = (base_metrics or {}).get("per_category")
-    lines = [f"# {title}", "", "## Summary", ""] + _summary(metrics, base_metrics)
+    lines = [f"# {title}", "", "## Summary", ""] + [f"{note}\n" for note in notes or []]
+    lines += _summary(metrics, base_metrics)
     if per_category:
         lines += ["## Per category", ""] + _per_category(per_category, base_per_category)
     if forgetting:
@@ -471,8 +500,9 @@ def write_report(out_dir: Path, *, metrics: dict, base_metrics: dict | None = No
         if path is not None:
             lines += [f"## {heading}", ""] + ([note, ""] if note else []) + [
                 f"![{heading}]({path.name})", ""]
-    if any("n/a[^na]" in line for line in lines):
-        lines += [f"[^na]: {NA_NOTE}", ""]
+    text = "\n".join(lines)
+    lines += [f"[^{label}]: {note}\n" for label, note in NA_NOTES.items()
+              if f"n/a[^{label}]" in text]
     path = out_dir / "report.md"
     path.write_text("\n".join(lines))
     return path

@@ -19,11 +19,16 @@ from tqdm.auto import tqdm
 from sam3_lora.config import Config
 from sam3_lora.data.collate import build_dataloader
 from sam3_lora.data.records import CocoSplit
-from sam3_lora.data.rle import to_rle
 from sam3_lora.evaluation.cgf1 import cgf1_from_inputs
 from sam3_lora.evaluation.inputs import prepare
 from sam3_lora.evaluation.metrics import coco_from_inputs, combine
-from sam3_lora.evaluation.results import coco_results, ground_truth, mask_ious
+from sam3_lora.evaluation.results import (
+    coco_results,
+    ground_truth,
+    gt_iou_type,
+    mask_ious,
+    object_rle,
+)
 from sam3_lora.lora.weights import adapter_disabled
 from sam3_lora.loss.criterion import build_criterion
 from sam3_lora.model.forward import forward_queries
@@ -105,8 +110,9 @@ class SplitRunner:
             record = self.records[image_id]
             entries = coco_results(found_q.scores, found_q.boxes, found_q.masks, image_id, category_id)
             found.results += entries
-            gt = [to_rle(o.segmentation, record.height, record.width) for o in record.objects
-                  if o.category_id == category_id and o.segmentation and not o.iscrowd]
+            # Box-only objects count by their box (as ground_truth scores them in segm).
+            gt = [object_rle(o, record.height, record.width) for o in record.objects
+                  if o.category_id == category_id and not o.iscrowd]
             found.units.append({
                 "image_id": image_id, "category_id": category_id, "prompt": batch["prompts"][q],
                 "positive": bool(batch["is_positive"][q]), "presence": found_q.presence,
@@ -141,10 +147,13 @@ def presence_auc(units: list[dict]) -> float | None:
     return float((ranks[positive].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
 
 
-def score(gt: dict, results: list[dict], score_threshold: float) -> tuple[dict, dict]:
-    """(flat metrics, PR curves) of COCO results against ``gt``: segm mAP and cgF1 (which
-    counts detections scoring ``score_threshold`` or more)."""
-    inputs = prepare(gt, results, "segm")   # checked once, scored twice
+def score(gt: dict, results: list[dict], score_threshold: float,
+          iou_type: str | None = None) -> tuple[dict, dict]:
+    """(flat metrics with ``iou_type``, PR curves) of COCO results against ``gt``: mAP and
+    cgF1 (which counts detections scoring ``score_threshold`` or more), on masks (segm), or
+    on boxes (bbox) when the GT has no mask (``gt_iou_type``; ``iou_type`` overrides it)."""
+    iou_type = iou_type or gt_iou_type(gt)
+    inputs = prepare(gt, results, iou_type)   # checked once, scored twice
     coco = coco_from_inputs(inputs)
     cgf1 = cgf1_from_inputs(inputs, score_threshold=score_threshold)
-    return combine(coco, cgf1), coco["curves"]
+    return combine(coco, cgf1, iou_type=iou_type), coco["curves"]

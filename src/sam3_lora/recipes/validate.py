@@ -6,7 +6,9 @@ base model (adapter switched off: one model in memory) and with the label-free f
 check (``evaluation.forgetting``).
 
 Output folder (``output``, default ``output.dir/eval-SPLIT``): metrics.json,
-predictions.json (and base_predictions.json), report.md with its figures.
+predictions.json (and base_predictions.json), report.md with its figures. Masks are scored
+(``iou_type`` segm) unless the split has no mask at all: then boxes are (bbox), and
+``iou_type_reason`` in metrics.json, the report and the printed table say so.
 """
 
 from __future__ import annotations
@@ -32,6 +34,9 @@ from sam3_lora.evaluation.runner import (
     score,
 )
 from sam3_lora.lora.weights import has_adapter, load_finetuned
+
+BOX_ONLY_REASON = ("no object of this split has a mask, only boxes, so boxes are scored (COCO "
+                   "iou_type bbox): mask mAP against boxes used as masks would not measure masks")
 
 
 class EvaluationError(Sam3LoraError):
@@ -77,6 +82,8 @@ def validate(config: Config, *, weights: str | Path | None = None, split: str | 
         base_metrics["presence_AUC"] = presence_auc(base_found.units)
     forgetting = forgetting_check(runner) if adapted else {}
     out_dir = Path(output) if output else Path(config.output.dir) / f"eval-{split_name}"
+    if metrics["iou_type"] == "bbox":
+        metrics["iou_type_reason"] = BOX_ONLY_REASON
     summary = {**metrics, "split": split_name, "weights": str(chosen or "base model"),
                "images": len(runner.image_ids), "units": len(found.units), "cgF1_defined": defined,
                **({"base": base_metrics} if base_metrics else {}), **({"forgetting": forgetting} if forgetting else {})}
@@ -96,6 +103,7 @@ def _write_outputs(out_dir: Path, summary: dict, found: SplitPredictions, base_f
                  category_names=[runner.split.categories[c] for c in sorted(runner.split.categories)],
                  run_metrics_jsonl=Path(config.output.dir) / "metrics.jsonl",
                  examples=report_examples(found, runner), forgetting=summary.get("forgetting"),
+                 notes=[f"Box metrics: {summary['iou_type_reason']}."] if "iou_type_reason" in summary else None,
                  title=f"sam3-lora validation: {runner.split.name} split, {summary['weights']}")
 
 

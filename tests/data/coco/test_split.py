@@ -125,7 +125,8 @@ def test_box_only_object_has_no_segmentation(tmp_path, segmentation):
 
 def test_crowd_object_is_kept_and_marked(tmp_path):
     rle = uncompressed_rle(rectangle_mask(0, 0, 10, 10))
-    split = load(tmp_path, [box_object(1, iscrowd=1, segmentation=rle), box_object(2, iscrowd=0)])
+    split = load(tmp_path, [box_object(1, iscrowd=1, segmentation=rle, bbox=(0, 0, 10, 10)),
+                            box_object(2, iscrowd=0)])
     assert objects_of(split)[1].iscrowd is True and objects_of(split)[2].iscrowd is False
 
 
@@ -212,7 +213,7 @@ PROBLEM_CASES = {
     "annotation not an object": ([[1, 2, 3], box_object(2)], {}, ("wrong_type", "error"), {2}),
     "segmentation a number": ([box_object(1, segmentation=7)], {}, ("wrong_type", "error"),
                               set()),
-    "flat polygon": ([box_object(1, segmentation=[1, 1, 9, 1, 9, 9])], {},
+    "flat polygon": ([box_object(1, bbox=(1, 1, 8, 8), segmentation=[1, 1, 9, 1, 9, 9])], {},
                      ("wrong_type", "warning"), {1}),
     "NaN coordinate": ([box_object(1, bbox=(float("nan"), 1, 5, 5))], {},
                        ("bad_number", "error"), set()),
@@ -232,7 +233,8 @@ PROBLEM_CASES = {
                          set()),
     "polygon of 2 points": ([box_object(1, segmentation=[[1, 1, 9, 9]])], {},
                             ("polygon_too_short", "error"), set()),
-    "one short part of two": ([box_object(1, segmentation=[[1, 1, 9, 1, 9, 9], [1, 1]])], {},
+    "one short part of two": ([box_object(1, bbox=(1, 1, 8, 8),
+                                          segmentation=[[1, 1, 9, 1, 9, 9], [1, 1]])], {},
                               ("polygon_too_short", "warning"), {1}),
     "odd polygon": ([box_object(1, segmentation=[[1, 1, 9, 1, 9, 9, 4]])], {},
                     ("bad_polygon", "error"), set()),
@@ -268,6 +270,24 @@ PROBLEM_CASES = {
     "duplicate category name": ([box_object(1)],
                                 {"categories": [{"id": 1, "name": "a"}, {"id": 2, "name": "a"}]},
                                 ("duplicate_category_name", "warning"), {1}),
+    # Inconsistent annotations that used to pass as "OK".
+    "category names equal up to case": ([box_object(1)], {"categories": [
+        {"id": 1, "name": "Crack"}, {"id": 2, "name": " crack"}]},
+        ("duplicate_category_name", "warning"), {1}),
+    "polygon outside the image, box inside": (
+        [box_object(1, segmentation=[[100, 100, 120, 100, 120, 120]])], {},
+        ("mask_outside_image", "error"), set()),
+    "box far from its polygon": ([box_object(1, bbox=(25, 15, 10, 10),
+                                             segmentation=[[1, 1, 9, 1, 9, 9]])], {},
+                                 ("box_mask_mismatch", "error"), set()),
+    "polygon at 1e6 px, small box": ([box_object(1, segmentation=[[0, 0, 1e6, 0, 1e6, 1e6]])],
+                                     {}, ("box_mask_mismatch", "error"), set()),
+    "normalised polygon": ([box_object(1, segmentation=[[0.1, 0.1, 0.5, 0.1, 0.5, 0.5]])], {},
+                           ("box_mask_mismatch", "error"), set()),
+    "RLE far from its box": ([box_object(1, bbox=(25, 15, 10, 10), segmentation=compressed_rle(
+        rectangle_mask(0, 0, 8, 8)))], {}, ("box_mask_mismatch", "error"), set()),
+    "area 0": ([box_object(1, area=0)], {}, ("bad_area", "warning"), {1}),
+    "area beyond the image": ([box_object(1, area=1e11)], {}, ("bad_area", "warning"), {1}),
 }
 
 
@@ -280,6 +300,32 @@ def test_problem_is_reported_with_its_code(tmp_path, case):
     assert set(objects_of(split)) == surviving
     problem = next(p for p in split.problems if p.code == code)
     assert problem.file.endswith(ANNOTATION_FILE) and "\n" not in problem.message
+
+
+def test_inconsistent_annotations_are_explained(tmp_path):
+    split = load(tmp_path, [box_object(1, area=0), box_object(2, area=1e11),
+                            box_object(3, segmentation=[[0.1, 0.1, 0.5, 0.1, 0.5, 0.5]])],
+                 categories=[{"id": 1, "name": "Crack"}, {"id": 2, "name": "crack"}])
+    assert [o.area for o in objects_of(split).values()] == [80.0, 80.0]   # recomputed
+    messages = {p.code: p.message for p in split.problems}
+    assert "normalised 0..1 coordinates?" in messages["box_mask_mismatch"]
+    assert "more than the 40 x 30 image's 1200 pixels" in messages["bad_area"]
+    assert "['Crack', 'crack']" in messages["duplicate_category_name"]
+
+
+def test_polygon_sticking_far_out_with_its_box_is_clipped(tmp_path):
+    polygon = [[0, 0, 1e6, 0, 1e6, 1e6]]
+    split = load(tmp_path, [box_object(1, bbox=(0, 0, 1e6, 1e6), segmentation=polygon)])
+    assert [(p.code, p.severity) for p in split.problems] == [("box_outside_image", "warning")]
+    record = objects_of(split)[1]
+    assert record.bbox == [0.0, 0.0, WIDTH, HEIGHT] and record.area == WIDTH * HEIGHT
+
+
+def test_consistent_polygon_rle_and_box_objects_raise_nothing(tmp_path):
+    rle = compressed_rle(rectangle_mask(top=4, left=6, bottom=9, right=16))
+    split = load(tmp_path, [box_object(1, bbox=(6, 4, 10, 5), segmentation=rle),
+                            box_object(2, bbox=(1.2, 0.8, 8, 8.4), segmentation=[[1, 1, 9, 1, 9, 9]])])
+    assert split.problems == [] and set(objects_of(split)) == {1, 2}
 
 
 def _images_case(tmp_path, images, files=("a.jpg",)):

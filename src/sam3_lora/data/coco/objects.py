@@ -30,6 +30,12 @@ from sam3_lora.data.rle import as_compressed
 BOX_TOLERANCE = 1.0
 """Pixels a box may stick out of the image and be clipped without a warning: exporters
 round coordinates, so x + w = width + 0.5 is routine and not worth a line in the report."""
+MIN_BOX_MASK_IOU = 0.5
+"""A given box and its mask's extent must overlap by at least this IoU. Exporters write the
+box as the mask's extent (IoU ~1 after rounding); 0.5 is COCO's loosest match, so below it
+the box would not even count as a detection of its own mask: one of them is wrong."""
+AREA_SLACK = 1.01
+"""A stated ``area`` above the image's pixel count times this is impossible (1%: rounding)."""
 
 
 @dataclass
@@ -78,7 +84,7 @@ def parse_object(entry: Any, index: int, catalog: Catalog, findings: Findings
     if iscrowd is None:
         return None
     mask = _read_segmentation(entry.get("segmentation"), image, say)
-    if mask is False:
+    if mask is False or (mask is not None and not _mask_inside(mask, image, say)):
         return None
     bbox = _read_box(entry, mask, image, say)
     if bbox is None:
@@ -86,7 +92,9 @@ def parse_object(entry: Any, index: int, catalog: Catalog, findings: Findings
     if mask is not None and mask.area == 0:
         say.warning("empty_mask", "segmentation covers no pixel; kept as a box-only object")
         mask = None
-    area = _read_area(entry, mask, bbox, say)
+    if mask is not None and not _box_fits_mask(entry, bbox, mask, image, say):
+        return None
+    area = _read_area(entry, mask, bbox, image, say)
     segmentation = mask.segmentation if mask is not None else None
     return image.id, ObjectRecord(annotation_id, category_id, bbox, segmentation, iscrowd, area)
 
@@ -140,19 +148,42 @@ def _read_iscrowd(entry: dict, say: Reporter) -> bool | None:
     return None
 
 
+def polygon_parts(value: list) -> tuple[list[list[float]], bool] | Invalid:
+    """A polygon ``segmentation`` -> (its parts as checked coordinates, whether it was written
+    as one flat list instead of nested), or why it cannot be used.
+
+    Every coordinate must be a finite number within +-``MAX_COORDINATE``: pycocotools'
+    rasteriser crashes the process (or allocates without bound) on larger or non-finite ones.
+    The dataset reader and ``sam3-lora evaluate`` both check polygons with this, so what one
+    accepts the other does too.
+    """
+    flat = bool(value) and all(is_number(item) for item in value)
+    parts = []
+    for index, part in enumerate([value] if flat else value):
+        coordinates = get_coordinates(part, f"segmentation[{index}]")
+        if isinstance(coordinates, Invalid):
+            return coordinates
+        parts.append(coordinates)
+    return parts, flat
+
+
+def rle_counts_cover(counts: Any, height: int, width: int) -> bool:
+    """Whether RLE ``counts`` (a COCO string or a list of run lengths) are well formed and
+    cover exactly ``height`` x ``width`` pixels (pycocotools trusts them: runs beyond the
+    image, negative or beyond 32 bits crash it or give garbage)."""
+    runs = _run_lengths(counts)
+    return runs is not None and all(run >= 0 for run in runs) and sum(runs) == height * width
+
+
 def _read_polygons(value: list, say: Reporter) -> Mask | bool:
-    if all(is_number(item) for item in value):
-        # Some exporters write one polygon flat instead of as a list of parts.
+    checked = polygon_parts(value)
+    if isinstance(checked, Invalid):
+        say.invalid(checked, "fix the polygon or remove the annotation")
+        return False
+    parts, flat = checked
+    if flat:  # some exporters write one polygon flat instead of as a list of parts
         say.warning("wrong_type", "'segmentation' is one flat list of numbers; read as a "
                     "single polygon (COCO nests it: [[x1, y1, ...]])")
-        value = [value]
-    parts = []
-    for part_index, part in enumerate(value):
-        coordinates = get_coordinates(part, f"segmentation[{part_index}]")
-        if isinstance(coordinates, Invalid):
-            say.invalid(coordinates, "fix the polygon or remove the annotation")
-            return False
-        parts.append(coordinates)
     usable = [part for part in parts if _is_polygon(part)]
     report = say.error if not usable else say.warning
     for index, part in enumerate(parts):
@@ -197,8 +228,7 @@ def _read_rle(value: dict, image: ImageRecord, say: Reporter) -> Mask | bool:
                   f"[height, width] [{image.height}, {image.width}]{hint}; re-export the mask "
                   "at the image's size")
         return False
-    runs = _run_lengths(counts)
-    if runs is None or any(run < 0 for run in runs) or sum(runs) != size[0] * size[1]:
+    if not rle_counts_cover(counts, *size):
         say.error("bad_rle", f"RLE 'counts' ({describe(counts)}) does not decode to "
                   f"{size[0]} x {size[1]} pixels; re-export the mask")
         return False
@@ -288,13 +318,73 @@ def _clip_box(box: list[float], image: ImageRecord, say: Reporter) -> list[float
     return [left, top, right - left, bottom - top]
 
 
-def _read_area(entry: dict, mask: Mask | None, bbox: list[float], say: Reporter) -> float:
-    """The given area if it is a sane number, else the mask's (or the box's) area."""
-    computed = mask.area if mask is not None else bbox[2] * bbox[3]
+def _read_area(entry: dict, mask: Mask | None, bbox: list[float], image: ImageRecord,
+               say: Reporter) -> float:
+    """The given area if it is possible, else the mask's (or the box's) area."""
+    pixels = image.width * image.height
+    # A polygon sticking out of the image is clipped when rasterised: so is its area.
+    computed = min(mask.area if mask is not None else bbox[2] * bbox[3], float(pixels))
     value = entry.get("area")
     if value is None:
         return computed
     if not is_number(value) or not 0 <= value <= 1e12:  # also false for NaN
         say.warning("bad_number", f"'area' is {describe(value)}; recomputed as {computed:g}")
         return computed
+    if value == 0 or value > pixels * AREA_SLACK:
+        reason = ("0, but the object covers pixels" if value == 0 else
+                  f"more than the {image.width} x {image.height} image's {pixels} pixels")
+        say.warning("bad_area", f"'area' is {value:g}, {reason}; recomputed as {computed:g}")
+        return computed
     return float(value)
+
+
+def _mask_inside(mask: Mask, image: ImageRecord, say: Reporter) -> bool:
+    """Whether a polygon mask reaches into the image (an RLE always does); an error if not:
+    rasterised, it would be empty, whatever its box says."""
+    x, y, width, height = mask.bbox
+    if mask.area == 0 or (x < image.width and y < image.height and x + width > 0
+                          and y + height > 0):
+        return True   # (an empty mask is reported as one, below)
+    say.error("mask_outside_image", f"its polygon (extent {_rounded(mask.bbox)}) lies wholly "
+              f"outside the {image.width} x {image.height} image, so its mask would be empty; "
+              "fix the coordinates (pixels of this image) or remove it")
+    return False
+
+
+def _box_fits_mask(entry: dict, box: list[float], mask: Mask, image: ImageRecord,
+                   say: Reporter) -> bool:
+    """Whether a given box and the mask's extent (both clipped to the image) describe the same
+    object; an error if they overlap by less than ``MIN_BOX_MASK_IOU``: training would pull
+    the predicted box and mask towards different places."""
+    if entry.get("bbox") in (None, []):  # the box is the mask's extent
+        return True
+    extent = _clipped(mask.bbox, image)
+    overlap = _box_iou(box, extent)
+    if overlap >= MIN_BOX_MASK_IOU:
+        return True
+    normalised = " (normalised 0..1 coordinates? COCO uses pixels)" if max(
+        mask.bbox[0] + mask.bbox[2], mask.bbox[1] + mask.bbox[3]) <= 1.0 else ""
+    say.error("box_mask_mismatch", f"box {_rounded(box)} and its segmentation's extent "
+              f"{_rounded(extent)} overlap by IoU {overlap:.2f}{normalised}; they must outline the "
+              "same object: fix one of them or remove the annotation")
+    return False
+
+
+def _clipped(box: list[float], image: ImageRecord) -> list[float]:
+    left, top = max(box[0], 0.0), max(box[1], 0.0)
+    right = min(box[0] + box[2], float(image.width))
+    bottom = min(box[1] + box[3], float(image.height))
+    return [left, top, max(right - left, 0.0), max(bottom - top, 0.0)]
+
+
+def _box_iou(a: list[float], b: list[float]) -> float:
+    """IoU of two [x, y, w, h] boxes."""
+    width = min(a[0] + a[2], b[0] + b[2]) - max(a[0], b[0])
+    height = min(a[1] + a[3], b[1] + b[3]) - max(a[1], b[1])
+    inter = max(width, 0.0) * max(height, 0.0)
+    union = a[2] * a[3] + b[2] * b[3] - inter
+    return inter / union if union > 0 else 0.0
+
+
+def _rounded(box: list[float]) -> str:
+    return "[" + ", ".join(f"{v:.4g}" for v in box) + "]"

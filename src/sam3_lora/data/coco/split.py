@@ -46,7 +46,8 @@ bad_value                error    right type, impossible value (empty name, ``is
 duplicate_image_id       error    several images share an id: all of them are left out
 duplicate_annotation_id  error    an annotation id seen before: the later one is left out
 duplicate_category_id    error    several categories share an id: all are left out
-duplicate_category_name  warning  two categories share a name (so the same prompt)
+duplicate_category_name  warning  two categories share a name up to case and spaces (so the
+                                  same prompt: the text encoder lower-cases)
 duplicate_file_name      warning  one file listed by several image entries
 unsafe_path              error    ``file_name`` absolute or with ``..``: refused, never
                                   opened nor tested for existence
@@ -68,6 +69,13 @@ box_outside_image        error    box entirely outside the image
                                   exporters' rounding, clipped without a problem)
 empty_mask               error    mask with no pixel and no box
                          warning  mask with no pixel but a box: kept as a box-only object
+mask_outside_image       error    a polygon wholly outside the image (its mask would be
+                                  empty, whatever its box says)
+box_mask_mismatch        error    a given box and the mask's extent (both clipped to the
+                                  image) overlap by IoU < 0.5: they outline different
+                                  things (e.g. a polygon at 1e6 px with a small box, or
+                                  normalised 0..1 polygon coordinates)
+bad_area                 warning  ``area`` 0, or more than the image's pixels: recomputed
 negative_has_objects     warning  a ``neg_category_ids`` category has objects on the image
 empty_split              error    no usable image is left in the file
 =======================  =======  ========================================================
@@ -238,14 +246,22 @@ def _unique_categories(parsed: list[tuple[int, str | None]], findings: Findings
 
 
 def _warn_duplicate_names(categories: dict[int, str], findings: Findings) -> None:
-    ids_by_name: dict[str, list[int]] = {}
+    """Categories whose names are one prompt: the text encoder lower-cases and collapses
+    spaces, so "Crack" and "crack " are the same text to the model."""
+    ids_by_prompt: dict[str, list[int]] = {}
     for category_id, name in categories.items():
-        ids_by_name.setdefault(name, []).append(category_id)
-    for name, ids in ids_by_name.items():
-        if len(ids) > 1:
-            findings.about(f"category {name!r}").warning(
-                "duplicate_category_name", f"ids {ids} share this name, so they get the same "
-                "prompt; merge them or rename one")
+        ids_by_prompt.setdefault(" ".join(name.lower().split()), []).append(category_id)
+    for ids in ids_by_prompt.values():
+        if len(ids) < 2:
+            continue
+        names = [categories[i] for i in ids]
+        if len(set(names)) == 1:
+            where, same = f"category {names[0]!r}", "share this name"
+        else:
+            where, same = f"categories {describe(names)}", "differ only in case or spaces"
+        findings.about(where).warning(
+            "duplicate_category_name", f"ids {ids[:10]} {same}, so they get the same prompt "
+            "and contradict each other on images holding both; merge them or rename one")
 
 
 def drop_roboflow_supercategory(categories: dict[int, str], entries: list,

@@ -42,7 +42,7 @@ from sam3_lora.data.scaffold import LayoutSummary, category_list, check_output_d
 from sam3_lora.errors import DataError
 
 _SPLIT_PREFIXES = (("train", "train"), ("val", "valid"), ("test", "test"))
-_NAME_FILES = ("data.yaml", "data.yml", "dataset.yaml", "classes.txt", "obj.names")
+NAME_FILES = ("data.yaml", "data.yml", "dataset.yaml", "classes.txt", "obj.names")
 _CLASS_LIST = "classes.txt"  # LabelImg writes it among the labels; it is not a label file
 _OUT_OF_RANGE_SLACK = 0.01  # tolerated overshoot of normalised coordinates, then clipped
 
@@ -75,7 +75,7 @@ def convert_yolo(source: str | Path, out_dir: str | Path, *, names: str | Path |
 
 def _find_names_file(root: Path) -> Path:
     for folder in (root, root / "labels"):
-        for name in _NAME_FILES:
+        for name in NAME_FILES:
             if (folder / name).is_file():
                 return folder / name
     raise DataError(
