@@ -6,7 +6,12 @@ shapes each, polygon and RLE masks), with 1 and 2 loader workers, default augmen
 with the machine and the command, under "## Data loading" in BENCHMARKS.md.
 
     python bench/bench_data.py [--images 300] [--batches 40] [--batch-size 2] [--repeats 3]
-        [--workers 1 2] [--no-write]
+        [--workers 1 2] [--check-images 100] [--check-only] [--no-write]
+
+Also measures what checking a split before training costs (``load_coco_split``): reading
+image headers only, against decoding every image in full (what finds truncated files), on
+``--check-images`` synthetic 1008 px images saved as PNG and as JPEG (quality 90).
+``--check-only`` measures and records that alone.
 """
 
 from __future__ import annotations
@@ -125,6 +130,57 @@ def table(rows: list[tuple[int, list[float]]], batch_size: int, cpu_ms: float) -
     return "\n".join(lines)
 
 
+def check_cost(root: Path, count: int, repeats: int) -> str:
+    """Milliseconds per image of ``load_coco_split`` with headers only and with every image
+    decoded, on ``count`` 1008 px images as PNG and as JPEG; a Markdown table (best of
+    ``repeats``: the work is deterministic, so the best run is the least disturbed)."""
+    from PIL import Image
+
+    from sam3_lora.data.coco.split import load_coco_split
+    from sam3_lora.data.synth import synthesize
+
+    synthesize(root / "png", images_per_split={"train": count}, image_size=IMAGE_SIZE,
+               background=["stripes", "noise", "gradient"], seed=0)
+    coco = json.loads((root / "png" / "train" / "_annotations.coco.json").read_text())
+    (root / "jpeg" / "train").mkdir(parents=True)
+    for image in coco["images"]:
+        name = Path(image["file_name"]).with_suffix(".jpg").name
+        Image.open(root / "png" / "train" / image["file_name"]).save(
+            root / "jpeg" / "train" / name, quality=90)
+        image["file_name"] = name
+    (root / "jpeg" / "train" / "_annotations.coco.json").write_text(json.dumps(coco))
+    lines = ["| format | MB per image | headers only, ms/image | full decode, ms/image |",
+             "|---|---:|---:|---:|"]
+    for form in ("png", "jpeg"):
+        folder = root / form / "train"
+        size = sum(f.stat().st_size for f in folder.iterdir() if f.suffix != ".json") / count / 1e6
+        times = {}
+        for full in (False, True):
+            runs = []
+            for _ in range(repeats):
+                start = time.process_time()
+                load_coco_split(folder, full_decode=full)
+                runs.append((time.process_time() - start) * 1000 / count)
+            times[full] = min(runs)
+        lines.append(f"| {form.upper()} | {size:.2f} | {times[False]:.2f} | {times[True]:.1f} |")
+    return "\n".join(lines)
+
+
+def record_check(markdown: str, args: argparse.Namespace, load: float) -> None:
+    """Append the pre-check measurement under "## Data loading"."""
+    command = "python bench/bench_data.py " + " ".join(sys.argv[1:])
+    entry = (
+        f"\n### {datetime.date.today().isoformat()}: checking a split before training\n\n"
+        f"Machine: {machine()}; load average at start {load:.2f}.  \n"
+        f"Command: `{command.strip()}`  \n"
+        f"Data: {args.check_images} synthetic {IMAGE_SIZE} px shape images (stripes, noise and "
+        "gradient backgrounds), as PNG and as JPEG (quality 90). `load_coco_split` CPU time "
+        f"per image, best of {args.repeats}; training and `validate` decode in full (the default).\n\n"
+        f"{markdown}\n"
+    )
+    append_entry(HEADING, entry, REPO / "BENCHMARKS.md")
+
+
 def record(markdown: str, args: argparse.Namespace, load: float) -> None:
     """Append this run under the "## Data loading" heading of BENCHMARKS.md."""
     path = REPO / "BENCHMARKS.md"
@@ -148,9 +204,20 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=2)
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--repeats", type=int, default=3, help="runs per worker count")
+    parser.add_argument("--check-images", type=int, default=100,
+                        help="images for the split-check measurement")
+    parser.add_argument("--check-only", action="store_true",
+                        help="measure (and record) only what checking a split costs")
     parser.add_argument("--no-write", action="store_true", help="print only")
     args = parser.parse_args()
     load = os.getloadavg()[0]
+    with tempfile.TemporaryDirectory() as tmp:
+        check = check_cost(Path(tmp) / "check", args.check_images, args.repeats)
+    print(check)
+    if not args.no_write:
+        record_check(check, args, load)
+    if args.check_only:
+        return
     with tempfile.TemporaryDirectory() as tmp:
         split = make_split(Path(tmp) / "shapes", args.images)
         rows = [

@@ -62,7 +62,7 @@ BENCHMARKS = [
         "gpu": [*SAM3_1008, "--repeats", "5"],
     }),
     ("bench_data", "bench_data.py", NO_WRITE, {
-        "tiny": ["--images", "12", "--batches", "4", "--repeats", "1", "--workers", "1"],
+        "tiny": ["--images", "12", "--batches", "4", "--repeats", "1", "--workers", "1", "--check-images", "8"],
         "cpu-full": [],
         "gpu": ["--workers", "1", "2", "4", "8"],
     }),

@@ -358,8 +358,8 @@ def test_truncated_image_is_caught_only_with_full_decode(tmp_path):
     data = (folder / "a.jpg").read_bytes()
     (folder / "a.jpg").write_bytes(data[: len(data) * 4 // 5])  # header intact, pixels cut
     write_split(folder, [], images=[image_entry(0, "a.jpg")])
-    assert load_coco_split(folder).problems == []
-    codes = [p.code for p in load_coco_split(folder, full_decode=True).problems]
+    assert load_coco_split(folder, full_decode=False).problems == []
+    codes = [p.code for p in load_coco_split(folder).problems]   # full decode: the default
     assert "unreadable_image" in codes
 
 
@@ -506,3 +506,28 @@ def test_check_split_refuses_a_split_with_nothing_left(tmp_path):
     split = load(tmp_path, [], images=[image_entry(0, "gone.jpg")])
     with pytest.raises(DataError, match="no usable image"):
         check_split(split, skip_invalid=True)
+
+
+def test_training_skips_a_truncated_image_only_when_told(tmp_path, caplog, capsys):
+    """Training read headers only, then stopped at the first batch holding a truncated file,
+    even with --skip-invalid. It now finds the file before training starts."""
+    from sam3_lora.cli.main import main
+    from sam3_lora.data.synth import synthesize
+    from tests.conftest import TINY_CONFIG
+
+    synthesize(tmp_path / "data", images_per_split={"train": 4, "valid": 2}, image_size=112, seed=0)
+    victim = tmp_path / "data" / "train" / "000001.png"
+    victim.write_bytes(victim.read_bytes()[: victim.stat().st_size * 3 // 5])
+    command = ["train", "--config", str(TINY_CONFIG), f"data.root={tmp_path / 'data'}",
+               "training.max_steps=2", "training.batch_size=2", "training.report_to=[]"]
+    assert main([*command, f"output.dir={tmp_path / 'refused'}"]) == 2
+    error = capsys.readouterr().err.strip().splitlines()[-1]
+    assert error.startswith("error: 1 error in ") and str(victim) in error and "truncated" in error
+    assert not (tmp_path / "refused" / "last").exists()
+    with caplog.at_level(logging.WARNING, logger="sam3_lora.data.coco.split"):
+        assert main([*command, f"output.dir={tmp_path / 'run'}", "--skip-invalid"]) == 0
+    assert [r.getMessage() for r in caplog.records if "skipped" in r.getMessage()] == [
+        (f"skipped (data.skip_invalid=true): error: {victim}: image id 2 (000001.png): cannot read "
+        f"image {victim}: image file is truncated; re-export or replace the file, or remove it from "
+        "the annotation file")]
+    assert (tmp_path / "run" / "last" / "adapter_model.safetensors").is_file()

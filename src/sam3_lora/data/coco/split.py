@@ -103,11 +103,14 @@ logger = logging.getLogger(__name__)
 
 
 def load_coco_split(split_dir: str | Path, annotation_file: str = DEFAULT_ANNOTATION_FILE,
-                    name: str | None = None, *, full_decode: bool = False) -> CocoSplit:
+                    name: str | None = None, *, full_decode: bool = True) -> CocoSplit:
     """Read ``split_dir/annotation_file`` and check it against the images beside it.
 
-    ``name`` defaults to the folder's name. ``full_decode`` decodes every image completely
-    (slower; catches files truncated after a valid header) instead of reading headers only.
+    ``name`` defaults to the folder's name. ``full_decode`` decodes every image completely,
+    so that a file cut off after a valid header is an ``unreadable_image`` here, where
+    ``data.skip_invalid`` can leave it out, and not an error at the first batch holding it.
+    It costs one extra decode of the split (at 1008 px, ~9 ms of CPU a PNG, ~3 ms a JPEG:
+    BENCHMARKS.md, "Data loading"); ``full_decode=False`` reads headers only.
     Raises ``DataError`` only for an unusable annotation file (see the module docstring).
     """
     root = Path(split_dir)
