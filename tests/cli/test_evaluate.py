@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 
 import numpy as np
 import pytest
@@ -98,3 +99,34 @@ def test_help_has_an_example_and_the_options(capsys):
     with pytest.raises(SystemExit):
         parser().parse_args(["evaluate", "--gt", "a.json", "--predictions", "b.json",
                              "--iou-type", "keypoints"])
+
+
+@pytest.fixture
+def no_scoring(monkeypatch):
+    """Scoring fails the test: an unwritable --output must be refused before any work."""
+    import sam3_lora.evaluation.metrics
+
+    def scored(*args, **kwargs):
+        raise AssertionError("scored before the output was checked")
+
+    monkeypatch.setattr(sam3_lora.evaluation.metrics, "evaluate_files", scored)
+
+
+def test_unwritable_output_is_refused_before_scoring(paths, tmp_path, monkeypatch, no_scoring, capsys):
+    from sam3_lora.cli import main
+
+    gt, pred = paths
+    (tmp_path / "folder").mkdir()
+    (tmp_path / "plain").write_text("x")
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    real_access = os.access
+    # Tests run as root, who may write anywhere: a read-only folder is simulated.
+    monkeypatch.setattr(os, "access", lambda path, mode: False if str(path) == str(locked)
+                        else real_access(path, mode))
+    for output, message in ((tmp_path / "folder", "is a folder; give a file path"),
+                            (tmp_path / "plain" / "m.json", "is a file, so nothing can be written"),
+                            (locked / "new" / "m.json", f"{locked} is not writable")):
+        assert main(["evaluate", "--gt", str(gt), "--predictions", str(pred), "--output", str(output)]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith(f"error: --output {output}: ") and message in err and err.count("\n") == 1

@@ -196,3 +196,14 @@ def test_box_only_split_is_scored_on_boxes_and_says_why(trained, tmp_path, capsy
     assert main(["validate", "--config", str(tmp_path / "boxes.yaml"), f"data.root={root}",
                  "--output", str(tmp_path / "cli")]) == 0
     assert "box metrics: no object of this split has a mask" in capsys.readouterr().out
+
+
+def test_unwritable_output_is_refused_before_the_model_loads(trained, tmp_path, monkeypatch):
+    import sam3_lora.recipes.validate as recipe
+    from sam3_lora.errors import Sam3LoraError
+
+    config, _ = trained
+    monkeypatch.setattr(recipe, "load_finetuned", lambda *args: pytest.fail("loaded first"))
+    (tmp_path / "plain").write_text("x")
+    with pytest.raises(Sam3LoraError, match="output .*plain: is a file; give a folder there"):
+        validate(config, output=tmp_path / "plain")

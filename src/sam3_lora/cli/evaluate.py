@@ -9,6 +9,9 @@ import argparse
 import json
 from pathlib import Path
 
+from sam3_lora.errors import Sam3LoraError
+from sam3_lora.files import check_output
+
 EVALUATE_EPILOG = """\
 examples:
   sam3-lora evaluate --gt data/cracks/valid/_annotations.coco.json \\
@@ -61,6 +64,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     # Imported here so that building the CLI does not load pycocotools and scipy.
     from sam3_lora.evaluation.metrics import evaluate_files, format_table
 
+    if args.output:   # before any work: a folder there, or no right to write, is said first
+        check_output(args.output, folder=False, what="--output")
     metrics = evaluate_files(args.gt, args.predictions, iou_type=args.iou_type, score_threshold=args.score_threshold)
     base = None
     if args.compare_base:
@@ -72,7 +77,11 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     print(format_table(metrics, base))
     if args.output:
         path = Path(args.output)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(metrics, indent=2) + "\n", encoding="utf-8")
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(json.dumps(metrics, indent=2) + "\n", encoding="utf-8")
+        except OSError as error:   # a full disk, a folder removed meanwhile
+            raise Sam3LoraError(f"--output {path}: cannot be written ({error.strerror}); "
+                                "choose another place") from None
         print(f"wrote {path}")
     return 0

@@ -10,6 +10,7 @@ from pathlib import Path
 from sam3_lora.cli.common import add_config_args, config_from_args
 from sam3_lora.data.images import IMAGE_SUFFIXES
 from sam3_lora.errors import Sam3LoraError
+from sam3_lora.files import check_output
 
 PREDICT_EPILOG = """\
 examples:
@@ -41,13 +42,23 @@ def find_images(spec: str) -> list[Path]:
 
 
 def output_paths(images: list[Path], output: str) -> list[tuple[Path, Path]]:
-    """(overlay PNG, JSON) per image: a .png path for one image, else a folder."""
+    """(overlay PNG, JSON) per image: a .png path for one image, else a folder. Checked
+    before any work: a path that names a file where a folder is needed, or that cannot be
+    written, is refused here, not after the model has loaded."""
     out = Path(output)
-    if len(images) == 1 and out.suffix.lower() == ".png":
-        pairs = [(out, out.with_suffix(".json"))]
+    suffix = out.suffix.lower()
+    if suffix in IMAGE_SUFFIXES | {".json"} and (len(images) > 1 or suffix != ".png"):
+        reason = (f"a file name, but --image gives {len(images)} images" if len(images) > 1
+                  else "overlays are written as PNG")
+        raise PredictInputError(f"--output {out}: {reason}; give "
+                                f"{'a folder' if len(images) > 1 else 'a .png path or a folder'}")
+    if len(images) == 1 and suffix == ".png":
+        pairs = [(check_output(out, folder=False, what="--output"), out.with_suffix(".json"))]
+        check_output(pairs[0][1], folder=False, what="--output")
     else:
         if out.exists() and not out.is_dir():
             raise PredictInputError(f"--output {out}: is a file; give a folder for several images")
+        check_output(out, folder=True, what="--output")
         pairs = [(out / f"{image.stem}.png", out / f"{image.stem}.json") for image in images]
     inputs = {image.resolve() for image in images}
     for png, _ in pairs:
@@ -70,8 +81,9 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from tqdm.auto import tqdm
 
     from sam3_lora.evaluation.results import prediction_entries
-    from sam3_lora.serve.inference import SAM3LoRAInference
+    from sam3_lora.serve.inference import SAM3LoRAInference, check_threshold
 
+    check_threshold(args.threshold, option="threshold")   # all checked before the model loads
     images = find_images(args.image)
     pairs = output_paths(images, args.output)
     boxes, negative = parse_boxes(args.bboxes, "--bboxes"), parse_boxes(args.negative_bboxes, "--negative-bboxes")
@@ -82,9 +94,13 @@ def cmd_predict(args: argparse.Namespace) -> int:
     for image_id, (image, (png, js)) in enumerate(tqdm(list(zip(images, pairs, strict=True)), desc="predict",
                                                        disable=len(images) == 1)):
         predictions = engine.predict(image, args.prompt, boxes, negative)
-        png.parent.mkdir(parents=True, exist_ok=True)
-        engine.visualize(predictions, png, show_boxes=not args.no_boxes, show_masks=not args.no_masks)
-        js.write_text(json.dumps(prediction_entries(predictions, image_id)))
+        try:
+            png.parent.mkdir(parents=True, exist_ok=True)
+            engine.visualize(predictions, png, show_boxes=not args.no_boxes, show_masks=not args.no_masks)
+            js.write_text(json.dumps(prediction_entries(predictions, image_id)))
+        except OSError as error:   # a full disk, a folder removed meanwhile
+            raise PredictInputError(f"--output {png.parent}: cannot be written ({error.strerror}); "
+                                    "choose another place") from None
         counts = ", ".join(f"{p['prompt']} {p['num_detections']}" for p in predictions)
         tqdm.write(f"{image.name}: {counts} -> {png}")   # above the progress bar, not through it
     return 0

@@ -33,6 +33,7 @@ from sam3_lora.evaluation.runner import (
     presence_auc,
     score,
 )
+from sam3_lora.files import check_output
 from sam3_lora.lora.weights import has_adapter, load_finetuned
 
 BOX_ONLY_REASON = ("no object of this split has a mask, only boxes, so boxes are scored (COCO "
@@ -63,6 +64,8 @@ def validate(config: Config, *, weights: str | Path | None = None, split: str | 
         raise EvaluationError("data.prompt_mode=generic: validate prompts each category by its name; "
                               "class-agnostic evaluation is not supported yet, use category mode")
     split_name = split or config.evaluation.split
+    out_dir = Path(output) if output else Path(config.output.dir) / f"eval-{split_name}"
+    check_output(out_dir, folder=True, what="output" if output else "output.dir")   # before loading
     model, processor, chosen = load_finetuned(config, weights, no_lora)
     adapted = has_adapter(model)   # a whole model from method=full has no base to compare
     data = load_split(config, split_name)
@@ -81,7 +84,6 @@ def validate(config: Config, *, weights: str | Path | None = None, split: str | 
         base_metrics, _ = score(runner.ground_truth(), base_found.results, config.evaluation.score_threshold)
         base_metrics["presence_AUC"] = presence_auc(base_found.units)
     forgetting = forgetting_check(runner) if adapted else {}
-    out_dir = Path(output) if output else Path(config.output.dir) / f"eval-{split_name}"
     if metrics["iou_type"] == "bbox":
         metrics["iou_type_reason"] = BOX_ONLY_REASON
     summary = {**metrics, "split": split_name, "weights": str(chosen or "base model"),

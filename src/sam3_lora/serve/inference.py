@@ -231,9 +231,10 @@ class SAM3LoRAInference:
         return save_overlay(picture, predictions, output_path, show_boxes=show_boxes, show_masks=show_masks)
 
 
-def check_threshold(threshold: float) -> float:
-    """A score threshold in [0, 1], or a clear error (NaN and 5 are not thresholds)."""
+def check_threshold(threshold: float, option: str | None = None) -> float:
+    """A score threshold in [0, 1], or a clear error (NaN and 5 are not thresholds);
+    ``option`` names the parameter it came from in the message."""
     value = float(threshold)
     if not 0.0 <= value <= 1.0:   # also false for NaN
-        raise PromptError(f"threshold {threshold}: must be a number between 0 and 1")
+        raise PromptError(f"threshold {threshold}: must be a number between 0 and 1", option=option)
     return value

@@ -1,0 +1,79 @@
+"""``sam3-lora predict``: every input and output is checked before the model loads."""
+
+import os
+
+import pytest
+from PIL import Image
+
+import sam3_lora.serve.inference
+from sam3_lora.cli import main
+
+
+@pytest.fixture
+def no_model(monkeypatch):
+    """Loading a model fails the test: the refusals below must come before it."""
+    def loaded(*args, **kwargs):
+        raise AssertionError("the model was loaded before the inputs were checked")
+
+    monkeypatch.setattr(sam3_lora.serve.inference, "SAM3LoRAInference", loaded)
+
+
+@pytest.fixture
+def photos(tmp_path):
+    """A folder of two images."""
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for name in ("a.png", "b.png"):
+        Image.new("RGB", (32, 24), "red").save(folder / name)
+    return folder
+
+
+def predict(capsys, *argv) -> tuple[int, str]:
+    code = main(["predict", "--config", "demo", "model.source=sam3-tiny", "--prompt", "red circle",
+                 *argv])
+    return code, capsys.readouterr().err
+
+
+@pytest.mark.parametrize("threshold", ["nan", "5", "-0.1", "inf"])
+def test_threshold_outside_0_1_is_refused(no_model, photos, tmp_path, capsys, threshold):
+    code, err = predict(capsys, "--image", str(photos), "--threshold", threshold,
+                        "--output", str(tmp_path / "out"))
+    assert code == 2 and err == (f"error: threshold {float(threshold)}: must be a number between "
+                                 "0 and 1 (--threshold)\n")
+
+
+def test_a_file_name_for_a_folder_of_images_is_refused(no_model, photos, tmp_path, capsys):
+    """It used to make a folder named one.png, silently."""
+    code, err = predict(capsys, "--image", str(photos), "--output", str(tmp_path / "one.png"))
+    assert code == 2 and err.count("\n") == 1
+    assert "one.png: a file name, but --image gives 2 images; give a folder" in err
+    assert not (tmp_path / "one.png").exists()
+
+
+def test_one_image_needs_a_png_or_a_folder(no_model, photos, tmp_path, capsys):
+    code, err = predict(capsys, "--image", str(photos / "a.png"), "--output", str(tmp_path / "a.jpg"))
+    assert code == 2 and "a.jpg: overlays are written as PNG; give a .png path or a folder" in err
+
+
+@pytest.mark.parametrize("where", ["folder", "file"])
+def test_unwritable_outputs_are_refused_before_the_model_loads(no_model, photos, tmp_path, capsys,
+                                                               monkeypatch, where):
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    real_access = os.access
+    # Tests run as root, who may write anywhere: a read-only folder is simulated.
+    monkeypatch.setattr(os, "access", lambda path, mode: False if str(path) == str(locked)
+                        else real_access(path, mode))
+    image = str(photos) if where == "folder" else str(photos / "a.png")
+    output = locked / "out" if where == "folder" else locked / "out.png"
+    code, err = predict(capsys, "--image", image, "--output", str(output))
+    assert code == 2 and err.count("\n") == 1 and f"{locked} is not writable" in err
+
+
+def test_outputs_under_a_file_or_on_a_folder_are_refused(no_model, photos, tmp_path, capsys):
+    (tmp_path / "plain").write_text("x")
+    code, err = predict(capsys, "--image", str(photos), "--output", str(tmp_path / "plain" / "out"))
+    assert code == 2 and "is a file, so nothing can be written under it" in err
+    (tmp_path / "taken.png").mkdir()
+    code, err = predict(capsys, "--image", str(photos / "a.png"), "--output", str(tmp_path / "taken.png"))
+    assert code == 2 and "taken.png: is a folder; give a file path" in err
