@@ -66,6 +66,11 @@ BENCHMARKS = [
         "cpu-full": [],
         "gpu": ["--workers", "1", "2", "4", "8"],
     }),
+    ("bench_app", "bench_app.py", PRINTS, {
+        "tiny": ["--side", "1000", "--prompts", "2"],
+        "cpu-full": ["--side", "5000", "--prompts", "4"],
+        "gpu": ["--side", "5000", "--prompts", "4"],
+    }),
     ("bench_eval", "bench_eval.py", WRITE, {
         "tiny": ["--images", "20", "--categories", "2", "--per-unit", "10", "--size", "64", "--repeats", "1"],
         "cpu-full": EVAL_FULL,

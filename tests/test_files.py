@@ -31,6 +31,8 @@ def test_outputs_that_cannot_be_written_are_refused_first(tmp_path):
         check_output(tmp_path / "folder", folder=False, what="output")
     with pytest.raises(Sam3LoraError, match="is a file, so nothing can be written under it"):
         check_output(tmp_path / "file" / "run", folder=True, what="output.dir")
+    # An existing file may be replaced (it was refused as "a file, nothing under it").
+    assert check_output(tmp_path / "file", folder=False, what="output") == tmp_path / "file"
     if os.geteuid() != 0:   # root writes anywhere
         (tmp_path / "locked").mkdir(mode=0o500)
         with pytest.raises(Sam3LoraError, match="is not writable"):

@@ -46,7 +46,9 @@ def check_output(path: str | Path, *, folder: bool, what: str) -> Path:
     if path.exists() and path.is_dir() != folder:
         kind = "a file" if folder else "a folder"
         raise Sam3LoraError(f"{what} {path}: is {kind}; give {'a folder' if folder else 'a file path'} there")
-    existing = path if path.exists() else next((p for p in path.parents if p.exists()), Path("."))
+    # An existing folder is written into; an existing file is replaced, in the folder it is in.
+    existing = path if folder and path.exists() else next(
+        (p for p in path.parents if p.exists()), Path("."))
     if not existing.is_dir():
         raise Sam3LoraError(f"{what} {path}: {existing} is a file, so nothing can be written under it; "
                             f"choose another path")

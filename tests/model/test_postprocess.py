@@ -66,3 +66,17 @@ def test_mask_nms_is_optional():
 def test_without_masks():
     [found] = postprocess(outputs([3.0], 3.0), [(10, 20)], with_masks=False)
     assert found.masks is None and len(found) == 1
+
+
+def test_max_detections_keeps_the_best_and_chunked_resizing_changes_nothing(monkeypatch):
+    import sam3_lora.model.postprocess as module
+
+    masks = torch.randn(1, 6, 8, 8)
+    logits = [0.5, 3.0, -1.0, 2.0, 1.0, 0.0]
+    [every] = postprocess(outputs(logits, 0.0, masks=masks), [(30, 40)], threshold=0.0)
+    [best] = postprocess(outputs(logits, 0.0, masks=masks), [(30, 40)], threshold=0.0, max_detections=2)
+    assert best.scores.tolist() == pytest.approx(every.scores[:2].tolist())
+    np.testing.assert_array_equal(best.masks, every.masks[:2])
+    monkeypatch.setattr(module, "UPSAMPLE_FLOATS", 30 * 40 * 2)   # two masks at a time
+    [chunked] = postprocess(outputs(logits, 0.0, masks=masks), [(30, 40)], threshold=0.0)
+    np.testing.assert_array_equal(chunked.masks, every.masks)

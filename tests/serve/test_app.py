@@ -2,6 +2,7 @@
 
 import io
 import json
+import os
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -315,3 +316,136 @@ def test_cli_starts_the_app_with_its_options(run, tmp_path, monkeypatch, capsys)
     assert (app.choices, host, port, app.max_upload_mb) == (
         ["best", "last", str(other), BASE], "127.0.0.1", 7999, 2.0)
     assert capsys.readouterr().out == f"adapters: best, last, {other}, base model\n"
+
+
+# ---- bounded work per request ---------------------------------------------------------------
+
+
+@pytest.fixture
+def no_model_run(app, monkeypatch):
+    """The model must not run: the refusals below come first."""
+    monkeypatch.setattr(app.engine, "predict", lambda *args, **kwargs: pytest.fail("the model ran"))
+
+
+def test_huge_prompt_texts_are_refused_before_parsing(app, example, no_model_run):
+    """The page's 2,000-character limit was the browser's only: a script sent 300,000."""
+    with pytest.raises(AppError, match=r"^prompts: 300,000 characters, over this app's 2,000; "):
+        app.predict(example, "crack " * 50_000)
+    with pytest.raises(AppError, match=r"^box prompts: 2,001 characters"):
+        app.predict(example, "red circle", "1" * 2001)
+    assert parse_prompts("a, " * 600) == ["a"]   # 1,800 characters: fine
+
+
+def test_prompts_times_pixels_is_bounded(app, no_model_run):
+    big = Image.new("RGB", (4000, 2500))   # 10 MP: 10 prompts fit the 100 M budget
+    with pytest.raises(AppError, match=r"11 prompts on a 4000x2500 image exceed this app's budget of "
+                                       r"100 megapixels x prompts; use at most 10 prompts on this image"):
+        app.predict(big, ", ".join(f"p{i}" for i in range(11)), "", 0.5, "best")
+    with pytest.raises(AppError, match=r"6 prompts on a 4000x2500 image side by side exceed .*at most 5 "):
+        app.predict(big, ", ".join(f"p{i}" for i in range(6)), "", 0.5, "best", side_by_side=True)
+    with pytest.raises(AppError, match="1 prompt on a 12000x9000 image exceed.*; downscale the image"):
+        app.predict(Image.new("1", (12000, 9000)), "", "1,1,5,5", 0.5, "best")   # boxes alone: one prompt
+
+
+def test_detections_per_prompt_are_capped_whatever_the_threshold(app, example, monkeypatch):
+    monkeypatch.setattr(sam3_lora.serve.app, "MAX_DETECTIONS", 3)
+    result = app.predict(example, PROMPTS, "", 0.0, "best")   # threshold 0: all 20 would be kept
+    assert [p["num_detections"] for p in result.answers[0].predictions] == [3, 3]
+
+
+# ---- files the page serves -------------------------------------------------------------------
+# 7 of 180 responses were cut short under 20 parallel sessions (h11: "Too little data for
+# declared Content-Length"). The cause was gradio's: it writes a PIL image it is handed into
+# <cache>/<hash of the bytes>/image.<format> in place, every time, so two sessions showing
+# the same picture rewrite the file the other is being served. Our files, it copies by
+# temporary name and rename and never rewrites. So the page hands gradio files only, each
+# written once into a folder of its own.
+
+
+def file_outputs(*values) -> list[str]:
+    """Every value (or gr.update value) among a handler's outputs that is shown as an image."""
+    return [v["value"] if isinstance(v, dict) else v for v in values]
+
+
+def test_every_picture_is_handed_to_gradio_as_a_file_written_once(app, example):
+    pytest.importorskip("gradio")
+    from sam3_lora.serve.app_ui import Handlers
+
+    handlers = Handlers(app, {"example 1: red circle": png_bytes(example)})
+    first = handlers.example("example 1: red circle", "")
+    second = handlers.example("example 1: red circle", "")
+    assert all(isinstance(p, str) and Path(p).is_file() for p in (first[1], second[1]))
+    assert first[1] != second[1]   # the same picture, a new file
+    runs = [handlers.run(first[0], PROMPTS, "", 0.3, "best", True) for _ in range(2)]
+    pictures = [file_outputs(*run[:2]) for run in runs]
+    for (overlay, base_overlay), run in zip(pictures, runs, strict=True):
+        assert overlay.endswith("best-overlay.png") and base_overlay.endswith("base-model-overlay.png")
+        assert {overlay, base_overlay} <= set(run[4])   # the overlays shown are the downloads
+    before = {p: (os.stat(p).st_ino, os.stat(p).st_mtime_ns, Path(p).read_bytes()) for p in runs[0][4]}
+    assert set(before).isdisjoint(runs[1][4])   # a second identical request writes new files
+    handlers.run(first[0], PROMPTS, "", 0.3, "best", True)
+    assert before == {p: (os.stat(p).st_ino, os.stat(p).st_mtime_ns, Path(p).read_bytes()) for p in before}
+
+
+@pytest.mark.filterwarnings("ignore::Warning:gradio.*")   # gradio's pandas calls, not ours
+def test_parallel_sessions_get_every_file_whole(app):
+    """20 sessions, as browsers: pick the same example, run, fetch every file the page shows.
+    Before the fix, each such run cut 1-11 responses short (of about 240)."""
+    pytest.importorskip("gradio")
+    import socket
+
+    import httpx
+
+    from sam3_lora.serve import app_ui
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    examples = synthetic_examples(count=1)
+    page = app_ui.launch(app, "127.0.0.1", port, examples=examples, prevent_thread_lock=True, quiet=True)
+    names = [d.get("api_name") for d in page.config["dependencies"]]
+    problems, served = [], []
+
+    def fetch_files(value, http):
+        if isinstance(value, dict):
+            if "/file=" in str(value.get("url")):
+                with http.stream("GET", value["url"]) as response:
+                    body = b"".join(response.iter_bytes())
+                served.append(value["url"])
+                if len(body) != int(response.headers["content-length"]):
+                    problems.append(value["url"])
+            for item in value.values():
+                fetch_files(item, http)
+        elif isinstance(value, list):
+            for item in value:
+                fetch_files(item, http)
+
+    def event(http, session, name, data):
+        index = names.index(name)
+        http.post("gradio_api/queue/join", json={
+            "data": data, "fn_index": index, "session_hash": session, "event_data": None,
+            "trigger_id": page.config["dependencies"][index]["targets"][0][0]}).raise_for_status()
+        with http.stream("GET", f"gradio_api/queue/data?session_hash={session}") as stream:
+            for line in stream.iter_lines():
+                message = json.loads(line[5:]) if line.startswith("data:") else {}
+                if message.get("msg") == "process_completed":
+                    assert message["success"], message
+                    return message["output"]
+        raise AssertionError("no answer")
+
+    def session(number):
+        try:
+            with httpx.Client(base_url=f"http://127.0.0.1:{port}/", timeout=120) as http:
+                for turn in range(3):
+                    name = f"s{number}t{turn}"
+                    fetch_files(event(http, name, "example", [next(iter(examples)), ""]), http)
+                    fetch_files(event(http, name, "run", [None, PROMPTS, "", 0.3, BASE, False]), http)
+        except httpx.HTTPError as error:   # a cut-short body raises here
+            problems.append(repr(error))
+
+    try:
+        with ThreadPoolExecutor(20) as pool:
+            list(pool.map(session, range(20)))
+    finally:
+        page.close()
+    assert problems == [] and len(served) == 20 * 3 * 4   # preview; overlay, PNG, JSON

@@ -53,10 +53,16 @@ def mask_nms(masks: torch.Tensor, scores: torch.Tensor, iou_threshold: float) ->
     return torch.tensor(keep, dtype=torch.long)
 
 
+UPSAMPLE_FLOATS = 2**26
+"""Mask logits are resized to the image this many float32 values (256 MB) at a time, so a
+large image with many detections never holds all of them as floats at once."""
+
+
 def postprocess_query(pred_logits: torch.Tensor, presence_logit: torch.Tensor, pred_boxes: torch.Tensor,
                       pred_masks: torch.Tensor | None, image_size: tuple[int, int], threshold: float = 0.5,
-                      mask_nms_iou: float | None = None) -> Detections:
-    """One query's outputs -> its detections in the original image.
+                      mask_nms_iou: float | None = None, max_detections: int | None = None) -> Detections:
+    """One query's outputs -> its detections in the original image (the ``max_detections``
+    best, when given).
 
     pred_logits (N,), presence_logit (1,), pred_boxes (N, 4) xyxy in [0, 1],
     pred_masks (N, m, m) logits or None; image_size (H, W) of the original image.
@@ -64,13 +70,15 @@ def postprocess_query(pred_logits: torch.Tensor, presence_logit: torch.Tensor, p
     height, width = image_size
     scores = query_scores(pred_logits[None], presence_logit[None])[0]
     keep = (scores >= threshold).nonzero().flatten()
-    keep = keep[scores[keep].argsort(descending=True)]
+    keep = keep[scores[keep].argsort(descending=True)][:max_detections]
     masks = None
     if pred_masks is not None:
         masks = torch.zeros(0, height, width, dtype=torch.bool, device=pred_masks.device)
         if len(keep):   # interpolate refuses an empty batch of masks
-            kept = pred_masks[keep].float()[None]
-            masks = F.interpolate(kept, size=(height, width), mode="bilinear", align_corners=False)[0] > 0
+            step = max(1, UPSAMPLE_FLOATS // (height * width))
+            masks = torch.cat([F.interpolate(pred_masks[chunk].float()[None], size=(height, width),
+                                             mode="bilinear", align_corners=False)[0] > 0
+                               for chunk in keep.split(step)])
         if mask_nms_iou is not None and len(keep):
             survivors = mask_nms(masks, scores[keep], mask_nms_iou)
             keep, masks = keep[survivors], masks[survivors]
@@ -85,12 +93,14 @@ def postprocess_query(pred_logits: torch.Tensor, presence_logit: torch.Tensor, p
 
 
 def postprocess(outputs, image_sizes: list[tuple[int, int]], threshold: float = 0.5,
-                mask_nms_iou: float | None = None, with_masks: bool = True) -> list[Detections]:
+                mask_nms_iou: float | None = None, with_masks: bool = True,
+                max_detections: int | None = None) -> list[Detections]:
     """SAM3's outputs for Q queries -> Q ``Detections``; image_sizes[q] is query q's (H, W)."""
     return [
         postprocess_query(
             outputs["pred_logits"][q], outputs["presence_logits"][q], outputs["pred_boxes"][q],
             outputs["pred_masks"][q] if with_masks else None, image_sizes[q], threshold, mask_nms_iou,
+            max_detections,
         )
         for q in range(len(image_sizes))
     ]

@@ -36,7 +36,10 @@ from sam3_lora.evaluation.results import prediction_entries
 from sam3_lora.serve.inference import SAM3LoRAInference, check_boxes
 from sam3_lora.serve.limits import (
     MAX_BOXES,
+    MAX_DETECTIONS,
     MAX_PIXELS,
+    MAX_PROMPT_PIXELS,
+    MAX_PROMPT_TEXT,
     MAX_PROMPTS,
     MAX_UPLOAD_MB,
     UPLOAD_FORMATS,
@@ -89,8 +92,19 @@ def read_image(data: bytes, max_mb: float = MAX_UPLOAD_MB,
                        f"re-export the image and upload it again") from None
 
 
+def check_text(text: str | None, what: str) -> str:
+    """``text`` if it fits the page's box (``MAX_PROMPT_TEXT`` characters), else an error;
+    checked before any parsing, so a huge text costs nothing."""
+    text = text or ""
+    if not isinstance(text, str) or len(text) > MAX_PROMPT_TEXT:
+        size = f"{len(text):,} characters" if isinstance(text, str) else "not text"
+        raise AppError(f"{what}: {size}, over this app's {MAX_PROMPT_TEXT:,}; shorten them")
+    return text
+
+
 def parse_prompts(text: str | None) -> list[str]:
     """Comma- or newline-separated prompts, stripped, empty and repeated ones dropped."""
+    text = check_text(text, "prompts")
     prompts = list(dict.fromkeys(p.strip() for p in re.split(r"[,\n]", text or "") if p.strip()))
     if len(prompts) > MAX_PROMPTS:
         raise AppError(f"prompts: {len(prompts)} given, at most {MAX_PROMPTS} per request; "
@@ -101,7 +115,7 @@ def parse_prompts(text: str | None) -> list[str]:
 def parse_boxes(text: str | None, size: tuple[int, int]) -> np.ndarray | None:
     """Box prompts written one per line as ``x1,y1,x2,y2`` in pixels -> (n, 4), or None."""
     boxes = []
-    for number, line in enumerate((text or "").splitlines(), start=1):
+    for number, line in enumerate(check_text(text, "box prompts").splitlines(), start=1):
         line = line.strip().strip("[]()").strip()
         if not line:
             continue
@@ -117,6 +131,21 @@ def parse_boxes(text: str | None, size: tuple[int, int]) -> np.ndarray | None:
         raise AppError(f"box prompts: {len(boxes)} given, at most {MAX_BOXES} per request; "
                        f"remove some")
     return check_boxes(boxes, size, what="box prompts") if boxes else None
+
+
+def check_budget(prompts: int, size: tuple[int, int], answers: int = 1) -> None:
+    """Refuse a request whose masks could outgrow ``MAX_PROMPT_PIXELS`` (see limits.py):
+    ``prompts`` (a box-only request is one) on an image of ``size`` (W, H), ``answers`` models."""
+    width, height = size
+    if prompts * width * height * answers <= MAX_PROMPT_PIXELS:
+        return
+    fits = MAX_PROMPT_PIXELS // (width * height * answers)
+    twice = " side by side" if answers > 1 else ""
+    advice = (f"use at most {fits} prompt{'s' * (fits != 1)} on this image{twice}, or a smaller "
+              "image" if fits else f"downscale the image{' or turn side by side off' * (answers > 1)}")
+    raise AppError(f"{prompts} prompt{'s' * (prompts != 1)} on a {width}x{height} image"
+                   f"{twice} exceed this app's budget of {MAX_PROMPT_PIXELS / 1e6:g} megapixels x "
+                   f"prompts; {advice}")
 
 
 def bind_warning(host: str) -> str | None:
@@ -204,12 +233,15 @@ class AppResult:
                           f"in {a.seconds:.2f} s" for a in self.answers)
 
     def save(self, folder: str | Path) -> list[Path]:
-        """Overlay PNG and COCO-results JSON of each model into ``folder``; returns the paths."""
+        """Overlay PNG and COCO-results JSON of each model into ``folder`` (new files: nothing
+        is overwritten); returns the paths, overlay then JSON, model by model."""
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
-        paths = []
+        paths, stems = [], set()
         for answer in self.answers:
             stem = re.sub(r"[^A-Za-z0-9_.-]+", "-", answer.model).strip("-.") or "adapter"
+            stem = stem if stem not in stems else f"{stem}-{len(stems)}"   # "a b" and "a-b"
+            stems.add(stem)
             answer.overlay.save(folder / f"{stem}-overlay.png", format="PNG")
             (folder / f"{stem}-detections.json").write_text(json.dumps(answer.coco()))
             paths += [folder / f"{stem}-overlay.png", folder / f"{stem}-detections.json"]
@@ -265,12 +297,14 @@ class AdapterApp:
         if side_by_side and adapter == BASE:
             raise AppError("side by side compares an adapter with the base model; "
                            "choose an adapter")
+        check_budget(len(prompts) or 1, picture.size, 2 if side_by_side else 1)
         answers = []
         with self._lock:
             for name in [adapter, BASE] if side_by_side else [adapter]:
                 start = time.perf_counter()
                 with self.engine.using(self._peft_names.get(name)):
-                    found = self.engine.predict(picture, prompts, boxes, threshold=float(threshold))
+                    found = self.engine.predict(picture, prompts, boxes, threshold=float(threshold),
+                                                max_detections=MAX_DETECTIONS)
                 answers.append((name, found, time.perf_counter() - start))
         # Drawing needs no model: outside the lock, so the next request can start.
         return AppResult([ModelAnswer(name, draw_overlay(picture, found), found, seconds)

@@ -8,6 +8,15 @@ PNG and COCO-results JSON per model, as ``sam3-lora predict`` writes them).
 
 Every handler catches our errors and shows their one-line message in the status line; an
 unexpected error is logged on the server and shown as one generic line, never as a trace.
+
+Every image the page shows (the preview, the overlays) is handed to gradio as a file we wrote
+into a fresh per-request folder, never as a PIL image. Gradio copies a file it is given into
+its cache by temporary name and rename, and never rewrites a cached copy; a PIL image, it
+encodes into ``<cache>/<hash of the bytes>/image.<format>`` in place, every time
+(``processing_utils.save_pil_to_cache``, gradio 6.31). Two sessions showing the same picture
+(the same example, or the same answer) then rewrite the very file the other is being served,
+and the response is cut short: h11's "Too little data for declared Content-Length", 11 of
+229 file responses with 20 parallel sessions before this was changed.
 """
 
 from __future__ import annotations
@@ -33,6 +42,7 @@ from sam3_lora.serve.limits import UPLOAD_SUFFIXES
 log = logging.getLogger(__name__)
 
 DOWNLOADS_MAX_AGE_S = 3600   # request folders older than this are removed at the next request
+PREVIEW_SIDE = 1024   # the input preview is shown 150 px high: a larger copy is only slower
 STATE_SESSIONS = 64   # tabs whose image is kept (up to 75 MB each at 25 MP); the oldest go first
 INTRO = """\
 # SAM3 LoRA adapters
@@ -72,8 +82,13 @@ class Handlers:
                                    "server's log"))
 
     def _loaded(self, data: bytes, what: str):
+        """(the image, its preview's path, the status line) of uploaded or example bytes."""
         image = self.app.read_image(data)
-        return image, image, f"{_markdown_text(what)}: {image.width}x{image.height} px, ready"
+        preview = image.copy()
+        preview.thumbnail((PREVIEW_SIDE, PREVIEW_SIDE))
+        path = self._request_folder() / "input.png"
+        preview.save(path, format="PNG")
+        return image, str(path), f"{_markdown_text(what)}: {image.width}x{image.height} px, ready"
 
     def upload(self, data: bytes | None):
         """An uploaded file -> (image state, preview, status, upload); a refused file is
@@ -108,13 +123,16 @@ class Handlers:
 
         def work():
             result = self.app.predict(image, prompts, boxes, threshold, adapter, side_by_side)
-            chosen, *base = result.answers
-            label = BASE if chosen.model == BASE else f"adapter: {chosen.model}"
-            return (gr.update(value=chosen.overlay, label=label),
-                    gr.update(value=base[0].overlay if base else None, visible=bool(base)),
+            files = [str(p) for p in result.save(self._request_folder())]
+            # The overlays shown are the PNG files offered for download (see the docstring).
+            chosen, *base = [f for f in files if f.endswith(".png")]
+            name = result.answers[0].model
+            label = BASE if name == BASE else f"adapter: {name}"
+            return (gr.update(value=chosen, label=label),
+                    gr.update(value=base[0] if base else None, visible=bool(base)),
                     pd.DataFrame(result.rows(), columns=TABLE_HEADERS),
                     f"{_markdown_text(result.summary())} (threshold {threshold:.2f})",
-                    [str(p) for p in result.save(self._request_folder())])
+                    files)
 
         return self._guard(work, lambda line: (None, gr.update(value=None), None, line, None))
 

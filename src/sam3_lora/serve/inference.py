@@ -186,10 +186,12 @@ class SAM3LoRAInference:
 
     @torch.no_grad()
     def predict_batch(self, images: list, prompts: str | list[str] | None = None, boxes=None,
-                      negative_boxes=None, *, threshold: float | None = None) -> list[list[dict]]:
+                      negative_boxes=None, *, threshold: float | None = None,
+                      max_detections: int | None = None) -> list[list[dict]]:
         """Every prompt on every image: one vision-encoder pass per image, one batched call
-        of the heads for all (image, prompt) rows. ``prompts`` is one phrase or a list.
-        Returns, per image, one dict per prompt."""
+        of the heads for all (image, prompt) rows. ``prompts`` is one phrase or a list;
+        ``max_detections`` keeps that many best per prompt (masks are image-sized: this bounds
+        memory whatever the threshold). Returns, per image, one dict per prompt."""
         pictures = [as_image(image) for image in images]
         prompts = [prompts] if isinstance(prompts, str) else list(prompts or [])
         threshold = self.threshold if threshold is None else check_threshold(threshold)
@@ -207,20 +209,20 @@ class SAM3LoRAInference:
             outputs = forward_queries(self.model, rows, vision=vision, text_features=features, attention_mask=mask,
                                       **self._geometry(positive, negative, picture.size, len(texts)))
             found = postprocess(outputs, [(picture.height, picture.width)] * len(texts), threshold,
-                                self.mask_nms_iou)
+                                self.mask_nms_iou, max_detections=max_detections)
             answers.append([{"prompt": name, "num_detections": len(d), "boxes": d.boxes, "scores": d.scores,
                              "masks": d.masks, "presence": d.presence} for name, d in zip(names, found, strict=True)])
         self._last_image = pictures[-1]
         return answers
 
     def predict(self, image=None, text_prompts: str | list[str] | None = None, boxes=None, negative_boxes=None,
-                image_path=None, *, threshold: float | None = None) -> list[dict]:
+                image_path=None, *, threshold: float | None = None, max_detections: int | None = None) -> list[dict]:
         """One image (path, PIL image or array; ``image_path`` as the original tool named it)
         and its prompts -> one dict per prompt."""
         if image is None and image_path is None:
             raise PromptError("no image: pass image (a path, PIL image or array)")
         return self.predict_batch([image if image_path is None else image_path], text_prompts, boxes,
-                                  negative_boxes, threshold=threshold)[0]
+                                  negative_boxes, threshold=threshold, max_detections=max_detections)[0]
 
     def visualize(self, predictions: list[dict], output_path: str | Path, show_boxes: bool = True,
                   show_masks: bool = True, image=None) -> Path:
