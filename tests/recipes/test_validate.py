@@ -207,3 +207,18 @@ def test_unwritable_output_is_refused_before_the_model_loads(trained, tmp_path, 
     (tmp_path / "plain").write_text("x")
     with pytest.raises(Sam3LoraError, match="output .*plain: is a file; give a folder there"):
         validate(config, output=tmp_path / "plain")
+
+
+def test_a_full_disk_while_writing_is_one_line(trained, tmp_path, monkeypatch):
+    import errno
+
+    import sam3_lora.recipes.validate as recipe
+
+    def full(*args):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    config, _ = trained
+    monkeypatch.setattr(recipe, "_write_outputs", full)
+    with pytest.raises(EvaluationError, match=r"out: cannot write the results \(No space left on device\); "
+                                              r"choose another output folder \(argument output\)$"):
+        validate(config, output=tmp_path / "out", num_samples=1)

@@ -89,7 +89,11 @@ def validate(config: Config, *, weights: str | Path | None = None, split: str | 
     summary = {**metrics, "split": split_name, "weights": str(chosen or "base model"),
                "images": len(runner.image_ids), "units": len(found.units), "cgF1_defined": defined,
                **({"base": base_metrics} if base_metrics else {}), **({"forgetting": forgetting} if forgetting else {})}
-    _write_outputs(out_dir, summary, found, base_found, runner, curves, config)
+    try:
+        _write_outputs(out_dir, summary, found, base_found, runner, curves, config)
+    except OSError as error:   # a full disk, a read-only mount: found only when writing
+        raise EvaluationError(f"{out_dir}: cannot write the results ({error.strerror}); choose "
+                              "another output folder", option="output") from None
     return {**summary, "output": str(out_dir)}
 
 
