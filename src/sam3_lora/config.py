@@ -343,6 +343,21 @@ class LossConfig(Section):
     presence_gamma: float = Field(default=0.0, ge=0.0)
     """Focal gamma of the presence loss (0: plain BCE)."""
 
+    scale_by_num_prompts: bool = True
+    """Multiply the total loss by the square root of the number of (image, prompt) rows in
+    the batch (this process's micro-batch, positives and negatives), as SAM3 does
+    (``scale_by_find_batch_size``, on in Meta's training configs). Each term is normalised
+    per row or per box, so this gives batches with more prompts a larger total; the logged
+    terms stay unscaled, only ``loss`` (and the validation loss) carry the factor. With
+    AdamW it mainly changes how hard ``training.max_grad_norm`` clips."""
+
+    pad_num_queries: int | None = Field(default=200, gt=0)
+    """Divide the classification loss by ``max(N, pad_num_queries)`` x rows instead of the
+    real N object queries x rows, as SAM3 does (``pad_n_queries=200``): a model with fewer
+    queries gets the classification scale of a 200-query one (20 queries: a tenth of the
+    plain mean). No effect on models with at least this many queries (SAM3 has 200);
+    ``None`` averages over the real queries."""
+
     @field_validator("cost_giou")
     @classmethod
     def _some_cost(cls, value: float, info) -> float:

@@ -52,7 +52,8 @@ DICE = 1 - 2 / 4
 
 
 def criterion(**changes):
-    return build_criterion(LossConfig(**{"aux_layers": False, **changes}))
+    """The hand-computed cases average classification over their real (2) queries."""
+    return build_criterion(LossConfig(**{"aux_layers": False, "pad_num_queries": None, **changes}))
 
 
 def test_each_term_by_hand():
@@ -112,6 +113,54 @@ def test_masks_are_resized_to_the_targets():
     assert losses["loss_mask"].item() == pytest.approx(200 * MASK)
 
 
+def test_classification_is_normalised_as_for_pad_num_queries():
+    # SAM3's pad_n_queries: with 2 queries and a pad of 200, the sum is divided by 200 x rows,
+    # a hundredth of the plain mean; a pad at or below N is the plain mean. Only that term moves.
+    plain = criterion()(hand_outputs(), [POSITIVE])
+    padded = criterion(pad_num_queries=200)(hand_outputs(), [POSITIVE])
+    assert padded["loss_class"].item() == pytest.approx(20 * CLASS / 100)
+    assert criterion(pad_num_queries=2)(hand_outputs(), [POSITIVE])["loss_class"].item() == \
+        pytest.approx(20 * CLASS)
+    assert {k: v.item() for k, v in padded.items() if k not in ("loss", "loss_class")} == \
+        pytest.approx({k: v.item() for k, v in plain.items() if k not in ("loss", "loss_class")})
+    # Two rows: 200 x 2 in the denominator, the negative row counted as in the mean.
+    two = criterion(pad_num_queries=200)(hand_outputs(rows=2), [POSITIVE, NEGATIVE])
+    assert two["loss_class"].item() == pytest.approx(20 * CLASS / 200)
+
+
+def test_total_is_scaled_by_the_square_root_of_the_prompt_rows():
+    # SAM3's scale_by_find_batch_size: the total x sqrt(rows); the logged terms are not scaled.
+    rows = [POSITIVE, NEGATIVE, POSITIVE, NEGATIVE]
+    scaled = criterion()(hand_outputs(rows=4), rows)
+    plain = criterion(scale_by_num_prompts=False)(hand_outputs(rows=4), rows)
+    terms = {k: v.item() for k, v in plain.items() if k != "loss"}
+    assert {k: v.item() for k, v in scaled.items() if k != "loss"} == pytest.approx(terms)
+    assert plain["loss"].item() == pytest.approx(sum(terms.values()))
+    assert scaled["loss"].item() == pytest.approx(2 * plain["loss"].item())   # sqrt(4)
+    one = criterion()(hand_outputs(), [POSITIVE])
+    assert one["loss"].item() == pytest.approx(sum(v.item() for k, v in one.items() if k != "loss"))
+    # The gradient scales with it: that is the whole effect (clipping, Adam's epsilon).
+    grads = []
+    for scale in (True, False):
+        outputs = {k: v.clone().requires_grad_(True) for k, v in hand_outputs(rows=4).items()}
+        criterion(scale_by_num_prompts=scale)(outputs, rows)["loss"].backward()
+        grads.append(outputs["pred_logits"].grad)
+    assert torch.allclose(grads[0], 2 * grads[1])
+
+
+@pytest.mark.parametrize("case", ["negatives only", "box-only objects only"])
+def test_mask_terms_are_zero_without_masks_whatever_the_target_size(case):
+    # Targets at 4 x 4 against 2 x 2 predictions, and no matched object with a mask: SAM3
+    # returns 0 for both mask terms (this used to raise on the [0, 16] vs [0, 4] shapes).
+    rows = ([target([], m=4)] if case == "negatives only"
+            else [target([[0.5, 0.5, 0.4, 0.4]], has_mask=[False], m=4)])
+    outputs = {k: v.clone().requires_grad_(True) for k, v in hand_outputs().items()}
+    losses = criterion()(outputs, rows)
+    assert losses["loss_mask"].item() == 0.0 and losses["loss_dice"].item() == 0.0
+    losses["loss"].backward()
+    assert outputs["pred_masks"].grad is not None and not outputs["pred_masks"].grad.any()
+
+
 def test_aux_layers_repeat_class_presence_and_boxes():
     outputs = {**hand_outputs(), "aux_outputs": [{k: v for k, v in hand_outputs().items() if k != "pred_masks"}]}
     losses = criterion(aux_layers=True)(outputs, [POSITIVE])
@@ -165,7 +214,8 @@ CHANGES = {
     "mask_weight": 0.0, "dice_weight": 0.0, "aux_layers": False, "one_to_many": True,
     "one_to_many_weight": 5.0, "cost_class": 10.0, "cost_bbox": 0.0, "cost_giou": 0.0,
     "focal_alpha": 0.5, "focal_gamma": 0.0, "class_gamma": 0.0, "pos_weight": 1.0,
-    "presence_alpha": 0.25, "presence_gamma": 2.0,
+    "presence_alpha": 0.25, "presence_gamma": 2.0, "scale_by_num_prompts": False,
+    "pad_num_queries": 2,
 }
 NEEDS = {"one_to_many_weight": {"one_to_many": True}}
 

@@ -23,7 +23,24 @@ Typical use (``model.forward.forward_queries`` returns the intermediate layers):
 
 The recipe is SAM3's (facebookresearch/sam3, ``sam3/train/loss``): IoU-aware classification,
 presence, L1 + GIoU boxes, focal + dice masks, all but masks repeated on each intermediate
-decoder layer, and an optional one-to-many term.
+decoder layer, and an optional one-to-many term; the total is scaled by sqrt(rows)
+(``LossConfig.scale_by_num_prompts``) and the classification normalised as for 200
+queries (``LossConfig.pad_num_queries``), as in SAM3's training configs.
+
+Where the mask loss differs from SAM3's: its resolution. SAM3 upsamples the predicted masks
+(288 x 288 at 1008 px) to the padded input size (1008 x 1008) and scores them against
+full-resolution targets. Here the targets are downsampled to the predictions' size M
+(``data.collate.mask_size_for``: 4x the patch grid, 288 at 1008 px) when the batch is
+built, and the loss is computed at M x M. Why: memory and time. Upsampled logits cost
+(1008/288)^2 = 12x the pixels per matched mask, in the forward and again in the backward
+(float32: 4 MB per mask instead of 0.33 MB, times every matched object of every prompt
+in the batch), and full-size target masks would have to be decoded, stored and collated
+at 1008 x 1008. The model never predicts finer than M, so the loss at M sees the same
+prediction; what it loses is the targets' sub-pixel edge detail (each target pixel at M
+is sampled nearest-neighbour, 0 or 1, where SAM3 scores the upsampled logits against every
+image pixel), which matters little at 288 px and more at the tiny models' 32-64 px masks.
+Targets of another size still work: predictions are then resized to them (bilinear), as
+SAM3 does.
 """
 
 from __future__ import annotations
@@ -81,13 +98,15 @@ class Sam3Criterion(nn.Module):
     def __init__(self, matcher: nn.Module, weight_dict: dict[str, float], *, aux_layers: bool = True,
                  one_to_many_matcher: nn.Module | None = None, one_to_many_weight: float = 2.0,
                  pos_weight: float = 10.0, class_gamma: float = 2.0, focal_alpha: float = 0.25,
-                 focal_gamma: float = 2.0, presence_alpha: float = 0.5, presence_gamma: float = 0.0):
+                 focal_gamma: float = 2.0, presence_alpha: float = 0.5, presence_gamma: float = 0.0,
+                 scale_by_num_prompts: bool = True, pad_num_queries: int | None = 200):
         """``matcher``: the one-to-one assignment (``HungarianMatcher``). ``weight_dict``: the
         weight of each base term name (all six names; 0 skips a term). ``aux_layers``: also
         apply the losses to the intermediate decoder layers. ``one_to_many_matcher`` (None:
         no one-to-many term) and ``one_to_many_weight``: SAM3's one-to-many term. The rest are
-        the classification, mask and presence focal parameters (``LossConfig`` documents
-        each); ``build_criterion(config.loss)`` reads them all from the config."""
+        the classification, mask and presence focal parameters and SAM3's two normalisations
+        (``LossConfig`` documents each); ``build_criterion(config.loss)`` reads them all from
+        the config."""
         super().__init__()
         missing = set(TERMS) - set(weight_dict)
         if missing:
@@ -100,11 +119,14 @@ class Sam3Criterion(nn.Module):
         self.pos_weight, self.class_gamma = pos_weight, class_gamma
         self.focal_alpha, self.focal_gamma = focal_alpha, focal_gamma
         self.presence_alpha, self.presence_gamma = presence_alpha, presence_gamma
+        self.scale_by_num_prompts, self.pad_num_queries = scale_by_num_prompts, pad_num_queries
 
     # ---- one method per loss; each returns unweighted terms --------------------------
 
     def loss_classification(self, outputs, targets, indices, num_boxes):
-        """IoU-aware BCE on "pred_logits" (Q, N), averaged over all Q x N queries.
+        """IoU-aware BCE on "pred_logits" (Q, N), summed over all Q x N queries and divided
+        by Q x max(N, ``pad_num_queries``) (SAM3's ``pad_n_queries``: the mean when N is at
+        least the pad, as if the missing queries were padded with zero-loss ones otherwise).
 
         A matched query's target is ``t = max(p^0.25 * IoU^0.75, 0.01)`` (p its detached
         probability, IoU with its target box), weighted ``pos_weight``; an unmatched query's
@@ -128,7 +150,8 @@ class Sam3Criterion(nn.Module):
         negatives = F.binary_cross_entropy_with_logits(logits, torch.zeros_like(logits), reduction="none")
         loss = (positives * is_matched * self.pos_weight
                 + negatives * (1 - is_matched) * prob**self.class_gamma)
-        return {"loss_class": (loss * has_target).mean()}
+        queries = max(logits.shape[1], self.pad_num_queries or 0)
+        return {"loss_class": (loss * has_target).sum() / max(queries * logits.shape[0], 1)}
 
     def loss_presence(self, outputs, targets, indices, num_boxes):
         """Focal loss on "presence_logits" (Q, 1): target 1 iff the row has any target.
@@ -150,13 +173,19 @@ class Sam3Criterion(nn.Module):
     def loss_masks(self, outputs, targets, indices, num_boxes):
         """Focal (mean over pixels) and dice losses of the matched masks with ``has_mask``,
         summed / ``num_boxes`` (all target boxes, box-only ones included, as in SAM3).
-        Predictions (K, M, M) are resized to the targets' size if it differs."""
+        Predictions (K, M, M) are resized to the targets' size if it differs. Without any
+        matched mask (only negative prompts, or only box-only objects) both terms are 0,
+        as in SAM3, whatever the two sizes."""
         rows, preds = _matched(indices)
         src = outputs["pred_masks"][rows, preds].float()  # (K, M, M)
         keep = _matched_targets(targets, indices, "has_mask", src).bool()
         src = src[keep]
         tgt = _matched_targets(targets, indices, "masks", src)[keep].to(src.dtype)
-        if src.shape[-2:] != tgt.shape[-2:] and len(src):
+        if not len(src):
+            # Zero terms that stay in the graph (SAM3 reshapes the empty targets the same way).
+            src = src.flatten(1)
+            tgt = tgt.reshape(src.shape)
+        elif src.shape[-2:] != tgt.shape[-2:]:
             src = F.interpolate(src[:, None], size=tgt.shape[-2:], mode="bilinear",
                                 align_corners=False)[:, 0]
         src, tgt = src.flatten(1), tgt.flatten(1)
@@ -184,7 +213,11 @@ class Sam3Criterion(nn.Module):
             indices = self.one_to_many_matcher(outputs, targets)
             terms = self._weighted(outputs, targets, indices, num_boxes, masks=True, presence=False)
             losses.update({f"{k}_o2m": v * self.one_to_many_weight for k, v in terms.items()})
-        losses["loss"] = sum(losses.values(), torch.zeros((), device=outputs["pred_logits"].device))
+        total = sum(losses.values(), torch.zeros((), device=outputs["pred_logits"].device))
+        if self.scale_by_num_prompts:
+            # SAM3's scale_by_find_batch_size: the total (not the logged terms) x sqrt(rows).
+            total = total * len(targets) ** 0.5
+        losses["loss"] = total
         return losses
 
     def _weighted(self, outputs, targets, indices, num_boxes, masks: bool, presence: bool):
@@ -247,4 +280,5 @@ def build_criterion(cfg: LossConfig) -> Sam3Criterion:
         one_to_many_weight=cfg.one_to_many_weight, pos_weight=cfg.pos_weight, class_gamma=cfg.class_gamma,
         focal_alpha=cfg.focal_alpha, focal_gamma=cfg.focal_gamma,
         presence_alpha=cfg.presence_alpha, presence_gamma=cfg.presence_gamma,
+        scale_by_num_prompts=cfg.scale_by_num_prompts, pad_num_queries=cfg.pad_num_queries,
     )
