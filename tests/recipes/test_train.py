@@ -252,8 +252,10 @@ def test_two_processes_match_one(shapes, tmp_path):
     from safetensors.torch import load_file
 
     script = Path(__file__).parent / "scripts" / "ddp_train.py"
+    # loss.scale_by_num_prompts scales each process's total by sqrt(its own rows), as SAM3
+    # does per GPU: off here, so that one process and two compute the same loss.
     common = [f"data.root={shapes}", "training.max_steps=2", "training.report_to=[]", "training.log_every_steps=1",
-              "training.eval_every_steps=100"]
+              "training.eval_every_steps=100", "loss.scale_by_num_prompts=false"]
     runs = {
         "two": [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", str(script),
                 str(tmp_path / "two"), str(TINY_CONFIG), *common, f"output.dir={tmp_path / 'two'}", "training.batch_size=2"],
