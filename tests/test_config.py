@@ -80,3 +80,100 @@ def test_unknown_config_path_lists_presets():
 def test_defaults_and_seed_api_config_are_one_schema():
     assert Config().lora == LoRAConfig()
     assert LoRAConfig(rank=4, alpha=8, apply_to_mask_decoder=True).components() == ["vision_encoder", "mask_decoder"]
+
+
+# ---- bad input: every way a config can be wrong is one short line ---------------------------
+
+MAX_MESSAGE = 1000
+
+
+def one_line_error(path=None, overrides=()) -> str:
+    with pytest.raises(ConfigError) as error:
+        load_config(path, list(overrides))
+    message = str(error.value)
+    assert "\n" not in message and len(message) < MAX_MESSAGE, message[:2000]
+    return message
+
+
+@pytest.mark.parametrize("override, message", [
+    ("training.seed=-1", "training.seed: Input should be greater than or equal to 0"),
+    (f"training.seed={2**70}", "training.seed: Input should be less than or equal to 4294967295"),
+    (f"lora.rank={10**23}", "lora.rank: Input should be less than or equal to 1024"),
+    ("lora.rank=10000000", "lora.rank: Input should be less than or equal to 1024"),
+    ("lora.rank=true", "lora.rank: .*must be a number, not true/false"),
+    ("lora.alpha=false", "lora.alpha: .*must be a number, not true/false"),
+    ("training.max_steps=true", "training.max_steps: .*must be a number"),
+    ("training.learning_rate=.inf", "training.learning_rate: Input should be a finite number"),
+    ("lora.alpha=.inf", "lora.alpha: Input should be a finite number"),
+    ("loss.mask_weight=.nan", "loss.mask_weight: Input should be a finite number"),
+    ("training.component_learning_rates={mask_decoder: -1}", "mask_decoder: Input should be greater than or equal to 0"),
+    ("model.image_size=100800", "model.image_size: Input should be less than or equal to 2016"),
+    ("data.num_workers=100000", "data.num_workers: Input should be less than or equal to 256"),
+])
+def test_values_out_of_bounds_are_refused(override, message):
+    import re
+
+    assert re.search(message, one_line_error(None, [override]))
+
+
+def test_true_and_false_still_set_switches():
+    config = load_config(None, ["lora.apply_to_mask_decoder=true", "training.max_steps=3", "lora.alpha=8"])
+    assert config.lora.apply_to_mask_decoder is True and config.training.max_steps == 3
+
+
+def test_a_misspelt_command_line_key_is_blamed_on_the_command_line(tmp_path):
+    path = tmp_path / "my.yaml"
+    path.write_text("lora:\n  rank: 4\n")
+    message = one_line_error(path, ["lora.rnak=3"])
+    assert message.startswith("command line: lora.rnak: unknown key; did you mean 'rank'?") and str(path) not in message
+    path.write_text("lora:\n  rnak: 4\n")
+    assert one_line_error(path, ["lora.rank=3"]).startswith(f"{path}: lora.rnak: unknown key")
+    assert one_line_error(None, ["data.prompts={a: [1]}"]).startswith("command line: data.prompts.a")
+
+
+def test_several_problems_make_one_line(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text("lora:\n  rank: -1\n  alpha: x\n  dropout: 2\n  rnak: 1\n  zz: 2\n")
+    message = one_line_error(path)
+    assert message.count(f"{path}: lora.") == 3 and message.endswith("and 2 more")
+
+
+def test_unreadable_config_files(tmp_path):
+    path = tmp_path / "latin1.yaml"
+    path.write_bytes(b"lora:\n  rank: \xff\xfe\n")
+    assert "not UTF-8 text (byte 0xff at offset 14); save it as UTF-8" in one_line_error(path)
+    path.write_text("lora: " + "[" * 10_000 + "]" * 10_000 + "\n")
+    assert "nested too deeply to be a config" in one_line_error(path)
+    path.write_text("lora: &a [*a]\n")   # a list holding itself
+    assert "nested too deeply to be a config" in one_line_error(path)
+    path.write_text("a: " + "x" * 1_100_000)
+    assert "is not a config (at most 1,000,000)" in one_line_error(path)
+    assert "nested too deeply" in one_line_error(None, ["lora.target_modules=" + "[" * 10_000 + "]" * 10_000])
+
+
+def test_billion_laughs_gives_a_short_message_quickly(tmp_path):
+    """1.2 KB of YAML aliases stand for 9^9 strings; printing the input in full once made a
+    226 MB error message."""
+    import time
+
+    lines = ['a: &a ["lol","lol","lol","lol","lol","lol","lol","lol","lol"]']
+    for previous, name in zip("abcdefgh", "bcdefghi"):
+        lines.append(f"{name}: &{name} [" + ",".join([f"*{previous}"] * 9) + "]")
+    path = tmp_path / "laughs.yaml"
+    path.write_text("\n".join([*lines, "lora:", "  rank: *i", "  target_modules: *i"]) + "\n")
+    started = time.perf_counter()
+    message = one_line_error(path)
+    assert time.perf_counter() - started < 5
+    assert "lora.rank: Input should be a valid integer" in message
+
+
+def test_readme_states_each_presets_rank():
+    """The README's preset list once said the demo was rank 8 (it is 4)."""
+    import re
+    from pathlib import Path
+
+    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    stated = dict(re.findall(r"^- `(\w+)`: [^\n]*?rank (\d+)", readme, flags=re.MULTILINE))
+    assert {"minimal", "balanced", "full", "demo"} <= set(stated)
+    for name, rank in stated.items():
+        assert load_config(name).lora.rank == int(rank), name

@@ -37,3 +37,14 @@ def test_outputs_that_cannot_be_written_are_refused_first(tmp_path):
         (tmp_path / "locked").mkdir(mode=0o500)
         with pytest.raises(Sam3LoraError, match="is not writable"):
             check_output(tmp_path / "locked" / "run", folder=True, what="output.dir")
+
+
+def test_a_full_disk_while_writing_is_one_line_and_leaves_nothing(tmp_path):
+    import errno
+
+    with pytest.raises(Sam3LoraError, match=r"adapter: could not be written \(No space left on device\); nothing "
+                                            "half-written was left") as error, \
+            atomic_folder(tmp_path / "adapter") as staging:
+        (staging / "half").write_text("h")
+        raise OSError(errno.ENOSPC, "No space left on device")
+    assert "\n" not in str(error.value) and not list(tmp_path.iterdir())

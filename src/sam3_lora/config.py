@@ -13,11 +13,14 @@ through ``LEGACY_FLAGS``.
 from __future__ import annotations
 
 import difflib
+import reprlib
+import types
+import typing
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 
 from sam3_lora.errors import ConfigError
 
@@ -36,6 +39,13 @@ COMPONENTS = (
 # and the dot-product scoring of queries against the prompt. Full training may give them a
 # learning rate of their own (``training.component_learning_rates``).
 HEADS = ("text_projection", "dot_product_scoring")
+# The highest LoRA rank: no SAM3 layer has a smaller side than this above it (the ViT's width
+# is 1024), so a higher rank cannot add anything. Adapters read from disk are held to it too.
+MAX_RANK = 1024
+# Limits on what a config file may be: its size, and how deep its values nest. Echoed values
+# in error messages are shortened (``_shown``), so a message stays one short line.
+MAX_CONFIG_BYTES = 1_000_000
+MAX_NESTING = 20
 
 
 class Section(BaseModel):
@@ -43,7 +53,17 @@ class Section(BaseModel):
 
     # Field docstrings become the schema's descriptions: ``sam3-lora info --explain KEY``
     # and docs/config.md print them.
-    model_config = ConfigDict(extra="forbid", validate_assignment=True, use_attribute_docstrings=True)
+    # Floats must be finite: a NaN or infinite learning rate, weight or threshold is never meant.
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, use_attribute_docstrings=True,
+                              allow_inf_nan=False)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_bool_for_numbers(cls, value: Any, info: ValidationInfo) -> Any:
+        """YAML's true/false would pass as 1/0 where a number is due (``lora.rank: true``)."""
+        if isinstance(value, bool) and _is_number(cls.model_fields[info.field_name].annotation):
+            raise ValueError("must be a number, not true/false")
+        return value
 
 
 class ModelConfig(Section):
@@ -59,18 +79,19 @@ class ModelConfig(Section):
     revision: str | None = None
     """Hub revision (branch, tag or commit) for a hub id; ignored for folders and presets."""
 
-    image_size: int | None = Field(default=None, ge=28)
-    """Input resolution in pixels (square). ``None`` keeps the model's own (1008 for SAM3).
-    Must be a multiple of the ViT patch size (14). Smaller sizes cut memory and time roughly
-    quadratically; pretrained weights were trained at 1008, so quality drops away from it."""
+    image_size: int | None = Field(default=None, ge=28, le=2016)
+    """Input resolution in pixels (square), 28 to 2016 (twice SAM3's own). ``None`` keeps the
+    model's own (1008 for SAM3). Must be a multiple of the ViT patch size (14). Smaller sizes
+    cut memory and time roughly quadratically; pretrained weights were trained at 1008, so
+    quality drops away from it."""
 
 
 class LoRAConfig(Section):
     """Where LoRA goes and how big it is. Also the seed API's ``LoRAConfig(...)``."""
 
-    rank: int = Field(default=8, gt=0)
-    """LoRA rank r: the inner dimension of each low-rank update. Trainable parameters grow
-    linearly with it."""
+    rank: int = Field(default=8, gt=0, le=MAX_RANK)
+    """LoRA rank r: the inner dimension of each low-rank update, 1 to 1024 (SAM3's widest
+    layer side: a higher rank adds nothing). Trainable parameters grow linearly with it."""
 
     alpha: float = Field(default=16.0, gt=0)
     """LoRA scaling numerator: updates are scaled by alpha / rank (alpha / sqrt(rank) with
@@ -171,8 +192,8 @@ class DataConfig(Section):
     skip_invalid: bool = False
     """Train anyway when validation finds errors, skipping (and listing) every bad item."""
 
-    num_workers: int = Field(default=0, ge=0)
-    """Data-loading worker processes; 0 loads in the training process."""
+    num_workers: int = Field(default=0, ge=0, le=256)
+    """Data-loading worker processes, at most 256; 0 loads in the training process."""
 
 
 class TrainingConfig(Section):
@@ -201,8 +222,9 @@ class TrainingConfig(Section):
     weight_decay: float = Field(default=0.1, ge=0.0)
     """AdamW weight decay, not applied to biases and norms (SAM3 uses 0.1)."""
 
-    seed: int = 0
-    """Seed for weights of random-init models, data order, augmentation and dropout."""
+    seed: int = Field(default=0, ge=0, le=2**32 - 1)
+    """Seed for weights of random-init models, data order, augmentation and dropout: 0 to
+    2^32 - 1 (the range NumPy's generator takes)."""
 
     gradient_accumulation_steps: int = Field(default=1, gt=0)
     """Batches whose gradients add up before one optimiser step: the effective batch is
@@ -218,10 +240,10 @@ class TrainingConfig(Section):
     warmup_steps: int = Field(default=0, ge=0)
     """Optimiser steps of linear warmup from 0 to the peak learning rate."""
 
-    component_learning_rates: dict[str, float] = Field(default_factory=dict)
-    """Learning rate per SAM3 component, overriding ``learning_rate`` for the parameters
-    trained inside it, e.g. ``{mask_decoder: 3.0e-4}``. Keys: the six components, and with
-    ``method=full`` also the heads ``text_projection`` and ``dot_product_scoring``."""
+    component_learning_rates: dict[str, Annotated[float, Field(ge=0.0)]] = Field(default_factory=dict)
+    """Learning rate (at least 0) per SAM3 component, overriding ``learning_rate`` for the
+    parameters trained inside it, e.g. ``{mask_decoder: 3.0e-4}``. Keys: the six components,
+    and with ``method=full`` also the heads ``text_projection`` and ``dot_product_scoring``."""
 
     mixed_precision: Literal["no", "fp16", "bf16"] = "no"
     """Autocast precision of forward and backward: ``bf16`` (Ampere GPUs and newer, and
@@ -255,7 +277,8 @@ class TrainingConfig(Section):
     """Write training metrics (loss terms, learning rate, samples/s) every this many steps."""
 
     max_nonfinite_steps: int = Field(default=5, gt=0)
-    """Consecutive steps with a NaN or infinite loss (each skipped) before training stops."""
+    """Consecutive steps with a NaN or infinite loss or model output (each skipped) before
+    training stops."""
 
     report_to: list[Literal["tensorboard", "wandb", "mlflow"]] = Field(default_factory=lambda: ["tensorboard"])
     """Experiment trackers (through Accelerate); each must be installed."""
@@ -452,55 +475,133 @@ def load_config(
     if path is not None:
         file = resolve_config_path(path)
         where = str(file)
-        try:
-            raw = yaml.safe_load(file.read_text()) or {}
-        except yaml.YAMLError as exc:
-            mark = getattr(exc, "problem_mark", None)
-            line = f" line {mark.line + 1}" if mark else ""
-            raise ConfigError(f"{where}:{line} is not valid YAML; fix the syntax there") from None
+        raw = _read_yaml(file) or {}
         if not isinstance(raw, dict):
             raise ConfigError(f"{where}: top level must be a mapping of sections (model, lora, ...)")
-    for item in overrides or []:
-        _apply_override(raw, item)
-    return validate_config(raw, where)
+    overridden = [_apply_override(raw, item) for item in overrides or []]
+    return validate_config(raw, where, overridden)
 
 
-def validate_config(raw: dict[str, Any], where: str = "config") -> Config:
-    """Build a ``Config`` from a plain dict; errors name the key and suggest a fix."""
+def _read_yaml(file: Path) -> Any:
+    """The YAML document in ``file``; every way it can be unreadable is a one-line ConfigError."""
+    try:
+        data = file.read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"{file}: cannot be read ({exc.strerror or type(exc).__name__}); "
+                          f"check the path and its permissions") from None
+    if len(data) > MAX_CONFIG_BYTES:
+        raise ConfigError(f"{file}: {len(data):,} bytes is not a config (at most {MAX_CONFIG_BYTES:,}); "
+                          f"give the YAML config file")
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{file}: not UTF-8 text (byte 0x{data[exc.start]:02x} at offset {exc.start}); "
+                          f"save it as UTF-8") from None
+    try:
+        return _safe_load(text, str(file))
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        line = f" line {mark.line + 1}" if mark else ""
+        raise ConfigError(f"{file}:{line} is not valid YAML; fix the syntax there") from None
+
+
+def _safe_load(text: str, where: str) -> Any:
+    """``yaml.safe_load``, refusing values nested deeper than any config (``where`` names the
+    source in the message). YAML syntax errors are left to the caller."""
+    too_deep = ConfigError(f"{where}: nested too deeply to be a config (at most {MAX_NESTING} levels)")
+    try:
+        value = yaml.safe_load(text)
+    except RecursionError:   # the parser recurses once per level
+        raise too_deep from None
+    if _depth(value) > MAX_NESTING:
+        raise too_deep
+    return value
+
+
+def _depth(value: Any) -> int:
+    """How deep lists and mappings nest in ``value``, counted up to ``MAX_NESTING + 1``. Level
+    by level over distinct containers, so that YAML aliases repeating one list many times
+    (or a list holding itself) cost nothing."""
+    level, depth = [value], 0
+    while depth <= MAX_NESTING:
+        containers = {id(node): node for node in level if isinstance(node, (list, dict))}
+        if not containers:
+            break
+        depth += 1
+        level = [child for node in containers.values() for child in (node.values() if isinstance(node, dict) else node)]
+    return depth
+
+
+def validate_config(raw: dict[str, Any], where: str = "config",
+                    overridden: list[tuple[str, ...]] | None = None) -> Config:
+    """Build a ``Config`` from a plain dict; errors name the key and suggest a fix.
+
+    ``overridden``: the keys (as tuples of names) the command line set, so that their errors
+    say they came from there rather than from ``where``."""
     try:
         return Config.model_validate(raw)
     except ValidationError as exc:
-        raise ConfigError(_describe(exc, where)) from None
+        raise ConfigError(_describe(exc, where, overridden or [])) from None
 
 
-def _apply_override(raw: dict[str, Any], item: str) -> None:
+def _apply_override(raw: dict[str, Any], item: str) -> tuple[str, ...]:
+    """Set ``section.key=value`` in ``raw``; returns the key as a tuple of names."""
     key, sep, value = item.partition("=")
     if not sep or "." not in key:
-        raise ConfigError(f"override {item!r}: write it as section.key=value, e.g. lora.rank=16")
+        raise ConfigError(f"override {_shown(item)}: write it as section.key=value, e.g. lora.rank=16")
     *parents, leaf = key.strip().split(".")
     node = raw
     for part in parents:
         child = node.setdefault(part, {})
         if not isinstance(child, dict):
-            raise ConfigError(f"override {item!r}: {part} is not a section")
+            raise ConfigError(f"override {_shown(item)}: {_shown(part)} is not a section")
         node = child
     try:
-        node[leaf] = yaml.safe_load(value) if value.strip() else None
-    except yaml.YAMLError:
+        node[leaf] = _safe_load(value, f"override {_shown(item)}") if value.strip() else None
+    except yaml.YAMLError:   # not YAML: the text itself
         node[leaf] = value
+    return (*parents, leaf)
 
 
-def _describe(exc: ValidationError, where: str) -> str:
-    """One line per problem: the dotted key, what is wrong, and a suggestion."""
-    lines = []
-    for error in exc.errors():
+# Echoed inputs are cut short: a message is one line, whatever the input (a YAML "billion
+# laughs" document expands to hundreds of MB when printed in full).
+_REPR = reprlib.Repr()
+_REPR.maxlevel, _REPR.maxstring, _REPR.maxlong, _REPR.maxother = 1, 60, 40, 60
+_REPR.maxtuple = _REPR.maxlist = _REPR.maxdict = _REPR.maxset = 4
+MAX_PROBLEMS_SHOWN = 3
+
+
+def _shown(value: Any) -> str:
+    """A short, one-line repr of a value from the user."""
+    return _REPR.repr(value).replace("\n", "\\n")
+
+
+def _describe(exc: ValidationError, where: str, overridden: list[tuple[str, ...]] = ()) -> str:
+    """One line: each problem (the first few) with the dotted key, what is wrong, a suggestion,
+    and where it came from (the file, or the command line for overridden keys)."""
+    problems = []
+    errors = exc.errors()
+    for error in errors[:MAX_PROBLEMS_SHOWN]:
         loc = [str(part) for part in error["loc"]]
-        key = ".".join(loc)
+        key = _shown(".".join(loc))[1:-1]
+        source = "command line" if any(tuple(loc[:len(o)]) == o for o in overridden) else where
         if error["type"] == "extra_forbidden":
-            lines.append(f"{where}: {key}: unknown key{_suggest(loc)}")
+            problems.append(f"{source}: {key}: unknown key{_suggest(loc)}")
         else:
-            lines.append(f"{where}: {key}: {error['msg']} (got {error.get('input')!r})")
-    return "\n".join(lines)
+            problems.append(f"{source}: {key}: {error['msg']} (got {_shown(error.get('input'))})")
+    if len(errors) > MAX_PROBLEMS_SHOWN:
+        problems.append(f"and {len(errors) - MAX_PROBLEMS_SHOWN} more")
+    return "; ".join(problems)
+
+
+def _is_number(annotation: Any) -> bool:
+    """Whether a field's type is a number (``int``, ``float``, optional or not) and not bool."""
+    if annotation in (int, float):
+        return True
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        members = typing.get_args(annotation)
+        return bool not in members and any(_is_number(m) for m in members)
+    return False
 
 
 def _suggest(loc: list[str]) -> str:
@@ -516,7 +617,8 @@ def _suggest(loc: list[str]) -> str:
     close = difflib.get_close_matches(loc[-1], valid, n=1, cutoff=0.5)
     if close:
         return f"; did you mean '{close[0]}'?"
-    return f"; valid keys here: {', '.join(valid)}"
+    more = ", ..." if len(valid) > 8 else ""
+    return f"; valid keys here: {', '.join(valid[:8])}{more}"
 
 
 # ---- documentation read from the schema -----------------------------------------------------
@@ -555,7 +657,8 @@ def reference_markdown() -> str:
     lines = ["# Configuration reference", "",
              "Every key of the config schema (`src/sam3_lora/config.py`), its default and what it does.",
              "Generated from the schema by `sam3-lora info --explain --markdown`; a test keeps it equal.",
-             "Print one key with `sam3-lora info --explain section.key`.", ""]
+             "Print one key with `sam3-lora info --explain section.key`.",
+             "Numbers must be finite (no `.nan`, `.inf`), and `true`/`false` is not a number.", ""]
     for section_name, section in Config.model_fields.items():
         model = section.annotation
         lines += [f"## `{section_name}`", "", _one_paragraph(model.__doc__), "",

@@ -16,18 +16,24 @@ from sam3_lora.errors import Sam3LoraError
 def atomic_folder(folder: str | Path):
     """Yields an empty temporary sibling of ``folder`` to write into; on success it replaces
     ``folder`` by a rename, on failure it is deleted. A crash mid-write therefore never
-    leaves a half-written folder under the final name."""
+    leaves a half-written folder under the final name. An ``OSError`` while writing (a full
+    disk: ENOSPC) becomes a one-line ``Sam3LoraError`` naming ``folder``."""
     folder = Path(folder)
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
-    staging.chmod(0o777 & ~current_umask())   # mkdtemp makes it 0700: give it the user's umask
+    staging = None
     try:
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
+        staging.chmod(0o777 & ~current_umask())   # mkdtemp makes it 0700: give it the user's umask
         yield staging
         if folder.exists():
             shutil.rmtree(folder)
         os.replace(staging, folder)
+    except OSError as exc:   # a full disk, a quota, a read-only or vanished place
+        raise Sam3LoraError(f"{folder}: could not be written ({exc.strerror or type(exc).__name__}); nothing "
+                            f"half-written was left; free some space or choose a writable place") from None
     finally:
-        shutil.rmtree(staging, ignore_errors=True)
+        if staging is not None:
+            shutil.rmtree(staging, ignore_errors=True)
 
 
 def current_umask() -> int:

@@ -78,3 +78,51 @@ def test_the_config_reference_is_generated_from_the_schema():
     for section, field in Config.model_fields.items():
         for name, spec in field.annotation.model_fields.items():
             assert spec.description, f"{section}.{name} has no documentation"
+
+
+def test_warnings_are_one_line_and_peft_deprecations_stay_hidden(tmp_path):
+    """A command's Python warnings read ``warning: ...`` without Python's source line, and
+    PEFT's use of transformers' deprecated ``is_gradient_checkpointing`` stays inside."""
+    import subprocess
+    import sys
+
+    from sam3_lora.data.synth import synthesize
+
+    synthesize(tmp_path / "data", images_per_split={"train": 2}, image_size=112, seed=0)
+    result = subprocess.run(
+        [sys.executable, "-W", "always", "-m", "sam3_lora.cli", "train", "--config", "demo", "model.source=sam3-tiny",
+         f"data.root={tmp_path / 'data'}", f"output.dir={tmp_path / 'run'}", "training.max_steps=1",
+         "data.prompt_mode=generic"], capture_output=True, text=True, timeout=300, check=False)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert re.search(r"^warning: .*one prompt \(object\), so there are no negative queries.*data\.negative_phrases"
+                     r"[^\n]*$", result.stderr, flags=re.MULTILINE), result.stderr
+    assert "warnings.warn(" not in result.stderr and "UserWarning" not in result.stderr
+    assert "is_gradient_checkpointing" not in result.stderr
+
+
+def test_one_line_warning_is_bounded():
+    from sam3_lora.cli.main import MAX_WARNING_CHARS, one_line_warning
+
+    text = one_line_warning(FutureWarning("x\n" * 1000), FutureWarning, "f.py", 1, "source line")
+    assert text.startswith("warning (FutureWarning): x x") and text.count("\n") == 1
+    assert len(text) <= MAX_WARNING_CHARS + 30 and "source line" not in text
+
+
+def test_validate_refuses_an_adapter_with_nan_weights(capsys, tmp_path):
+    """It used to load, predict nothing and exit 0."""
+    import torch
+
+    from sam3_lora.data.synth import synthesize
+    from sam3_lora.lora.adapter import save_adapter
+    from sam3_lora.model.loading import load_sam3
+    from tests.conftest import TINY_CONFIG
+    from tests.lora.test_adapter import trained_adapter
+
+    synthesize(tmp_path / "data", images_per_split={"train": 2, "valid": 2}, image_size=112, seed=0)
+    adapted = trained_adapter(load_sam3("sam3-tiny", seed=0).model)
+    with torch.no_grad():
+        next(p for n, p in adapted.named_parameters() if "lora_B" in n).fill_(float("nan"))
+    save_adapter(adapted, tmp_path / "nan", base_source="sam3-tiny")
+    code, _out, err = run(capsys, "validate", "--config", str(TINY_CONFIG), f"data.root={tmp_path / 'data'}",
+                          "--weights", str(tmp_path / "nan"), "--output", str(tmp_path / "eval"))
+    assert code == 2 and err.count("\n") == 1 and "hold NaN or infinite values" in err

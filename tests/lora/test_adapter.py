@@ -1,6 +1,11 @@
+import json
+import shutil
+import warnings
+
 import pytest
 import torch
 from safetensors import safe_open
+from safetensors.torch import load_file, save_file
 from transformers import Sam3Model
 
 from sam3_lora.config import LoRAConfig
@@ -121,3 +126,102 @@ def test_two_named_adapters_share_one_base(tmp_path, tiny, predict, differ):
     assert differ(predict(model), expected_second) == 0.0
     model.set_adapter("first")
     assert differ(predict(model), expected_first) == 0.0
+
+
+# ---- damaged and malformed adapters: one line each, before any tensor is copied --------------
+
+
+def edit_json(name, change):
+    def edit(folder):
+        path = folder / name
+        path.write_text(json.dumps(change(json.loads(path.read_text()))))
+    return edit
+
+
+def edit_tensors(change):
+    def edit(folder):
+        path = folder / "adapter_model.safetensors"
+        tensors = load_file(path)
+        change(tensors)
+        save_file(tensors, path)
+    return edit
+
+
+def first_key(tensors, part):
+    return next(k for k in sorted(tensors) if part in k)
+
+
+MALFORMED = {
+    "sam3_lora.json a list": (edit_json("sam3_lora.json", lambda m: [1, 2]), "sam3_lora.json: expected a JSON object"),
+    "base_model a string": (edit_json("sam3_lora.json", lambda m: {**m, "base_model": "sam3"}),
+                            "base_model: expected an object"),
+    "architecture a list": (edit_json("sam3_lora.json", lambda m: {**m, "base_model": {"architecture": [1]}}),
+                            "base_model.architecture: expected an object of sizes"),
+    "sam3_lora.json not UTF-8": (lambda f: (f / "sam3_lora.json").write_bytes(b'{"format": "\xff"}'),
+                                 "sam3_lora.json: not UTF-8 text"),
+    "invalid lora section": (edit_json("sam3_lora.json", lambda m: {**m, "lora": {"rank": "x"}}),
+                             "sam3_lora.json: lora.rank: Input should be a valid integer"),
+    "adapter_config.json not JSON": (lambda f: (f / "adapter_config.json").write_text("{not json"),
+                                     "adapter_config.json: not valid JSON"),
+    "adapter_config.json a list": (lambda f: (f / "adapter_config.json").write_text("[]"),
+                                   "adapter_config.json: expected a JSON object"),
+    "rank of a billion": (edit_json("adapter_config.json", lambda c: {**c, "r": 10**9}),
+                          "r is 1000000000, not a rank from 1 to 1024"),
+    "not LoRA": (edit_json("adapter_config.json", lambda c: {**c, "peft_type": "IA3"}), "peft_type is IA3, not LORA"),
+    "layer replication": (edit_json("adapter_config.json", lambda c: {**c, "layer_replication": [[0, 1]]}),
+                          "layer_replication is set"),
+    "wrong tensor shape": (edit_tensors(lambda t: t.__setitem__(first_key(t, "lora_A"), torch.zeros(3, 5))),
+                           r"shape \(3, 5\) does not fit the layer"),
+    "a tensor missing": (edit_tensors(lambda t: t.pop(first_key(t, "lora_B"))), "LoRA pair of .* is incomplete"),
+    "NaN weights": (edit_tensors(lambda t: t[first_key(t, "lora_B")].fill_(float("nan"))),
+                    "1 tensor.s. hold NaN or infinite values"),
+    "infinite weights": (edit_tensors(lambda t: t[first_key(t, "lora_A")].__setitem__((0, 0), float("inf"))),
+                         "hold NaN or infinite values"),
+    "truncated safetensors": (lambda f: (f / "adapter_model.safetensors").write_bytes(
+        (f / "adapter_model.safetensors").read_bytes()[:100]), "not a readable safetensors file, truncated"),
+    "only pytorch_model.bin": (lambda f: [p.unlink() for p in f.iterdir()] and (f / "pytorch_model.bin").write_bytes(b"x"),
+                               "holds pytorch_model.bin, a pickle file, which is not read"),
+}
+
+
+@pytest.fixture(scope="module")
+def good_adapter(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("good") / "adapter"
+    save_adapter(trained_adapter(load_sam3("sam3-tiny", seed=0).model), folder, base_source="sam3-tiny")
+    return folder
+
+
+@pytest.mark.parametrize("case", MALFORMED)
+def test_malformed_adapters_are_one_line_errors(tmp_path, good_adapter, case):
+    damage, message = MALFORMED[case]
+    folder = tmp_path / "adapter"
+    shutil.copytree(good_adapter, folder)
+    damage(folder)
+    for load in (lambda: load_adapter(fresh_base(), folder),
+                 lambda: load_lora_weights(apply_lora_to_model(fresh_base(), SELECTION, verbose=False), folder)):
+        with pytest.raises(AdapterError, match=message) as error:
+            load()
+        assert "\n" not in str(error.value) and len(str(error.value)) < 400
+
+
+def test_model_folders_with_nan_weights_are_refused(tmp_path):
+    from sam3_lora.errors import ModelLoadError
+    from sam3_lora.model.folders import load_model_weights, write_model
+
+    loaded = load_sam3("sam3-tiny", seed=0)
+    with torch.no_grad():
+        next(loaded.model.parameters()).view(-1)[0] = float("nan")
+    write_model(loaded.model, loaded.tokenizer, tmp_path)
+    with pytest.raises(ModelLoadError, match=r"model.source .*: 1 tensor.s. hold NaN or infinite values"):
+        load_sam3(str(tmp_path))
+    with pytest.raises(ModelLoadError, match="model.safetensors: 1 tensor.s. hold NaN"):
+        load_model_weights(fresh_base(), tmp_path)
+
+
+def test_peft_deprecation_warnings_stay_inside(tmp_path, tiny):
+    """PEFT reads transformers' deprecated ``is_gradient_checkpointing``: users must not see it."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        save_adapter(trained_adapter(tiny.model), tmp_path / "a")
+        load_adapter(fresh_base(), tmp_path / "a")
+    assert not [w for w in caught if "is_gradient_checkpointing" in str(w.message)]

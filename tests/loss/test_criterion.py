@@ -242,3 +242,24 @@ def test_zero_mask_weights_need_no_masks():
     del outputs["pred_masks"]
     losses = build_criterion(LossConfig(mask_weight=0, dice_weight=0))(outputs, targets)
     assert "loss_mask" not in losses and torch.isfinite(losses["loss"])
+
+
+@pytest.mark.parametrize("key, layer", [("pred_boxes", "last"), ("pred_logits", "last"), ("presence_logits", "last"),
+                                        ("pred_masks", "last"), ("pred_boxes", "aux")])
+def test_nonfinite_predictions_give_a_nan_loss_not_a_matcher_error(key, layer):
+    """NaN costs made scipy's assignment raise ("matrix contains invalid numeric entries")
+    before the trainer's guard could skip the step."""
+    outputs = {**hand_outputs(), "aux_outputs": [{k: v for k, v in hand_outputs().items() if k != "pred_masks"}]}
+    poisoned = outputs if layer == "last" else outputs["aux_outputs"][0]
+    poisoned[key] = poisoned[key].clone().requires_grad_()
+    with torch.no_grad():
+        poisoned[key].view(-1)[0] = float("nan") if key != "pred_logits" else float("inf")
+    losses = criterion(aux_layers=True)(outputs, [POSITIVE])
+    assert set(losses) == {"loss"} and math.isnan(losses["loss"].item())
+    assert losses["loss"].requires_grad   # part of the graph, as a NaN loss from the terms would be
+
+
+def test_nonfinite_masks_do_not_matter_when_masks_weigh_nothing():
+    outputs = {**hand_outputs(), "pred_masks": torch.full((1, 2, 2, 2), float("nan"))}
+    losses = criterion(mask_weight=0, dice_weight=0)(outputs, [POSITIVE])
+    assert math.isfinite(losses["loss"].item())

@@ -1,8 +1,10 @@
 import json
 import math
+import os
 import shutil
 import subprocess
 import sys
+import warnings
 
 import pytest
 import torch
@@ -241,6 +243,87 @@ def test_missing_data_root_names_the_key(tmp_path):
         trainer_for(tmp_path / "nowhere", tmp_path)
 
 
+def test_nonfinite_outputs_are_skipped_like_a_nonfinite_loss(shapes, tmp_path):
+    """learning_rate=10000 makes step 2's predictions NaN, on which the matcher died
+    (scipy: "matrix contains invalid numeric entries") before the guard saw the loss."""
+    trainer = trainer_for(shapes, tmp_path, "training.max_steps=8", "training.learning_rate=10000",
+                          "training.max_nonfinite_steps=2", "training.eval_every_steps=100")
+    with pytest.raises(TrainingError, match="outputs or loss were NaN or infinite for 2 steps in a row at step 1"):
+        trainer.train()
+
+
+def test_one_step_of_nonfinite_outputs_is_skipped_and_training_goes_on(shapes, tmp_path):
+    trainer = trainer_for(shapes, tmp_path, "training.max_steps=3", "training.eval_every_steps=100")
+    criterion, calls = trainer.criterion, []
+
+    def poisoned(outputs, targets):
+        calls.append(1)
+        if len(calls) == 2:
+            outputs = {**outputs, "pred_logits": outputs["pred_logits"] * float("inf")}
+        return criterion(outputs, targets)
+
+    trainer.criterion = poisoned
+    assert trainer.train()["steps"] == 3
+    assert [r["nonfinite_steps"] for r in metrics(tmp_path / "run") if "nonfinite_steps" in r] == [1]
+
+
+def test_a_nan_validation_loss_is_never_the_best():
+    from sam3_lora.recipes.train import _better_is_higher
+
+    assert _better_is_higher("val_loss", {"val_loss": float("nan")}) is None
+    assert _better_is_higher("val_loss", {"val_loss": 2.0}) == -2.0
+
+
+def model_must_not_load(monkeypatch):
+    import sam3_lora.recipes.train as recipe
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the model was loaded before the error")
+
+    monkeypatch.setattr(recipe, "load_sam3", refuse)
+
+
+@pytest.mark.parametrize("output, message", [
+    ("a-file", "output.dir .*a-file: is a file; give a folder there"),
+    ("a-file/run", "a-file is a file, so nothing can be written under it"),
+    ("read-only/run", "read-only is not writable; choose a writable place"),
+])
+def test_unwritable_outputs_are_refused_before_the_model_loads(shapes, tmp_path, monkeypatch, output, message):
+    import os
+
+    from sam3_lora.errors import Sam3LoraError
+
+    (tmp_path / "a-file").write_text("")
+    (tmp_path / "read-only").mkdir()
+    access = os.access
+    # Tests run as root, for whom every folder is writable: the read-only one is simulated.
+    monkeypatch.setattr(os, "access", lambda path, mode: access(path, mode) and "read-only" not in str(path))
+    model_must_not_load(monkeypatch)
+    with pytest.raises(Sam3LoraError, match=message):
+        SAM3LoRATrainer(make_config(shapes, tmp_path / output)).setup()
+
+
+def test_data_is_checked_before_the_model_loads(shapes, tmp_path, monkeypatch):
+    model_must_not_load(monkeypatch)
+    with pytest.raises(ConfigError, match="no train/ folder"):
+        trainer_for(tmp_path / "nowhere", tmp_path)
+    root = tmp_path / "no-images"
+    shutil.copytree(shapes / "train", root / "train", ignore=shutil.ignore_patterns("*.png"))
+    with pytest.raises(DataError, match="no usable image in") as error:   # skipping could not help
+        trainer_for(root, tmp_path)
+    assert "skip_invalid" not in str(error.value)
+
+
+def test_one_prompt_datasets_warn_that_they_have_no_negatives(shapes, tmp_path):
+    with pytest.warns(UserWarning, match="one prompt .object., so there are no negative queries.*data.negative_phrases"):
+        trainer_for(shapes, tmp_path, "data.prompt_mode=generic")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        trainer_for(shapes, tmp_path, "data.prompt_mode=generic", "data.negative_phrases=[dog]")
+        trainer_for(shapes, tmp_path)
+    assert not [w for w in caught if "negative" in str(w.message)]
+
+
 # ---- scale: two processes, and the full-size architecture -----------------------------------
 
 
@@ -273,6 +356,25 @@ def test_two_processes_match_one(shapes, tmp_path):
     # Per-process normalisation of the query-averaged terms differs slightly: measured 3e-4.
     assert two["loss"] == pytest.approx(one["loss"], rel=2e-3)
     assert two["loss_bbox"] == pytest.approx(one["loss_bbox"], rel=1e-4)   # box terms share one count
+
+
+def test_nonfinite_outputs_on_one_process_skip_the_step_on_all(shapes, tmp_path):
+    """Rank 1 alone gets NaN predictions for step 2: both ranks skip it together (no hang in
+    a collective, no crash), and end with identical adapters."""
+    from pathlib import Path
+
+    from safetensors.torch import load_file
+
+    script = Path(__file__).parent / "scripts" / "ddp_train.py"
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", str(script), str(tmp_path),
+               str(TINY_CONFIG), f"data.root={shapes}", "training.max_steps=3", "training.report_to=[]",
+               "training.batch_size=2", "training.eval_every_steps=100", f"output.dir={tmp_path / 'run'}"]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300, check=False,
+                            env={**os.environ, "POISON": "1:2"})
+    assert result.returncode == 0, result.stderr[-3000:]
+    rank0, rank1 = (load_file(tmp_path / f"rank{r}.safetensors") for r in (0, 1))
+    assert all(torch.equal(rank0[k], rank1[k]) for k in rank0)
+    assert [r["nonfinite_steps"] for r in metrics(tmp_path / "run") if "nonfinite_steps" in r] == [1]
 
 
 @pytest.mark.slow

@@ -56,9 +56,29 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+MAX_WARNING_CHARS = 300
+
+
+def one_line_warning(message, category, filename, lineno, line=None) -> str:
+    """A Python warning as users of a command read it: ``warning: ...``, one line, without
+    the source file and line of code Python prints by default."""
+    text = " ".join(str(message).split())
+    if len(text) > MAX_WARNING_CHARS:
+        text = text[:MAX_WARNING_CHARS - 3] + "..."
+    kind = "" if category is UserWarning else f" ({category.__name__})"
+    return f"warning{kind}: {text}\n"
+
+
 def main(argv: list[str] | None = None) -> int:
-    # PEFT 0.21 calls an attribute transformers 5 renamed; the warning says nothing to users.
-    warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated")
+    shown = warnings.formatwarning
+    warnings.formatwarning = one_line_warning
+    try:
+        return _run(argv)
+    finally:
+        warnings.formatwarning = shown
+
+
+def _run(argv: list[str] | None) -> int:
     parser = build_parser()
     # Overrides may stand anywhere, also after flags, which argparse's positionals refuse.
     args, extra = parser.parse_known_args(argv)

@@ -9,22 +9,29 @@ An adapter folder holds PEFT's ``adapter_config.json`` and ``adapter_model.safet
     prompts        the prompt vocabulary the training used
     sam3_lora_version
 
-Loading checks the base's architecture and the LoRA shapes before any tensor is copied,
-and fails with a message naming both sides. Nothing is read with pickle.
+Loading checks the files' form, the base's architecture, the LoRA shapes and that every
+value is finite before any tensor is copied, and fails with one line naming what is wrong
+(for a misfit, both sides). Nothing is read with pickle.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
+import math
 from pathlib import Path
 
+import torch
+from pydantic import ValidationError
 from torch import nn
 
 from sam3_lora import __version__
-from sam3_lora.config import LoRAConfig
+from sam3_lora.config import MAX_RANK, LoRAConfig
 from sam3_lora.errors import AdapterError
 from sam3_lora.files import atomic_folder
+from sam3_lora.lora.apply import peft_quietly
 from sam3_lora.model.folders import METADATA_FILE
+from sam3_lora.model.tensor_files import read_tensors
 
 FORMAT = "sam3-lora-adapter/1"
 PEFT_FILES = ("adapter_config.json", "adapter_model.safetensors")
@@ -82,10 +89,14 @@ def write_adapter(model: nn.Module, folder: Path, *, base_source: str = "unknown
     (folder / METADATA_FILE).write_text(json.dumps(metadata, indent=2) + "\n")
 
 
+PICKLE_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt")
+
+
 def read_metadata(folder: str | Path) -> dict:
-    """Check that ``folder`` is an adapter; return its ``sam3_lora.json`` ({} for plain PEFT)."""
+    """Check that ``folder`` is an adapter; return its ``sam3_lora.json`` ({} for plain PEFT),
+    checked to be of the right form (each way it is not is a one-line ``AdapterError``)."""
     folder = Path(folder)
-    if folder.suffix in (".pt", ".pth", ".bin", ".ckpt") and folder.is_file():
+    if folder.suffix in PICKLE_SUFFIXES and folder.is_file():
         raise AdapterError(
             f"{folder}: pickle checkpoints are not read (they can run code); "
             f"use an adapter folder saved by sam3-lora or PEFT"
@@ -94,14 +105,168 @@ def read_metadata(folder: str | Path) -> dict:
         raise AdapterError(f"{folder}: no such adapter folder; give the folder holding adapter_config.json")
     missing = [name for name in PEFT_FILES if not (folder / name).is_file()]
     if missing:
+        pickles = sorted(p.name for p in folder.iterdir() if p.suffix in PICKLE_SUFFIXES)
+        if pickles and "adapter_model.safetensors" in missing:
+            raise AdapterError(f"{folder}: holds {pickles[0]}, a pickle file, which is not read (it can run "
+                               f"code); save the adapter as safetensors (PEFT's save_pretrained does by default)")
         raise AdapterError(f"{folder}: not an adapter folder (missing {', '.join(missing)})")
     metadata_path = folder / METADATA_FILE
     if not metadata_path.is_file():
         return {}
+    metadata = _read_json(metadata_path)
+    problem = _metadata_problem(metadata)
+    if problem:
+        raise AdapterError(f"{metadata_path}: {problem}; it is not an adapter description sam3-lora wrote "
+                           f"(delete the file to load the adapter as plain PEFT)")
+    return metadata
+
+
+def _read_json(path: Path):
+    """The JSON value in ``path``; unreadable, non-UTF-8 or invalid JSON is an ``AdapterError``."""
     try:
-        return json.loads(metadata_path.read_text())
+        return json.loads(path.read_bytes().decode("utf-8"))
+    except OSError as exc:
+        raise AdapterError(f"{path}: cannot be read ({exc.strerror})") from None
+    except UnicodeDecodeError as exc:
+        raise AdapterError(f"{path}: not UTF-8 text (byte at offset {exc.start}); the file is damaged") from None
     except json.JSONDecodeError as exc:
-        raise AdapterError(f"{metadata_path}: not valid JSON ({exc.msg}, line {exc.lineno})") from None
+        raise AdapterError(f"{path}: not valid JSON ({exc.msg}, line {exc.lineno})") from None
+    except (ValueError, RecursionError) as exc:
+        raise AdapterError(f"{path}: not valid JSON ({type(exc).__name__})") from None
+
+
+def _metadata_problem(metadata) -> str | None:
+    """What is wrong with the form of a ``sam3_lora.json`` value, or None."""
+    if not isinstance(metadata, dict):
+        return f"expected a JSON object, found {type(metadata).__name__}"
+    base = metadata.get("base_model", {})
+    if not isinstance(base, dict):
+        return f"base_model: expected an object with source and architecture, found {type(base).__name__}"
+    if not isinstance(base.get("source", ""), str):
+        return "base_model.source: expected text"
+    arch = base.get("architecture", {})
+    if not isinstance(arch, dict) or not all(isinstance(v, (str, int, float, bool)) for v in arch.values()):
+        return "base_model.architecture: expected an object of sizes"
+    prompts = metadata.get("prompts", [])
+    if not isinstance(prompts, list) or not all(isinstance(p, str) for p in prompts):
+        return "prompts: expected a list of texts"
+    if metadata.get("lora") is not None:
+        try:
+            LoRAConfig.model_validate(metadata["lora"])
+        except ValidationError as exc:
+            error = exc.errors()[0]
+            where = ".".join(str(part) for part in ("lora", *error["loc"]))
+            return f"{where[:60]}: {error['msg'][:100]}"
+    return None
+
+
+def read_peft_config(folder: str | Path) -> dict:
+    """PEFT's ``adapter_config.json``, checked where a bad value would make loading allocate
+    without bound or change the base model: a LoRA config, rank 1 to ``MAX_RANK``, finite
+    alpha, no layer replication, plain initialisation."""
+    path = Path(folder) / "adapter_config.json"
+    config = _read_json(path)
+    problem = _peft_config_problem(config)
+    if problem:
+        raise AdapterError(f"{path}: {problem}; it is not a LoRA adapter config sam3-lora can load")
+    return config
+
+
+def _peft_config_problem(config) -> str | None:
+    if not isinstance(config, dict):
+        return f"expected a JSON object, found {type(config).__name__}"
+    if config.get("peft_type") != "LORA":
+        return f"peft_type is {_short(config.get('peft_type'))}, not LORA"
+    ranks = [("r", config.get("r"))]
+    alphas = [("lora_alpha", config.get("lora_alpha", 8))]
+    for key, pairs in (("rank_pattern", ranks), ("alpha_pattern", alphas)):
+        pattern = config.get(key) or {}
+        if not isinstance(pattern, dict):
+            return f"{key}: expected an object"
+        pairs += [(f"{key}.{name[:40]}", value) for name, value in pattern.items()]
+    for key, rank in ranks:
+        if not _is_int(rank) or not 1 <= rank <= MAX_RANK:
+            return f"{key} is {_short(rank)}, not a rank from 1 to {MAX_RANK}"
+    for key, alpha in alphas:
+        if not _is_number(alpha) or not math.isfinite(alpha):
+            return f"{key} is {_short(alpha)}, not a finite number"
+    targets = config.get("target_modules")
+    if not (targets is None or isinstance(targets, str)
+            or (isinstance(targets, list) and all(isinstance(t, str) for t in targets))):
+        return "target_modules: expected layer names"
+    if config.get("layer_replication"):
+        return "layer_replication is set (it would change the base model)"
+    for key in ("init_lora_weights", "use_dora", "use_rslora", "inference_mode"):
+        if not isinstance(config.get(key, True), bool):
+            return f"{key} is {_short(config.get(key))}, not true or false"
+    return None
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def read_lora_tensors(model: nn.Module, folder: str | Path, peft_config: dict) -> dict[str, torch.Tensor]:
+    """The adapter's tensors, each finite and shaped for the layer of ``model`` it adapts
+    (``lora_A`` (r, in), ``lora_B`` (out, r), both present, r as ``adapter_config.json`` says);
+    checked before PEFT allocates or copies anything."""
+    path = Path(folder) / "adapter_model.safetensors"
+    tensors = read_tensors(path, AdapterError)
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    ranks: dict[str, dict[str, int]] = {}
+    for key, tensor in tensors.items():
+        module_path, found, rest = key.removeprefix("base_model.model.").partition(".lora_")
+        if not found or not rest.startswith(("A.", "B.")):
+            continue   # DoRA magnitudes, modules_to_save: PEFT checks those
+        which = rest[0]
+        problem = _lora_tensor_problem(base, module_path, which, tensor)
+        if problem:
+            raise AdapterError(f"{path}: {key[:100]}: {problem}; the adapter does not fit this base model")
+        ranks.setdefault(module_path, {})[which] = tensor.shape[0 if which == "A" else 1]
+    for module_path, rank in ranks.items():
+        if set(rank) != {"A", "B"} or rank["A"] != rank["B"]:
+            raise AdapterError(f"{path}: the LoRA pair of {module_path[:100]} is incomplete or of two ranks; "
+                               f"the file is damaged")
+        if not peft_config.get("rank_pattern") and rank["A"] != peft_config["r"]:
+            raise AdapterError(f"{path}: {module_path[:100]} has rank {rank['A']} but adapter_config.json says "
+                               f"r={peft_config['r']}; the adapter's files do not belong together")
+    return tensors
+
+
+def _lora_tensor_problem(base: nn.Module, module_path: str, which: str, tensor: torch.Tensor) -> str | None:
+    """What is wrong with one ``lora_A``/``lora_B`` tensor for the layer at ``module_path``."""
+    try:
+        layer = base.get_submodule(module_path)
+    except AttributeError:
+        return "the model has no such layer"
+    layer = getattr(layer, "base_layer", layer)   # a layer PEFT already wraps
+    if not isinstance(layer, nn.Linear):
+        return f"adapts a {type(layer).__name__}, not a Linear layer"
+    if tensor.dim() != 2:
+        return f"expected a matrix, found shape {tuple(tensor.shape)}"
+    rank = tensor.shape[0] if which == "A" else tensor.shape[1]
+    expected = (rank, layer.in_features) if which == "A" else (layer.out_features, rank)
+    if tuple(tensor.shape) != expected or not 1 <= rank <= MAX_RANK:
+        return f"shape {tuple(tensor.shape)} does not fit the layer ({layer.in_features} in, {layer.out_features} out)"
+    return None
+
+
+@contextlib.contextmanager
+def _peft_errors(folder: str | Path):
+    """What PEFT raises on an adapter that passed our checks, as one ``AdapterError`` line."""
+    try:
+        with peft_quietly():
+            yield
+    except AdapterError:
+        raise
+    except (ValueError, TypeError, KeyError, AttributeError, IndexError, RuntimeError, OSError,
+            ImportError, NotImplementedError) as exc:   # PEFT's own checks, none meant for our users
+        text = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else ""
+        raise AdapterError(f"{folder}: PEFT cannot load this adapter ({type(exc).__name__}: {text})") from None
 
 
 def check_base(model: nn.Module, folder: str | Path, metadata: dict) -> None:
@@ -110,8 +275,8 @@ def check_base(model: nn.Module, folder: str | Path, metadata: dict) -> None:
     current = _base_architecture(model)
     if saved and saved != current:
         raise AdapterError(
-            f"{folder}: adapter was trained on base {metadata['base_model'].get('source')} "
-            f"{_describe(saved)}, but the model is {_describe(current)}; load the base it was trained on"
+            f"{folder}: adapter was trained on base {_short(metadata['base_model'].get('source'))} "
+            f"{_short(_describe(saved))}, but the model is {_describe(current)}; load the base it was trained on"
         )
 
 
@@ -120,7 +285,7 @@ def check_lora_shape(model: nn.Module, folder: str | Path) -> None:
     peft_config = getattr(model, "peft_config", {}).get("default")
     if peft_config is None:
         return
-    saved_config = json.loads((Path(folder) / "adapter_config.json").read_text())
+    saved_config = read_peft_config(folder)
     for key in ("r", "target_modules", "use_dora"):
         mine, theirs = peft_config.to_dict().get(key), saved_config.get(key)
         if isinstance(mine, (list, set)) or isinstance(theirs, (list, set)):
@@ -137,17 +302,20 @@ def load_adapter(model: nn.Module, folder: str | Path, *, adapter_name: str = "d
     """Attach the adapter in ``folder`` to a bare base model; returns the PEFT model.
 
     A model that already carries adapters gets this one added under ``adapter_name`` (PEFT's
-    named adapters), so one base in memory can switch between several.
+    named adapters), so one base in memory can switch between several. Every file is checked
+    first (form, shapes, finite values): a bad adapter is one ``AdapterError`` line.
     """
     from peft import PeftModel
 
     metadata = read_metadata(folder)
     check_base(model, folder, metadata)
-    if isinstance(model, PeftModel):
-        model.load_adapter(str(folder), adapter_name=adapter_name, is_trainable=is_trainable)
-        return model
-    peft_model = PeftModel.from_pretrained(model, str(folder), adapter_name=adapter_name,
-                                           is_trainable=is_trainable)
+    read_lora_tensors(model, folder, read_peft_config(folder))
+    with _peft_errors(folder):
+        if isinstance(model, PeftModel):
+            model.load_adapter(str(folder), adapter_name=adapter_name, is_trainable=is_trainable)
+            return model
+        peft_model = PeftModel.from_pretrained(model, str(folder), adapter_name=adapter_name,
+                                               is_trainable=is_trainable)
     if metadata.get("lora"):
         peft_model.sam3_lora_config = LoRAConfig.model_validate(metadata["lora"])
     return peft_model
@@ -162,14 +330,15 @@ def load_lora_weights(model: nn.Module, path: str | Path) -> nn.Module:
     """Seed API: load LoRA weights from ``path`` into ``model``, which already has LoRA
     applied with the same settings (``apply_lora_to_model``). Returns ``model``."""
     from peft import set_peft_model_state_dict
-    from safetensors.torch import load_file
 
     metadata = read_metadata(path)
     check_base(model, path, metadata)
     if not hasattr(model, "peft_config"):
         raise AdapterError(f"{path}: the model has no LoRA yet; use load_adapter(model, path) for a bare base")
     check_lora_shape(model, path)
-    result = set_peft_model_state_dict(model, load_file(Path(path) / "adapter_model.safetensors"))
+    tensors = read_lora_tensors(model, path, read_peft_config(path))
+    with _peft_errors(path):
+        result = set_peft_model_state_dict(model, tensors)
     missing = [k for k in result.missing_keys if "lora_" in k]
     if missing:
         raise AdapterError(f"{path}: adapter lacks {len(missing)} LoRA tensors the model has (first: {missing[0]})")
@@ -183,4 +352,6 @@ def _describe(arch: dict) -> str:
 
 def _short(value) -> str:
     text = str(value)
-    return text if len(text) < 80 else f"[{len(value)} modules]"
+    if len(text) < 80:
+        return text
+    return f"[{len(value)} modules]" if isinstance(value, (list, set, tuple)) else text[:77] + "..."

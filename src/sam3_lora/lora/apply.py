@@ -16,6 +16,8 @@ Names from Meta's original SAM3 code map to these: ``qkv`` -> q_proj, k_proj, v_
 
 from __future__ import annotations
 
+import contextlib
+import warnings
 from collections import defaultdict
 from typing import NamedTuple
 
@@ -153,11 +155,22 @@ def apply_lora_to_model(model: nn.Module, config: LoRAConfig | None = None, verb
     config = config or LoRAConfig()
     targets = resolve_targets(model, config)
     names = [name for component_names in targets.values() for name in component_names]
-    peft_model = get_peft_model(model, peft_config(config, names), adapter_name=adapter_name)
+    with peft_quietly():
+        peft_model = get_peft_model(model, peft_config(config, names), adapter_name=adapter_name)
     peft_model.sam3_lora_config = config
     if verbose:
         print(format_summary(lora_summary(peft_model), count_parameters(peft_model)))
     return peft_model
+
+
+@contextlib.contextmanager
+def peft_quietly():
+    """Around PEFT calls that wrap a model: PEFT 0.21 reads ``is_gradient_checkpointing``,
+    which transformers 5 deprecated, and the FutureWarning says nothing to our users."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated",
+                                category=FutureWarning)
+        yield
 
 
 def lora_summary(model: nn.Module) -> dict[str, tuple[int, int]]:

@@ -45,6 +45,7 @@ SAM3 does.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from typing import Any
 
@@ -60,6 +61,7 @@ from sam3_lora.model.box_ops import (
     paired_box_iou,
     paired_generalized_box_iou,
 )
+from sam3_lora.model.tensor_files import nonfinite
 
 # Soft target of a matched query: p^a * IoU^(1-a) (SAM3's IABCEMdetr ``alpha``), at least
 # MIN_SOFT_TARGET so that a matched query is never pushed to 0.
@@ -93,6 +95,9 @@ class Sam3Criterion(nn.Module):
     ``loss_dice``; intermediate layer i adds ``<name>_aux_<i>`` (same weights) and the
     one-to-many term (last layer only) ``<name>_o2m`` (weight x ``one_to_many_weight``; no
     presence term, as in SAM3). A term whose weight is 0 is neither computed nor returned.
+
+    Predictions holding NaN or infinity (a diverged model) cannot be matched: the result is
+    then ``{"loss": NaN}`` alone, which a training loop skips like any non-finite loss.
     """
 
     def __init__(self, matcher: nn.Module, weight_dict: dict[str, float], *, aux_layers: bool = True,
@@ -199,7 +204,13 @@ class Sam3Criterion(nn.Module):
         if self.aux_layers and "aux_outputs" not in outputs:
             raise ValueError("outputs has no 'aux_outputs': run the forward inside "
                              "forward_queries(..., aux_outputs=True), or set loss.aux_layers to false")
+        # First, so that every process joins its all-reduce even when its outputs are not finite.
         num_boxes = _num_boxes(targets, outputs["pred_logits"].device)
+        predictions = self._predictions(outputs)
+        if nonfinite(predictions):
+            # scipy's assignment refuses NaN costs; the step is lost anyway. Still part of the
+            # graph, so that a caller's backward() fails only as a NaN loss would.
+            return {"loss": sum(p.float().sum() for p in predictions.values()) * math.nan}
         losses = self._weighted(outputs, targets, self.matcher(outputs, targets), num_boxes,
                                 masks=True, presence=True)
         if self.aux_layers:
@@ -219,6 +230,15 @@ class Sam3Criterion(nn.Module):
             total = total * len(targets) ** 0.5
         losses["loss"] = total
         return losses
+
+    def _predictions(self, outputs) -> dict[str, torch.Tensor]:
+        """The prediction tensors the loss reads, every decoder layer's, by name."""
+        keys = ["pred_logits", "pred_boxes", "presence_logits"]
+        if self.weight_dict["loss_mask"] or self.weight_dict["loss_dice"]:
+            keys.append("pred_masks")
+        aux = outputs.get("aux_outputs") or [] if self.aux_layers else []
+        layers = [("", outputs), *((f"aux_{i}.", layer) for i, layer in enumerate(aux))]
+        return {prefix + key: layer[key] for prefix, layer in layers for key in keys if key in layer}
 
     def _weighted(self, outputs, targets, indices, num_boxes, masks: bool, presence: bool):
         """The weighted terms of one set of outputs; terms weighing 0 are skipped."""

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 
 from sam3_lora import __version__
 from sam3_lora.errors import ModelLoadError
+from sam3_lora.model.tensor_files import check_finite, read_tensors
 
 if TYPE_CHECKING:
     from transformers import Sam3Model
@@ -49,6 +50,12 @@ def write_model(model: Sam3Model, tokenizer, folder: Path, *, base_source: str =
     (Path(folder) / METADATA_FILE).write_text(json.dumps(metadata, indent=2) + "\n")
 
 
+def check_finite_model(model: Sam3Model, source: str) -> None:
+    """Refuse a loaded model whose weights hold NaN or infinity (a diverged full training):
+    it would answer every prompt with nothing."""
+    check_finite(dict(model.state_dict()), f"model.source {source!r}", ModelLoadError)
+
+
 def is_model_folder(folder: str | Path) -> bool:
     """Whether ``folder`` holds a whole model (``save_pretrained``) rather than an adapter."""
     folder = Path(folder)
@@ -56,13 +63,18 @@ def is_model_folder(folder: str | Path) -> bool:
 
 
 def load_model_weights(model: Sam3Model, folder: str | Path) -> None:
-    """Copy the weights of a model folder written by ``write_model`` into ``model`` (resume)."""
-    from safetensors.torch import load_file
-
+    """Copy the weights of a model folder written by ``write_model`` into ``model`` (resume);
+    damaged, non-finite or misfitting weights raise ``ModelLoadError`` before any is copied."""
     path = Path(folder) / "model.safetensors"
     if not path.is_file():
         raise ModelLoadError(f"{folder}: no model.safetensors; resume a method=full run from its own checkpoints")
-    result = model.load_state_dict(load_file(path), strict=False)
+    tensors = read_tensors(path, ModelLoadError)
+    own = model.state_dict()
+    misfit = next((key for key, tensor in tensors.items() if key in own and own[key].shape != tensor.shape), None)
+    if misfit:
+        raise ModelLoadError(f"{path}: {misfit[:100]} has shape {tuple(tensors[misfit].shape)}, the model's "
+                             f"{tuple(own[misfit].shape)}; resume with the run's own config")
+    result = model.load_state_dict(tensors, strict=False)
     if result.missing_keys or result.unexpected_keys:
         raise ModelLoadError(f"{path}: weights do not fit the model (missing {result.missing_keys[:2]}, "
                              f"unexpected {result.unexpected_keys[:2]}); resume with the run's own config")

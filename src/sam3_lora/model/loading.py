@@ -37,7 +37,7 @@ from transformers import (
 )
 
 from sam3_lora.errors import ModelLoadError
-from sam3_lora.model.folders import METADATA_FILE, quiet_progress
+from sam3_lora.model.folders import METADATA_FILE, check_finite_model, quiet_progress
 from sam3_lora.model.processing import Sam3InputProcessor
 from sam3_lora.model.roi_align import install_fallback
 from sam3_lora.model.tokenizer import VOCAB_SIZE, build_byte_tokenizer
@@ -139,6 +139,7 @@ def load_sam3(source: str = "facebook/sam3", *, revision: str | None = None,
         location = _bundled(source) or _local_folder(source) or source
         with quiet_progress() if source in BUNDLED else contextlib.nullcontext():
             model = _from_pretrained(Sam3Model, location, source, config=config, revision=revision, token=token)
+        check_finite_model(model, source)
         tokenizer = _from_pretrained(AutoTokenizer, location, source, revision=revision, token=token)
         _check_tokenizer(tokenizer, config, source)
     processor = Sam3InputProcessor(

@@ -26,6 +26,7 @@ import math
 import shutil
 import signal
 import time
+import warnings
 from functools import partial
 from importlib.util import find_spec
 from pathlib import Path
@@ -43,7 +44,7 @@ from sam3_lora.data.collate import build_dataloader
 from sam3_lora.data.dataset import ConceptDataset
 from sam3_lora.errors import ConfigError, Sam3LoraError
 from sam3_lora.evaluation.runner import SplitRunner, score
-from sam3_lora.files import atomic_folder
+from sam3_lora.files import atomic_folder, check_output
 from sam3_lora.lora.adapter import load_lora_weights, write_adapter
 from sam3_lora.lora.apply import apply_lora_to_model, count_parameters, format_summary, lora_summary
 from sam3_lora.loss.criterion import build_criterion
@@ -51,10 +52,12 @@ from sam3_lora.model.folders import load_model_weights, write_model
 from sam3_lora.model.forward import QueryModel, as_float32
 from sam3_lora.model.loading import load_sam3
 from sam3_lora.training.checkpoint import (
-    latest_checkpoint,
     load_checkpoint,
     prune_checkpoints,
+    restore_newest,
+    resume_candidates,
     save_checkpoint,
+    truncate_log,
 )
 from sam3_lora.training.optim import lr_lambda, param_groups
 from sam3_lora.training.resources import (
@@ -100,17 +103,34 @@ class SAM3LoRATrainer:
     # ---- setup -----------------------------------------------------------------
 
     def setup(self) -> SAM3LoRATrainer:
+        # What the user can get wrong is checked before the model loads (minutes at full size).
+        check_output(self.run_dir, folder=True, what="output.dir")
+        checkpoints = self._find_checkpoints()
+        self._load_splits()
         self._setup_accelerator()
         self._setup_model()
         self._setup_data()
         self._setup_optimizer()
         self.criterion = build_criterion(self.config.loss)
-        if self.resume:
-            self._restore(self.resume)
+        if checkpoints:
+            self._restore(checkpoints)
         if self.accelerator.is_main_process:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             self.config.save(self.run_dir / "config.yaml")
+            if checkpoints:   # the steps after the checkpoint are replayed: log each once
+                truncate_log(self.run_dir / "metrics.jsonl", self.step)
         return self
+
+    def _find_checkpoints(self) -> list[Path]:
+        """The checkpoints ``resume`` names, newest first ([] without ``resume``)."""
+        if not self.resume:
+            return []
+        auto = str(self.resume) == "auto"
+        found = resume_candidates(self.run_dir if auto else self.resume)
+        if not found and not auto:
+            raise TrainingError(f"{self.resume}: no checkpoint there; give a run folder with checkpoints/",
+                                option="resume")
+        return found
 
     def _setup_accelerator(self) -> None:
         cfg = self.config.training
@@ -152,7 +172,8 @@ class SAM3LoRATrainer:
         self._log_text(f"full training: all {self.parameters.trainable:,} parameters" if self.full
                        else format_summary(lora_summary(model), self.parameters))
 
-    def _setup_data(self) -> None:
+    def _load_splits(self) -> None:
+        """Read and check the train (and valid) annotations; no model or accelerator needed."""
         root = Path(self.config.data.root)
         if not (root / "train").is_dir():
             raise ConfigError(f"data.root={root}: no train/ folder there; point data.root at the folder "
@@ -162,6 +183,22 @@ class SAM3LoRATrainer:
             if (root / name).is_dir():
                 split = load_coco_split(root / name, self.config.data.annotation_file, name=name)
                 self.splits[name] = check_split(split, self.config.data.skip_invalid)
+        self._warn_without_negatives()
+
+    def _warn_without_negatives(self) -> None:
+        """Negative queries teach the model to refuse; a dataset with one prompt has none to draw."""
+        data = self.config.data
+        prompts = ({data.generic_prompt} if data.prompt_mode == "generic" else
+                   {data.prompts.get(name, name) for name in self.splits["train"].categories.values()})
+        if data.num_negatives and not data.negative_phrases and len(prompts) == 1:
+            warnings.warn(f"{data.root}: the training data has one prompt ({next(iter(prompts))[:40]}), so there "
+                          f"are no negative queries and the model never learns to refuse other concepts; add "
+                          f"data.negative_phrases (e.g. [person, car, tree]) to draw negatives from",
+                          UserWarning, stacklevel=2)
+
+    def _setup_data(self) -> None:
+        """Prompts and the step count, which depend on the model's input size and the processes."""
+        root = Path(self.config.data.root)
         if "valid" not in self.splits:
             self._log_text(f"no validation split in {root}: training without evaluation; last/ = best/")
         self.prompts = sorted({prompt for name, split in self.splits.items() for prompt in
@@ -184,22 +221,24 @@ class SAM3LoRATrainer:
             optimizer, partial(lr_lambda, kind=cfg.lr_scheduler, warmup=cfg.warmup_steps, total=self.total_steps))
         self.model, self.optimizer = self.accelerator.prepare(QueryModel(self.peft_model), optimizer)
 
-    def _restore(self, resume: str | Path) -> None:
-        folder = latest_checkpoint(self.run_dir if str(resume) == "auto" else resume)
-        if folder is None:
-            if str(resume) == "auto":
-                return
-            raise TrainingError(f"{resume}: no checkpoint there; give a run folder with checkpoints/",
-                                option="resume")
-        if self.full:
-            load_model_weights(self.peft_model, folder)
-        else:
-            load_lora_weights(self.peft_model, folder)
-        progress = load_checkpoint(folder, self.optimizer.optimizer, self.scheduler, self.accelerator.scaler)
+    def _restore(self, checkpoints: list[Path]) -> None:
+        """Resume from the newest of ``checkpoints`` that is intact, saying which were not."""
+        folder, progress, damaged = restore_newest(checkpoints, self._restore_from)
+        for _, why in damaged:
+            self._log_text(f"checkpoint damaged: {why}; resuming from {folder} instead")
         self.step, self.epoch, self.batches_done = progress["step"], progress["epoch"], progress["batches_done"]
         self.best_value = progress["best_value"]
         self.evals_without_improvement = progress["evals_without_improvement"]
         self._log_text(f"resumed from {folder} at step {self.step}")
+
+    def _restore_from(self, folder: Path) -> dict:
+        """Weights and training state of one checkpoint; raises ``Sam3LoraError`` if damaged."""
+        if self.full:
+            load_model_weights(self.peft_model, folder)
+        else:
+            load_lora_weights(self.peft_model, folder)
+        return load_checkpoint(folder, self.optimizer.optimizer, self.scheduler, self.accelerator.scaler,
+                               progress_like=self._progress())
 
     # ---- the loop ----------------------------------------------------------------
 
@@ -321,7 +360,8 @@ class SAM3LoRATrainer:
             hint = ("training.mixed_precision=fp16 overflows: use bf16 or no, or lower "
                     if self.config.training.mixed_precision == "fp16" else "lower ")
             raise TrainingError(
-                f"loss was NaN or infinite for {count} steps in a row at step {self.step}: {hint}"
+                f"the model's outputs or loss were NaN or infinite for {count} steps in a row at step "
+                f"{self.step}: {hint}"
                 f"training.learning_rate ({self.config.training.learning_rate:g}); the last good "
                 f"checkpoint is in {self.run_dir / 'checkpoints'}"
             )
@@ -428,15 +468,18 @@ class SAM3LoRATrainer:
         self.accelerator.wait_for_everyone()
         if not self.accelerator.is_main_process:
             return
-        progress = {"step": self.step, "epoch": self.epoch, "batches_done": self.batches_done,
-                    "best_value": self.best_value, "evals_without_improvement": self.evals_without_improvement}
         folder = save_checkpoint(self.run_dir / "checkpoints" / f"step-{self.step:06d}", self.write_weights,
-                                 self.optimizer.optimizer, self.scheduler, self.accelerator.scaler, progress)
+                                 self.optimizer.optimizer, self.scheduler, self.accelerator.scaler, self._progress())
         prune_checkpoints(self.run_dir, self.config.training.save_total_limit)
         for name in ("last", "best") if best else ("last",):
             with atomic_folder(self.run_dir / name) as staging:
                 self.write_weights(staging)
         self.last_checkpoint = folder
+
+    def _progress(self) -> dict:
+        """Where training stands: what a checkpoint restores besides weights and optimiser."""
+        return {"step": self.step, "epoch": self.epoch, "batches_done": self.batches_done,
+                "best_value": self.best_value, "evals_without_improvement": self.evals_without_improvement}
 
     def write_weights(self, folder: Path) -> None:
         """The trained weights into the existing ``folder``: the adapter, or the whole model."""
@@ -464,9 +507,14 @@ class SAM3LoRATrainer:
     def _log_json(self, record: dict) -> None:
         if not self.accelerator.is_main_process:
             return
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        with open(self.run_dir / "metrics.jsonl", "a") as file:
-            file.write(json.dumps(record) + "\n")
+        path = self.run_dir / "metrics.jsonl"
+        try:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            with open(path, "a") as file:
+                file.write(json.dumps(record) + "\n")
+        except OSError as exc:   # a full disk: say so in one line, the checkpoints are intact
+            raise TrainingError(f"{path}: could not be written ({exc.strerror or type(exc).__name__}); free some "
+                                f"space, then resume from {self.run_dir}", option="resume") from None
         numbers = {k: v for k, v in record.items() if isinstance(v, (int, float)) and k != "step"}
         if self.accelerator.trackers:
             self.accelerator.log(numbers, step=record["step"])
@@ -503,7 +551,7 @@ def _better_is_higher(metric: str, metrics: dict) -> float | None:
     """The best metric's value, signed so that higher is better (None: undefined, e.g. cgF1
     without negative prompts, which never counts as an improvement)."""
     value = metrics.get(metric)
-    if value is None:
+    if value is None or not math.isfinite(value):   # a NaN loss (diverged) is never the best
         return None
     return -value if metric == "val_loss" else value
 

@@ -144,6 +144,9 @@ def check_split(split: CocoSplit, skip_invalid: bool) -> CocoSplit:
     A split with no usable image raises either way.
     """
     errors = split.errors
+    if not split.images:   # skipping cannot help: nothing would be left
+        raise DataError(f"no usable image in {split.annotation_path}; run `sam3-lora data "
+                        f"validate {split.root}` to see why")
     if errors and not skip_invalid:
         plural = "s" if len(errors) > 1 else ""
         raise DataError(
@@ -151,9 +154,6 @@ def check_split(split: CocoSplit, skip_invalid: bool) -> CocoSplit:
             f"{errors[0].message}); run `sam3-lora data validate {split.root}` for the list, "
             "or set data.skip_invalid=true to skip them"
         )
-    if not split.images:
-        raise DataError(f"no usable image in {split.annotation_path}; run `sam3-lora data "
-                        f"validate {split.root}` to see why")
     for problem in errors:
         logger.warning("skipped (data.skip_invalid=true): %s", problem)
     return split
