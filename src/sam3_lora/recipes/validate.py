@@ -32,6 +32,7 @@ from sam3_lora.evaluation.runner import (
     score,
 )
 from sam3_lora.lora.weights import has_adapter, load_finetuned
+from sam3_lora.model.precision import dtype_name, weights_dtype
 
 
 class EvaluationError(Sam3LoraError):
@@ -78,6 +79,7 @@ def validate(config: Config, *, weights: str | Path | None = None, split: str | 
     forgetting = forgetting_check(runner) if adapted else {}
     out_dir = Path(output) if output else Path(config.output.dir) / f"eval-{split_name}"
     summary = {**metrics, "split": split_name, "weights": str(chosen or "base model"),
+               "model_dtype": dtype_name(weights_dtype(model)),
                "images": len(runner.image_ids), "units": len(found.units), "cgF1_defined": defined,
                **({"base": base_metrics} if base_metrics else {}), **({"forgetting": forgetting} if forgetting else {})}
     _write_outputs(out_dir, summary, found, base_found, runner, curves, config)
