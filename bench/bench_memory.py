@@ -71,27 +71,51 @@ def estimate_gb(rows: list[dict], size: int, preset: str, dtype: str, ckpt: bool
         return None, None
     last = max(prior, key=lambda r: r["image_size"])
     if "peak_memory_gb" not in last:
-        return None, f"did not fit at {last['image_size']} px"
+        return None, (f"out of memory at {last['image_size']} px" if "oom" in last
+                      else f"not run at {last['image_size']} px either")
     scale = (size / last["image_size"]) ** 2
     return last["after_load_gb"] + (last["peak_memory_gb"] - last["after_load_gb"]) * scale, None
 
 
 def measure(args: argparse.Namespace) -> list[dict]:
-    """Every configuration, each in a fresh process (or skipped); rows in run order."""
-    modes = {"off": [False], "on": [True], "both": [False, True]}[args.checkpointing]
-    done = {}
-    if args.resume and args.json and Path(args.json).is_file():
-        done = {key(r): r for r in json.loads(Path(args.json).read_text()) if "peak_memory_gb" in r}
-    rows: list[dict] = []
-    for size, preset, dtype, ckpt in configurations(args.image_sizes, args.presets, modes, args.dtypes):
-        head = {"model": args.model, "image_size": size, "preset": preset, "dtype": dtype, "checkpointing": ckpt,
-                "batch_size": 1, "queries_per_image": args.queries}
-        command = child_command(args.model, size, preset, 1, ckpt, PRECISION[dtype], args.queries, 0, dtype)
-        if args.dry_run:
+    """Every configuration, each in a fresh process (or skipped); rows in the order they ran.
+
+    A configuration is ready once the same one at every smaller size is done (its estimate
+    comes from there). The first ready one that fits the memory available now runs; on a CPU
+    shared with others, the rest wait (up to ``--wait-minutes`` without any progress)."""
+    modes = {"off": [False], "on": [True], "both": [True, False]}[args.checkpointing]   # the lighter first
+    pending = configurations(args.image_sizes, args.presets, modes, args.dtypes)
+    if args.dry_run:
+        for size, preset, dtype, ckpt in pending:
+            command = child_command(args.model, size, preset, 1, ckpt, PRECISION[dtype], args.queries, 0, dtype)
             print(f"{size} px {preset} {dtype} checkpointing {'on' if ckpt else 'off'}: "
                   f"{shlex.join(['python', *command[1:]])}")
+        return []
+    rows: list[dict] = []
+    if args.resume and args.json and Path(args.json).is_file():
+        done = {key(r): r for r in json.loads(Path(args.json).read_text()) if "peak_memory_gb" in r}
+        rows = [done[c] for c in pending if c in done]
+        pending = [c for c in pending if c not in done]
+    needed: dict[tuple, float] = {}   # more than an out-of-memory cap that others' use had lowered
+    progress = time.monotonic()
+    while pending:
+        ready = [c for c in pending if not any(p[1:] == c[1:] and p[0] < c[0] for p in pending)]
+        chosen, row = next_configuration(ready, rows, needed, args)
+        if chosen is None:
+            if time.monotonic() - progress < 60 * args.wait_minutes:
+                time.sleep(30)
+                continue
+            chosen = ready[0]   # stalled: give up on the first ready one
+            row = {"skipped": f"estimated {estimate_gb(rows, *chosen)[0] or needed.get(chosen, 0):.1f} GB > "
+                              f"{available_gb() - args.reserve_gb:.1f} GB available"}
+        head = {"model": args.model, "image_size": chosen[0], "preset": chosen[1], "dtype": chosen[2],
+                "checkpointing": chosen[3], "batch_size": 1, "queries_per_image": args.queries}
+        row = {**head, **row} if row else run_one(head, args)
+        if "oom" in row and row.pop("cap_lowered_by_others", False):
+            needed[chosen] = row["cap_gb"] + 1.0   # run it again when that much more is free
             continue
-        row = done.get(key(head)) or run_when_it_fits(command, head, rows, args)
+        pending.remove(chosen)
+        progress = time.monotonic()
         rows.append(row)
         print(json.dumps(row), file=sys.stderr, flush=True)
         if args.json:   # after every row: a long run killed midway keeps what it measured
@@ -103,33 +127,38 @@ def key(row: dict) -> tuple:
     return row["image_size"], row["preset"], row["dtype"], row["checkpointing"]
 
 
-def run_when_it_fits(command: list[str], head: dict, rows: list[dict], args: argparse.Namespace) -> dict:
-    """Measure one configuration; on a CPU shared with others, wait while the memory it is
-    estimated to need (or, after an out-of-memory cap, more than that cap) is not available."""
+def next_configuration(ready: list[tuple], rows: list[dict], needed: dict, args: argparse.Namespace):
+    """(configuration, row to record instead of running it or None), or (None, None) to wait."""
     cuda = torch.cuda.is_available()
-    estimate, reason = estimate_gb(rows, *key(head))
-    if reason:
-        return {**head, "skipped": reason}
-    deadline = time.monotonic() + 60 * args.wait_minutes
-    needed = estimate or 0.0
-    while True:
-        budget = None if cuda else available_gb() - args.reserve_gb
-        if budget is not None and needed > budget:
-            if time.monotonic() < deadline and needed <= available_gb("MemTotal") - args.reserve_gb:
-                time.sleep(30)
-                continue
-            return {**head, "skipped": f"estimated {needed:.1f} GB > {budget:.1f} GB available"}
-        started = time.perf_counter()
-        limit = None if cuda else min(args.memory_limit_gb, available_gb() - 1.0)
-        try:
-            measured = run_capped(command, limit)
-        except RuntimeError as exc:   # one broken configuration must not end an hours-long run
-            measured = {"failed": str(exc).strip().splitlines()[-1][:200]}
-        if measured:
-            return {**head, **measured, "wall_s": round(time.perf_counter() - started, 1)}
-        if limit is None or limit >= args.memory_limit_gb or time.monotonic() >= deadline:
-            return {**head, "oom": oom_text(limit)}
-        needed = max(needed, limit + 1.0)   # others held memory and lowered the cap: wait for more
+    for config in ready:
+        estimate, reason = estimate_gb(rows, *config)
+        if reason:
+            return config, {"skipped": reason}
+        need = max(estimate or 0.0, needed.get(config, 0.0))
+        if cuda:
+            return config, None
+        if need > available_gb("MemTotal") - args.reserve_gb:   # would not fit the whole machine
+            return config, {"skipped": f"estimated {need:.1f} GB > {available_gb('MemTotal') - args.reserve_gb:.1f} "
+                                       f"GB (all of this machine's memory less {args.reserve_gb:g} GB)"}
+        if need <= available_gb() - args.reserve_gb:
+            return config, None
+    return None, None
+
+
+def run_one(head: dict, args: argparse.Namespace) -> dict:
+    """One configuration in a fresh process, capped (CPU) at the memory available now."""
+    command = child_command(args.model, head["image_size"], head["preset"], 1, head["checkpointing"],
+                            PRECISION[head["dtype"]], args.queries, 0, head["dtype"])
+    started = time.perf_counter()
+    limit = None if torch.cuda.is_available() else min(args.memory_limit_gb, available_gb() - 1.0)
+    try:
+        measured = run_capped(command, limit)
+    except RuntimeError as exc:   # one broken configuration must not end an hours-long run
+        measured = {"failed": str(exc).strip().splitlines()[-1][:200]}
+    if measured:
+        return {**head, **measured, "wall_s": round(time.perf_counter() - started, 1)}
+    lowered = limit is not None and limit < args.memory_limit_gb
+    return {**head, "oom": oom_text(limit), "cap_gb": limit, "cap_lowered_by_others": lowered}
 
 
 def cell(row: dict | None) -> str:
@@ -181,7 +210,7 @@ def main() -> None:
     parser.add_argument("--image-sizes", type=int, nargs="+", default=[336, 672, 1008])
     parser.add_argument("--presets", nargs="+", default=["minimal", "balanced", "full"])
     parser.add_argument("--checkpointing", choices=["off", "on", "both"], default="both")
-    parser.add_argument("--dtypes", nargs="+", choices=list(PRECISION), default=list(PRECISION))
+    parser.add_argument("--dtypes", nargs="+", choices=list(PRECISION), default=["bfloat16", "float32"])
     parser.add_argument("--queries", type=int, default=4, help="text queries per image")
     parser.add_argument("--reserve-gb", type=float, default=2.0,
                         help="CPU: skip a configuration estimated to leave less than this free")

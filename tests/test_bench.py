@@ -56,12 +56,17 @@ def test_memory_is_estimated_from_the_next_smaller_size_and_skipped_when_it_cann
     assert bench_memory.estimate_gb([measured], 672, "balanced", "float32", True) == (None, None)
     oom = {**measured, "peak_memory_gb": None, "oom": "> 20 GB"}
     del oom["peak_memory_gb"]
-    assert bench_memory.estimate_gb([oom], 1008, "balanced", "float32", False)[1] == "did not fit at 336 px"
-    monkeypatch.setattr(bench_memory, "available_gb", lambda field="MemAvailable": 10.0)
+    assert bench_memory.estimate_gb([oom], 1008, "balanced", "float32", False)[1] == "out of memory at 336 px"
+    memory = {"MemAvailable": 10.0, "MemTotal": 24.0}
+    monkeypatch.setattr(bench_memory, "available_gb", lambda field="MemAvailable": memory[field])
     args = argparse.Namespace(reserve_gb=2.0, wait_minutes=0, memory_limit_gb=20.0)
+    assert bench_memory.next_configuration([(672, "balanced", "float32", False)], [measured], {}, args) == (None, None)
+    assert bench_memory.next_configuration([(672, "balanced", "float32", True)], [measured], {}, args) == (
+        (672, "balanced", "float32", True), None)   # nothing measured to estimate from: run it
+    _, row = bench_memory.next_configuration([(1344, "balanced", "float32", False)], [measured], {}, args)
+    assert row == {"skipped": "estimated 36.0 GB > 22.0 GB (all of this machine's memory less 2 GB)"}
     head = {"image_size": 672, "preset": "balanced", "dtype": "float32", "checkpointing": False}
-    row = bench_memory.run_when_it_fits(["false"], head, [measured], args)
-    assert row["skipped"] == "estimated 12.0 GB > 8.0 GB available"
+    row = {**head, "skipped": "estimated 12.0 GB > 8.0 GB available"}
     rows = [row, {**head, "image_size": 336, "dtype": "bfloat16", "peak_memory_gb": 3.0, "after_load_gb": 2.0,
                   "memory": "peak RSS"}]
     table = bench_memory.table(rows)
@@ -69,11 +74,43 @@ def test_memory_is_estimated_from_the_next_smaller_size_and_skipped_when_it_cann
     assert "| 336 | balanced | - | - | 3.00 GB | - | - / 2.00 GB |" in table
 
 
+def test_bench_memory_runs_what_fits_first_and_resumes(monkeypatch, tmp_path):
+    """Shared machine: a configuration that does not fit now waits while others run; one whose
+    cap others' memory had lowered runs again; --resume keeps what was measured."""
+    memory = {"MemAvailable": 13.0, "MemTotal": 24.0}
+    monkeypatch.setattr(bench_memory, "available_gb", lambda field="MemAvailable": memory[field])
+    monkeypatch.setattr(bench_memory.time, "sleep", lambda s: memory.update(MemAvailable=30.0))
+    runs = []
+
+    def fake_run(head, args):
+        runs.append(bench_memory.key(head))
+        if len(runs) == 2:   # others held memory: the cap was too low
+            return {**head, "oom": "> 9 GB", "cap_gb": 9.0, "cap_lowered_by_others": True}
+        peak = {336: 6.0, 672: 13.0}[head["image_size"]] - 2.0 * head["checkpointing"]
+        return {**head, "peak_memory_gb": peak, "after_load_gb": 4.0}
+
+    monkeypatch.setattr(bench_memory, "run_one", fake_run)
+    out = tmp_path / "rows.json"
+    args = argparse.Namespace(checkpointing="both", image_sizes=[672, 336], presets=["balanced"], dtypes=["float32"],
+                              dry_run=False, resume=False, json=str(out), model="sam3", queries=4, reserve_gb=2.0,
+                              wait_minutes=60, memory_limit_gb=20.0)
+    rows = bench_memory.measure(args)
+    # 672 off needs 4 + 2 * 4 = 12 GB > 13 - 2: it waits, 672 on (4 + 0 = 4 GB) goes first.
+    assert runs == [(336, "balanced", "float32", True), (336, "balanced", "float32", False),
+                    (336, "balanced", "float32", False), (672, "balanced", "float32", True),
+                    (672, "balanced", "float32", False)]
+    assert [bench_memory.key(r) for r in rows] == [runs[0], *runs[2:]]   # the out-of-memory try left no row
+    assert all("peak_memory_gb" in r for r in rows)
+    runs.clear()
+    assert len(bench_memory.measure(argparse.Namespace(**{**vars(args), "resume": True}))) == 4 and not runs
+
+
 def test_bench_memory_dry_run_lists_the_grid_smallest_first():
     result = subprocess.run([sys.executable, str(BENCH / "bench_memory.py"), "--dry-run"],
                             capture_output=True, text=True, timeout=60, check=True)
     lines = result.stdout.splitlines()
-    assert len(lines) == 36 and lines[0].startswith("336 px minimal float32") and lines[-1].startswith("1008 px full")
+    assert len(lines) == 36 and lines[0].startswith("336 px minimal bfloat16 checkpointing on")
+    assert lines[-1].startswith("1008 px full float32 checkpointing off")
     assert all("--steps 0" in line for line in lines)
 
 
