@@ -30,6 +30,7 @@ import argparse
 import datetime
 import json
 import os
+import re
 import shlex
 import sys
 import time
@@ -93,7 +94,9 @@ def measure(args: argparse.Namespace) -> list[dict]:
         return []
     rows: list[dict] = []
     if args.resume and args.json and Path(args.json).is_file():
-        done = {key(r): r for r in json.loads(Path(args.json).read_text()) if "peak_memory_gb" in r}
+        # Measured rows, and out of memory under the full cap (not one that others had lowered).
+        done = {key(r): r for r in json.loads(Path(args.json).read_text())
+                if "peak_memory_gb" in r or r.get("cap_gb", 0) >= args.memory_limit_gb}
         rows = [done[c] for c in pending if c in done]
         pending = [c for c in pending if c not in done]
     needed: dict[tuple, float] = {}   # more than an out-of-memory cap that others' use had lowered
@@ -154,15 +157,25 @@ def run_one(head: dict, args: argparse.Namespace) -> dict:
     try:
         measured = run_capped(command, limit)
     except RuntimeError as exc:   # one broken configuration must not end an hours-long run
-        measured = {"failed": str(exc).strip().splitlines()[-1][:200]}
+        exit_status = re.search(r"failed \(exit (-?\d+)\)", str(exc))
+        measured = {"failed": f"exit {exit_status[1] if exit_status else '?'}: {str(exc).strip().splitlines()[-1][:200]}"}
     if measured:
         return {**head, **measured, "wall_s": round(time.perf_counter() - started, 1)}
     lowered = limit is not None and limit < args.memory_limit_gb
     return {**head, "oom": oom_text(limit), "cap_gb": limit, "cap_lowered_by_others": lowered}
 
 
+LEGEND = {
+    "not run (est.": "not run (est. N GB): the same configuration at the next smaller size, its memory above the "
+                     "loaded model scaled by the pixel count, did not leave RESERVE GB of this machine's memory",
+    "not run |": "not run: not run at the smaller size either",
+    "OOM": "OOM (> N GB): the process's address space reached its cap (a bit above its RSS)",
+    "failed": "failed: the process ended without a result (see the run's log)",
+}
+
+
 def cell(row: dict | None) -> str:
-    """One table cell: the peak, or why there is none."""
+    """One table cell: the peak, or why there is none (LEGEND says what each means)."""
     if row is None:
         return "-"
     if "peak_memory_gb" in row:
@@ -171,10 +184,11 @@ def cell(row: dict | None) -> str:
         return f"OOM ({row['oom']})"
     if "failed" in row:
         return "failed"
-    return f"not run ({row['skipped']})"
+    estimate = re.match(r"estimated ([\d.]+) GB", row["skipped"])
+    return f"not run (est. {estimate[1]} GB)" if estimate else "not run"
 
 
-def table(rows: list[dict], sizes: list[int] | None = None) -> str:
+def table(rows: list[dict], sizes: list[int] | None = None, reserve_gb: float = 2.0) -> str:
     """Markdown: one line per (image size, preset), the four (dtype, checkpointing) columns,
     then the memory held by the loaded model (float32 / bfloat16)."""
     memory = next((r["memory"] for r in rows if "memory" in r), "peak memory")
@@ -190,7 +204,10 @@ def table(rows: list[dict], sizes: list[int] | None = None) -> str:
                             if (s, p, d) == (size, preset, dtype) and "after_load_gb" in r), "-")
                       for dtype in ("float32", "bfloat16")]
             lines.append(f"| {size} | {preset} | {' | '.join(cells)} | {' / '.join(loaded)} GB |")
-    return f"Peak: {memory} during the step.\n\n" + "\n".join(lines)
+    body = "\n".join(lines)
+    legend = [text for mark, text in LEGEND.items() if mark in body]
+    notes = f"\n\n{'; '.join(legend).replace('RESERVE', f'{reserve_gb:g}')}." if legend else ""
+    return f"Peak: {memory} during the step.\n\n{body}{notes}"
 
 
 def record(markdown: str, args: argparse.Namespace, load: float) -> None:
@@ -227,7 +244,7 @@ def main() -> None:
     rows = measure(args)
     if args.dry_run:
         return
-    markdown = table(rows, sorted(args.image_sizes))
+    markdown = table(rows, sorted(args.image_sizes), args.reserve_gb)
     print(markdown)
     if args.write:
         record(markdown, args, load)

@@ -130,8 +130,8 @@ def safe_step(loaded, args, preset: str, batch_size: int, checkpointing: bool, p
     return row
 
 
-def release(*objects) -> None:
-    del objects
+def release() -> None:
+    """Hand memory no longer referenced back (the caller drops its references first)."""
     gc.collect()
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
@@ -228,16 +228,19 @@ def main() -> int:
     memory: list[dict] = []
     size = engine.processor.image_size
     for memory_size in sorted(args.memory_sizes, reverse=True):
-        loaded = engine if memory_size == size else plan.run(f"build {memory_size} px", build, args.model,
-                                                                    memory_size, "float32", device)
+        if memory_size == size and engine is not None:
+            loaded = engine   # bfloat16 now
+        else:   # one model on the device at a time: the peaks must count only the one measured
+            loaded = engine = None
+            release()
+            loaded = plan.run(f"build {memory_size} px", build, args.model, memory_size, "float32", device)
         if loaded is None:
             continue
         for dtype, precision in MEMORY_COLUMNS[::-1] if loaded is engine else MEMORY_COLUMNS:
             loaded.model.to(getattr(torch, dtype))
             memory += plan.run(f"memory {memory_size} px {dtype}", memory_grid, loaded, args, dtype, precision) or []
-        if loaded is not engine:
-            release(loaded)
-    release(engine)
+        loaded = engine = None
+        release()
     markdown = report(results, args, plan)
     memory_markdown = memory_table(memory, sorted(args.memory_sizes)) if memory else ""
     print(markdown + ("\n\nMemory of one training step, batch 1:\n\n" + memory_markdown if memory else ""))

@@ -70,7 +70,8 @@ def test_memory_is_estimated_from_the_next_smaller_size_and_skipped_when_it_cann
     rows = [row, {**head, "image_size": 336, "dtype": "bfloat16", "peak_memory_gb": 3.0, "after_load_gb": 2.0,
                   "memory": "peak RSS"}]
     table = bench_memory.table(rows)
-    assert "| 672 | balanced | not run (estimated 12.0 GB > 8.0 GB available) | - | - | - | - / - GB |" in table
+    assert "| 672 | balanced | not run (est. 12.0 GB) | - | - | - | - / - GB |" in table
+    assert "not run (est. N GB): the same configuration at the next smaller size" in table
     assert "| 336 | balanced | - | - | 3.00 GB | - | - / 2.00 GB |" in table
 
 

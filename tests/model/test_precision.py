@@ -117,9 +117,11 @@ def test_full_training_keeps_float32_master_weights(ampere):
 def test_the_choice_is_recorded_and_described(ampere):
     precision = resolve_precision("auto", "auto", CUDA)
     assert precision.record() == {"device": "cuda", "base_dtype": "bfloat16", "autocast": "bf16",
-                                  "lora_dtype": "float32", "tf32": False}
+                                  "trained_dtype": "float32", "tf32": False}
     assert precision.describe() == "cuda: base weights bfloat16, autocast bf16, LoRA float32"
     assert "TF32" in resolve_precision("float32", "no", CUDA).describe()
+    assert resolve_precision("auto", "auto", CUDA, full_training=True).describe() == (
+        "cuda: every weight trained in float32, autocast bf16")
 
 
 # ---- TF32 --------------------------------------------------------------------------------

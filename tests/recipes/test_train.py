@@ -134,7 +134,7 @@ def test_bfloat16_base_trains_float32_lora(shapes, tmp_path, capsys):
     assert main(argv) == 0
     assert "precision: cpu: base weights bfloat16, autocast bf16, LoRA float32" in capsys.readouterr().out
     assert metrics(run)[0] == {"step": 0, "precision": {"device": "cpu", "base_dtype": "bfloat16", "autocast": "bf16",
-                                                        "lora_dtype": "float32", "tf32": False}}
+                                                        "trained_dtype": "float32", "tf32": False}}
     for name in ("best", "last"):
         assert {t.dtype for t in load_file(run / name / "adapter_model.safetensors").values()} == {torch.float32}
 
@@ -324,7 +324,8 @@ def test_full_size_step_at_336_px_changes_only_lora(tmp_path):
     synthesize(tmp_path / "data", images_per_split={"train": 2}, image_size=336, seed=1)
     config = load_config("balanced", [f"data.root={tmp_path / 'data'}", f"output.dir={tmp_path / 'run'}",
                                       "model.source=sam3", "model.image_size=336", "training.max_steps=1",
-                                      "data.num_negatives=1", "training.report_to=[]"])
+                                      "data.num_negatives=1", "training.report_to=[]",
+                                      "training.activation_checkpointing=0"])
     trainer = SAM3LoRATrainer(config, quiet=True).setup()
     before = {n: p.detach().sum().item() for n, p in trainer.peft_model.named_parameters()}
     block_calls = []

@@ -46,6 +46,8 @@ class Precision:
     """Dtype of the base model's weights."""
     autocast: str
     """Autocast of the forward (and backward): ``no``, ``bf16`` or ``fp16`` (Accelerate's names)."""
+    full_training: bool = False
+    """Every weight trains (float32 master weights), not LoRA."""
 
     @property
     def tf32(self) -> bool:
@@ -55,12 +57,14 @@ class Precision:
     def record(self) -> dict:
         """The choice as plain JSON (written to a run's metrics.jsonl and metrics.json)."""
         return {"device": self.device, "base_dtype": dtype_name(self.dtype), "autocast": self.autocast,
-                "lora_dtype": "float32", "tf32": self.tf32}
+                "trained_dtype": "float32", "tf32": self.tf32}
 
     def describe(self) -> str:
         """One line, e.g. 'cuda: base weights bfloat16, autocast bf16, LoRA float32'."""
         math = f"autocast {self.autocast}" if self.autocast != "no" else (
             "float32 math (TF32 matmuls)" if self.tf32 else "float32 math")
+        if self.full_training:
+            return f"{self.device}: every weight trained in float32, {math}"
         return f"{self.device}: base weights {dtype_name(self.dtype)}, {math}, LoRA float32"
 
 
@@ -127,7 +131,7 @@ def resolve_precision(dtype: str = "auto", mixed_precision: str | None = "auto",
         raise ConfigError(f"model.dtype={dtype_name(weights)} with training.mixed_precision={autocast}: a "
                           f"{dtype_name(weights)} base computes under {HALF[weights]} autocast; set "
                           f"training.mixed_precision=auto (or {HALF[weights]}), or model.dtype=float32")
-    return Precision(device.type, weights, autocast)
+    return Precision(device.type, weights, autocast, full_training)
 
 
 def enable_tf32(precision: Precision) -> None:

@@ -8,7 +8,8 @@ the same code serves one CPU, one GPU, or many processes under ``accelerate laun
 Run folder (``output.dir``)::
 
     config.yaml            the effective config, every key
-    metrics.jsonl          one JSON line per log and per evaluation
+    metrics.jsonl          one JSON line per log and per evaluation; at each (re)start first
+                           {"step", "precision"}: what model.dtype and mixed_precision became
     tensorboard/           TensorBoard events (and other trackers through Accelerate)
     checkpoints/step-N/    resumable: weights + optimiser, scheduler, scaler, RNG, progress
     last/                  weights of the latest step

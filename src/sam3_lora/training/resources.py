@@ -53,7 +53,34 @@ def peak_tflops(device: torch.device) -> float | None:
 # a CPU as peak RSS: a proxy for GPU memory until a GPU run replaces it. A test keeps it equal
 # to the newest table in BENCHMARKS.md.
 STEP_MEMORY_SOURCE = "from CPU peak RSS, a proxy: BENCHMARKS.md"
-STEP_MEMORY_GB: dict[tuple[int, str, str, bool], tuple[float, float]] = {}
+STEP_MEMORY_GB: dict[tuple[int, str, str, bool], tuple[float, float]] = {   # measured 2026-11-30
+    (336, "minimal", "float32", False): (6.16, 3.54),
+    (336, "minimal", "float32", True): (5.59, 3.54),
+    (336, "minimal", "bfloat16", False): (3.43, 1.99),
+    (336, "minimal", "bfloat16", True): (2.78, 1.99),
+    (336, "balanced", "float32", False): (8.59, 3.57),
+    (336, "balanced", "float32", True): (5.80, 3.57),
+    (336, "balanced", "bfloat16", False): (4.74, 2.03),
+    (336, "balanced", "bfloat16", True): (2.93, 2.03),
+    (336, "full", "float32", False): (9.63, 3.63),
+    (336, "full", "float32", True): (6.74, 3.63),
+    (336, "full", "bfloat16", False): (4.95, 2.08),
+    (336, "full", "bfloat16", True): (3.71, 2.08),
+    (672, "minimal", "float32", False): (13.81, 3.54),
+    (672, "minimal", "float32", True): (12.88, 3.54),
+    (672, "minimal", "bfloat16", False): (7.40, 1.99),
+    (672, "minimal", "bfloat16", True): (4.48, 1.99),
+    (672, "balanced", "float32", True): (10.93, 3.58),
+    (672, "balanced", "bfloat16", False): (12.07, 2.03),
+    (672, "balanced", "bfloat16", True): (5.14, 2.03),
+    (672, "full", "float32", True): (14.32, 3.64),
+    (672, "full", "bfloat16", False): (12.48, 2.08),
+    (672, "full", "bfloat16", True): (7.10, 2.08),
+    (1008, "minimal", "bfloat16", False): (13.72, 2.00),
+    (1008, "minimal", "bfloat16", True): (7.19, 2.00),
+    (1008, "balanced", "bfloat16", True): (8.73, 2.03),
+    (1008, "full", "bfloat16", True): (13.00, 2.09),
+}
 PRESETS = ("minimal", "balanced", "full")
 
 
