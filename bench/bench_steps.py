@@ -9,20 +9,25 @@ peak memory is its own and running out of memory gives an "OOM" row instead of a
 
 Reported per configuration: images/s and s/step (mean of the timed steps after one warm-up
 step), peak memory (CUDA: the most torch allocated during the timed steps; CPU: the process's
-peak RSS, model included), the FLOPs of one step counted by FlopCounterMode (forward and
+peak RSS from the warm-up step on, model included: the peak of building the model, which
+draws float32 weights before a ``--dtype bfloat16`` cast, is left out), the memory held once
+the model is loaded, the FLOPs of one step counted by FlopCounterMode (forward and
 backward as run, checkpoint recomputation included), the achieved TFLOP/s, and MFU against
 the GPU's dense bf16 peak where ``sam3_lora.recipes.train.PEAK_TFLOPS`` knows it.
 
     python bench/bench_steps.py [--model sam3-tiny] [--image-size N]
         [--presets minimal balanced full] [--batch-sizes 1 2 4] [--checkpointing off|on|both]
-        [--precision no|bf16] [--queries 4] [--steps 3] [--memory-limit-gb 20]
+        [--precision no|bf16] [--dtype float32|bfloat16] [--queries 4] [--steps 3] [--memory-limit-gb 20]
         [--write] [--json OUT]
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import ctypes
 import datetime
+import gc
 import json
 import os
 import shlex
@@ -34,7 +39,6 @@ import torch
 from bench_train import (  # bench/bench_train.py (scripts run from bench/)
     benchmark_device,
     oom_text,
-    peak_memory_gb,
     run_capped,
     synchronize,
     synthetic_targets,
@@ -57,25 +61,104 @@ def gpu_peak_tflops(device: torch.device) -> float | None:
     return next((peak for key, peak in PEAK_TFLOPS.items() if key in name), None)
 
 
-def run_one(model_source: str, image_size: int | None, preset: str, batch_size: int,
-            checkpointing: bool, precision: str, queries: int, steps: int) -> dict:
-    """One configuration, measured in this process (see the module docstring)."""
-    from sam3_lora.config import load_config
-    from sam3_lora.data.collate import mask_size_for
-    from sam3_lora.lora.apply import apply_lora_to_model, count_parameters
-    from sam3_lora.loss.criterion import build_criterion
-    from sam3_lora.model.forward import as_float32, forward_queries
+def rss_gb(field: str = "VmRSS") -> float:
+    """This process's resident memory (``VmRSS``) or its peak since the last reset (``VmHWM``)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(f"{field}:"):
+            return int(line.split()[1]) / 2**20   # kB
+    raise RuntimeError(f"{field} not in /proc/self/status")
+
+
+def reset_peak_memory(device: torch.device) -> None:
+    """Start a new peak: CUDA's allocator statistics, or on the CPU the kernel's RSS high-water
+    mark (after handing freed heap back to the system, so that memory let go of counts as gone)."""
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats(device)
+        return
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    Path("/proc/self/clear_refs").write_text("5")   # resets VmHWM to the current RSS (Linux)
+
+
+def held_memory_gb(device: torch.device) -> float:
+    """Memory held now: tensors torch allocated on the GPU, or this process's RSS."""
+    return torch.cuda.memory_allocated(device) / 2**30 if device.type == "cuda" else rss_gb("VmRSS")
+
+
+def peak_since_reset_gb(device: torch.device) -> float:
+    """The peak since ``reset_peak_memory``: CUDA allocated bytes, or RSS."""
+    return torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else rss_gb("VmHWM")
+
+
+def prime_optimizer(optimizer: torch.optim.Optimizer, trainable: list[torch.Tensor]) -> None:
+    """Create AdamW's state (two float32 moments per trainable weight) with a step on zero
+    gradients, so that a first measured step holds what every later step holds."""
+    for parameter in trainable:
+        parameter.grad = torch.zeros_like(parameter)
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+
+
+def build(model_source: str, image_size: int | None, dtype: str, device: torch.device):
+    """The base model (``load_sam3``) in ``dtype`` on ``device``."""
     from sam3_lora.model.loading import load_sam3
-    from sam3_lora.training.optim import param_groups
+    from sam3_lora.model.precision import DTYPES
+
+    loaded = load_sam3(model_source, image_size=image_size, dtype=DTYPES[dtype])
+    loaded.model.to(device)
+    return loaded
+
+
+def run_one(model_source: str, image_size: int | None, preset: str, batch_size: int,
+            checkpointing: bool, precision: str, queries: int, steps: int, dtype: str = "float32") -> dict:
+    """One configuration, measured in this process (see the module docstring)."""
+    device = benchmark_device()
+    loaded = build(model_source, image_size, dtype, device)
+    return measure_step(loaded, model_source, preset, batch_size, checkpointing, precision, queries, steps)
+
+
+def measure_step(loaded, model_source: str, preset: str, batch_size: int, checkpointing: bool,
+                 precision: str, queries: int, steps: int) -> dict:
+    """LoRA of ``preset`` on the loaded base, one warm-up step (FLOPs counted) and ``steps``
+    timed steps (``steps=0``: one step for its memory); the base is handed back without LoRA
+    or checkpointing, ready for another call, also when a step runs out of memory."""
+    from sam3_lora.config import load_config
+    from sam3_lora.lora.apply import apply_lora_to_model
+    from sam3_lora.model.precision import dtype_name, resolve_precision, weights_dtype
     from sam3_lora.training.resources import enable_activation_checkpointing
 
-    device = benchmark_device()
+    device = next(loaded.model.parameters()).device
+    dtype = dtype_name(weights_dtype(loaded.model))
+    resolve_precision(dtype, precision, device)   # the trainer's rules: refuses a bf16 base without autocast
     config = load_config(preset)
-    loaded = load_sam3(model_source, image_size=image_size)
     model = apply_lora_to_model(loaded.model, config.lora, verbose=False).to(device).train()
-    if checkpointing:
-        enable_activation_checkpointing(model, every=1)
-    size = loaded.processor.image_size
+    blocks = enable_activation_checkpointing(model, every=1) if checkpointing else 0
+    try:
+        row = _measure(model, loaded.processor, config, batch_size, precision, queries, steps)
+    finally:   # hand the bare base back (also after running out of memory): no LoRA, no checkpointing
+        for block in loaded.model.vision_encoder.backbone.layers[:blocks]:
+            block.gradient_checkpointing = False
+        model.unload()
+        del model
+        reset_peak_memory(device)
+    return {"model": model_source, "image_size": loaded.processor.image_size, "preset": preset,
+            "batch_size": batch_size, "queries_per_image": queries, "checkpointing": checkpointing,
+            "precision": precision, "dtype": dtype, **row}
+
+
+def _measure(model, processor, config, batch_size: int, precision: str, queries: int, steps: int) -> dict:
+    """``measure_step``'s steps on the LoRA ``model``: speed, memory, FLOPs."""
+    from sam3_lora.data.collate import mask_size_for
+    from sam3_lora.lora.apply import count_parameters
+    from sam3_lora.loss.criterion import build_criterion
+    from sam3_lora.model.forward import as_float32, forward_queries
+    from sam3_lora.model.precision import AUTOCAST
+    from sam3_lora.training.optim import param_groups
+
+    device = next(model.parameters()).device
+    size = processor.image_size
     train = config.training
     optimizer = torch.optim.AdamW(param_groups(model, train.learning_rate, train.weight_decay,
                                                train.component_learning_rates), lr=train.learning_rate)
@@ -86,12 +169,12 @@ def run_one(model_source: str, image_size: int | None, preset: str, batch_size: 
     pixels = torch.randn(batch_size, 3, size, size, generator=generator).to(device)
     image_index = torch.arange(batch_size, device=device).repeat_interleave(queries)
     prompts = [f"concept {q}" for _ in range(batch_size) for q in range(queries)]
-    text = {k: v.to(device) for k, v in loaded.processor.text(prompts).items()}
+    text = {k: v.to(device) for k, v in processor.text(prompts).items()}
     targets = to_device(synthetic_targets(batch_size * queries, mask_size_for(size), generator), device)
 
     def step() -> None:
         # As SAM3LoRATrainer: forward under autocast, the loss in fp32 on fp32 outputs.
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
+        with torch.autocast(device.type, dtype=AUTOCAST.get(precision, torch.bfloat16), enabled=precision != "no"):
             out = forward_queries(model, image_index, pixel_values=pixels, aux_outputs=True, **text)
         criterion(as_float32(out), targets)["loss"].backward()
         if train.max_grad_norm > 0:
@@ -99,37 +182,54 @@ def run_one(model_source: str, image_size: int | None, preset: str, batch_size: 
         optimizer.step()
         optimizer.zero_grad()
 
-    with FlopCounterMode(display=False) as counter:   # the warm-up step, untimed
-        step()
-    flops = counter.get_total_flops()
-    synchronize(device)
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
-    times = []
-    for _ in range(steps):
+    held = held_memory_gb(device)   # the model and LoRA, before any step
+    if steps == 0:   # memory only: one step, timed, with AdamW's state already there as in every later step
+        prime_optimizer(optimizer, trainable)
+        reset_peak_memory(device)
         started = time.perf_counter()
         step()
         synchronize(device)
-        times.append(time.perf_counter() - started)
-    seconds = sum(times) / steps
-    tflops = flops / seconds / 1e12
+        seconds, flops = time.perf_counter() - started, None
+    else:
+        reset_peak_memory(device)
+        with FlopCounterMode(display=False) as counter:   # the warm-up step, untimed
+            step()
+        flops = counter.get_total_flops()
+        synchronize(device)
+        if device.type == "cuda":   # the timed steps' own peak (CPU: from the warm-up on)
+            torch.cuda.reset_peak_memory_stats(device)
+        times = []
+        for _ in range(steps):
+            started = time.perf_counter()
+            step()
+            synchronize(device)
+            times.append(time.perf_counter() - started)
+        seconds = sum(times) / steps
+    tflops = flops / seconds / 1e12 if flops else None
     peak = gpu_peak_tflops(device)
     return {
-        "model": model_source, "image_size": size, "preset": preset, "batch_size": batch_size,
-        "queries_per_image": queries, "checkpointing": checkpointing, "precision": precision,
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
         "trainable_params": count_parameters(model).trainable, "steps": steps,
         "s_per_step": seconds, "images_per_s": batch_size / seconds,
-        "peak_memory_gb": peak_memory_gb(device),
+        "peak_memory_gb": peak_since_reset_gb(device), "after_load_gb": held,
         "memory": "peak CUDA allocated" if device.type == "cuda" else "peak RSS",
-        "gflop_per_step": flops / 1e9, "tflops": tflops,
-        "mfu": tflops / peak if peak else None,
+        "gflop_per_step": flops / 1e9 if flops else None, "tflops": tflops,
+        "mfu": tflops / peak if peak and tflops else None,
     }
+
+
+def child_command(model: str, image_size: int | None, preset: str, batch_size: int, checkpointing: bool,
+                  precision: str, queries: int, steps: int, dtype: str = "float32") -> list[str]:
+    """The command that measures one configuration in a fresh process (``--one``)."""
+    command = [sys.executable, __file__, "--model", model, "--precision", precision, "--dtype", dtype,
+               "--queries", str(queries), "--steps", str(steps),
+               "--one", json.dumps([preset, batch_size, checkpointing])]
+    return command + (["--image-size", str(image_size)] if image_size else [])
 
 
 def measure(model: str, image_size: int | None, presets: list[str], batch_sizes: list[int],
             checkpointing: str, precision: str, queries: int, steps: int,
-            memory_limit_gb: float | None) -> list[dict]:
+            memory_limit_gb: float | None, dtype: str = "float32") -> list[dict]:
     """Every configuration, each in a child process; rows in table order."""
     # An address-space cap would stop CUDA from starting: on a GPU, out of memory is the GPU's.
     limit_gb = None if torch.cuda.is_available() else memory_limit_gb
@@ -138,16 +238,12 @@ def measure(model: str, image_size: int | None, presets: list[str], batch_sizes:
     for ckpt in modes:
         for preset in presets:
             for batch_size in batch_sizes:
-                command = [sys.executable, __file__, "--model", model, "--precision", precision,
-                           "--queries", str(queries), "--steps", str(steps),
-                           "--one", json.dumps([preset, batch_size, ckpt])]
-                if image_size:
-                    command += ["--image-size", str(image_size)]
+                command = child_command(model, image_size, preset, batch_size, ckpt, precision, queries, steps, dtype)
                 row = run_capped(command, limit_gb)
                 if row is None:
                     row = {"model": model, "preset": preset, "batch_size": batch_size,
                            "queries_per_image": queries, "checkpointing": ckpt,
-                           "precision": precision, "oom": oom_text(limit_gb)}
+                           "precision": precision, "dtype": dtype, "oom": oom_text(limit_gb)}
                 rows.append(row)
                 print(json.dumps(row), file=sys.stderr, flush=True)
     return rows
@@ -213,8 +309,11 @@ def main() -> None:
     parser.add_argument("--checkpointing", choices=["off", "on", "both"], default="both",
                         help="ViT activation checkpointing (every block) in the measured configurations")
     parser.add_argument("--precision", choices=["no", "bf16"], default="no", help="autocast precision")
+    parser.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32",
+                        help="dtype of the base weights (bfloat16 needs --precision bf16)")
     parser.add_argument("--queries", type=int, default=4, help="text queries per image")
-    parser.add_argument("--steps", type=int, default=3, help="timed steps after one warm-up step")
+    parser.add_argument("--steps", type=int, default=3,
+                        help="timed steps after one warm-up step; 0: one step for its memory only (no FLOPs)")
     parser.add_argument("--memory-limit-gb", type=float, default=20.0,
                         help="address-space cap per configuration, CPU only (this machine has 24 GB)")
     parser.add_argument("--write", action="store_true", help=f"append the table under {HEADING!r} in BENCHMARKS.md")
@@ -224,11 +323,11 @@ def main() -> None:
     if args.one:
         preset, batch_size, checkpointing = json.loads(args.one)
         print(json.dumps(run_one(args.model, args.image_size, preset, batch_size, checkpointing,
-                                 args.precision, args.queries, args.steps)))
+                                 args.precision, args.queries, args.steps, args.dtype)))
         return
     load = os.getloadavg()[0]
     rows = measure(args.model, args.image_size, args.presets, args.batch_sizes, args.checkpointing,
-                   args.precision, args.queries, args.steps, args.memory_limit_gb)
+                   args.precision, args.queries, args.steps, args.memory_limit_gb, args.dtype)
     markdown = table(rows)
     print(caption(rows, args))
     print(markdown)

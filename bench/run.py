@@ -8,7 +8,13 @@ Scales:
   cpu-full  the full-size SAM3 architecture at 336 px on the CPU: the settings of the CPU
             sections of BENCHMARKS.md (hours on 2 cores; about 20 GB of RAM).
   gpu       the full-size SAM3 at 1008 px, bf16 where the benchmark has a precision option,
-            on a CUDA GPU; refused where torch.cuda is not available.
+            on a CUDA GPU; refused where torch.cuda is not available. The quick check of
+            what a GPU must confirm (under 8 minutes on an H100/H200):
+            ``python bench/run.py --scale gpu --only gpu_check --write``.
+
+bench_memory (peak memory of a training step, 336/672/1008 px) runs the full grid at
+cpu-full too: hours on 2 cores, one configuration at a time (run it alone, under the lock
+for big jobs); gpu_check has no CPU-sized run and only prints its plan at cpu-full.
 
 Each benchmark runs as its own subprocess, in the order of run.py's table; its output is
 shown as it comes, then one line with its result. A failure does not stop the others: the
@@ -60,6 +66,22 @@ BENCHMARKS = [
         "tiny": ["--model", "sam3-tiny", "--image-size", "112", "--repeats", "1"],
         "cpu-full": [*SAM3_336, "--repeats", "3"],
         "gpu": [*SAM3_1008, "--repeats", "5"],
+    }),
+    ("bench_memory", "bench_memory.py", WRITE, {
+        "tiny": ["--model", "sam3-tiny", "--image-sizes", "112", "224", "--presets", "minimal"],
+        "cpu-full": [],
+        "gpu": [],
+    }),
+    ("bench_precision", "bench_precision.py", WRITE, {
+        "tiny": ["--images", "16"],
+        "cpu-full": [],
+        "gpu": ["--model", "sam3", "--prompts", "16"],
+    }),
+    ("gpu_check", "gpu_check.py", WRITE, {
+        "tiny": ["--device", "cpu", "--model", "sam3-tiny", "--image-size", "112", "--memory-sizes", "112",
+                 "--presets", "minimal", "--steps", "1", "--repeats", "1", "--held-out-images", "8"],
+        "cpu-full": ["--dry-run"],
+        "gpu": [],
     }),
     ("bench_data", "bench_data.py", NO_WRITE, {
         "tiny": ["--images", "12", "--batches", "4", "--repeats", "1", "--workers", "1", "--check-images", "8"],

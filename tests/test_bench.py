@@ -1,5 +1,7 @@
 """The benchmark tooling in bench/: bench_steps at the tiny scale, and run.py's scale table."""
 
+import argparse
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -10,6 +12,7 @@ import torch
 BENCH = Path(__file__).resolve().parents[1] / "bench"
 sys.path.insert(0, str(BENCH))   # bench scripts import each other as top-level modules
 
+import bench_memory
 import bench_steps
 import run
 
@@ -35,6 +38,107 @@ def test_bench_steps_bf16_in_process():
     row = bench_steps.run_one("sam3-tiny", None, "balanced", 1, True, "bf16", queries=2, steps=1)
     assert row["precision"] == "bf16" and row["checkpointing"]
     assert row["images_per_s"] > 0 and row["gflop_per_step"] > 0
+
+
+def test_bench_steps_bfloat16_base_and_memory_only_step():
+    row = bench_steps.run_one("sam3-tiny", None, "minimal", 1, False, "bf16", queries=2, steps=0, dtype="bfloat16")
+    assert row["dtype"] == "bfloat16" and row["precision"] == "bf16" and row["steps"] == 0
+    assert row["peak_memory_gb"] >= row["after_load_gb"] > 0 and row["gflop_per_step"] is None
+    with pytest.raises(Exception, match="model.dtype=bfloat16 with training.mixed_precision=no"):
+        bench_steps.run_one("sam3-tiny", None, "minimal", 1, False, "no", queries=2, steps=0, dtype="bfloat16")
+
+
+def test_memory_is_estimated_from_the_next_smaller_size_and_skipped_when_it_cannot_fit(monkeypatch):
+    measured = {"image_size": 336, "preset": "balanced", "dtype": "float32", "checkpointing": False,
+                "peak_memory_gb": 6.0, "after_load_gb": 4.0}
+    estimate, reason = bench_memory.estimate_gb([measured], 672, "balanced", "float32", False)
+    assert estimate == pytest.approx(4.0 + 2.0 * 4) and reason is None   # 4x the pixels
+    assert bench_memory.estimate_gb([measured], 672, "balanced", "float32", True) == (None, None)
+    oom = {**measured, "peak_memory_gb": None, "oom": "> 20 GB"}
+    del oom["peak_memory_gb"]
+    assert bench_memory.estimate_gb([oom], 1008, "balanced", "float32", False)[1] == "out of memory at 336 px"
+    memory = {"MemAvailable": 10.0, "MemTotal": 24.0}
+    monkeypatch.setattr(bench_memory, "available_gb", lambda field="MemAvailable": memory[field])
+    args = argparse.Namespace(reserve_gb=2.0, wait_minutes=0, memory_limit_gb=20.0)
+    assert bench_memory.next_configuration([(672, "balanced", "float32", False)], [measured], {}, args) == (None, None)
+    assert bench_memory.next_configuration([(672, "balanced", "float32", True)], [measured], {}, args) == (
+        (672, "balanced", "float32", True), None)   # nothing measured to estimate from: run it
+    _, row = bench_memory.next_configuration([(1344, "balanced", "float32", False)], [measured], {}, args)
+    assert row == {"skipped": "estimated 36.0 GB > 22.0 GB (all of this machine's memory less 2 GB)"}
+    head = {"image_size": 672, "preset": "balanced", "dtype": "float32", "checkpointing": False}
+    row = {**head, "skipped": "estimated 12.0 GB > 8.0 GB available"}
+    rows = [row, {**head, "image_size": 336, "dtype": "bfloat16", "peak_memory_gb": 3.0, "after_load_gb": 2.0,
+                  "memory": "peak RSS"}]
+    table = bench_memory.table(rows)
+    assert "| 672 | balanced | not run (est. 12.0 GB) | - | - | - | - / - GB |" in table
+    assert "not run (est. N GB): the same configuration at the next smaller size" in table
+    assert "| 336 | balanced | - | - | 3.00 GB | - | - / 2.00 GB |" in table
+
+
+def test_bench_memory_runs_what_fits_first_and_resumes(monkeypatch, tmp_path):
+    """Shared machine: a configuration that does not fit now waits while others run; one whose
+    cap others' memory had lowered runs again; --resume keeps what was measured."""
+    memory = {"MemAvailable": 13.0, "MemTotal": 24.0}
+    monkeypatch.setattr(bench_memory, "available_gb", lambda field="MemAvailable": memory[field])
+    monkeypatch.setattr(bench_memory.time, "sleep", lambda s: memory.update(MemAvailable=30.0))
+    runs = []
+
+    def fake_run(head, args):
+        runs.append(bench_memory.key(head))
+        if len(runs) == 2:   # others held memory: the cap was too low
+            return {**head, "oom": "> 9 GB", "cap_gb": 9.0, "cap_lowered_by_others": True}
+        peak = {336: 6.0, 672: 13.0}[head["image_size"]] - 2.0 * head["checkpointing"]
+        return {**head, "peak_memory_gb": peak, "after_load_gb": 4.0}
+
+    monkeypatch.setattr(bench_memory, "run_one", fake_run)
+    out = tmp_path / "rows.json"
+    args = argparse.Namespace(checkpointing="both", image_sizes=[672, 336], presets=["balanced"], dtypes=["float32"],
+                              dry_run=False, resume=False, json=str(out), model="sam3", queries=4, reserve_gb=2.0,
+                              wait_minutes=60, memory_limit_gb=20.0)
+    rows = bench_memory.measure(args)
+    # 672 off needs 4 + 2 * 4 = 12 GB > 13 - 2: it waits, 672 on (4 + 0 = 4 GB) goes first.
+    assert runs == [(336, "balanced", "float32", True), (336, "balanced", "float32", False),
+                    (336, "balanced", "float32", False), (672, "balanced", "float32", True),
+                    (672, "balanced", "float32", False)]
+    assert [bench_memory.key(r) for r in rows] == [runs[0], *runs[2:]]   # the out-of-memory try left no row
+    assert all("peak_memory_gb" in r for r in rows)
+    runs.clear()
+    assert len(bench_memory.measure(argparse.Namespace(**{**vars(args), "resume": True}))) == 4 and not runs
+
+
+def test_bench_memory_dry_run_lists_the_grid_smallest_first():
+    result = subprocess.run([sys.executable, str(BENCH / "bench_memory.py"), "--dry-run"],
+                            capture_output=True, text=True, timeout=60, check=True)
+    lines = result.stdout.splitlines()
+    assert len(lines) == 36 and lines[0].startswith("336 px minimal bfloat16 checkpointing on")
+    assert lines[-1].startswith("1008 px full float32 checkpointing off")
+    assert all("--steps 0" in line for line in lines)
+
+
+def test_gpu_check_plan_and_a_tiny_run_on_cpu(tmp_path):
+    script = str(BENCH / "gpu_check.py")
+    plan = subprocess.run([sys.executable, script, "--dry-run"], capture_output=True, text=True, timeout=60,
+                          check=True).stdout
+    assert "12 configurations" in plan and "36 one-step configurations" in plan
+    if not torch.cuda.is_available():
+        refused = subprocess.run([sys.executable, script], capture_output=True, text=True, timeout=60, check=False)
+        assert refused.returncode == 2 and "torch.cuda is not available" in refused.stderr
+    out = tmp_path / "check.json"
+    subprocess.run([sys.executable, script, "--device", "cpu", "--model", "sam3-tiny", "--image-size", "112",
+                    "--memory-sizes", "112", "--presets", "minimal", "--steps", "1", "--repeats", "1",
+                    "--held-out-images", "4", "--json", str(out)], capture_output=True, text=True, timeout=300,
+                   check=True)
+    found = json.loads(out.read_text())
+    assert not found["skipped"]
+    assert [(r["weights"], r["prompts"]) for r in found["latency"]] == [
+        ("float32 (TF32 on CUDA)", 1), ("float32 (TF32 on CUDA)", 16), ("bfloat16", 1), ("bfloat16", 16)]
+    assert found["outputs"]["mean_mask_iou"] > 0.5
+    assert set(found["held_out"]) == {"float32", "bfloat16", "delta"}
+    assert [(r["batch_size"], r["checkpointing"], r["dtype"]) for r in found["training"]] == [
+        (1, False, "bfloat16"), (1, True, "bfloat16"), (4, False, "bfloat16"), (4, True, "bfloat16")]
+    assert all(r["images_per_s"] > 0 and r["gflop_per_step"] > 0 for r in found["training"])
+    assert sorted((r["dtype"], r["checkpointing"]) for r in found["memory"]) == [
+        ("bfloat16", False), ("bfloat16", True), ("float32", False), ("float32", True)]
 
 
 def test_scale_table_lists_every_benchmark():

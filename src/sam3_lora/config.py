@@ -85,6 +85,16 @@ class ModelConfig(Section):
     cut memory and time roughly quadratically; pretrained weights were trained at 1008, so
     quality drops away from it."""
 
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    """Dtype of the base model's weights, in training and wherever the model runs (``predict``,
+    ``validate``, the app, the demo). ``auto``: bfloat16 on CUDA GPUs with bf16 (Ampere and
+    newer), float16 on older ones, float32 on CPU; in training it follows an explicit
+    ``training.mixed_precision`` (float32 under ``no``), and with ``training.method=full`` it
+    is float32 (a half one is refused there: AdamW needs float32 weights). A half-precision
+    base halves the weights' memory (3.4 -> 1.7 GB for SAM3) and computes under autocast of
+    its dtype; LoRA weights, their gradients, the optimiser state and saved adapters stay
+    float32. ``float16`` needs a CUDA GPU."""
+
 
 class LoRAConfig(Section):
     """Where LoRA goes and how big it is. Also the seed API's ``LoRAConfig(...)``."""
@@ -245,9 +255,12 @@ class TrainingConfig(Section):
     parameters trained inside it, e.g. ``{mask_decoder: 3.0e-4}``. Keys: the six components,
     and with ``method=full`` also the heads ``text_projection`` and ``dot_product_scoring``."""
 
-    mixed_precision: Literal["no", "fp16", "bf16"] = "no"
+    mixed_precision: Literal["auto", "no", "fp16", "bf16"] = "auto"
     """Autocast precision of forward and backward: ``bf16`` (Ampere GPUs and newer, and
-    CPUs), ``fp16`` (CUDA only; with loss scaling) or ``no`` (float32)."""
+    CPUs), ``fp16`` (CUDA only; with loss scaling) or ``no`` (float32; TF32 matmuls on CUDA).
+    ``auto``: the dtype of a half-precision ``model.dtype``, else bf16 on CUDA GPUs with bf16,
+    fp16 on older ones, no on CPU. The resolved choice is printed when training starts and is
+    the first record of ``metrics.jsonl`` (``precision``)."""
 
     activation_checkpointing: int = Field(default=0, ge=0)
     """Recompute ViT blocks in the backward pass instead of storing their activations:

@@ -74,3 +74,24 @@ def test_export_never_overwrites(tmp_path, adapter, make, message):
 def test_export_of_something_that_is_not_an_adapter(tmp_path):
     with pytest.raises(AdapterError, match="not an adapter folder"):
         export_merged(tmp_path, tmp_path / "out")
+
+
+def test_merged_export_is_written_in_the_dtype_asked_for(tmp_path, adapter, capsys):
+    """Merged in float32, cast once: bf16 weights equal the float32 export's, rounded; the CLI's
+    --dtype reaches it; float32 stays the default."""
+    from safetensors.torch import load_file
+
+    from sam3_lora.cli import main
+
+    folder, _ = adapter
+    full = export_merged(folder, tmp_path / "fp32", load_config(TINY_CONFIG))
+    assert main(["export", "--config", str(TINY_CONFIG), "--weights", str(folder), "--merged", str(tmp_path / "bf16"),
+                 "--dtype", "bfloat16"]) == 0
+    assert "merged model (bfloat16)" in capsys.readouterr().out
+    half, reference = (load_file(path / "model.safetensors") for path in (tmp_path / "bf16", full))
+    assert {t.dtype for t in reference.values() if t.is_floating_point()} == {torch.float32}
+    assert {t.dtype for t in half.values() if t.is_floating_point()} == {torch.bfloat16}
+    assert all(torch.equal(half[k], v.to(torch.bfloat16)) for k, v in reference.items() if v.is_floating_point())
+    assert Sam3Model.from_pretrained(tmp_path / "bf16").dtype == torch.bfloat16
+    with pytest.raises(ExportError, match="dtype 'int8': choose one of float32, bfloat16, float16"):
+        export_merged(folder, tmp_path / "int8", dtype="int8")

@@ -36,6 +36,20 @@ def test_preset_weights_follow_the_seed():
     assert torch.equal(first[key], again[key]) and not torch.equal(first[key], other[key])
 
 
+def test_dtype_is_that_of_the_weights_whatever_the_source(tmp_path, tiny):
+    """model.dtype's effect at loading: presets hold the float32 draw rounded; a folder loads
+    in the dtype asked for, not the one it was saved in (transformers 5 would keep that)."""
+    half = load_sam3("sam3-tiny", dtype=torch.bfloat16).model
+    assert {p.dtype for p in half.parameters()} == {torch.bfloat16}
+    key = "detr_decoder.layers.0.self_attn.q_proj.weight"
+    assert torch.equal(half.state_dict()[key], tiny.model.state_dict()[key].to(torch.bfloat16))
+    tiny.model.to(torch.bfloat16)
+    tiny.save_pretrained(tmp_path / "saved-in-bf16")
+    assert {p.dtype for p in load_sam3(str(tmp_path / "saved-in-bf16")).model.parameters()} == {torch.float32}
+    bundled = load_sam3("sam3-tiny-shapes", dtype=torch.bfloat16).model
+    assert {p.dtype for p in bundled.parameters()} == {torch.bfloat16}
+
+
 def test_full_size_architecture_matches_reference():
     config = load_sam3_config("sam3")
     with torch.device("meta"):

@@ -61,6 +61,18 @@ def test_validation_loss_is_the_trainers(trained, tmp_path):
     assert summary["val_loss"] == pytest.approx(trainer_loss, rel=1e-5)
 
 
+def test_validation_follows_model_dtype_and_records_it(trained, tmp_path):
+    """model.dtype=bfloat16: the split runs in bf16 (the loss in float32 on its outputs), the
+    dtype is in metrics.json, and the loss is the float32 trainer's, up to rounding."""
+    config, trainer_loss = trained
+    half = config.model_copy(update={"model": config.model.model_copy(update={"dtype": "bfloat16"})})
+    summary = validate(half, weights=f"{config.output.dir}/last", output=tmp_path)
+    assert summary["model_dtype"] == "bfloat16"
+    assert json.loads((tmp_path / "metrics.json").read_text())["model_dtype"] == "bfloat16"
+    assert summary["val_loss"] == pytest.approx(trainer_loss, rel=0.02)
+    assert validate(config, weights=f"{config.output.dir}/last", output=tmp_path / "fp32")["model_dtype"] == "float32"
+
+
 def test_perfect_predictions_score_one(trained):
     """The ground truth itself, as predictions: mAP and cgF1 are 1 (negatives included)."""
     config, _ = trained

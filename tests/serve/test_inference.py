@@ -154,3 +154,21 @@ def test_text_features_are_cached_per_adapter(engine):
     assert {("default", "red circle"), (None, "red circle")} <= set(engine._text_cache)
     with pytest.raises(PromptError, match="'other' is not loaded; loaded: default"):
         engine.set_adapter("other")
+
+
+def test_model_dtype_sets_the_precision_prediction_runs_in(run, engine, image, tmp_path, capsys):
+    """model.dtype=bfloat16: the base is held and run in bf16 (the adapter stays float32), on
+    every prompt kind, and answers as float32 does up to rounding; the CLI takes the override."""
+    config = load_config(Path(run.output.dir) / "config.yaml", ["model.dtype=bfloat16"])
+    half = SAM3LoRAInference(config=config, detection_threshold=0.0)
+    params = dict(half.model.named_parameters())
+    assert {p.dtype for n, p in params.items() if "lora_" not in n} == {torch.bfloat16}
+    assert {p.dtype for n, p in params.items() if "lora_" in n} == {torch.float32}
+    for found, reference in zip(half.predict(image, PROMPTS), engine.predict(image, PROMPTS), strict=True):
+        assert found["scores"].dtype == np.float32 and found["num_detections"] == reference["num_detections"]
+        np.testing.assert_allclose(np.sort(found["scores"]), np.sort(reference["scores"]), rtol=0.05, atol=1e-3)
+    [boxed] = half.predict(image, ["red circle"], boxes=[[10, 10, 60, 60]])
+    assert boxed["boxes"].shape == (20, 4)
+    assert main(["predict", "--config", f"{run.output.dir}/config.yaml", "model.dtype=bfloat16", "--image", str(image),
+                 "--prompt", PROMPTS[0], "--output", str(tmp_path / "out.png")]) == 0
+    assert (tmp_path / "out.png").is_file()

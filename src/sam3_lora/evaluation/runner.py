@@ -31,7 +31,7 @@ from sam3_lora.evaluation.results import (
 )
 from sam3_lora.lora.weights import adapter_disabled
 from sam3_lora.loss.criterion import build_criterion
-from sam3_lora.model.forward import forward_queries
+from sam3_lora.model.forward import as_float32, forward_queries
 from sam3_lora.model.postprocess import postprocess
 from sam3_lora.model.processing import Sam3InputProcessor
 
@@ -94,7 +94,7 @@ class SplitRunner:
                 if criterion is not None:
                     targets = [{k: v.to(self.device) if torch.is_tensor(v) else v for k, v in t.items()}
                                for t in batch["targets"]]
-                    losses.append(criterion(outputs, targets)["loss"].item())
+                    losses.append(criterion(as_float32(outputs), targets)["loss"].item())
                 self._collect(batch, outputs, found)
         found.val_loss = float(np.mean(losses)) if losses else None
         return found

@@ -39,13 +39,21 @@ def export_adapter(weights: str | Path, out: str | Path) -> Path:
     return out
 
 
-def export_merged(weights: str | Path, out: str | Path, config: Config | None = None) -> Path:
-    """Merge the adapter into its base and save model + tokenizer to ``out``.
+def export_merged(weights: str | Path, out: str | Path, config: Config | None = None,
+                  dtype: str = "float32") -> Path:
+    """Merge the adapter into its base and save model + tokenizer to ``out``, in ``dtype``
+    (``float32``, ``bfloat16`` or ``float16``).
 
     The base is ``config.model.source`` when a config is given, else the base the adapter
     records. (Random-weight presets also need the config: their weights follow its seed.)
+    The merge itself is done in float32, whatever ``dtype`` and ``model.dtype`` say, so that
+    the small LoRA product is not rounded away before the weights are cast once.
     """
     from sam3_lora.model.loading import load_sam3
+    from sam3_lora.model.precision import DTYPES
+
+    if dtype not in DTYPES:
+        raise ExportError(f"dtype {dtype!r}: choose one of {', '.join(DTYPES)}", option="dtype")
 
     metadata = read_metadata(weights)
     out = _empty_target(out)
@@ -56,7 +64,7 @@ def export_merged(weights: str | Path, out: str | Path, config: Config | None = 
     loaded = load_sam3(source, revision=config.model.revision if config else None,
                        image_size=config.model.image_size if config else None,
                        seed=config.training.seed if config else 0)
-    merged = load_adapter(loaded.model, weights).merge_and_unload()
+    merged = load_adapter(loaded.model, weights).merge_and_unload().to(DTYPES[dtype])
     merged.save_pretrained(out)
     loaded.tokenizer.save_pretrained(out)
     return out

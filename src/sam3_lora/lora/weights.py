@@ -19,6 +19,7 @@ from sam3_lora.errors import AdapterError
 from sam3_lora.lora.adapter import load_adapter
 from sam3_lora.model.folders import is_model_folder
 from sam3_lora.model.loading import load_sam3
+from sam3_lora.model.precision import default_device, enable_tf32, resolve_precision
 from sam3_lora.model.processing import Sam3InputProcessor
 
 
@@ -42,15 +43,19 @@ def load_finetuned(config: Config, weights: str | Path | None = None, no_lora: b
 
     ``weights`` (default: the run's ``best/``) is an adapter folder, or a whole model folder
     from ``training.method: full``, which then replaces the base (so there is no adapter).
-    ``device`` defaults to the GPU when there is one.
+    ``device`` defaults to the GPU when there is one. The weights are in ``model.dtype`` as
+    resolved for ``device`` (``model.precision``; the adapter stays float32), and the model
+    runs under autocast of that dtype wherever ``model.forward`` runs it.
     """
     chosen = None if no_lora else Path(weights) if weights else Path(config.output.dir) / "best"
     if chosen is not None and not chosen.exists():
         raise AdapterError(f"{chosen}: no adapter there; train first (sam3-lora train), give the "
                            f"weights folder, or use the base model (no LoRA)")
     whole = chosen is not None and is_model_folder(chosen)
+    device = torch.device(device) if device is not None else default_device()
+    precision = resolve_precision(config.model.dtype, None, device)
+    enable_tf32(precision)
     loaded = load_sam3(str(chosen) if whole else config.model.source, revision=config.model.revision,
-                       image_size=config.model.image_size, seed=config.training.seed)
+                       image_size=config.model.image_size, seed=config.training.seed, dtype=precision.dtype)
     model = loaded.model if chosen is None or whole else load_adapter(loaded.model, chosen)
-    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     return model.to(device).eval(), loaded.processor, chosen

@@ -18,19 +18,22 @@ from transformers.modeling_outputs import BaseModelOutputWithPooling
 from transformers.models.sam3.modeling_sam3 import Sam3VisionEncoderOutput, inverse_sigmoid
 
 from sam3_lora.model.box_ops import box_cxcywh_to_xyxy
+from sam3_lora.model.precision import autocast_like
 
 OUTPUTS = ("pred_logits", "pred_boxes", "pred_masks", "presence_logits")
 
 
 def encode_images(model: nn.Module, pixel_values: torch.Tensor) -> Sam3VisionEncoderOutput:
     """Run the vision encoder once: (B, 3, S, S) -> SAM3's vision features for B images."""
-    return model.get_vision_features(pixel_values=pixel_values)
+    with autocast_like(model):
+        return model.get_vision_features(pixel_values=pixel_values)
 
 
 def encode_text(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
     """Text features of K prompts: input_ids, attention_mask (K, T) -> (K, T, D), the form
     ``forward_queries(text_features=...)`` takes (text encoder and projection applied)."""
-    return model.get_text_features(input_ids=input_ids, attention_mask=attention_mask).pooler_output
+    with autocast_like(model):
+        return model.get_text_features(input_ids=input_ids, attention_mask=attention_mask).pooler_output
 
 
 def select_images(vision: Sam3VisionEncoderOutput, image_index: torch.Tensor) -> Sam3VisionEncoderOutput:
@@ -65,6 +68,8 @@ def forward_queries(model: nn.Module, image_index: torch.Tensor, *, pixel_values
     Returns a dict: "pred_logits" (Q, N), "pred_boxes" (Q, N, 4) xyxy in [0, 1],
     "pred_masks" (Q, N, M, M) logits, "presence_logits" (Q, 1), and with ``aux_outputs`` the
     intermediate decoder layers' predictions under "aux_outputs" (``capture_aux_outputs``).
+    A half-precision model runs under autocast of its dtype (``autocast_like``), and its
+    outputs are in that dtype (``as_float32`` converts them).
     """
     if vision is None:
         vision = encode_images(model, pixel_values)
@@ -72,7 +77,7 @@ def forward_queries(model: nn.Module, image_index: torch.Tensor, *, pixel_values
         "text_embeds": BaseModelOutputWithPooling(pooler_output=text_features)}
     if input_boxes is not None:
         prompts.update(input_boxes=input_boxes, input_boxes_labels=input_boxes_labels)
-    with capture_aux_outputs(model) if aux_outputs else contextlib.nullcontext() as aux:
+    with capture_aux_outputs(model) if aux_outputs else contextlib.nullcontext() as aux, autocast_like(model):
         output = model(vision_embeds=select_images(vision, image_index), attention_mask=attention_mask, **prompts)
     outputs = {key: output[key] for key in OUTPUTS}
     if aux_outputs:

@@ -123,22 +123,28 @@ def load_sam3_config(source: str, revision: str | None = None, image_size: int |
 
 
 def load_sam3(source: str = "facebook/sam3", *, revision: str | None = None,
-              image_size: int | None = None, token: str | None = None, seed: int = 0) -> LoadedSam3:
+              image_size: int | None = None, token: str | None = None, seed: int = 0,
+              dtype: torch.dtype = torch.float32) -> LoadedSam3:
     """Load SAM3 and its input processor from a preset, a local folder or a hub id.
 
     ``seed`` fixes the random weights of presets. ``image_size`` overrides the input size
     (a multiple of 14). ``token`` defaults to ``HF_TOKEN`` or the stored hub login.
+    ``dtype`` is that of the weights (``model.precision.resolve_precision`` picks it), whatever
+    the checkpoint stores; presets draw their random weights in float32 first, so every dtype
+    holds the same weights, rounded.
     """
     install_fallback()
     config = load_sam3_config(source, revision, image_size, token)
     if source in PRESETS:
         with _seeded(seed):
-            model = Sam3Model(config)
+            model = Sam3Model(config).to(dtype)
         tokenizer = build_byte_tokenizer(config.text_config.max_position_embeddings)
     else:
         location = _bundled(source) or _local_folder(source) or source
         with quiet_progress() if source in BUNDLED else contextlib.nullcontext():
-            model = _from_pretrained(Sam3Model, location, source, config=config, revision=revision, token=token)
+            # An explicit dtype: transformers would otherwise keep the checkpoint's own.
+            model = _from_pretrained(Sam3Model, location, source, config=config, revision=revision, token=token,
+                                     dtype=dtype)
         check_finite_model(model, source)
         tokenizer = _from_pretrained(AutoTokenizer, location, source, revision=revision, token=token)
         _check_tokenizer(tokenizer, config, source)

@@ -66,8 +66,20 @@ def roi_align(input: torch.Tensor, boxes, output_size, spatial_scale: float = 1.
     """Same call as ``torchvision.ops.roi_align``.
 
     input: (N, C, H, W); boxes: a list of N tensors (K_i, 4) xyxy, or one (K, 5) tensor whose
-    first column is the batch index. Returns (sum K_i, C, out_h, out_w).
+    first column is the batch index. Returns (sum K_i, C, out_h, out_w) in ``input``'s dtype.
+    Half-precision inputs are computed in float32 outside autocast, as torchvision's kernel is
+    under autocast (SAM3 hands it float16 features and boxes when its weights are bfloat16).
     """
+    dtype = input.dtype
+    compute = dtype if dtype in (torch.float32, torch.float64) else torch.float32
+    with torch.autocast(input.device.type, enabled=False):
+        boxes = boxes.to(compute) if isinstance(boxes, torch.Tensor) else [b.to(compute) for b in boxes]
+        return _roi_align(input.to(compute), boxes, output_size, spatial_scale, sampling_ratio, aligned).to(dtype)
+
+
+def _roi_align(input: torch.Tensor, boxes, output_size, spatial_scale: float,
+               sampling_ratio: int, aligned: bool) -> torch.Tensor:
+    """``roi_align`` on float32 tensors."""
     out_h, out_w = (output_size, output_size) if isinstance(output_size, int) else output_size
     if isinstance(boxes, torch.Tensor):
         batch_index, coords = boxes[:, 0].long(), boxes[:, 1:]

@@ -8,7 +8,8 @@ the same code serves one CPU, one GPU, or many processes under ``accelerate laun
 Run folder (``output.dir``)::
 
     config.yaml            the effective config, every key
-    metrics.jsonl          one JSON line per log and per evaluation
+    metrics.jsonl          one JSON line per log and per evaluation; at each (re)start first
+                           {"step", "precision"}: what model.dtype and mixed_precision became
     tensorboard/           TensorBoard events (and other trackers through Accelerate)
     checkpoints/step-N/    resumable: weights + optimiser, scheduler, scaler, RNG, progress
     last/                  weights of the latest step
@@ -51,6 +52,7 @@ from sam3_lora.loss.criterion import build_criterion
 from sam3_lora.model.folders import load_model_weights, write_model
 from sam3_lora.model.forward import QueryModel, as_float32
 from sam3_lora.model.loading import load_sam3
+from sam3_lora.model.precision import default_device, enable_tf32, resolve_precision
 from sam3_lora.training.checkpoint import (
     load_checkpoint,
     prune_checkpoints,
@@ -62,6 +64,9 @@ from sam3_lora.training.checkpoint import (
 from sam3_lora.training.optim import lr_lambda, param_groups
 from sam3_lora.training.resources import (
     enable_activation_checkpointing,
+    is_full_size,
+    lora_preset,
+    memory_advice,
     peak_memory_mb,
     peak_tflops,
 )
@@ -119,6 +124,8 @@ class SAM3LoRATrainer:
             self.config.save(self.run_dir / "config.yaml")
             if checkpoints:   # the steps after the checkpoint are replayed: log each once
                 truncate_log(self.run_dir / "metrics.jsonl", self.step)
+        # What `auto` became on this device: the first record of each (re)start.
+        self._log_json({"step": self.step, "precision": self.precision.record()})
         return self
 
     def _find_checkpoints(self) -> list[Path]:
@@ -134,8 +141,9 @@ class SAM3LoRATrainer:
 
     def _setup_accelerator(self) -> None:
         cfg = self.config.training
-        if cfg.mixed_precision == "fp16" and not torch.cuda.is_available():
-            raise ConfigError("training.mixed_precision=fp16 needs a CUDA GPU; use bf16 or no on CPU")
+        self.precision = resolve_precision(self.config.model.dtype, cfg.mixed_precision, default_device(),
+                                           full_training=cfg.method == "full")
+        enable_tf32(self.precision)
         # One process may build several trainers (tests, the demo); Accelerate keeps its
         # settings in a singleton that must be cleared between them.
         AcceleratorState._reset_state()
@@ -143,7 +151,7 @@ class SAM3LoRATrainer:
         self.accelerator = Accelerator(
             # cpu=True lets `torchrun`/`accelerate launch` run several CPU processes (gloo).
             cpu=not torch.cuda.is_available(),
-            mixed_precision=cfg.mixed_precision,
+            mixed_precision=self.precision.autocast,
             gradient_accumulation_steps=cfg.gradient_accumulation_steps,
             log_with=trackers or None,
             project_dir=str(self.run_dir),
@@ -158,8 +166,8 @@ class SAM3LoRATrainer:
 
     def _setup_model(self) -> None:
         cfg = self.config
-        self.loaded = load_sam3(cfg.model.source, revision=cfg.model.revision,
-                                image_size=cfg.model.image_size, seed=cfg.training.seed)
+        self.loaded = load_sam3(cfg.model.source, revision=cfg.model.revision, image_size=cfg.model.image_size,
+                                seed=cfg.training.seed, dtype=self.precision.dtype)
         self.image_size = self.loaded.processor.image_size
         self.full = cfg.training.method == "full"
         if self.full:
@@ -169,6 +177,7 @@ class SAM3LoRATrainer:
         self.checkpointed_blocks = enable_activation_checkpointing(model, cfg.training.activation_checkpointing)
         self.peft_model = model
         self.parameters = count_parameters(model)
+        self._log_text(f"precision: {self.precision.describe()}")
         self._log_text(f"full training: all {self.parameters.trainable:,} parameters" if self.full
                        else format_summary(lora_summary(model), self.parameters))
 
@@ -249,6 +258,7 @@ class SAM3LoRATrainer:
         # load_sam3 returns the model in eval mode; dropout and checkpointing need train mode.
         self.model.train()
         previous = {s: signal.signal(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+        self._report_device_memory(self.accelerator.device)
         started = time.perf_counter()
         progress = tqdm(total=self.total_steps, initial=self.step, desc="train", unit="step",
                         disable=self.quiet or not self.accelerator.is_main_process)
@@ -304,6 +314,22 @@ class SAM3LoRATrainer:
             epoch_eval = self.config.training.eval_every_steps is None and self.step < self.total_steps
             if epoch_eval and self._evaluate_and_save():
                 return
+
+    def _report_device_memory(self, device: torch.device) -> None:
+        """On CUDA, before the first step: the free memory, and what to change where the
+        measured table says a step of this configuration needs more."""
+        if device.type != "cuda":
+            return
+        free, total = (value / 2**30 for value in torch.cuda.mem_get_info(device))
+        line = f"{device}: {free:.1f} GB free of {total:.1f} GB before the first step"
+        cfg = self.config.training
+        if not self.full and is_full_size(self.loaded.model.config):
+            dtype = "float32" if self.precision.dtype == torch.float32 else "bfloat16"   # fp16: bf16's bytes
+            advice = memory_advice(free, torch.cuda.memory_allocated(device) / 2**30, self.image_size,
+                                   lora_preset(self.config.lora), dtype, cfg.activation_checkpointing == 1,
+                                   cfg.batch_size)
+            line = line if advice is None else f"{line}; {advice}"
+        self._log_text(line)
 
     @contextlib.contextmanager
     def _flop_counter(self):
@@ -516,7 +542,7 @@ class SAM3LoRATrainer:
             raise TrainingError(f"{path}: could not be written ({exc.strerror or type(exc).__name__}); free some "
                                 f"space, then resume from {self.run_dir}", option="resume") from None
         numbers = {k: v for k, v in record.items() if isinstance(v, (int, float)) and k != "step"}
-        if self.accelerator.trackers:
+        if numbers and self.accelerator.trackers:
             self.accelerator.log(numbers, step=record["step"])
 
     def _log_text(self, text: str) -> None:

@@ -35,6 +35,7 @@ from sam3_lora.evaluation.runner import (
 )
 from sam3_lora.files import check_output
 from sam3_lora.lora.weights import has_adapter, load_finetuned
+from sam3_lora.model.precision import dtype_name, weights_dtype
 
 BOX_ONLY_REASON = ("no object of this split has a mask, only boxes, so boxes are scored (COCO "
                    "iou_type bbox): mask mAP against boxes used as masks would not measure masks")
@@ -87,6 +88,7 @@ def validate(config: Config, *, weights: str | Path | None = None, split: str | 
     if metrics["iou_type"] == "bbox":
         metrics["iou_type_reason"] = BOX_ONLY_REASON
     summary = {**metrics, "split": split_name, "weights": str(chosen or "base model"),
+               "model_dtype": dtype_name(weights_dtype(model)),
                "images": len(runner.image_ids), "units": len(found.units), "cgF1_defined": defined,
                **({"base": base_metrics} if base_metrics else {}), **({"forgetting": forgetting} if forgetting else {})}
     try:

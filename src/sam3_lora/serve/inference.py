@@ -6,6 +6,9 @@ computed once and cached across images (the cache is cleared when the adapter ch
 since LoRA may touch the text encoder). Scores and masks come from the shared
 post-processing (``model.postprocess``), the same code validation uses.
 
+The base's weights are in ``model.dtype`` (``auto``: bfloat16 on GPUs with bf16, float16 on
+older ones, float32 on CPU; adapters stay float32) and run under autocast of that dtype.
+
 Several adapters can share the one base in memory: ``load_adapter(folder, name)`` attaches
 one, ``with engine.using(name):`` answers with it, ``with engine.base_model():`` with the
 base. The text-feature cache is kept per adapter, so switching needs no care from callers.

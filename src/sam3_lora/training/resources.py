@@ -10,6 +10,10 @@ import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from sam3_lora.config import LoRAConfig, load_config
+from sam3_lora.lora.adapter import architecture
+from sam3_lora.model.loading import load_sam3_config
+
 # Dense bf16 peak of known accelerators, for the MFU meter (TFLOP/s).
 PEAK_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0, "L40S": 362.0, "A10G": 125.0, "4090": 165.0}
 
@@ -39,3 +43,93 @@ def peak_tflops(device: torch.device) -> float | None:
         return None
     name = torch.cuda.get_device_name(device)
     return next((v for k, v in PEAK_TFLOPS.items() if k in name), None)
+
+
+# ---- will a training step fit? -------------------------------------------------------------
+
+# Peak memory of one LoRA training step of the full-size SAM3, batch 1, 4 text queries per image
+# (bench/bench_memory.py; BENCHMARKS.md, "Peak memory of a LoRA training step"), in GB:
+# (px, preset, base dtype, checkpointing) -> (peak of the step, the loaded model). Measured on
+# a CPU as peak RSS: a proxy for GPU memory until a GPU run replaces it. A test keeps it equal
+# to the newest table in BENCHMARKS.md.
+STEP_MEMORY_SOURCE = "from CPU peak RSS, a proxy: BENCHMARKS.md"
+STEP_MEMORY_GB: dict[tuple[int, str, str, bool], tuple[float, float]] = {   # measured 2026-11-30
+    (336, "minimal", "float32", False): (6.16, 3.54),
+    (336, "minimal", "float32", True): (5.59, 3.54),
+    (336, "minimal", "bfloat16", False): (3.43, 1.99),
+    (336, "minimal", "bfloat16", True): (2.78, 1.99),
+    (336, "balanced", "float32", False): (8.59, 3.57),
+    (336, "balanced", "float32", True): (5.80, 3.57),
+    (336, "balanced", "bfloat16", False): (4.74, 2.03),
+    (336, "balanced", "bfloat16", True): (2.93, 2.03),
+    (336, "full", "float32", False): (9.63, 3.63),
+    (336, "full", "float32", True): (6.74, 3.63),
+    (336, "full", "bfloat16", False): (4.95, 2.08),
+    (336, "full", "bfloat16", True): (3.71, 2.08),
+    (672, "minimal", "float32", False): (13.81, 3.54),
+    (672, "minimal", "float32", True): (12.88, 3.54),
+    (672, "minimal", "bfloat16", False): (7.40, 1.99),
+    (672, "minimal", "bfloat16", True): (4.48, 1.99),
+    (672, "balanced", "float32", True): (10.93, 3.58),
+    (672, "balanced", "bfloat16", False): (12.07, 2.03),
+    (672, "balanced", "bfloat16", True): (5.14, 2.03),
+    (672, "full", "float32", True): (14.32, 3.64),
+    (672, "full", "bfloat16", False): (12.48, 2.08),
+    (672, "full", "bfloat16", True): (7.10, 2.08),
+    (1008, "minimal", "bfloat16", False): (13.72, 2.00),
+    (1008, "minimal", "bfloat16", True): (7.19, 2.00),
+    (1008, "balanced", "bfloat16", True): (8.73, 2.03),
+    (1008, "full", "bfloat16", True): (13.00, 2.09),
+}
+PRESETS = ("minimal", "balanced", "full")
+
+
+def step_memory_gb(image_size: int, preset: str | None, dtype: str, checkpointing: bool,
+                   batch_size: int) -> float | None:
+    """Estimated peak memory (GB, model included) of a LoRA training step of the full-size
+    SAM3: the measured configuration nearest above ``image_size`` (else the largest), its
+    memory above the loaded model scaled by the pixel count and the batch size. ``preset``
+    None (a LoRA section of its own) takes the largest of the presets. None if unmeasured."""
+    presets = [preset] if preset else PRESETS
+    found = [(px, peak, loaded) for (px, name, kind, ckpt), (peak, loaded) in STEP_MEMORY_GB.items()
+             if name in presets and kind == dtype and ckpt == checkpointing]
+    if not found:
+        return None
+    above = [px for px, _, _ in found if px >= image_size]
+    nearest = min(above) if above else max(px for px, _, _ in found)
+    return max(loaded + (peak - loaded) * (image_size / px) ** 2 * batch_size
+               for px, peak, loaded in found if px == nearest)
+
+
+def memory_advice(free_gb: float, held_gb: float, image_size: int, preset: str | None, dtype: str,
+                  checkpointing: bool, batch_size: int) -> str | None:
+    """What to change when a LoRA step of the full-size SAM3 is estimated to need more than the
+    device can give it: ``free_gb`` plus ``held_gb`` (the model already on it). None if it
+    fits or the configuration was never measured. One line naming the keys: the first single
+    change that fits, else all of them."""
+    need = step_memory_gb(image_size, preset, dtype, checkpointing, batch_size)
+    budget = free_gb + held_gb
+    if need is None or need <= budget:
+        return None
+    changes = [("training.activation_checkpointing=1", (image_size, preset, dtype, True, batch_size), not checkpointing),
+               ("model.dtype=bfloat16", (image_size, preset, "bfloat16", checkpointing, batch_size), dtype == "float32"),
+               ("training.batch_size=1", (image_size, preset, dtype, checkpointing, 1), batch_size > 1),
+               ("model.image_size=672", (672, preset, dtype, checkpointing, batch_size), image_size > 672),
+               ("the minimal preset's lora section", (image_size, "minimal", dtype, checkpointing, batch_size),
+                preset != "minimal")]
+    applicable = [(key, args) for key, args, applies in changes if applies]
+    fits = [key for key, args in applicable if (step_memory_gb(*args) or need) <= budget]
+    what = (f"set {fits[0]}" if fits else "change " + ", ".join(key for key, _ in applicable) if applicable
+            else "lower model.image_size")
+    return (f"a training step is estimated to need {need:.1f} GB ({STEP_MEMORY_SOURCE}), more than the "
+            f"{budget:.1f} GB this device has for it: {what}, or expect to run out of memory")
+
+
+def lora_preset(lora: LoRAConfig) -> str | None:
+    """The preset whose ``lora`` section ``lora`` is, or None."""
+    return next((name for name in PRESETS if load_config(name).lora == lora), None)
+
+
+def is_full_size(model_config) -> bool:
+    """Whether ``model_config`` is the full-size SAM3 architecture (the one measured)."""
+    return architecture(model_config) == architecture(load_sam3_config("sam3"))

@@ -1,0 +1,139 @@
+"""Will a step fit: the measured memory table, estimates from it, and the advice."""
+
+import re
+from pathlib import Path
+
+import pytest
+import torch
+
+from sam3_lora.config import load_config
+from sam3_lora.model.loading import load_sam3_config
+from sam3_lora.training import resources
+from sam3_lora.training.resources import is_full_size, lora_preset, memory_advice, step_memory_gb
+
+# (px, preset, dtype, checkpointing) -> (peak, loaded): made-up numbers, easy to follow.
+TABLE = {
+    (672, "balanced", "float32", False): (13.5, 3.5),
+    (672, "balanced", "float32", True): (7.5, 3.5),
+    (1008, "balanced", "float32", False): (23.5, 3.5),
+    (1008, "balanced", "float32", True): (9.5, 3.5),
+    (1008, "balanced", "bfloat16", False): (13.0, 2.0),
+    (1008, "balanced", "bfloat16", True): (6.0, 2.0),
+    (1008, "minimal", "float32", False): (20.5, 3.5),
+}
+
+
+@pytest.fixture
+def table(monkeypatch):
+    monkeypatch.setattr(resources, "STEP_MEMORY_GB", TABLE)
+
+
+def test_estimates_scale_the_step_by_pixels_and_batch(table):
+    assert step_memory_gb(1008, "balanced", "float32", True, 1) == 9.5
+    assert step_memory_gb(1008, "balanced", "float32", True, 2) == 3.5 + 2 * 6.0
+    assert step_memory_gb(504, "balanced", "float32", False, 1) == pytest.approx(3.5 + 10.0 * (504 / 672) ** 2)
+    assert step_memory_gb(1344, "balanced", "bfloat16", True, 1) == pytest.approx(2.0 + 4.0 * (1344 / 1008) ** 2)
+    assert step_memory_gb(1008, None, "float32", False, 1) == 23.5   # own LoRA: the largest preset
+    assert step_memory_gb(1008, "full", "float32", False, 1) is None
+
+
+def test_advice_names_the_first_change_that_fits(table):
+    assert memory_advice(20.0, 3.4, 1008, "balanced", "float32", True, 1) is None   # 9.5 fits in 23.4
+    advice = memory_advice(8.0, 3.4, 1008, "balanced", "float32", False, 1)
+    assert advice.startswith("a training step is estimated to need 23.5 GB (") and "11.4 GB" in advice
+    assert "set training.activation_checkpointing=1," in advice
+    assert "set model.dtype=bfloat16," in memory_advice(4.0, 3.4, 1008, "balanced", "float32", True, 1)
+    assert "set training.batch_size=1," in memory_advice(8.0, 2.0, 1008, "balanced", "bfloat16", True, 3)
+    nothing_alone = memory_advice(1.0, 1.0, 1008, "balanced", "bfloat16", False, 1)
+    assert "change training.activation_checkpointing=1, model.image_size=672, the minimal preset" in nothing_alone
+    assert memory_advice(0.5, 0.5, 672, "minimal", "bfloat16", True, 1) is None   # never measured: no advice
+
+
+def test_the_measured_table_is_complete_for_what_it_has():
+    """Every measured (px, preset) has the loaded model's size; the peak is above it."""
+    for (px, preset, dtype, _), (peak, loaded) in resources.STEP_MEMORY_GB.items():
+        assert preset in resources.PRESETS and dtype in ("float32", "bfloat16") and px % 14 == 0
+        assert peak > loaded > 0
+
+
+def test_presets_and_the_full_size_architecture_are_recognised():
+    assert lora_preset(load_config("balanced").lora) == "balanced"
+    assert lora_preset(load_config("balanced", ["lora.rank=8"]).lora) is None
+    assert is_full_size(load_sam3_config("sam3")) and is_full_size(load_sam3_config("sam3", image_size=672))
+    assert not is_full_size(load_sam3_config("sam3-tiny"))
+
+
+def test_trainer_reports_free_memory_and_advice_before_the_first_step(table, monkeypatch, tmp_path, capsys):
+    """CUDA stubbed: the line the trainer prints before its first step."""
+    from sam3_lora.data.synth import synthesize
+    from sam3_lora.recipes import train as train_module
+
+    synthesize(tmp_path / "data", images_per_split={"train": 2}, image_size=112, seed=0)
+    trainer = train_module.SAM3LoRATrainer(load_config("balanced", [
+        "model.source=sam3-tiny", f"data.root={tmp_path / 'data'}", f"output.dir={tmp_path / 'run'}",
+        "training.report_to=[]", "model.dtype=float32", "training.activation_checkpointing=0"])).setup()
+    capsys.readouterr()
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (6 * 2**30, 12 * 2**30))
+    monkeypatch.setattr(torch.cuda, "memory_allocated", lambda device=None: int(3.5 * 2**30))
+    trainer._report_device_memory(torch.device("cpu"))
+    assert capsys.readouterr().out == ""   # nothing to say on a CPU
+    trainer._report_device_memory(torch.device("cuda"))
+    assert capsys.readouterr().out == "cuda: 6.0 GB free of 12.0 GB before the first step\n"   # not full size
+    monkeypatch.setattr(train_module, "is_full_size", lambda config: True)
+    trainer.image_size = 1008
+    trainer._report_device_memory(torch.device("cuda"))
+    out = capsys.readouterr().out
+    assert out.startswith("cuda: 6.0 GB free of 12.0 GB before the first step; a training step is estimated "
+                          "to need 23.5 GB")
+    assert "set training.activation_checkpointing=1, or expect to run out of memory" in out
+
+
+# ---- the measured table, where it is written down -------------------------------------------
+
+ROOT = Path(__file__).parents[2]
+COLUMNS = (("float32", False), ("float32", True), ("bfloat16", False), ("bfloat16", True))
+
+
+def newest_memory_table() -> dict[tuple[int, str], list[str]]:
+    """(px, preset) -> the cells of the newest entry of BENCHMARKS.md's memory section."""
+    section = (ROOT / "BENCHMARKS.md").read_text().split("## Peak memory of a LoRA training step", 1)[1]
+    newest = section.split("\n## ", 1)[0].rsplit("\n### ", 1)[-1]
+    return {(int(m[1]), m[2]): [c.strip() for c in m[3].split("|")]
+            for m in re.finditer(r"^\| (\d+) \| (\w+) \|(.*)\|$", newest, re.MULTILINE)}
+
+
+def test_readme_memory_table_is_the_newest_measured():
+    """The README's "memory at 1008 px, batch 1" rows are BENCHMARKS.md's newest 1008 px rows
+    (after a GPU run appends its table there, the README must follow it)."""
+    table = newest_memory_table()
+    assert {preset for px, preset in table if px == 1008} == set(resources.PRESETS)
+    block = (ROOT / "README.md").read_text().split("Memory at 1008 px, batch 1", 1)[1]
+    for preset in resources.PRESETS:
+        row = re.search(rf"^\| {preset} \|(.*)\|$", block, re.MULTILINE)
+        assert row, f"README has no memory row for {preset}"
+        assert [c.strip() for c in row[1].split("|")] == table[1008, preset][:4], preset
+
+
+def test_the_trainers_table_is_the_newest_measured():
+    expected = {}
+    for (px, preset), cells in newest_memory_table().items():
+        loaded = dict(zip(("float32", "bfloat16"), cells[4].removesuffix(" GB").split(" / "), strict=True))
+        for (dtype, checkpointing), cell in zip(COLUMNS, cells[:4], strict=True):
+            if re.fullmatch(r"[\d.]+ GB", cell):
+                expected[px, preset, dtype, checkpointing] = (float(cell.removesuffix(" GB")), float(loaded[dtype]))
+    assert resources.STEP_MEMORY_GB == expected
+
+
+def test_presets_fit_a_12_gb_card_at_1008_px_as_far_as_measured():
+    """The presets' defaults follow the measured table: with the bfloat16 base that `auto`
+    gives on a GPU, minimal and balanced need at most 10 GB at 1008 px, batch 1 (the issue's
+    goal for balanced; 2 GB of headroom on a 12 GB card). full is documented to need more."""
+    for preset, limit in (("minimal", 10.0), ("balanced", 10.0), ("full", None)):
+        training = load_config(preset).training
+        assert load_config(preset).model.dtype == "auto" and training.batch_size == 1
+        need = step_memory_gb(1008, preset, "bfloat16", training.activation_checkpointing == 1, 1)
+        assert need is not None, preset
+        if limit:
+            assert need <= limit, (preset, need)
+        else:
+            assert need > 12.0, "full fits 12 GB now: update configs/full.yaml's comment and the README"
