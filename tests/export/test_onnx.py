@@ -234,6 +234,9 @@ engine = SAM3OnnxInference(sys.argv[1], threads=1)
 found = engine.predict(sys.argv[2], ["red circle", "blue square"], boxes=[[10, 10, 60, 50]], threshold=0.0)
 engine.visualize(found, sys.argv[3])
 entries = prediction_entries(found, 0)
+from sam3_lora.cli import main             # the command line too: sam3-lora predict --onnx
+assert main(["predict", "--onnx", sys.argv[1], "--image", sys.argv[2], "--prompt", "red circle",
+             "--output", sys.argv[3].replace(".png", "-cli.png")]) == 0
 heavy = sorted(m for m in sys.modules if m.split(".")[0] in ("torch", "transformers", "peft", "torchvision")
                and sys.modules[m] is not None)
 print(json.dumps({"entries": len(entries), "heavy": heavy}))
@@ -247,7 +250,7 @@ def test_engine_runs_without_torch(exported, images, tmp_path):
     assert done.returncode == 0, done.stderr[-2000:]
     report = json.loads(done.stdout.splitlines()[-1])
     assert report == {"entries": 40, "heavy": []}
-    assert (tmp_path / "o.png").is_file()
+    assert (tmp_path / "o.png").is_file() and (tmp_path / "o-cli.json").is_file()
 
 
 # ---- what the export folder holds ---------------------------------------------------------------

@@ -1,4 +1,5 @@
-"""``sam3-lora predict``: a thin layer over ``serve.inference``."""
+"""``sam3-lora predict``: a thin layer over ``serve.inference`` (``serve.onnx_engine`` with ``--onnx``,
+which imports no torch)."""
 
 from __future__ import annotations
 

@@ -5,8 +5,8 @@ MatMul of the vision and text encoders become int8 (symmetric, one scale per ten
 activations are quantized on the fly at each call, so no calibration data is needed. The
 prompt decoder stays float32.
 
-Why this and not the alternatives (all measured on this project's 2-core CPU, FINDINGS of the
-ONNX prototype and BENCHMARKS.md):
+Why this and not the alternatives (measured on this project's 2-core CPU while the export was
+designed, one thread; ``bench/bench_onnx.py`` measures what ships, in BENCHMARKS.md):
 
 - static quantization (QDQ, activations calibrated on images from the dataset) was both
   slower (full size, 336 px, one prompt: 2.05 s against 1.51 s for dynamic; fp32 3.16 s) and
