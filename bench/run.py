@@ -103,6 +103,11 @@ BENCHMARKS = [
         "cpu-full": ["--scale", "cpu-full"],
         "gpu": ["--scale", "gpu"],
     }),
+    ("bench_onnx", "bench_onnx.py", WRITE, {
+        "tiny": ["--model", "sam3-tiny-shapes", "--repeats", "3", "--map-images", "20"],
+        "cpu-full": [*SAM3_336, "--repeats", "3"],
+        "gpu": [*SAM3_336, "--repeats", "3"],   # CPU backends: onnxruntime runs on the CPU here
+    }),
     ("lora_study", "lora_study.py", WRITE, {
         "tiny": ["--scale", "tiny"],
         "cpu-full": ["--scale", "cpu-full"],

@@ -48,3 +48,63 @@ def test_a_full_disk_while_writing_is_one_line_and_leaves_nothing(tmp_path):
         (staging / "half").write_text("h")
         raise OSError(errno.ENOSPC, "No space left on device")
     assert "\n" not in str(error.value) and not list(tmp_path.iterdir())
+
+
+def test_files_written_0600_get_the_umask(tmp_path):
+    """transformers writes model.safetensors (and onnxruntime its .onnx.data) 0600."""
+    previous = os.umask(0o022)
+    try:
+        with atomic_folder(tmp_path / "model") as staging:
+            (staging / "weights").write_text("w")
+            (staging / "weights").chmod(0o600)
+            (staging / "tool").write_text("#!/bin/sh")
+            (staging / "tool").chmod(0o700)
+            (staging / "sub").mkdir(mode=0o700)
+            (staging / "sub" / "inner").write_text("i")
+    finally:
+        os.umask(previous)
+    modes = {p.name: p.stat().st_mode & 0o777 for p in (tmp_path / "model").rglob("*")}
+    assert modes == {"weights": 0o644, "tool": 0o755, "sub": 0o755, "inner": 0o644}
+
+
+def test_staging_left_by_a_killed_process_is_removed_by_the_next_write(tmp_path):
+    import socket
+    import subprocess
+    import sys
+
+    ended = subprocess.Popen([sys.executable, "-c", "pass"])
+    ended.wait()
+    host = socket.gethostname()
+    stale = tmp_path / f".out.partial-{host}-{ended.pid}-abc"
+    live = tmp_path / f".out.partial-{host}-{os.getppid()}-abc"        # a running process's
+    elsewhere = tmp_path / f".out.partial-otherhost-{ended.pid}-abc"  # another machine's
+    other = tmp_path / f".other.partial-{host}-{ended.pid}-abc"        # another folder's
+    for folder in (stale, live, elsewhere, other):
+        folder.mkdir()
+    with atomic_folder(tmp_path / "out") as staging:
+        assert staging.name.startswith(f".out.partial-{host}-{os.getpid()}-")
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["out", live.name, elsewhere.name, other.name])
+
+
+SIGTERM_WRITER = r"""
+import sys, time
+from pathlib import Path
+from sam3_lora.files import atomic_folder, sigterm_as_exit
+with sigterm_as_exit(), atomic_folder(Path(sys.argv[1]) / "out") as staging:
+    (staging / "half").write_text("h")
+    print("writing", flush=True)
+    time.sleep(60)
+"""
+
+
+def test_sigterm_while_writing_leaves_nothing(tmp_path):
+    import signal
+    import subprocess
+    import sys
+
+    process = subprocess.Popen([sys.executable, "-c", SIGTERM_WRITER, str(tmp_path)], stdout=subprocess.PIPE,
+                               text=True)
+    assert process.stdout.readline() == "writing\n"
+    process.send_signal(signal.SIGTERM)
+    assert process.wait(timeout=30) == 128 + signal.SIGTERM
+    assert list(tmp_path.iterdir()) == []

@@ -21,11 +21,12 @@ _EXPORTS = {
     "load_lora_weights": "lora.adapter",
     "SAM3LoRATrainer": "recipes.train",
     "SAM3LoRAInference": "serve.inference",
+    "SAM3OnnxInference": "serve.onnx_engine",
 }
 __all__ = [  # noqa: RUF022 - grouped by module, like _EXPORTS
     "Config", "LoRAConfig", "load_config", "load_sam3", "apply_lora_to_model", "count_parameters",
     "save_adapter", "load_adapter", "save_lora_weights", "load_lora_weights", "SAM3LoRATrainer",
-    "SAM3LoRAInference", "__version__",
+    "SAM3LoRAInference", "SAM3OnnxInference", "__version__",
 ]
 
 

@@ -4,9 +4,14 @@ never leaves half of something behind, readable as the user's umask says."""
 from __future__ import annotations
 
 import contextlib
+import glob
 import os
 import shutil
+import signal
+import socket
 import tempfile
+import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 from sam3_lora.errors import Sam3LoraError
@@ -17,14 +22,21 @@ def atomic_folder(folder: str | Path):
     """Yields an empty temporary sibling of ``folder`` to write into; on success it replaces
     ``folder`` by a rename, on failure it is deleted. A crash mid-write therefore never
     leaves a half-written folder under the final name. An ``OSError`` while writing (a full
-    disk: ENOSPC) becomes a one-line ``Sam3LoraError`` naming ``folder``."""
+    disk: ENOSPC) becomes a one-line ``Sam3LoraError`` naming ``folder``.
+
+    Everything written gets the user's umask before the rename (0644 files under umask 022):
+    transformers and onnxruntime write some weight files 0600 (through temporary files),
+    which would make a model meant to be shared unreadable to others. A process killed
+    outright (SIGKILL, power loss) cannot clean up: its staging folder, named after its host
+    and process id, is removed by the next ``atomic_folder`` of the same ``folder``."""
     folder = Path(folder)
     staging = None
     try:
         folder.parent.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
-        staging.chmod(0o777 & ~current_umask())   # mkdtemp makes it 0700: give it the user's umask
+        remove_stale_staging(folder)
+        staging = Path(tempfile.mkdtemp(prefix=_staging_prefix(folder) + f"{os.getpid()}-", dir=folder.parent))
         yield staging
+        apply_umask(staging)
         if folder.exists():
             shutil.rmtree(folder)
         os.replace(staging, folder)
@@ -41,6 +53,71 @@ def current_umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
     return mask
+
+
+def apply_umask(root: Path) -> None:
+    """Give ``root`` and everything under it the modes a plain ``open``/``mkdir`` would have
+    had under the user's umask: 0666 (0777 for folders and executables) minus the umask."""
+    mask = current_umask()
+    for path in [root, *root.rglob("*")]:
+        if path.is_symlink():
+            continue
+        executable = path.is_dir() or path.stat().st_mode & 0o111
+        path.chmod((0o777 if executable else 0o666) & ~mask)
+
+
+def _staging_prefix(folder: Path) -> str:
+    """``.NAME.partial-HOST-``: what ``atomic_folder`` names its staging folders (then the
+    process id and a random tail), so that a later run can tell whose they were."""
+    return f".{folder.name}.partial-{socket.gethostname()}-"
+
+
+def remove_stale_staging(folder: Path) -> list[Path]:
+    """Delete the staging folders of ``folder`` left by processes of this host that no
+    longer run (killed before they could clean up); returns what was removed. Folders of
+    live processes, and of other hosts sharing the file system, are left alone."""
+    prefix = _staging_prefix(folder)
+    removed = []
+    for path in folder.parent.glob(glob.escape(prefix) + "*"):
+        pid = path.name[len(prefix):].split("-", 1)[0]
+        if path.is_dir() and pid.isdigit() and not _process_runs(int(pid)):
+            shutil.rmtree(path, ignore_errors=True)
+            removed.append(path)
+    return removed
+
+
+def _process_runs(pid: int) -> bool:
+    """Whether process ``pid`` exists on this host (one owned by another user counts)."""
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+@contextlib.contextmanager
+def sigterm_as_exit() -> Iterator[None]:
+    """Inside, SIGTERM raises ``SystemExit(143)`` so that cleanup (``atomic_folder``'s
+    ``finally``) runs: Python's default SIGTERM action ends the process without unwinding,
+    which left a half-written export behind (measured). Ctrl-C already raises
+    ``KeyboardInterrupt``. Main thread only (signals can be set nowhere else); the previous
+    handler is restored on exit."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def exit_on_sigterm(signum, _frame):
+        raise SystemExit(128 + signum)
+
+    previous = signal.signal(signal.SIGTERM, exit_on_sigterm)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def check_output(path: str | Path, *, folder: bool, what: str) -> Path:

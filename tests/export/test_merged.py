@@ -95,3 +95,97 @@ def test_merged_export_is_written_in_the_dtype_asked_for(tmp_path, adapter, caps
     assert Sam3Model.from_pretrained(tmp_path / "bf16").dtype == torch.bfloat16
     with pytest.raises(ExportError, match="dtype 'int8': choose one of float32, bfloat16, float16"):
         export_merged(folder, tmp_path / "int8", dtype="int8")
+
+
+# A torchvision stand-in for one subprocess: transformers' Sam3Processor imports torchvision
+# (the real one cannot be installed on CPU machines), and building it from a folder needs
+# only the names to exist; nothing below calls them.
+STAND_IN_TORCHVISION = '''
+import importlib.abc, importlib.machinery, sys, types
+
+__version__ = "0.28.0"
+
+
+class _Stub:
+    def __init__(self, *args, **kwargs): pass
+    def __call__(self, *args, **kwargs): raise NotImplementedError("a torchvision stand-in")
+    def __getattr__(self, name): return _Stub()
+
+
+class _Module(types.ModuleType):
+    def __getattr__(self, name):
+        if name.startswith("__"):
+            raise AttributeError(name)
+        return _Stub()
+
+
+class _Finder(importlib.abc.MetaPathFinder, importlib.abc.Loader):
+    def find_spec(self, fullname, path, target=None):
+        return importlib.machinery.ModuleSpec(fullname, self, is_package=True) if fullname.startswith(
+            "torchvision.") else None
+    def create_module(self, spec):
+        module = _Module(spec.name)
+        module.__path__ = []
+        return module
+    def exec_module(self, module):
+        pass
+
+
+sys.meta_path.insert(0, _Finder())
+sys.modules[__name__].__class__ = _Module
+'''
+
+LOAD_PROCESSOR = r"""
+import json, sys
+from transformers import Sam3Processor
+processor = Sam3Processor.from_pretrained(sys.argv[1])
+ids = processor.tokenizer(["red circle"], padding="max_length", max_length=32)["input_ids"][0]
+print(json.dumps({"image": type(processor.image_processor).__name__, "size": dict(processor.image_processor.size),
+                  "mean": list(processor.image_processor.image_mean), "target_size": processor.target_size,
+                  "ids": ids}))
+"""
+
+
+def test_merged_export_has_what_sam3processor_reads_with_the_umask(tmp_path, adapter):
+    import json
+    import os
+    import subprocess
+    import sys
+
+    from sam3_lora.files import current_umask
+
+    folder, _ = adapter
+    out = export_merged(folder, tmp_path / "merged", load_config(TINY_CONFIG))
+    assert sorted(p.name for p in out.iterdir()) == [
+        "config.json", "model.safetensors", "preprocessor_config.json", "processor_config.json", "tokenizer.json",
+        "tokenizer_config.json"]
+    for path in [out, *out.iterdir()]:   # transformers writes model.safetensors 0600 (measured)
+        assert path.stat().st_mode & 0o777 == (0o777 if path.is_dir() else 0o666) & ~current_umask(), path.name
+    processor = json.loads((out / "processor_config.json").read_text())
+    assert processor["processor_class"] == "Sam3Processor" and processor["target_size"] == 112
+    image = processor["image_processor"]
+    assert image["image_processor_type"] == "Sam3ImageProcessor" and image["size"] == {"height": 112, "width": 112}
+    assert image["image_mean"] == image["image_std"] == [0.5] * 3 and image["rescale_factor"] == 1 / 255
+    assert json.loads((out / "preprocessor_config.json").read_text())["size"] == image["size"]
+    (tmp_path / "stand_in" / "torchvision").mkdir(parents=True)
+    (tmp_path / "stand_in" / "torchvision" / "__init__.py").write_text(STAND_IN_TORCHVISION)
+    (tmp_path / "stand_in" / "torchvision-0.28.0.dist-info").mkdir()
+    (tmp_path / "stand_in" / "torchvision-0.28.0.dist-info" / "METADATA").write_text(
+        "Metadata-Version: 2.1\nName: torchvision\nVersion: 0.28.0\n")
+    done = subprocess.run([sys.executable, "-c", LOAD_PROCESSOR, str(out)], capture_output=True, text=True,
+                          timeout=120, check=False,
+                          env={**os.environ, "PYTHONPATH": f"{tmp_path / 'stand_in'}{os.pathsep}"
+                               f"{os.environ.get('PYTHONPATH', '')}"})
+    assert done.returncode == 0, done.stderr[-1500:]
+    loaded = json.loads(done.stdout.splitlines()[-1])
+    expected_ids = load_sam3("sam3-tiny").processor.text(["red circle"])["input_ids"][0].tolist()
+    assert loaded == {"image": "Sam3ImageProcessor", "size": {"height": 112, "width": 112}, "mean": [0.5] * 3,
+                      "target_size": 112, "ids": expected_ids}
+
+
+def test_merged_export_of_a_whole_model_folder(tmp_path, predict, differ):
+    tiny = load_sam3("sam3-tiny", seed=3)
+    tiny.save_pretrained(tmp_path / "full")
+    out = export_merged(tmp_path / "full", tmp_path / "merged")
+    assert differ(predict(Sam3Model.from_pretrained(out).eval()), predict(tiny.model)) < 1e-6
+    assert (out / "processor_config.json").is_file()

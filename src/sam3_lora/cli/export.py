@@ -11,17 +11,37 @@ examples:
   sam3-lora export --weights runs/cracks/best --merged sam3-cracks       # plain transformers model
   sam3-lora export --weights runs/cracks/best --merged sam3-cracks-bf16 --dtype bfloat16   # half the size
   sam3-lora export --weights runs/cracks/best --adapter-only cracks-lora # a few MB to share
+  sam3-lora export --weights runs/cracks/best --onnx cracks-onnx         # onnxruntime, no torch to run it
+  sam3-lora export --weights runs/cracks/best --onnx cracks-int8 --quantize int8
+  sam3-lora export --weights cracks-onnx --onnx cracks-int8 --quantize int8   # INT8 copy of an ONNX export
+
+--onnx needs the onnx extra: pip install 'sam3-lora[onnx]'. Run the result with
+`sam3-lora predict --onnx OUT --image ... --prompt ...` or sam3_lora.SAM3OnnxInference(OUT).
 """
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    """Export an adapter merged into its base model, or as a clean adapter folder."""
-    from sam3_lora.export.merged import export_adapter, export_merged
+    """Export an adapter merged into its base model, as a clean adapter folder, or as ONNX
+    graphs for onnxruntime."""
+    from sam3_lora.export.merged import ExportError, export_adapter, export_merged
 
-    if args.merged:
+    onnx_only = [flag for flag, value in (("--quantize", args.quantize), ("--opset", args.opset)) if value is not None]
+    if onnx_only and not args.onnx:
+        raise ExportError(f"{onnx_only[0]} applies to --onnx exports only; add --onnx OUT or drop {onnx_only[0]}")
+    if args.dtype != "float32" and not args.merged:
+        raise ExportError("--dtype applies to --merged exports only; add --merged OUT or drop --dtype")
+    if args.onnx:
+        from sam3_lora.export.onnx import DEFAULT_OPSET, export_onnx
+
+        out = export_onnx(args.weights, args.onnx, config_from_args(args) if args.config else None,
+                          opset=DEFAULT_OPSET if args.opset is None else args.opset, quantize=args.quantize,
+                          progress=lambda line: print(line, flush=True))
+        print(f"ONNX export in {out}: run it with `sam3-lora predict --onnx {out} --image IMAGE --prompt TEXT`")
+    elif args.merged:
         out = export_merged(args.weights, args.merged, config_from_args(args) if args.config else None,
                             dtype=args.dtype)
-        print(f"merged model ({args.dtype}) in {out}: load it with transformers' Sam3Model.from_pretrained('{out}')")
+        print(f"merged model ({args.dtype}) in {out}: load it with transformers' Sam3Model.from_pretrained('{out}') "
+              f"and Sam3Processor.from_pretrained('{out}')")
     else:
         out = export_adapter(args.weights, args.adapter_only)
         print(f"adapter in {out}: load it with sam3_lora.load_adapter(base_model, '{out}')")
@@ -34,10 +54,15 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
                                  description=cmd_export.__doc__, epilog=EXPORT_EPILOG,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     add_config_args(export)
-    export.add_argument("--weights", required=True, metavar="DIR", help="the adapter folder")
+    export.add_argument("--weights", required=True, metavar="DIR",
+                        help="the adapter folder, or a whole-model folder (training.method: full)")
     target = export.add_mutually_exclusive_group(required=True)
     target.add_argument("--merged", metavar="OUT", help="write base + adapter merged, transformers format")
     target.add_argument("--adapter-only", metavar="OUT", help="copy just the adapter's files")
+    target.add_argument("--onnx", metavar="OUT", help="write ONNX graphs, tokenizer and settings for onnxruntime")
     export.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default="float32",
                         help="with --merged: dtype of the written weights (merged in float32 first)")
+    export.add_argument("--quantize", choices=["int8"], help="with --onnx: dynamic INT8 of the vision and text "
+                        "encoders (faster on CPU; its accuracy cost is in BENCHMARKS.md)")
+    export.add_argument("--opset", type=int, metavar="N", help="with --onnx: ONNX opset (default 18)")
     export.set_defaults(func=cmd_export)

@@ -1,4 +1,5 @@
-"""``sam3-lora predict``: a thin layer over ``serve.inference``."""
+"""``sam3-lora predict``: a thin layer over ``serve.inference`` (``serve.onnx_engine`` with ``--onnx``,
+which imports no torch)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import json
 from pathlib import Path
 
 from sam3_lora.cli.common import add_config_args, config_from_args
+from sam3_lora.config import LEGACY_FLAGS
 from sam3_lora.data.images import IMAGE_SUFFIXES
 from sam3_lora.errors import Sam3LoraError
 from sam3_lora.files import check_output
@@ -17,6 +19,7 @@ examples:
   sam3-lora predict --config runs/cracks/config.yaml --image wall.jpg --prompt "concrete crack"
   sam3-lora predict --config runs/cracks/config.yaml --image photos/ --prompt crack spalling --output out/
   sam3-lora predict --config balanced --no-lora --image shelf.png --bboxes '[[10, 20, 200, 180]]'
+  sam3-lora predict --onnx cracks-onnx --image wall.jpg --prompt "concrete crack"   # onnxruntime, no torch
 
 writes, per image NAME: NAME.png (overlay: a colour per prompt, scores, legend) and NAME.json,
 COCO results (image_id = the image's index, category_id = the prompt's index + 1, with
@@ -76,21 +79,43 @@ def parse_boxes(text: str | None, flag: str):
         raise PredictInputError(f"{flag} {text!r}: not JSON; write boxes as '[[x1, y1, x2, y2], ...]' in pixels") from None
 
 
+def check_onnx_flags(args: argparse.Namespace) -> None:
+    """With --onnx the export folder is the whole model: the flags that choose a model or
+    its input size cannot apply, and saying so beats ignoring them."""
+    given = [flag for flag, value in (("--config", args.config), ("--weights", args.weights),
+                                      ("--no-lora", args.no_lora), ("--resolution", args.resolution),
+                                      ("section.key=value overrides", args.overrides),
+                                      *((f"--{flag}", getattr(args, flag, None)) for flag in LEGACY_FLAGS))
+             if value]
+    if given:
+        raise PredictInputError(f"{given[0]} does not apply with --onnx (the export folder holds the model, "
+                                f"its weights and its input size); drop it")
+
+
 def cmd_predict(args: argparse.Namespace) -> int:
     """Segment what the prompts name in each image: an overlay PNG and COCO-results JSON."""
     from tqdm.auto import tqdm
 
     from sam3_lora.evaluation.results import prediction_entries
-    from sam3_lora.serve.inference import SAM3LoRAInference, check_threshold
+    from sam3_lora.serve.prompts import check_threshold
 
     check_threshold(args.threshold, option="threshold")   # all checked before the model loads
+    if args.onnx:
+        check_onnx_flags(args)
     images = find_images(args.image)
     pairs = output_paths(images, args.output)
     boxes, negative = parse_boxes(args.bboxes, "--bboxes"), parse_boxes(args.negative_bboxes, "--negative-bboxes")
     if not args.prompt and boxes is None:
         raise PredictInputError("no prompt: give --prompt text, --bboxes, or both")
-    engine = SAM3LoRAInference(config=config_from_args(args), weights_path=args.weights, no_lora=args.no_lora,
-                               detection_threshold=args.threshold, resolution=args.resolution)
+    if args.onnx:
+        from sam3_lora.serve.onnx_engine import SAM3OnnxInference
+
+        engine = SAM3OnnxInference(args.onnx, detection_threshold=args.threshold)
+    else:
+        from sam3_lora.serve.inference import SAM3LoRAInference
+
+        engine = SAM3LoRAInference(config=config_from_args(args), weights_path=args.weights, no_lora=args.no_lora,
+                                   detection_threshold=args.threshold, resolution=args.resolution)
     for image_id, (image, (png, js)) in enumerate(tqdm(list(zip(images, pairs, strict=True)), desc="predict",
                                                        disable=len(images) == 1)):
         predictions = engine.predict(image, args.prompt, boxes, negative)
@@ -114,6 +139,8 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     add_config_args(predict)
     predict.add_argument("--weights", metavar="DIR", help="adapter folder (default: output.dir/best)")
     predict.add_argument("--no-lora", action="store_true", help="the base model, no adapter")
+    predict.add_argument("--onnx", metavar="DIR", help="run an ONNX export (sam3-lora export --onnx) on "
+                         "onnxruntime instead; --config and --weights are then not needed")
     predict.add_argument("--image", required=True, metavar="PATH", help="an image, a folder of images, or a glob")
     predict.add_argument("--prompt", nargs="+", default=[], metavar="TEXT", help="one or more text prompts")
     predict.add_argument("--bboxes", metavar="JSON", help="positive box exemplars '[[x1,y1,x2,y2], ...]' in pixels")

@@ -8,7 +8,9 @@ Text goes through the model's tokenizer, padded to its context length (32 for SA
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -17,6 +19,8 @@ from PIL import Image
 
 IMAGE_MEAN = 0.5
 IMAGE_STD = 0.5
+BOX_PADDING_LABEL = -10
+"""SAM3's label for a padding box (and transformers' ``Sam3Processor.point_pad_value``)."""
 
 
 def normalize(pixels: torch.Tensor) -> torch.Tensor:
@@ -70,3 +74,31 @@ class Sam3InputProcessor:
             return_tensors="pt",
         )
         return {"input_ids": encoded["input_ids"], "attention_mask": encoded["attention_mask"]}
+
+
+def save_processor_config(folder: str | Path, image_size: int, patch_size: int = 14) -> list[Path]:
+    """Write what transformers' ``Sam3Processor.from_pretrained(folder)`` reads besides the
+    tokenizer, describing the preprocessing above (direct bilinear resize to ``image_size``,
+    /255, mean 0.5, std 0.5): ``processor_config.json`` (the processor, with its image
+    processor nested, as transformers 5 saves it) and ``preprocessor_config.json`` (the image
+    processor alone, where older loaders look). Written as JSON because transformers' image
+    processor itself cannot be built without torchvision. Returns the paths written."""
+    image_processor = {
+        "image_processor_type": "Sam3ImageProcessor",
+        "do_convert_rgb": True, "do_resize": True, "do_rescale": True, "do_normalize": True,
+        "size": {"height": image_size, "width": image_size},
+        "mask_size": {"height": 4 * (image_size // patch_size), "width": 4 * (image_size // patch_size)},
+        "resample": 2,   # PIL's BILINEAR
+        "rescale_factor": 1 / 255,
+        "image_mean": [IMAGE_MEAN] * 3,
+        "image_std": [IMAGE_STD] * 3,
+    }
+    processor = {"processor_class": "Sam3Processor", "image_processor": image_processor,
+                 "target_size": image_size, "point_pad_value": BOX_PADDING_LABEL}
+    written = []
+    for name, content in (("processor_config.json", processor),
+                          ("preprocessor_config.json", {**image_processor, "processor_class": "Sam3Processor"})):
+        path = Path(folder) / name
+        path.write_text(json.dumps(content, indent=2, sort_keys=True) + "\n")
+        written.append(path)
+    return written

@@ -33,7 +33,7 @@ from sam3_lora.data.images import to_rgb, upright
 from sam3_lora.data.synth import synthesize
 from sam3_lora.errors import Sam3LoraError
 from sam3_lora.evaluation.results import prediction_entries
-from sam3_lora.serve.inference import SAM3LoRAInference, check_boxes
+from sam3_lora.serve.inference import SAM3LoRAInference
 from sam3_lora.serve.limits import (
     MAX_BOXES,
     MAX_DETECTIONS,
@@ -45,6 +45,7 @@ from sam3_lora.serve.limits import (
     UPLOAD_FORMATS,
 )
 from sam3_lora.serve.overlay import draw_overlay
+from sam3_lora.serve.prompts import check_boxes
 
 BASE = "base model"   # the adapter choice that runs SAM3 with no adapter
 LOCAL_HOSTS = {"127.0.0.1", "localhost", "::1"}

@@ -20,6 +20,10 @@ Each prediction is one dict per prompt::
     boxes           (N, 4) float, x1 y1 x2 y2 in pixels of the image
     scores          (N,) float in [0, 1]
     masks           (N, H, W) bool at the image's size
+
+Prompt and image checks (``PromptError``, ``check_boxes``, ``check_threshold``, ``as_image``)
+live in the torch-free ``serve.prompts``, shared with the ONNX engine; they are importable
+from here too.
 """
 
 from __future__ import annotations
@@ -33,52 +37,19 @@ import torch
 from PIL import Image
 
 from sam3_lora.config import Config, load_config
-from sam3_lora.data.images import open_image
-from sam3_lora.errors import Sam3LoraError
 from sam3_lora.lora.adapter import load_adapter
 from sam3_lora.lora.weights import adapter_disabled, has_adapter, load_finetuned
 from sam3_lora.model.forward import encode_images, encode_text, forward_queries
 from sam3_lora.model.postprocess import postprocess
 from sam3_lora.serve.overlay import save_overlay
-
-BOX_ONLY_PROMPT = "visual"   # SAM3's text for a prompt made of boxes alone
-
-
-class PromptError(Sam3LoraError):
-    """Prompts that cannot be run: none given, or boxes that do not fit the image."""
-
-
-def check_boxes(boxes, size: tuple[int, int], what: str = "boxes") -> np.ndarray:
-    """(n, 4) x1 y1 x2 y2 pixel boxes inside an image of ``size`` (W, H), or a clear error."""
-    try:
-        flat = np.asarray([] if boxes is None else boxes, dtype=float)
-    except (TypeError, ValueError):   # ragged lists or non-numbers
-        flat = np.zeros(1)
-    if flat.size % 4:
-        raise PromptError(f"{what}: each box needs 4 numbers [x1, y1, x2, y2] in pixels")
-    array = flat.reshape(-1, 4)
-    width, height = size
-    for x1, y1, x2, y2 in array:
-        if not (x2 > x1 and y2 > y1):
-            raise PromptError(f"{what}: box [{x1:g}, {y1:g}, {x2:g}, {y2:g}] needs x2 > x1 and y2 > y1")
-        if x1 < 0 or y1 < 0 or x2 > width or y2 > height:
-            raise PromptError(f"{what}: box [{x1:g}, {y1:g}, {x2:g}, {y2:g}] is outside the "
-                              f"{width}x{height} image; clip it to the image")
-    return array
-
-
-def as_image(image) -> Image.Image:
-    """A path, a PIL image or an HxWx3 uint8 array -> an RGB PIL image."""
-    if isinstance(image, (str, Path)):
-        return open_image(image)
-    if isinstance(image, Image.Image):
-        return image.convert("RGB")
-    array = np.asarray(image)
-    if array.ndim == 2:
-        array = np.stack([array] * 3, axis=-1)
-    if array.ndim != 3 or array.shape[2] not in (3, 4):
-        raise PromptError(f"image array of shape {array.shape}: expected H x W x 3 (RGB)")
-    return Image.fromarray(array[..., :3].astype(np.uint8))
+from sam3_lora.serve.prompts import (
+    PromptError,
+    as_image,
+    boxes_cxcywh,
+    check_boxes,
+    check_threshold,
+    prompt_texts,
+)
 
 
 class SAM3LoRAInference:
@@ -177,13 +148,9 @@ class SAM3LoRAInference:
         """Box prompts as SAM3 inputs for ``rows`` queries: cxcywh in [0, 1], label 1/0."""
         if not len(boxes) and not len(negative):
             return {}
-        width, height = size
-        both = np.concatenate([boxes, negative]) / np.array([width, height, width, height])
-        cxcywh = np.stack([(both[:, 0] + both[:, 2]) / 2, (both[:, 1] + both[:, 3]) / 2,
-                           both[:, 2] - both[:, 0], both[:, 3] - both[:, 1]], axis=1)
-        labels = [1] * len(boxes) + [0] * len(negative)
-        return {"input_boxes": torch.tensor(cxcywh, dtype=torch.float32, device=self.device)[None].expand(rows, -1, -1),
-                "input_boxes_labels": torch.tensor(labels, device=self.device)[None].expand(rows, -1)}
+        cxcywh, labels = boxes_cxcywh(boxes, negative, size)
+        return {"input_boxes": torch.from_numpy(cxcywh).to(self.device)[None].expand(rows, -1, -1),
+                "input_boxes_labels": torch.from_numpy(labels).to(self.device)[None].expand(rows, -1)}
 
     # ---- prediction -----------------------------------------------------------------
 
@@ -196,12 +163,8 @@ class SAM3LoRAInference:
         ``max_detections`` keeps that many best per prompt (masks are image-sized: this bounds
         memory whatever the threshold). Returns, per image, one dict per prompt."""
         pictures = [as_image(image) for image in images]
-        prompts = [prompts] if isinstance(prompts, str) else list(prompts or [])
         threshold = self.threshold if threshold is None else check_threshold(threshold)
-        if not prompts and boxes is None:
-            raise PromptError("no prompt: give text prompts, boxes, or both")
-        names = prompts or ["boxes"]
-        texts = prompts or [BOX_ONLY_PROMPT]
+        names, texts = prompt_texts(prompts, boxes)
         geometry = [(check_boxes(boxes, p.size), check_boxes(negative_boxes, p.size, "negative boxes"))
                     for p in pictures]
         features, mask = self.text_features(texts)
@@ -235,11 +198,3 @@ class SAM3LoRAInference:
             raise PromptError("visualize: no image; predict first or pass image=")
         return save_overlay(picture, predictions, output_path, show_boxes=show_boxes, show_masks=show_masks)
 
-
-def check_threshold(threshold: float, option: str | None = None) -> float:
-    """A score threshold in [0, 1], or a clear error (NaN and 5 are not thresholds);
-    ``option`` names the parameter it came from in the message."""
-    value = float(threshold)
-    if not 0.0 <= value <= 1.0:   # also false for NaN
-        raise PromptError(f"threshold {threshold}: must be a number between 0 and 1", option=option)
-    return value

@@ -1,0 +1,89 @@
+"""Prompts and images as both engines take them, checked the same way: numpy and PIL only.
+
+``SAM3LoRAInference`` (PyTorch) and ``SAM3OnnxInference`` (onnxruntime, no torch) share these,
+so a prompt is refused with the same one-line message whichever engine runs it. Nothing here
+may import torch: the ONNX engine imports this module where torch is absent.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from sam3_lora.data.images import open_image
+from sam3_lora.errors import Sam3LoraError
+
+BOX_ONLY_PROMPT = "visual"
+"""SAM3's text for a prompt made of boxes alone."""
+BOX_ONLY_NAME = "boxes"
+"""What a box-only prompt is called in predictions, overlays and COCO results."""
+
+
+class PromptError(Sam3LoraError):
+    """Prompts that cannot be run: none given, or boxes that do not fit the image."""
+
+
+def as_image(image) -> Image.Image:
+    """A path, a PIL image or an HxWx3 uint8 array -> an RGB PIL image."""
+    if isinstance(image, (str, Path)):
+        return open_image(image)
+    if isinstance(image, Image.Image):
+        return image.convert("RGB")
+    array = np.asarray(image)
+    if array.ndim == 2:
+        array = np.stack([array] * 3, axis=-1)
+    if array.ndim != 3 or array.shape[2] not in (3, 4):
+        raise PromptError(f"image array of shape {array.shape}: expected H x W x 3 (RGB)")
+    return Image.fromarray(array[..., :3].astype(np.uint8))
+
+
+def check_boxes(boxes, size: tuple[int, int], what: str = "boxes") -> np.ndarray:
+    """(n, 4) x1 y1 x2 y2 pixel boxes inside an image of ``size`` (W, H), or a clear error."""
+    try:
+        flat = np.asarray([] if boxes is None else boxes, dtype=float)
+    except (TypeError, ValueError):   # ragged lists or non-numbers
+        flat = np.zeros(1)
+    if flat.size % 4:
+        raise PromptError(f"{what}: each box needs 4 numbers [x1, y1, x2, y2] in pixels")
+    array = flat.reshape(-1, 4)
+    width, height = size
+    for x1, y1, x2, y2 in array:
+        if not (x2 > x1 and y2 > y1):
+            raise PromptError(f"{what}: box [{x1:g}, {y1:g}, {x2:g}, {y2:g}] needs x2 > x1 and y2 > y1")
+        if x1 < 0 or y1 < 0 or x2 > width or y2 > height:
+            raise PromptError(f"{what}: box [{x1:g}, {y1:g}, {x2:g}, {y2:g}] is outside the "
+                              f"{width}x{height} image; clip it to the image")
+    return array
+
+
+def check_threshold(threshold: float, option: str | None = None) -> float:
+    """A score threshold in [0, 1], or a clear error (NaN and 5 are not thresholds);
+    ``option`` names the parameter it came from in the message."""
+    value = float(threshold)
+    if not 0.0 <= value <= 1.0:   # also false for NaN
+        raise PromptError(f"threshold {threshold}: must be a number between 0 and 1", option=option)
+    return value
+
+
+def prompt_texts(prompts: str | list[str] | None, boxes) -> tuple[list[str], list[str]]:
+    """(names, texts) of a call's prompts: one phrase or a list; with no text but boxes, the
+    one box-only prompt (named "boxes", SAM3's text "visual"). Neither: a clear error."""
+    prompts = [prompts] if isinstance(prompts, str) else list(prompts or [])
+    if not prompts and boxes is None:
+        raise PromptError("no prompt: give text prompts, boxes, or both")
+    return (prompts or [BOX_ONLY_NAME]), (prompts or [BOX_ONLY_PROMPT])
+
+
+def boxes_cxcywh(positive: np.ndarray, negative: np.ndarray, size: tuple[int, int]
+                 ) -> tuple[np.ndarray, np.ndarray]:
+    """Checked pixel boxes of one image of ``size`` (W, H) -> SAM3's box prompt: (n, 4)
+    float32 cx cy w h in [0, 1] and (n,) int64 labels (1 positive, 0 negative); positives
+    first. No boxes: (0, 4) and (0,)."""
+    width, height = size
+    both = np.concatenate([positive, negative]).reshape(-1, 4) / np.array([width, height, width, height])
+    cxcywh = np.stack([(both[:, 0] + both[:, 2]) / 2, (both[:, 1] + both[:, 3]) / 2,
+                       both[:, 2] - both[:, 0], both[:, 3] - both[:, 1]], axis=1)
+    labels = np.array([1] * len(positive) + [0] * len(negative), dtype=np.int64)
+    return cxcywh.astype(np.float32), labels
