@@ -83,3 +83,16 @@ def test_agrees_with_torchvision_where_installed():
     features = torch.randn(2, 4, 12, 10)
     boxes = [torch.tensor(BOXES[:3]), torch.tensor(BOXES[3:])]
     torch.testing.assert_close(roi_align(features, boxes, 7), ops.roi_align(features, boxes, 7), atol=1e-5, rtol=1e-5)
+
+
+def test_the_fallback_installs_before_anything_else_imported_sam3():
+    """In a fresh interpreter, install_fallback must reach the real modeling module, not
+    transformers' lazy placeholder (which it would get without torchvision)."""
+    import subprocess
+    import sys
+
+    code = ("from sam3_lora.model.roi_align import install_fallback; import importlib.util; "
+            "installed = install_fallback(); import transformers.models.sam3.modeling_sam3 as m; "
+            "print(installed == (importlib.util.find_spec('torchvision') is None), hasattr(m, 'torchvision'))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
+    assert done.stdout.split() == ["True", "True"]
