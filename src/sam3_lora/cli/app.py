@@ -6,7 +6,7 @@ import argparse
 import importlib.util
 import sys
 
-from sam3_lora.cli.common import add_config_args, config_from_args
+from sam3_lora.cli.common import add_command, config_from_args
 from sam3_lora.serve.limits import MAX_UPLOAD_MB
 
 APP_EPILOG = """\
@@ -44,10 +44,7 @@ def cmd_app(args: argparse.Namespace) -> int:
 
 def add_parser(commands: argparse._SubParsersAction) -> None:
     """Register ``app`` on the main parser."""
-    app = commands.add_parser("app", help="try adapters in a web page (gradio)",
-                              description=cmd_app.__doc__, epilog=APP_EPILOG,
-                              formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_config_args(app)
+    app = add_command(commands, "app", cmd_app, "try adapters in a web page (gradio)", epilog=APP_EPILOG)
     app.add_argument("--weights", nargs="+", action="extend", default=[], metavar="DIR",
                      help="more adapter folders to offer, besides output.dir's best/ and last/")
     app.add_argument("--host", default="127.0.0.1",
@@ -55,4 +52,3 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     app.add_argument("--port", type=int, default=7860, help="port (default 7860)")
     app.add_argument("--max-upload-mb", type=float, default=MAX_UPLOAD_MB, metavar="MB",
                      help=f"largest image upload accepted (default {MAX_UPLOAD_MB:g})")
-    app.set_defaults(func=cmd_app)

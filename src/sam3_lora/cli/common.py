@@ -35,3 +35,15 @@ def config_from_args(args: argparse.Namespace) -> Config:
     legacy = [f"{key}={getattr(args, flag)}" for flag, key in LEGACY_FLAGS.items()
               if getattr(args, flag, None) is not None]
     return load_config(args.config, [*args.overrides, *legacy])
+
+
+def add_command(commands: argparse._SubParsersAction, name: str, func, help: str, *, epilog: str | None = None,
+                config: bool = True) -> argparse.ArgumentParser:
+    """Register one command: its one-line ``help``, ``func``'s docstring as the description,
+    the ``epilog``'s examples kept as written, and (``config``) ``--config`` with overrides."""
+    parser = commands.add_parser(name, help=help, description=func.__doc__, epilog=epilog,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    if config:
+        add_config_args(parser)
+    parser.set_defaults(func=func)
+    return parser

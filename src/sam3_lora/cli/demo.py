@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from sam3_lora.cli.common import add_command
+
 
 def cmd_demo(args: argparse.Namespace) -> int:
     """The whole loop on the bundled pretrained tiny base, on CPU: make a target domain the base
@@ -19,12 +21,11 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 def add_parser(commands: argparse._SubParsersAction) -> None:
     """Register ``demo``."""
-    demo = commands.add_parser("demo", help="the whole loop on the bundled tiny base: before/after in minutes",
-                               description=cmd_demo.__doc__)
+    demo = add_command(commands, "demo", cmd_demo, "the whole loop on the bundled tiny base: before/after in minutes",
+                       config=False)
     demo.add_argument("--output", default="runs/demo", metavar="DIR", help="run folder (default: runs/demo)")
     demo.add_argument("--quick", action="store_true", help="less data and training: about a minute")
     demo.add_argument("--overwrite", action="store_true", help="replace an earlier demo in --output")
     demo.add_argument("--seed", type=int, default=0, help="seed of the data and the training")
     demo.add_argument("overrides", nargs="*", metavar="section.key=value",
                       help="change the demo's config, e.g. training.learning_rate=0 (no gain expected)")
-    demo.set_defaults(func=cmd_demo)

@@ -9,6 +9,7 @@ import argparse
 import json
 from pathlib import Path
 
+from sam3_lora.cli.common import add_command
 from sam3_lora.errors import Sam3LoraError
 from sam3_lora.files import check_output
 
@@ -30,14 +31,11 @@ metrics: mAP, mAP50, mAP75 (pycocotools COCOeval, all scores ranked); cgF1 = pmF
 """
 
 
-def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
-    """Add ``evaluate`` to the main parser's ``subparsers``; returns its parser."""
-    parser = subparsers.add_parser(
-        "evaluate", help="score a COCO predictions file: mAP and SAM3's cgF1 (no model needed)",
-        description="Score COCO results against COCO ground truth: COCO mAP (pycocotools) and "
-                    "SAM3's cgF1 family; prints a table, optionally writes the metrics as JSON.",
-        epilog=EVALUATE_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+def add_parser(commands: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    """Register ``evaluate``; returns its parser."""
+    parser = add_command(commands, "evaluate", cmd_evaluate,
+                         "score a COCO predictions file: mAP and SAM3's cgF1 (no model needed)",
+                         epilog=EVALUATE_EPILOG, config=False)
     parser.add_argument("--gt", required=True, metavar="GT.json",
                         help="COCO ground truth (images, categories, annotations)")
     parser.add_argument("--predictions", required=True, metavar="PRED.json",
@@ -53,14 +51,13 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     parser.add_argument("--compare-base", metavar="BASE.json", default=None,
                         help="the base model's predictions on the same images: scored too and "
                              "shown side by side, per category")
-    parser.set_defaults(func=cmd_evaluate)
     return parser
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    """Print the metrics table; write the flat JSON to ``--output`` if given. With
-    ``--compare-base`` the base model's file is scored too, shown side by side and written
-    under ``base``."""
+    """Score COCO results against COCO ground truth: COCO mAP (pycocotools) and SAM3's cgF1
+    family; prints a table, optionally writes the metrics as JSON. With --compare-base the
+    base model's predictions are scored too and shown side by side."""
     # Imported here so that building the CLI does not load pycocotools and scipy.
     from sam3_lora.evaluation.metrics import evaluate_files, format_table
 

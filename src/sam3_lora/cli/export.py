@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from sam3_lora.cli.common import add_config_args, config_from_args
+from sam3_lora.cli.common import add_command, config_from_args
 
 EXPORT_EPILOG = """\
 examples:
@@ -50,10 +50,8 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 def add_parser(commands: argparse._SubParsersAction) -> None:
     """Register ``export``."""
-    export = commands.add_parser("export", help="merge an adapter into SAM3, or copy it to share",
-                                 description=cmd_export.__doc__, epilog=EXPORT_EPILOG,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_config_args(export)
+    export = add_command(commands, "export", cmd_export, "merge an adapter into SAM3, copy it to share, or export ONNX",
+                         epilog=EXPORT_EPILOG)
     export.add_argument("--weights", required=True, metavar="DIR",
                         help="the adapter folder, or a whole-model folder (training.method: full)")
     target = export.add_mutually_exclusive_group(required=True)
@@ -65,4 +63,3 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     export.add_argument("--quantize", choices=["int8"], help="with --onnx: dynamic INT8 of the vision and text "
                         "encoders (faster on CPU; its accuracy cost is in BENCHMARKS.md)")
     export.add_argument("--opset", type=int, metavar="N", help="with --onnx: ONNX opset (default 18)")
-    export.set_defaults(func=cmd_export)

@@ -8,7 +8,7 @@ import glob
 import json
 from pathlib import Path
 
-from sam3_lora.cli.common import add_config_args, config_from_args
+from sam3_lora.cli.common import add_command, config_from_args
 from sam3_lora.config import LEGACY_FLAGS
 from sam3_lora.data.images import IMAGE_SUFFIXES
 from sam3_lora.errors import Sam3LoraError
@@ -133,10 +133,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 def add_parser(commands: argparse._SubParsersAction) -> None:
     """Register ``predict``."""
-    predict = commands.add_parser("predict", help="segment images with text and box prompts",
-                                  description=cmd_predict.__doc__, epilog=PREDICT_EPILOG,
-                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_config_args(predict)
+    predict = add_command(commands, "predict", cmd_predict, "segment images with text and box prompts",
+                          epilog=PREDICT_EPILOG)
     predict.add_argument("--weights", metavar="DIR", help="adapter folder (default: output.dir/best)")
     predict.add_argument("--no-lora", action="store_true", help="the base model, no adapter")
     predict.add_argument("--onnx", metavar="DIR", help="run an ONNX export (sam3-lora export --onnx) on "
@@ -151,4 +149,3 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     predict.add_argument("--no-masks", action="store_true", help="do not draw masks")
     predict.add_argument("--output", default="predictions", metavar="PATH",
                          help="a .png for one image, else a folder (default: predictions/)")
-    predict.set_defaults(func=cmd_predict)

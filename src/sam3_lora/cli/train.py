@@ -6,7 +6,7 @@ import argparse
 import json
 import sys
 
-from sam3_lora.cli.common import add_config_args, config_from_args
+from sam3_lora.cli.common import add_command, config_from_args
 
 TRAIN_EPILOG = """\
 examples:
@@ -48,19 +48,13 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def add_parser(commands: argparse._SubParsersAction) -> None:
     """Register ``info`` and ``train``."""
-    info = commands.add_parser("info", help="show the model and where LoRA goes, without training",
-                               description=cmd_info.__doc__)
-    add_config_args(info)
+    info = add_command(commands, "info", cmd_info, "show the model and where LoRA goes, without training")
     info.add_argument("--explain", nargs="?", const="", metavar="KEY",
                       help="print what a config key (section.key), a section or (alone) every key means")
     info.add_argument("--markdown", action="store_true", help="with --explain: the whole reference as Markdown")
-    info.set_defaults(func=cmd_info)
-    train = commands.add_parser("train", help="fine-tune SAM3 on a COCO dataset (LoRA, or every weight)",
-                                description=cmd_train.__doc__, epilog=TRAIN_EPILOG,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_config_args(train)
+    train = add_command(commands, "train", cmd_train, "fine-tune SAM3 on a COCO dataset (LoRA, or every weight)",
+                        epilog=TRAIN_EPILOG)
     train.add_argument("--resume", metavar="RUN_DIR|auto", default=None,
                        help="continue a run exactly where it stopped (auto: output.dir's newest checkpoint)")
     train.add_argument("--skip-invalid", action="store_true",
                        help="train despite dataset errors, skipping (and listing) every bad item")
-    train.set_defaults(func=cmd_train)

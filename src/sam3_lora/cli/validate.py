@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from sam3_lora.cli.common import add_config_args, config_from_args
+from sam3_lora.cli.common import add_command, config_from_args
 
 VALIDATE_EPILOG = """\
 examples:
@@ -32,10 +32,8 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 def add_parser(commands: argparse._SubParsersAction) -> None:
     """Register ``validate``."""
-    check = commands.add_parser("validate", help="score a fine-tuned model: mAP, cgF1, loss, report",
-                                description=cmd_validate.__doc__, epilog=VALIDATE_EPILOG,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_config_args(check)
+    check = add_command(commands, "validate", cmd_validate, "score a fine-tuned model: mAP, cgF1, loss, report",
+                        epilog=VALIDATE_EPILOG)
     check.add_argument("--weights", metavar="DIR", help="adapter folder (default: output.dir/best)")
     check.add_argument("--split", choices=["valid", "test"], help="split to score (default: evaluation.split)")
     check.add_argument("--num-samples", type=int, metavar="N", help="score only the first N images")
@@ -45,4 +43,3 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     check.add_argument("--positives-only", action="store_true",
                        help="accept a split without negative (image, prompt) units; cgF1 is then undefined")
     check.add_argument("--output", metavar="DIR", help="where results go (default: output.dir/eval-SPLIT)")
-    check.set_defaults(func=cmd_validate)

@@ -100,7 +100,7 @@ def install_fallback() -> bool:
     # The module itself: without torchvision, ``from transformers.models.sam3 import
     # modeling_sam3`` can give transformers' lazy placeholder instead, unless Sam3Model
     # happened to be imported first.
-    import transformers.models.sam3.modeling_sam3 as modeling_sam3
+    from transformers.models.sam3 import modeling_sam3
     from transformers.utils import is_torchvision_available
 
     if is_torchvision_available() or hasattr(modeling_sam3, "torchvision"):

@@ -41,8 +41,8 @@ from sam3_lora.lora.adapter import load_adapter
 from sam3_lora.lora.weights import adapter_disabled, has_adapter, load_finetuned
 from sam3_lora.model.forward import encode_images, encode_text, forward_queries
 from sam3_lora.model.postprocess import postprocess
-from sam3_lora.serve.overlay import save_overlay
 from sam3_lora.serve.prompts import (
+    ImagePredictor,
     PromptError,
     as_image,
     boxes_cxcywh,
@@ -52,7 +52,7 @@ from sam3_lora.serve.prompts import (
 )
 
 
-class SAM3LoRAInference:
+class SAM3LoRAInference(ImagePredictor):
     """SAM3 with an adapter (or the base model) ready for prompts.
 
     ``config_path`` (or ``config``) names the model; ``weights_path`` is an adapter folder (or
@@ -180,21 +180,4 @@ class SAM3LoRAInference:
                              "masks": d.masks, "presence": d.presence} for name, d in zip(names, found, strict=True)])
         self._last_image = pictures[-1]
         return answers
-
-    def predict(self, image=None, text_prompts: str | list[str] | None = None, boxes=None, negative_boxes=None,
-                image_path=None, *, threshold: float | None = None, max_detections: int | None = None) -> list[dict]:
-        """One image (path, PIL image or array; ``image_path`` as the original tool named it)
-        and its prompts -> one dict per prompt."""
-        if image is None and image_path is None:
-            raise PromptError("no image: pass image (a path, PIL image or array)")
-        return self.predict_batch([image if image_path is None else image_path], text_prompts, boxes,
-                                  negative_boxes, threshold=threshold, max_detections=max_detections)[0]
-
-    def visualize(self, predictions: list[dict], output_path: str | Path, show_boxes: bool = True,
-                  show_masks: bool = True, image=None) -> Path:
-        """Overlay PNG of ``predictions`` on ``image`` (default: the last image predicted)."""
-        picture = as_image(image) if image is not None else self._last_image
-        if picture is None:
-            raise PromptError("visualize: no image; predict first or pass image=")
-        return save_overlay(picture, predictions, output_path, show_boxes=show_boxes, show_masks=show_masks)
 

@@ -42,9 +42,8 @@ import numpy as np
 from PIL import Image
 
 from sam3_lora.errors import Sam3LoraError
-from sam3_lora.serve.overlay import save_overlay
 from sam3_lora.serve.prompts import (
-    PromptError,
+    ImagePredictor,
     as_image,
     boxes_cxcywh,
     check_boxes,
@@ -246,7 +245,7 @@ def session_error(path: Path, metadata: dict, ort_version: str, exc: Exception) 
 
 # ---- the engine ---------------------------------------------------------------------------------
 
-class SAM3OnnxInference:
+class SAM3OnnxInference(ImagePredictor):
     """SAM3 from an ONNX export, ready for prompts, with ``SAM3LoRAInference``'s API.
 
     ``onnx_dir``: a folder written by ``sam3-lora export --onnx``. ``detection_threshold``
@@ -332,19 +331,3 @@ class SAM3OnnxInference:
                             for name, d in zip(names, found, strict=True)])
         self._last_image = pictures[-1]
         return answers
-
-    def predict(self, image=None, text_prompts: str | list[str] | None = None, boxes=None, negative_boxes=None,
-                image_path=None, *, threshold: float | None = None, max_detections: int | None = None) -> list[dict]:
-        """One image (path, PIL image or array) and its prompts -> one dict per prompt."""
-        if image is None and image_path is None:
-            raise PromptError("no image: pass image (a path, PIL image or array)")
-        return self.predict_batch([image if image_path is None else image_path], text_prompts, boxes,
-                                  negative_boxes, threshold=threshold, max_detections=max_detections)[0]
-
-    def visualize(self, predictions: list[dict], output_path: str | Path, show_boxes: bool = True,
-                  show_masks: bool = True, image=None) -> Path:
-        """Overlay PNG of ``predictions`` on ``image`` (default: the last image predicted)."""
-        picture = as_image(image) if image is not None else self._last_image
-        if picture is None:
-            raise PromptError("visualize: no image; predict first or pass image=")
-        return save_overlay(picture, predictions, output_path, show_boxes=show_boxes, show_masks=show_masks)

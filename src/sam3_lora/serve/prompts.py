@@ -14,6 +14,7 @@ from PIL import Image
 
 from sam3_lora.data.images import open_image
 from sam3_lora.errors import Sam3LoraError
+from sam3_lora.serve.overlay import save_overlay
 
 BOX_ONLY_PROMPT = "visual"
 """SAM3's text for a prompt made of boxes alone."""
@@ -87,3 +88,33 @@ def boxes_cxcywh(positive: np.ndarray, negative: np.ndarray, size: tuple[int, in
                        both[:, 2] - both[:, 0], both[:, 3] - both[:, 1]], axis=1)
     labels = np.array([1] * len(positive) + [0] * len(negative), dtype=np.int64)
     return cxcywh.astype(np.float32), labels
+
+
+class ImagePredictor:
+    """The original tool's ``predict`` / ``visualize`` over a ``predict_batch``: what the
+    PyTorch engine (``serve.inference``) and the ONNX one (``serve.onnx_engine``) share.
+    Subclasses implement ``predict_batch`` and set ``_last_image`` to the last image it saw."""
+
+    _last_image: Image.Image | None = None
+
+    def predict_batch(self, images: list, prompts: str | list[str] | None = None, boxes=None,
+                      negative_boxes=None, *, threshold: float | None = None,
+                      max_detections: int | None = None) -> list[list[dict]]:
+        raise NotImplementedError
+
+    def predict(self, image=None, text_prompts: str | list[str] | None = None, boxes=None, negative_boxes=None,
+                image_path=None, *, threshold: float | None = None, max_detections: int | None = None) -> list[dict]:
+        """One image (path, PIL image or array; ``image_path`` as the original tool named it)
+        and its prompts -> one dict per prompt."""
+        if image is None and image_path is None:
+            raise PromptError("no image: pass image (a path, PIL image or array)")
+        return self.predict_batch([image if image_path is None else image_path], text_prompts, boxes,
+                                  negative_boxes, threshold=threshold, max_detections=max_detections)[0]
+
+    def visualize(self, predictions: list[dict], output_path: str | Path, show_boxes: bool = True,
+                  show_masks: bool = True, image=None) -> Path:
+        """Overlay PNG of ``predictions`` on ``image`` (default: the last image predicted)."""
+        picture = as_image(image) if image is not None else self._last_image
+        if picture is None:
+            raise PromptError("visualize: no image; predict first or pass image=")
+        return save_overlay(picture, predictions, output_path, show_boxes=show_boxes, show_masks=show_masks)
