@@ -60,7 +60,7 @@ REPO = Path(__file__).resolve().parents[1]
 HEADING = "## ONNX export and onnxruntime"
 BASE_TEST_SPLIT = {"colors": ["red", "green", "blue", "yellow"], "shapes": ["circle", "square", "triangle"],
                    "background": ["plain", "noise"], "images_per_split": {"test": 150}, "image_size": 112,
-                   "objects_per_image": (1, 4), "radius_range": (0.12, 0.25), "seed": 0}
+                   "objects_per_image": (1, 3), "radius_range": (0.2, 0.32), "seed": 0}
 """configs/base.yaml's ``sam3-lora data synth`` recipe, test split only (each image is seeded
 by (seed, split, index), so this is the split the base was validated on)."""
 PROMPT_POOL = ["red circle", "blue square", "green triangle", "yellow circle", "red square", "blue triangle",

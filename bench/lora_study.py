@@ -40,6 +40,7 @@ HEADING = "## The LoRA study: which preset to pick"
 # name -> overrides of the demo config (None: no training, the base alone)
 VARIANTS: dict[str, list[str] | None] = {
     "base (zero-shot)": None,
+    "demo (r4, text encoder, no vision encoder)": [],
     "minimal (r4)": ["preset=minimal"],
     "balanced (r16)": ["preset=balanced"],
     "full (r32)": ["preset=full"],
@@ -91,7 +92,7 @@ def table(rows: list[dict]) -> str:
              "|---|---:|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
         lines.append(f"| {r['variant']} | {cell(r['mAP'], '{:.3f}')} | {cell(r['cgF1'], '{:.3f}')} | "
-                     f"{cell(r['base_mAP'], '{:.3f}')} | {cell(r.get('trainable'), '{:,}')} | "
+                     f"{cell(r['base_mAP'], '{:.3f}')} | {cell(r.get('trainable'), '{:,.0f}')} | "
                      f"{cell(r.get('size_mb'), '{:.2f} MB')} | {cell(r.get('s_per_step'), '{:.3f}')} | "
                      f"{cell(r.get('peak_memory_mb'), '{:.0f} MB')} |")
     return "\n".join(lines)

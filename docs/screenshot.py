@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "tests"))
+sys.path[:0] = [str(ROOT), str(ROOT / "tests" / "serve")]   # test_app_browser imports tests.serve
 
 from sam3_lora.serve.app import AdapterApp
 from sam3_lora.serve.app_ui import launch
@@ -35,7 +35,10 @@ def main(demo: Path) -> None:
 
     config = load_config(demo / "run" / "config.yaml")
     split = load_coco_split(demo / "data" / "target" / "test", config.data.annotation_file, name="test")
-    record = max(split.images[:20], key=lambda r: len({o.category_id for o in r.objects}))
+    # Of the images with two or more concepts, the one whose shapes overlap least: it shows
+    # what each model finds, not how a tiny model copes with occlusion.
+    record = min((r for r in split.images if len({o.category_id for o in r.objects}) >= 2),
+                 key=lambda r: sum(_overlap(a.bbox, b.bbox) for i, a in enumerate(r.objects) for b in r.objects[i + 1:]))
     picture = Image.open(record.path).convert("RGB")
     enlarged = demo / "app-example.png"   # 112 px is too small to see: show it at 336 px
     picture.resize((picture.width * 3, picture.height * 3), Image.NEAREST).save(enlarged)
@@ -52,7 +55,7 @@ def main(demo: Path) -> None:
         page.locator("#upload input[type=file]").set_input_files(enlarged)
         page.get_by_text("ready").first.wait_for()
         page.locator("#prompts textarea").fill(prompts)
-        set_threshold(page, "0.3")
+        set_threshold(page, "0.5")   # cgF1's threshold
         choose(page, "adapter", "best")
         page.locator("#side-by-side input").check()
         page.locator("#run").click()
@@ -64,6 +67,13 @@ def main(demo: Path) -> None:
         browser.close()
     server.close()
     print(f"wrote {ROOT / 'docs' / 'app.png'} ({record.file_name}: {prompts})")
+
+
+def _overlap(a: list[float], b: list[float]) -> float:
+    """The area shared by two COCO boxes (x, y, w, h)."""
+    width = min(a[0] + a[2], b[0] + b[2]) - max(a[0], b[0])
+    height = min(a[1] + a[3], b[1] + b[3]) - max(a[1], b[1])
+    return max(width, 0) * max(height, 0)
 
 
 if __name__ == "__main__":

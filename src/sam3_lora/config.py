@@ -357,6 +357,15 @@ class LossConfig(Section):
     cost_giou: float = Field(default=2.0, ge=0.0)
     """Matching cost weight of the (negative) generalised IoU."""
 
+    cost_mask: float = Field(default=0.0, ge=0.0)
+    """Matching cost weight of the masks' per-pixel binary cross-entropy (Mask2Former's
+    matching; SAM3 matches on class and box only: 0). Trained from scratch, a small SAM3
+    learns masks long before boxes, and matching on them keeps each query on one object
+    (``configs/base.yaml``). The cost is Q x N x T masks of M x M pixels: for small models."""
+
+    cost_dice: float = Field(default=0.0, ge=0.0)
+    """Matching cost weight of the masks' dice loss; see ``cost_mask``."""
+
     focal_alpha: float = Field(default=0.25, ge=0.0, le=1.0)
     """Focal-loss alpha (weight of positives) of the mask loss and of the matcher's
     classification cost."""
@@ -392,7 +401,9 @@ class LossConfig(Section):
     real N object queries x rows, as SAM3 does (``pad_n_queries=200``): a model with fewer
     queries gets the classification scale of a 200-query one (20 queries: a tenth of the
     plain mean). No effect on models with at least this many queries (SAM3 has 200);
-    ``None`` averages over the real queries."""
+    ``None`` averages over the real queries. Kept for small models too: training the bundled
+    20-query base, ``None`` learnt more slowly (validation mAP at step 1,000: 0.072 vs 0.118;
+    0.049 vs 0.131 with ``cost_mask``; BENCHMARKS.md, "The bundled base")."""
 
     @field_validator("cost_giou")
     @classmethod

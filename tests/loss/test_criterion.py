@@ -215,9 +215,11 @@ CHANGES = {
     "one_to_many_weight": 5.0, "cost_class": 10.0, "cost_bbox": 0.0, "cost_giou": 0.0,
     "focal_alpha": 0.5, "focal_gamma": 0.0, "class_gamma": 0.0, "pos_weight": 1.0,
     "presence_alpha": 0.25, "presence_gamma": 2.0, "scale_by_num_prompts": False,
-    "pad_num_queries": 2,
+    "pad_num_queries": 2, "cost_mask": 1.0, "cost_dice": 1.0,
 }
-NEEDS = {"one_to_many_weight": {"one_to_many": True}}
+# The mask costs decide the match once the class cost is small and the box costs are off.
+MASK_MATCHING = {"cost_class": 1e-3, "cost_bbox": 0.0, "cost_giou": 0.0}
+NEEDS = {"one_to_many_weight": {"one_to_many": True}, "cost_mask": MASK_MATCHING, "cost_dice": MASK_MATCHING}
 
 
 def test_the_table_covers_every_loss_field():

@@ -111,3 +111,47 @@ def test_one_to_many_by_hand():
     assert sorted(pred.tolist()) == [0, 3, 4, 5] and tgt.tolist() == [0] * 4
     (pred, _), = OneToManyMatcher(threshold=0.6, topk=6)(outputs, AMBIGUOUS_TARGETS)
     assert sorted(pred.tolist()) == [0, 3, 4, 5]
+
+
+# ---- mask costs (Mask2Former's matching; off by default, as in SAM3) --------------------
+
+def square_mask(top: int, left: int, size: int = 4, side: int = 8) -> torch.Tensor:
+    mask = torch.zeros(side, side)
+    mask[top:top + size, left:left + size] = 1
+    return mask
+
+
+def mask_case():
+    """Two predictions with the same box and score; only prediction 1's mask is the target's."""
+    masks = torch.stack([square_mask(0, 0), square_mask(4, 4)])
+    outputs = {"pred_logits": torch.zeros(1, 2),
+               "pred_boxes": torch.tensor([[[0.2, 0.2, 0.6, 0.6], [0.2, 0.2, 0.6, 0.6]]]),
+               "pred_masks": ((torch.stack([square_mask(4, 4), square_mask(0, 0)]) * 2 - 1) * 8)[None]}
+    targets = [{**target([0.4, 0.4, 0.4, 0.4]), "masks": masks[:1], "has_mask": torch.tensor([True])}]
+    return outputs, targets
+
+
+def test_mask_costs_choose_the_prediction_whose_mask_fits():
+    outputs, targets = mask_case()
+    # Boxes and scores tie, so without mask costs the choice is the first prediction.
+    assert as_lists(HungarianMatcher()(outputs, targets)) == [([0], [0])]
+    assert as_lists(HungarianMatcher(cost_mask=5.0)(outputs, targets)) == [([1], [0])]
+    assert as_lists(HungarianMatcher(cost_dice=5.0)(outputs, targets)) == [([1], [0])]
+
+
+def test_mask_costs_by_hand_and_zero_for_box_only_targets():
+    outputs, targets = mask_case()
+    plain, _ = HungarianMatcher().cost_matrix(outputs, targets)
+    with_masks, _ = HungarianMatcher(cost_mask=1.0, cost_dice=1.0).cost_matrix(outputs, targets)
+    # Prediction 0, the misfit (the fitting one costs ~1e-3: too little to check by difference).
+    logits, tgt = outputs["pred_masks"][0, 0].flatten(), targets[0]["masks"][0].flatten()
+    bce = torch.nn.functional.binary_cross_entropy_with_logits(logits, tgt)
+    prob = logits.sigmoid()
+    dice = 1 - (2 * (prob * tgt).sum() + 1) / (prob.sum() + tgt.sum() + 1)
+    assert (with_masks - plain)[0, 0, 0].item() == pytest.approx((bce + dice).item(), rel=1e-5)
+    box_only = [{**targets[0], "has_mask": torch.tensor([False])}]
+    assert torch.equal(HungarianMatcher(cost_mask=1.0, cost_dice=1.0).cost_matrix(outputs, box_only)[0],
+                       HungarianMatcher().cost_matrix(outputs, box_only)[0])
+    # Outputs without masks (the intermediate decoder layers) are matched on class and box.
+    no_masks = {k: v for k, v in outputs.items() if k != "pred_masks"}
+    assert torch.equal(HungarianMatcher(cost_mask=1.0).cost_matrix(no_masks, targets)[0], plain)

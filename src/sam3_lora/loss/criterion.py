@@ -288,7 +288,8 @@ def _num_boxes(targets: list[dict], device: torch.device) -> float:
 
 def build_criterion(cfg: LossConfig) -> Sam3Criterion:
     """The criterion and its matchers as the config's ``loss`` section says (DETR's ``build``)."""
-    matcher = HungarianMatcher(cfg.cost_class, cfg.cost_bbox, cfg.cost_giou, cfg.focal_alpha, cfg.focal_gamma)
+    matcher = HungarianMatcher(cfg.cost_class, cfg.cost_bbox, cfg.cost_giou, cfg.focal_alpha, cfg.focal_gamma,
+                               cfg.cost_mask, cfg.cost_dice)
     weight_dict = {
         "loss_class": cfg.class_weight, "loss_presence": cfg.presence_weight,
         "loss_bbox": cfg.bbox_weight, "loss_giou": cfg.giou_weight,

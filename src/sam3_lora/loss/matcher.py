@@ -51,19 +51,26 @@ class HungarianMatcher(nn.Module):
     """One-to-one assignment of predictions to targets, per query row, minimising
 
         cost = cost_bbox * L1(cxcywh) + cost_class * focal_cost(p) - cost_giou * GIoU
+               [+ cost_mask * BCE(mask) + cost_dice * dice(mask)]
 
     where ``focal_cost(p) = -a (1-p)^g log p + (1-a) p^g log(1-p)`` (``a = focal_alpha``,
     ``g = focal_gamma``) is the focal loss of calling the prediction positive minus that of
     calling it negative. Rows without targets (negative prompts) get empty indices. With
     more targets than predictions only ``N`` targets are matched (as in DETR).
+
+    The mask terms (Mask2Former's matching; SAM3 has none: both 0 by default) compare each
+    predicted mask with each target mask, so they apply where the outputs carry
+    "pred_masks" (the last decoder layer) and to targets with a mask.
     """
 
     def __init__(self, cost_class: float = 2.0, cost_bbox: float = 5.0, cost_giou: float = 2.0,
-                 focal_alpha: float = 0.25, focal_gamma: float = 2.0):
+                 focal_alpha: float = 0.25, focal_gamma: float = 2.0, cost_mask: float = 0.0,
+                 cost_dice: float = 0.0):
         super().__init__()
-        if cost_class == cost_bbox == cost_giou == 0:
+        if cost_class == cost_bbox == cost_giou == cost_mask == cost_dice == 0:
             raise ValueError("matcher costs cannot all be 0")
         self.cost_class, self.cost_bbox, self.cost_giou = cost_class, cost_bbox, cost_giou
+        self.cost_mask, self.cost_dice = cost_mask, cost_dice
         self.focal_alpha, self.focal_gamma = focal_alpha, focal_gamma
 
     @torch.no_grad()
@@ -100,7 +107,39 @@ class HungarianMatcher(nn.Module):
                       + (1 - a) * prob**g * F.logsigmoid(-logits))  # (Q, N), same for every target
         cost = (self.cost_bbox * cost_bbox + self.cost_giou * cost_giou
                 + self.cost_class * cost_class[..., None])
+        if (self.cost_mask or self.cost_dice) and "pred_masks" in outputs and max(sizes, default=0):
+            bce, dice = mask_costs(outputs["pred_masks"], targets, cost.shape[-1])
+            cost = cost + self.cost_mask * bce + self.cost_dice * dice
         return cost, sizes
+
+
+def mask_costs(pred_masks: torch.Tensor, targets: list[dict], columns: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Pairwise mask costs, each (Q, N, T): the per-pixel binary cross-entropy (mean over
+    pixels) and the dice loss between every predicted mask (``pred_masks`` (Q, N, M, M)
+    logits) and every target mask (``targets[i]["masks"]`` (n_i, m, m)). Targets without a
+    mask (box-only objects, padding columns) cost 0. Predictions are resized to m if M != m."""
+    q, n = pred_masks.shape[:2]
+    size = next((t["masks"].shape[-2:] for t in targets if len(t["masks"])), pred_masks.shape[-2:])
+    logits = pred_masks.float()
+    if logits.shape[-2:] != size:
+        logits = F.interpolate(logits.flatten(0, 1)[:, None], size=size, mode="bilinear",
+                               align_corners=False)[:, 0].reshape(q, n, *size)
+    logits = logits.flatten(2)  # (Q, N, P)
+    target = logits.new_zeros(q, columns, logits.shape[-1])
+    has_mask = torch.zeros(q, columns, dtype=torch.bool, device=logits.device)
+    for i, t in enumerate(targets):
+        count = len(t["masks"])
+        target[i, :count] = t["masks"].to(logits).flatten(1)
+        has_mask[i, :count] = t["has_mask"].bool()
+    pixels = logits.shape[-1]
+    # BCE(x, t) = t * softplus(-x) + (1 - t) * softplus(x), summed over pixels as two matmuls.
+    bce = (torch.einsum("qnp,qtp->qnt", F.softplus(-logits), target)
+           + torch.einsum("qnp,qtp->qnt", F.softplus(logits), 1 - target)) / pixels
+    prob = logits.sigmoid()
+    overlap = torch.einsum("qnp,qtp->qnt", prob, target)
+    dice = 1 - (2 * overlap + 1) / (prob.sum(-1)[..., None] + target.sum(-1)[:, None, :] + 1)
+    keep = has_mask[:, None, :]
+    return bce * keep, dice * keep
 
 
 class OneToManyMatcher(nn.Module):
