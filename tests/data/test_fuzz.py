@@ -20,6 +20,7 @@ from pycocotools import mask as mask_utils
 from sam3_lora.data.coco.split import check_split, load_coco_split
 from sam3_lora.data.validate import format_report, validate_dataset
 from sam3_lora.errors import DataError
+from tests.json_fuzz import json_slots
 
 # pycocotools' decode (used here only to prove masks are usable) warns under NumPy 2.
 pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")
@@ -61,17 +62,6 @@ json_values = st.recursive(
 )
 
 
-def _slots(node, holder, key):
-    """Every (container, key) in the document, the document itself included."""
-    yield holder, key
-    if isinstance(node, dict):
-        for child_key, child in node.items():
-            yield from _slots(child, node, child_key)
-    elif isinstance(node, list):
-        for index, child in enumerate(node):
-            yield from _slots(child, node, index)
-
-
 numbers = (st.integers(-20, 20) | st.floats(-20, 20) | st.floats(allow_nan=True)
            | st.sampled_from([1e308, 2**64, -0.0]))
 boxes = st.lists(numbers, min_size=3, max_size=5)
@@ -102,7 +92,7 @@ def annotations(draw):
 def mutated_documents(draw):
     holder = {"doc": copy.deepcopy(BASE)}
     for _ in range(draw(st.integers(1, 4))):
-        container, key = draw(st.sampled_from(list(_slots(holder["doc"], holder, "doc"))))
+        container, key = draw(st.sampled_from(list(json_slots(holder["doc"], holder, "doc"))))
         if isinstance(container, dict) and container is not holder and draw(st.booleans()):
             del container[key]
         else:

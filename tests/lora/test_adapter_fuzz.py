@@ -17,6 +17,7 @@ from hypothesis import strategies as st
 from sam3_lora.errors import AdapterError
 from sam3_lora.lora.adapter import load_adapter, save_adapter
 from sam3_lora.model.loading import load_sam3
+from tests.json_fuzz import json_slots
 from tests.lora.test_adapter import trained_adapter
 
 # PEFT warns about the odd settings it ignores; the point here is what it raises.
@@ -33,17 +34,6 @@ json_values = st.recursive(
 )
 
 
-def _slots(node, holder, key):
-    """Every (container, key) in the document, the document itself included."""
-    yield holder, key
-    if isinstance(node, dict):
-        for child_key, child in node.items():
-            yield from _slots(child, node, child_key)
-    elif isinstance(node, list):
-        for index, child in enumerate(node):
-            yield from _slots(child, node, index)
-
-
 @st.composite
 def mutated(draw, document: dict) -> bytes:
     """``document`` changed in one to three places, as bytes; or its text cut short, or noise."""
@@ -55,7 +45,7 @@ def mutated(draw, document: dict) -> bytes:
         return draw(st.binary(max_size=64))
     root = {"doc": copy.deepcopy(document)}
     for _ in range(draw(st.integers(1, 3))):
-        holder, key = draw(st.sampled_from(list(_slots(root["doc"], root, "doc"))))
+        holder, key = draw(st.sampled_from(list(json_slots(root["doc"], root, "doc"))))
         if isinstance(holder, dict) and key != "doc" and draw(st.booleans()):
             del holder[key]
         else:
