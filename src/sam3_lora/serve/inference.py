@@ -44,11 +44,8 @@ from sam3_lora.model.postprocess import postprocess
 from sam3_lora.serve.prompts import (
     ImagePredictor,
     PromptError,
-    as_image,
     boxes_cxcywh,
-    check_boxes,
     check_threshold,
-    prompt_texts,
 )
 
 
@@ -162,11 +159,8 @@ class SAM3LoRAInference(ImagePredictor):
         of the heads for all (image, prompt) rows. ``prompts`` is one phrase or a list;
         ``max_detections`` keeps that many best per prompt (masks are image-sized: this bounds
         memory whatever the threshold). Returns, per image, one dict per prompt."""
-        pictures = [as_image(image) for image in images]
-        threshold = self.threshold if threshold is None else check_threshold(threshold)
-        names, texts = prompt_texts(prompts, boxes)
-        geometry = [(check_boxes(boxes, p.size), check_boxes(negative_boxes, p.size, "negative boxes"))
-                    for p in pictures]
+        pictures, threshold, names, texts, geometry = self._checked_request(images, prompts, boxes,
+                                                                           negative_boxes, threshold)
         features, mask = self.text_features(texts)
         vision = encode_images(self.model, self.processor.images(pictures).to(self.device))
         answers = []

@@ -44,11 +44,8 @@ from PIL import Image
 from sam3_lora.errors import Sam3LoraError
 from sam3_lora.serve.prompts import (
     ImagePredictor,
-    as_image,
     boxes_cxcywh,
-    check_boxes,
     check_threshold,
-    prompt_texts,
 )
 
 FORMAT = "sam3-lora-onnx/1"
@@ -312,11 +309,8 @@ class SAM3OnnxInference(ImagePredictor):
         """Every prompt on every image: one vision-encoder run per image, one prompt-decoder
         run of K rows per image. ``prompts`` is one phrase or a list; ``max_detections``
         keeps that many best per prompt. Returns, per image, one dict per prompt."""
-        pictures = [as_image(image) for image in images]
-        threshold = self.threshold if threshold is None else check_threshold(threshold)
-        names, texts = prompt_texts(prompts, boxes)
-        geometry = [(check_boxes(boxes, p.size), check_boxes(negative_boxes, p.size, "negative boxes"))
-                    for p in pictures]
+        pictures, threshold, names, texts, geometry = self._checked_request(images, prompts, boxes,
+                                                                           negative_boxes, threshold)
         features, mask = self.text_features(texts)
         answers = []
         for picture, (positive, negative) in zip(pictures, geometry, strict=True):

@@ -8,6 +8,7 @@ may import torch: the ONNX engine imports this module where torch is absent.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 from PIL import Image
@@ -90,17 +91,42 @@ def boxes_cxcywh(positive: np.ndarray, negative: np.ndarray, size: tuple[int, in
     return cxcywh.astype(np.float32), labels
 
 
+class PredictRequest(NamedTuple):
+    """One ``predict_batch`` call, checked: ``geometry`` holds (positive, negative) pixel boxes
+    per picture, (n, 4) arrays."""
+
+    pictures: list[Image.Image]
+    threshold: float
+    names: list[str]
+    texts: list[str]
+    geometry: list[tuple[np.ndarray, np.ndarray]]
+
+
 class ImagePredictor:
     """The original tool's ``predict`` / ``visualize`` over a ``predict_batch``: what the
     PyTorch engine (``serve.inference``) and the ONNX one (``serve.onnx_engine``) share.
-    Subclasses implement ``predict_batch`` and set ``_last_image`` to the last image it saw."""
+    Subclasses implement ``predict_batch`` (checking its inputs with ``_checked_request``),
+    hold their default ``threshold`` and set ``_last_image`` to the last image seen."""
 
     _last_image: Image.Image | None = None
+    threshold: float
 
     def predict_batch(self, images: list, prompts: str | list[str] | None = None, boxes=None,
                       negative_boxes=None, *, threshold: float | None = None,
                       max_detections: int | None = None) -> list[list[dict]]:
         raise NotImplementedError
+
+    def _checked_request(self, images: list, prompts, boxes, negative_boxes,
+                         threshold: float | None) -> PredictRequest:
+        """A ``predict_batch`` call's inputs, checked the same way by both engines: images
+        opened, the threshold (default: the engine's own), prompt names and texts, and each
+        image's positive and negative boxes."""
+        pictures = [as_image(image) for image in images]
+        threshold = self.threshold if threshold is None else check_threshold(threshold)
+        names, texts = prompt_texts(prompts, boxes)
+        geometry = [(check_boxes(boxes, p.size), check_boxes(negative_boxes, p.size, "negative boxes"))
+                    for p in pictures]
+        return PredictRequest(pictures, threshold, names, texts, geometry)
 
     def predict(self, image=None, text_prompts: str | list[str] | None = None, boxes=None, negative_boxes=None,
                 image_path=None, *, threshold: float | None = None, max_detections: int | None = None) -> list[dict]:
