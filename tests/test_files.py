@@ -108,3 +108,40 @@ def test_sigterm_while_writing_leaves_nothing(tmp_path):
     process.send_signal(signal.SIGTERM)
     assert process.wait(timeout=30) == 128 + signal.SIGTERM
     assert list(tmp_path.iterdir()) == []
+
+
+def test_files_are_replaced_never_written_through_a_symlink(tmp_path):
+    from sam3_lora.files import open_for_append, write_file
+
+    victim = tmp_path / "victim.txt"
+    victim.write_text("precious")
+    link = tmp_path / "out" / "result.json"
+    link.parent.mkdir()
+    link.symlink_to(victim)
+    write_file(link, "{}\n")
+    assert victim.read_text() == "precious"
+    assert not link.is_symlink() and link.read_text() == "{}\n"
+    (tmp_path / "out" / "metrics.jsonl").symlink_to(victim)
+    with pytest.raises(Sam3LoraError, match="metrics.jsonl: is a symbolic link"):
+        open_for_append(tmp_path / "out" / "metrics.jsonl")
+    assert victim.read_text() == "precious"
+    with open_for_append(tmp_path / "out" / "log.jsonl") as file:
+        file.write("a\n")
+    assert (tmp_path / "out" / "log.jsonl").read_text() == "a\n"
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["log.jsonl", "metrics.jsonl", "result.json"]
+
+
+def test_write_file_gets_the_umask_and_leaves_nothing_on_failure(tmp_path):
+    from sam3_lora.files import replacing_file, write_file
+
+    previous = os.umask(0o022)
+    try:
+        write_file(tmp_path / "a.txt", b"x")
+    finally:
+        os.umask(previous)
+    assert (tmp_path / "a.txt").stat().st_mode & 0o777 == 0o644
+    with pytest.raises(ZeroDivisionError), replacing_file(tmp_path / "a.txt") as temporary:
+        temporary.write_text("half")
+        raise ZeroDivisionError("a crash mid-write")
+    assert (tmp_path / "a.txt").read_bytes() == b"x"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.txt"]

@@ -48,6 +48,56 @@ def atomic_folder(folder: str | Path):
             shutil.rmtree(staging, ignore_errors=True)
 
 
+@contextlib.contextmanager
+def replacing_file(path: str | Path) -> Iterator[Path]:
+    """Yields a temporary sibling of ``path`` to write; on success it is renamed onto
+    ``path``, on failure deleted. The final name is replaced, never written through: a
+    symlink placed at ``path`` (by someone who wants our output to land on their target) is
+    replaced by a plain file and its target is left untouched. A crash leaves the old file
+    or the new one, never half of one. The file gets the user's umask (``mkstemp`` makes
+    0600). An ``OSError`` (a full disk) becomes one line naming ``path``."""
+    path = Path(path)
+    temporary = None
+    try:
+        descriptor, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        os.close(descriptor)
+        temporary = Path(name)
+        yield temporary
+        temporary.chmod(0o666 & ~current_umask())
+        os.replace(temporary, path)
+        temporary = None
+    except OSError as exc:
+        raise Sam3LoraError(f"{path}: could not be written ({exc.strerror or type(exc).__name__}); "
+                            f"free some space or choose a writable place") from None
+    finally:
+        if temporary is not None:
+            temporary.unlink(missing_ok=True)
+
+
+def write_file(path: str | Path, data: str | bytes) -> Path:
+    """Write ``data`` (text as UTF-8) to ``path`` with ``replacing_file``: never through a
+    symlink, never half-written. Returns ``path``."""
+    with replacing_file(path) as temporary:
+        temporary.write_bytes(data.encode("utf-8") if isinstance(data, str) else data)
+    return Path(path)
+
+
+def open_for_append(path: str | Path):
+    """``open(path, "a", encoding="utf-8")`` that refuses to follow a symlink at ``path``
+    (``O_NOFOLLOW``): appending through a link planted in an output folder would grow a file
+    elsewhere. A link there is one line naming it."""
+    path = Path(path)
+    try:
+        descriptor = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW, 0o666)
+    except OSError as exc:
+        if path.is_symlink():
+            raise Sam3LoraError(f"{path}: is a symbolic link; output files are never written through "
+                                f"links: remove it and run again") from None
+        raise Sam3LoraError(f"{path}: could not be opened for writing "
+                            f"({exc.strerror or type(exc).__name__})") from None
+    return os.fdopen(descriptor, "a", encoding="utf-8")
+
+
 def current_umask() -> int:
     """The process's umask (reading it means setting it, so it is set straight back)."""
     mask = os.umask(0)
