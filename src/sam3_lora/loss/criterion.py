@@ -63,10 +63,10 @@ from sam3_lora.model.box_ops import (
 )
 from sam3_lora.model.tensor_files import nonfinite
 
-# Soft target of a matched query: p^a * IoU^(1-a) (SAM3's IABCEMdetr ``alpha``), at least
-# MIN_SOFT_TARGET so that a matched query is never pushed to 0.
 TERMS = ("loss_class", "loss_presence", "loss_bbox", "loss_giou", "loss_mask", "loss_dice")
 """The base names of the loss terms, each with its weight in ``weight_dict``."""
+# Soft target of a matched query: p^a * IoU^(1-a) (SAM3's IABCEMdetr ``alpha``), at least
+# MIN_SOFT_TARGET so that a matched query is never pushed to 0.
 IOU_AWARE_ALPHA = 0.25
 MIN_SOFT_TARGET = 0.01
 

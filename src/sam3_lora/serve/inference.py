@@ -22,8 +22,8 @@ Each prediction is one dict per prompt::
     masks           (N, H, W) bool at the image's size
 
 Prompt and image checks (``PromptError``, ``check_boxes``, ``check_threshold``, ``as_image``)
-live in the torch-free ``serve.prompts``, shared with the ONNX engine; they are importable
-from here too.
+live in the torch-free ``serve.prompts``, shared with the ONNX engine; import them from there
+(only ``PromptError`` is re-exported here, for the original tool's imports).
 """
 
 from __future__ import annotations
