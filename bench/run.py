@@ -108,6 +108,11 @@ BENCHMARKS = [
         "cpu-full": [*SAM3_336, "--repeats", "3"],
         "gpu": [*SAM3_336, "--repeats", "3"],   # CPU backends: onnxruntime runs on the CPU here
     }),
+    ("bench_shared_cpu", "bench_shared_cpu.py", WRITE, {
+        "tiny": ["--busy", "0", "1", "--settings", "auto", "--command", "sam3-lora info --config demo"],
+        "cpu-full": [],   # demo --quick alone, beside one and two busy processes: auto vs old (~15 min)
+        "gpu": [],
+    }),
     ("lora_study", "lora_study.py", WRITE, {
         "tiny": ["--scale", "tiny"],
         "cpu-full": ["--scale", "cpu-full"],

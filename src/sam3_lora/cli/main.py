@@ -13,6 +13,7 @@ import warnings
 
 from sam3_lora import __version__
 from sam3_lora.cli import app, data, demo, evaluate, export, predict, train, validate
+from sam3_lora.cpu import share_cpu
 from sam3_lora.errors import Sam3LoraError
 
 EPILOG = """\
@@ -90,6 +91,7 @@ def _run(argv: list[str] | None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 0
+    share_cpu()   # before any command loads torch: passive waiting, threads for the free CPUs
     try:
         return int(args.func(args) or 0)
     except Sam3LoraError as exc:
