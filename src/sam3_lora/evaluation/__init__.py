@@ -5,4 +5,5 @@
 - ``metrics``      COCO mAP (pycocotools) and the combined metrics table
 - ``cgf1``         SAM3's cgF1 family
 - ``report``       report.md with its figures
+- ``video``        DAVIS's J, F and J&F of video object segmentation
 """
