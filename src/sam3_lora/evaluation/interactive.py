@@ -1,9 +1,10 @@
 """The interactive segmentation protocol of RITM / SimpleClick / SAM: simulated clicks, NoC, mIoU@k.
 
 A simulated user segments one object by clicking: each click goes to the error pixel farthest
-from the boundary of the errors (the centre of the biggest mistake), positive where the
-object was missed, negative where background was taken; the model predicts again from all
-clicks so far. Scores per object: the IoU after each click; over a set of objects:
+from the boundary of the errors, positive where the object was missed, negative where
+background was taken; the model predicts again from all clicks so far. "The largest error
+region" of the papers is thus the one with the largest inscribed disc (the thickest), not
+the one with the most pixels, and the click is that disc's centre. Scores per object: the IoU after each click; over a set of objects:
 
     mIoU_k   mean IoU after k clicks (k = 1, 3, 5)
     NoC_t    mean number of clicks to reach IoU >= t (t = 85%, 90%); an object that never

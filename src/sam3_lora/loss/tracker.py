@@ -90,14 +90,13 @@ class TrackerCriterion(nn.Module):
         (T, N, H, W) or T tensors (N, H, W). Returns the four terms and ``"loss"``, scalars."""
         if len(outputs) != len(targets):
             raise ValueError(f"{len(outputs)} frames of outputs for {len(targets)} of targets")
-        num_objects = max(targets[0].shape[0], 1) if len(targets) else 1
-        per_object = {name: [] for name in TRACKER_TERMS}
+        num_objects = max(len(targets[0]), 1) if len(targets) else 1  # the same N in every frame
+        totals = dict.fromkeys(TRACKER_TERMS, 0.0)
         for frame_steps, frame_targets in zip(outputs, targets):
             for step in frame_steps:
-                for name, value in self.step_losses(step, frame_targets).items():
-                    per_object[name].append(value)
-        losses = {name: sum(v.sum() for v in values) / num_objects if values
-                  else torch.zeros(()) for name, values in per_object.items()}
+                for name, per_object in self.step_losses(step, frame_targets).items():
+                    totals[name] = totals[name] + per_object.sum()
+        losses = {name: torch.as_tensor(total) / num_objects for name, total in totals.items()}
         losses["loss"] = sum(self.weight_dict[name] * losses[name]
                              for name in TRACKER_TERMS if self.weight_dict[name])
         return losses
@@ -116,7 +115,7 @@ class TrackerCriterion(nn.Module):
                 + self.weight_dict["loss_dice"] * dice).argmin(dim=-1, keepdim=True)  # (N, 1)
         iou_term = iou_error.mean(-1) if self.supervise_all_iou else _take(iou_error, best)
         present, loss_class = self.object_terms(step["object_score_logits"], target[:, 0])
-        # The mask terms push toward an empty mask nothing useful: only present objects count.
+        # An absent object has no mask to learn: only its object score is trained (SAM 2).
         return {"loss_mask": _take(focal, best) * present, "loss_dice": _take(dice, best) * present,
                 "loss_iou": iou_term * present, "loss_class": loss_class}
 
