@@ -56,6 +56,8 @@ def test_boundary_radius_is_davis():
     assert boundary_radius(480, 854) == 8  # ceil(0.008 * 979.6): DAVIS 480p
     assert boundary_radius(50, 70) == 1
     assert boundary_radius(50, 70, bound_th=3) == 3
+    with pytest.raises(ValueError, match="bound_th 2.5"):
+        boundary_radius(50, 70, bound_th=2.5)
 
 
 @pytest.mark.parametrize("seed", range(6))
@@ -78,6 +80,14 @@ def test_per_frame_j_and_f_equal_davis(seed):
     np.testing.assert_allclose(region_similarity(gt, pred, void), davis.db_eval_iou(gt, pred, void), rtol=0, atol=1e-6)
     np.testing.assert_allclose(boundary_measure(gt, pred, void), davis.db_eval_boundary(gt, pred, void),
                                rtol=0, atol=1e-6)
+
+
+def test_f_equals_davis_at_davis_resolution():
+    """480p frames: the tolerance disk has radius 8, as on the benchmark."""
+    rng = np.random.default_rng(0)
+    gt = blobs(rng, (2, 480, 854), density=0.2, smooth=12.0)
+    pred = perturbed(rng, gt, flip=0.02)
+    np.testing.assert_allclose(boundary_measure(gt, pred), davis.db_eval_boundary(gt, pred), rtol=0, atol=1e-6)
 
 
 def test_j_and_f_by_hand():

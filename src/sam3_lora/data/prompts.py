@@ -7,6 +7,8 @@ probabilities of ``sam2/configs/sam2.1_training``):
     a noisy box                 with probability p_points * p_box              (0.25)
     one click inside the mask   with probability p_points * (1 - p_box)        (0.25)
 
+(on a single image, rather than a video clip, SAM 2 sets p_points = 1: never the mask)
+
 and after a box or click prompt, each correction round adds one click drawn from the errors
 of the previous prediction (``_iter_correct_pt_sampling``): a positive click in what it
 missed, a negative click in what it wrongly took (with probability p_from_gt = 0.1 the round

@@ -77,8 +77,10 @@ def disk(radius: int) -> np.ndarray:
 
 
 def boundary_radius(height: int, width: int, bound_th: float = BOUND_TH) -> int:
-    """Matching tolerance in pixels: ``bound_th`` itself when >= 1, else that fraction of the
-    image diagonal, rounded up."""
+    """Matching tolerance in pixels: ``bound_th`` itself when >= 1 (a whole number of
+    pixels), else that fraction of the image diagonal, rounded up."""
+    if bound_th >= 1 and bound_th != int(bound_th):
+        raise ValueError(f"bound_th {bound_th}: give a fraction of the diagonal (< 1) or whole pixels")
     return int(bound_th) if bound_th >= 1 else math.ceil(bound_th * math.hypot(height, width))
 
 
