@@ -7,13 +7,13 @@ probabilities of ``sam2/configs/sam2.1_training``):
     a noisy box                 with probability p_points * p_box              (0.25)
     one click inside the mask   with probability p_points * (1 - p_box)        (0.25)
 
-(on a single image, rather than a video clip, SAM 2 sets p_points = 1: never the mask)
-
 and after a box or click prompt, each correction round adds one click drawn from the errors
 of the previous prediction (``_iter_correct_pt_sampling``): a positive click in what it
 missed, a negative click in what it wrongly took (with probability p_from_gt = 0.1 the round
-ignores the prediction and clicks inside the mask again). The clicks are uniform over their
-region, not at its centre (``evaluation.interactive`` has the evaluation's centre clicks).
+ignores the prediction and clicks inside the mask again). SAM 2.1 runs 7 rounds
+(``num_correction_pt_per_frame``); on a single image rather than a clip it sets p_points = 1
+(never the mask). The clicks are uniform over their region, not at its centre
+(``evaluation.interactive`` has the evaluation's centre clicks).
 
 Everything is drawn from the ``torch.Generator`` passed in, in the same order and with the
 same calls as SAM 2's ``sample_box_points`` and ``sample_random_points_from_errors``
@@ -87,12 +87,13 @@ def box_prompt(masks: torch.Tensor, generator: torch.Generator, noise: float = B
         raise ValueError(f"box_prompt: mask {int(empty.nonzero()[0])} is empty; prompt an absent "
                          "object with a click (click_prompt) instead")
     count, height, width = masks.shape
-    boxes = mask_to_box(masks).to(masks.device)
+    boxes = mask_to_box(masks.cpu()).to(masks.device)
     boxes[:, 2:] -= 1  # exclusive -> inclusive (SAM 2's last filled pixel)
     if noise > 0:
         max_dx = torch.clamp((boxes[:, 2] - boxes[:, 0]) * noise, max=noise_bound)
         max_dy = torch.clamp((boxes[:, 3] - boxes[:, 1]) * noise, max=noise_bound)
-        unit = 2 * torch.rand(count, 1, 4, generator=generator, device=generator.device).to(masks.device)[:, 0] - 1
+        unit = torch.rand(count, 1, 4, generator=generator, device=generator.device)[:, 0]
+        unit = 2 * unit.to(masks.device) - 1  # uniform in [-1, 1), one per coordinate
         boxes = boxes + unit * torch.stack((max_dx, max_dy, max_dx, max_dy), dim=-1)
         limits = torch.tensor([width, height, width, height], device=masks.device) - 1
         boxes = torch.minimum(boxes.clamp(min=0), limits)
