@@ -67,7 +67,8 @@ def _draw(generator: torch.Generator) -> float:
 
 def choose_prompt_kind(generator: torch.Generator, prob_points: float = PROB_POINTS,
                        prob_box: float = PROB_BOX) -> PromptKind:
-    """Mask, box or click, with SAM 2's two-level choice (see the module docstring)."""
+    """Mask, box or click, with SAM 2's two-level choice (see the module docstring). SAM 2
+    draws these from NumPy; here from ``generator``, so one seed fixes every prompt."""
     if _draw(generator) >= prob_points:
         return PromptKind.MASK
     return PromptKind.BOX if _draw(generator) < prob_box else PromptKind.CLICK
@@ -83,7 +84,7 @@ def box_prompt(masks: torch.Tensor, generator: torch.Generator, noise: float = B
     """
     masks = masks.bool()
     empty = ~masks.flatten(1).any(1)
-    if empty.any():
+    if empty.any():  # SAM 2 would return an inverted box (W, H, -1, -1) plus noise
         raise ValueError(f"box_prompt: mask {int(empty.nonzero()[0])} is empty; prompt an absent "
                          "object with a click (click_prompt) instead")
     count, height, width = masks.shape

@@ -123,6 +123,7 @@ def statistics(per_frame: np.ndarray) -> tuple[float, float, float]:
     DAVIS).
     """
     per_frame = np.asarray(per_frame, dtype=float)
+    # DAVIS casts these edges to uint8 (wrong from 256 frames on); int is the deliberate fix.
     edges = (np.round(np.linspace(1, len(per_frame), DECAY_BINS + 1) + 1e-10) - 1).astype(int)
     first = per_frame[edges[0]:edges[1] + 1]
     last = per_frame[edges[DECAY_BINS - 1]:edges[DECAY_BINS] + 1]

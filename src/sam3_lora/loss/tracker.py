@@ -90,7 +90,9 @@ class TrackerCriterion(nn.Module):
         (T, N, H, W) or T tensors (N, H, W). Returns the four terms and ``"loss"``, scalars."""
         if len(outputs) != len(targets):
             raise ValueError(f"{len(outputs)} frames of outputs for {len(targets)} of targets")
-        num_objects = max(len(targets[0]), 1) if len(targets) else 1  # the same N in every frame
+        # The same N in every frame. Meta's mean N over processes (all-reduce / world size) is
+        # this N in one process: the one deliberate difference (see the module docstring).
+        num_objects = max(len(targets[0]), 1) if len(targets) else 1
         totals = dict.fromkeys(TRACKER_TERMS, 0.0)
         for frame_steps, frame_targets in zip(outputs, targets):
             for step in frame_steps:
