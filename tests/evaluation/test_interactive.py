@@ -148,6 +148,9 @@ def test_noc_by_hand():
     assert number_of_clicks(np.array([0.5, 0.86, 0.91]), 0.85) == 2
     assert number_of_clicks(np.array([0.5, 0.86, 0.91]), 0.90) == 3
     assert number_of_clicks(np.array([0.5, 0.6]), 0.90) == 20
+    # exactly on the threshold counts, here and in RITM (whose IoUs are float32)
+    assert number_of_clicks(np.array([9 / 10]), 0.90) == 1
+    assert ritm.compute_noc_metric([np.array([9 / 10], dtype=np.float32)], [0.90])[0] == [1]
 
 
 def test_per_category_and_overall():

@@ -18,10 +18,8 @@ knows nothing of the model; a model that refines its previous mask keeps it itse
 Reference: SamsungLabs/ritm_interactive_segmentation, ``isegm/inference/clicker.py``
 (``Clicker._get_next_click``), ``evaluation.py`` (``evaluate_sample``) and ``utils.py``
 (``get_iou``, ``compute_noc_metric``); SAM 2's ``sample_one_point_from_error_center`` is the
-same click. Deliberate differences: RITM's distance transform is OpenCV's (float32), this one
-scipy's exact Euclidean transform (float64), the same distances; and RITM stores the IoUs as
-float32 before computing NoC, so an IoU of exactly 0.9 (e.g. 9/10, float32 0.89999998) does
-not reach 90% there, while it does here.
+same click. Deliberate difference: RITM's distance transform is OpenCV's (float32), this one
+scipy's exact Euclidean transform (float64): the same distances.
 """
 
 from __future__ import annotations
@@ -131,7 +129,8 @@ def _checked_mask(mask: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
 
 def number_of_clicks(ious: np.ndarray, threshold: float, max_clicks: int = MAX_CLICKS) -> int:
     """Clicks needed to reach IoU >= ``threshold``: (n,) -> 1..n, or ``max_clicks`` if never."""
-    # RITM compares float32 IoUs (so 9/10 misses 0.90 there); these stay float64.
+    # RITM compares float32 IoUs: the same counts while unions are under 800,000 pixels
+    # (only an IoU within one float32 step below 0.85 / 0.90 could round onto it).
     reached = np.flatnonzero(np.asarray(ious) >= threshold)
     return int(reached[0]) + 1 if reached.size else max_clicks
 
