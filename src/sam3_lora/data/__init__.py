@@ -1,1 +1,4 @@
-"""Datasets: COCO reading and validation, concept queries, transforms, converters, synthesis."""
+"""Datasets: COCO reading and validation, concept queries, transforms, converters, synthesis.
+
+- ``prompts``  the tracker's training prompts (mask, noisy box, clicks, correction clicks), as SAM 2
+"""

@@ -2,4 +2,5 @@
 
 - ``matcher``    Hungarian (one-to-one) and one-to-many assignments of queries to targets
 - ``criterion``  ``Sam3Criterion``: the weighted loss terms of a batch
+- ``tracker``    ``TrackerCriterion``: the tracker's loss (SAM 2's multi-step, multi-mask recipe)
 """

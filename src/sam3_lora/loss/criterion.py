@@ -73,12 +73,17 @@ MIN_SOFT_TARGET = 0.01
 
 def sigmoid_focal_loss(logits: torch.Tensor, targets: torch.Tensor, alpha: float,
                        gamma: float) -> torch.Tensor:
-    """Element-wise focal loss (RetinaNet): ``alpha_t (1 - p_t)^gamma BCE``; same shape."""
+    """Element-wise focal loss (RetinaNet): ``alpha_t (1 - p_t)^gamma BCE``; same shape.
+    ``alpha < 0`` means no class weighting (RetinaNet's convention; SAM 2's object score uses
+    it with ``gamma = 0``, which makes the loss plain BCE)."""
     prob = logits.sigmoid()
     bce = F.binary_cross_entropy_with_logits(logits, targets, reduction="none")
     p_t = prob * targets + (1 - prob) * (1 - targets)
+    loss = (1 - p_t) ** gamma * bce
+    if alpha < 0:
+        return loss
     alpha_t = alpha * targets + (1 - alpha) * (1 - targets)
-    return alpha_t * (1 - p_t) ** gamma * bce
+    return alpha_t * loss
 
 
 def dice_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
