@@ -26,13 +26,16 @@ from sam3_lora.errors import ConfigError
 
 PRESET_DIR = Path(__file__).parent / "configs"
 
-# The six SAM3 components LoRA can be switched on for, in pipeline order.
+# The SAM3 components LoRA can be switched on for, in pipeline order: the detector's six
+# (``model.task: concept``), and the tracker's prompt encoder (``interactive``: the tracker
+# has ``vision_encoder``, ``prompt_encoder`` and ``mask_decoder``).
 COMPONENTS = (
     "vision_encoder",
     "text_encoder",
     "geometry_encoder",
     "detr_encoder",
     "detr_decoder",
+    "prompt_encoder",
     "mask_decoder",
 )
 # SAM3's two small heads outside the components: the text projection into the DETR width,
@@ -67,7 +70,15 @@ class Section(BaseModel):
 
 
 class ModelConfig(Section):
-    """Which SAM3 to start from, and at what input size."""
+    """Which SAM3 to start from, for which task, and at what input size."""
+
+    task: Literal["concept", "interactive"] = "concept"
+    """What is fine-tuned. ``concept``: SAM3's detector (``Sam3Model``), which finds every
+    instance of a text prompt. ``interactive``: SAM3's tracker (``Sam3TrackerModel``), which
+    segments one object from clicks, a box or a mask (SAM 2's task), trained on every
+    object of the dataset that has a mask, with SAM 2's prompts and correction clicks
+    (``training.correction_rounds``). Every ``source`` serves both; the bundled
+    ``sam3-tiny-shapes`` gives the tracker its ViT only (its tracker heads start random)."""
 
     source: str = "facebook/sam3"
     """Where SAM3 comes from: a hub id (``facebook/sam3``, gated: the token is read from
@@ -132,9 +143,16 @@ class LoRAConfig(Section):
     apply_to_detr_decoder: bool = False
     """Adapt the DETR decoder (object queries, boxes, presence token)."""
 
+    apply_to_prompt_encoder: bool = False
+    """Adapt the tracker's prompt encoder (``model.task: interactive``). It has no Linear
+    layer (point embeddings and a three-convolution mask embedder): only ``all`` reaches
+    it, adapting those convolutions. The detector has no such component."""
+
     apply_to_mask_decoder: bool = False
-    """Adapt the mask decoder's prompt cross-attention (its only Linear layers besides
-    the small mask MLP reached through ``all``)."""
+    """Adapt the mask decoder. Detector: its prompt cross-attention (its only Linear layers
+    besides the small mask MLP reached through ``all``). Tracker: its two-way transformer's
+    attention (``q/k/v/o_proj``) and MLPs (``fc1``/``fc2`` select their ``proj_in``/``proj_out``);
+    ``all`` also reaches the mask, IoU and object-score heads."""
 
     use_rslora: bool = False
     """Rank-stabilised LoRA: scale by alpha / sqrt(rank), which keeps high ranks trainable."""
@@ -202,6 +220,11 @@ class DataConfig(Section):
     skip_invalid: bool = False
     """Train anyway when validation finds errors, skipping (and listing) every bad item."""
 
+    mask_prompt_probability: float = Field(default=0.0, ge=0.0, le=1.0)
+    """``model.task: interactive``: the chance that an object's first prompt is its own
+    ground-truth mask; otherwise a noisy box or one click inside it, half each (SAM 2). SAM 2
+    trains single images with 0 (its default here) and videos with 0.5."""
+
     num_workers: int = Field(default=0, ge=0, le=256)
     """Data-loading worker processes, at most 256; 0 loads in the training process."""
 
@@ -252,8 +275,14 @@ class TrainingConfig(Section):
 
     component_learning_rates: dict[str, Annotated[float, Field(ge=0.0)]] = Field(default_factory=dict)
     """Learning rate (at least 0) per SAM3 component, overriding ``learning_rate`` for the
-    parameters trained inside it, e.g. ``{mask_decoder: 3.0e-4}``. Keys: the six components,
+    parameters trained inside it, e.g. ``{mask_decoder: 3.0e-4}``. Keys: the components of ``lora``'s ``apply_to_*``,
     and with ``method=full`` also the heads ``text_projection`` and ``dot_product_scoring``."""
+
+    correction_rounds: int = Field(default=7, ge=0, le=64)
+    """``model.task: interactive``: prediction rounds after the first, each adding one
+    correction click drawn from the previous round's errors (SAM 2.1: 7). Every round is
+    supervised; more rounds cost a prompt-encoder and mask-decoder pass each (the image is
+    encoded once). A mask prompt gets no correction clicks (as in SAM 2)."""
 
     mixed_precision: Literal["auto", "no", "fp16", "bf16"] = "auto"
     """Autocast precision of forward and backward: ``bf16`` (Ampere GPUs and newer, and

@@ -126,3 +126,10 @@ def test_validate_refuses_an_adapter_with_nan_weights(capsys, tmp_path):
     code, _out, err = run(capsys, "validate", "--config", str(TINY_CONFIG), f"data.root={tmp_path / 'data'}",
                           "--weights", str(tmp_path / "nan"), "--output", str(tmp_path / "eval"))
     assert code == 2 and err.count("\n") == 1 and "hold NaN or infinite values" in err
+
+
+def test_info_prints_the_trackers_table(capsys):
+    code, out, _ = run(capsys, "info", "--config", "minimal", "model.source=sam3", "model.task=interactive",
+                       "lora.apply_to_mask_decoder=true", "lora.target_modules=[all]")
+    assert code == 0 and "task interactive: Sam3TrackerModel" in out
+    assert re.search(r"mask_decoder\s+50\s+", out) and "text_encoder" not in out

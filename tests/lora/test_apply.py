@@ -155,3 +155,60 @@ def test_public_api_is_importable_from_the_package():
 
     assert sam3_lora.apply_lora_to_model is apply_lora_to_model
     assert sam3_lora.LoRAConfig is LoRAConfig
+
+
+@pytest.fixture(scope="module")
+def full_tracker():
+    """The full-size tracker (SAM3's ViT, prompt encoder, mask decoder) on the meta device."""
+    from transformers import Sam3TrackerModel
+
+    from sam3_lora.model.tracker import load_tracker_config
+
+    with torch.device("meta"):
+        return Sam3TrackerModel(load_tracker_config("sam3"))
+
+
+# The tracker's mask decoder: a two-layer two-way transformer (self, token-to-image and
+# image-to-token attention, an MLP each) and a final token-to-image attention; MLPs (proj_in,
+# proj_out) in the transformer, in its 4 hypernetworks, the IoU head and the object-score head.
+TRACKER_COUNTS = [
+    ("vision_encoder", ["q_proj", "v_proj"], 64),
+    ("mask_decoder", ["q_proj", "k_proj", "v_proj", "o_proj"], 28),
+    ("mask_decoder", ["fc1", "fc2"], 16),
+    ("mask_decoder", ["all"], 50),
+    ("prompt_encoder", ["all"], 3),
+]
+
+
+@pytest.mark.parametrize("component, layers, modules", TRACKER_COUNTS)
+def test_tracker_component_counts(full_tracker, component, layers, modules):
+    model = apply_lora_to_model(full_tracker, only(component, layers), verbose=False)
+    try:
+        summary = lora_summary(model)
+        assert list(summary) == [component] and summary[component][0] == modules
+    finally:
+        model.unload()   # the module fixture is shared: give it back bare
+
+
+def test_all_reaches_every_linear_of_the_tracker_heads(full_tracker):
+    everywhere = LoRAConfig(target_modules=["all"], **{f"apply_to_{c}": True for c in COMPONENTS})
+    targets = resolve_targets(full_tracker, everywhere)
+    decoder_linears = [n for n, m in full_tracker.named_modules()
+                       if isinstance(m, nn.Linear) and n.startswith("mask_decoder.")]
+    assert sorted(targets["mask_decoder"]) == sorted(decoder_linears)
+    assert any(".iou_prediction_head." in n for n in decoder_linears)
+    assert targets["prompt_encoder"] == [f"prompt_encoder.mask_embed.conv{i}" for i in (1, 2, 3)]
+    assert set(targets) == {"vision_encoder", "prompt_encoder", "mask_decoder"}   # no detector parts
+
+
+def test_tracker_lora_trains_through_a_click():
+    from sam3_lora.model.tracker import load_tracker
+
+    config = LoRAConfig(target_modules=["all"], apply_to_prompt_encoder=True, apply_to_mask_decoder=True)
+    model = apply_lora_to_model(load_tracker("sam3-tiny").model, config, verbose=False)
+    out = model(pixel_values=torch.randn(1, 3, 112, 112), input_points=torch.tensor([[[[50.0, 60.0]]]]),
+                input_labels=torch.tensor([[[1]]]), input_masks=torch.zeros(1, 1, 32, 32))
+    out.pred_masks.sum().backward()
+    trained = [n for n, p in model.named_parameters() if p.requires_grad]
+    assert trained and all("lora_" in n for n in trained)
+    assert all(p.grad is not None for n, p in model.named_parameters() if "mask_embed.conv1.lora_B" in n)

@@ -8,8 +8,12 @@ architecture; the adapter's own ``sam3_lora.json`` keeps the selection as the us
 Layer names (matched against the last part of a module's name):
     q_proj, k_proj, v_proj   attention projections, in every component
     out_proj                 attention output: CLIP's ``out_proj`` and SAM3's ``o_proj``
-    fc1, fc2                 the two layers of each transformer MLP
-    all                      every Linear layer of the chosen components
+    fc1, fc2                 the two layers of each transformer MLP (the tracker's mask
+                             decoder calls them ``proj_in`` and ``proj_out``)
+    all                      every Linear layer of the chosen components, and the
+                             convolutions of the tracker's prompt encoder, which has no Linear
+The tracker (``model.task: interactive``) has three components: ``vision_encoder`` (the
+detector's ViT), ``prompt_encoder`` and ``mask_decoder``.
 Names from Meta's original SAM3 code map to these: ``qkv`` -> q_proj, k_proj, v_proj;
 ``proj`` -> out_proj; ``linear1`` -> fc1; ``linear2`` -> fc2.
 """
@@ -23,12 +27,13 @@ from typing import NamedTuple
 
 import torch
 from torch import nn
-from transformers import Sam3Model
+from transformers import Sam3Model, Sam3TrackerModel
 
 from sam3_lora.config import COMPONENTS, Config, LoRAConfig
 from sam3_lora.errors import ConfigError
 from sam3_lora.model.loading import load_sam3_config
 from sam3_lora.model.roi_align import install_fallback
+from sam3_lora.model.tracker import load_tracker_config
 
 # Each accepted layer name -> the module-name endings it selects.
 LAYER_NAMES = {
@@ -37,15 +42,20 @@ LAYER_NAMES = {
     "v_proj": ("v_proj",),
     "o_proj": ("o_proj", "out_proj"),
     "out_proj": ("out_proj", "o_proj"),
-    "fc1": ("fc1",),
-    "fc2": ("fc2",),
+    # The tracker's MLPs (Sam3TrackerFeedForward) name their first and last layer proj_in
+    # and proj_out; the detector has no layer of these names.
+    "fc1": ("fc1", "proj_in"),
+    "fc2": ("fc2", "proj_out"),
     # Meta's original SAM3 code names, mapped to transformers' equivalents.
     "qkv": ("q_proj", "k_proj", "v_proj"),
     "proj": ("out_proj", "o_proj"),
-    "linear1": ("fc1",),
-    "linear2": ("fc2",),
+    "linear1": ("fc1", "proj_in"),
+    "linear2": ("fc2", "proj_out"),
 }
 ALL_LINEAR = "all"
+CONV_COMPONENTS = ("prompt_encoder",)
+"""Components without Linear layers, whose Conv2d layers ``all`` adapts instead (the
+tracker's prompt encoder: point embeddings and a three-convolution mask embedder)."""
 WHOLE_MODEL = "model"  # the one "component" of a model that has none of SAM3's
 
 
@@ -110,10 +120,11 @@ def resolve_targets(model: nn.Module, config: LoRAConfig) -> dict[str, list[str]
     for component in components:
         root = model if component == WHOLE_MODEL else model.get_submodule(component)
         prefix = "" if component == WHOLE_MODEL else f"{component}."
+        layers = (nn.Linear, nn.Conv2d) if endings is None and component in CONV_COMPONENTS else nn.Linear
         targets[component] = [
             prefix + name
             for name, module in root.named_modules()
-            if isinstance(module, nn.Linear) and (endings is None or name.rsplit(".", 1)[-1] in endings)
+            if isinstance(module, layers) and (endings is None or name.rsplit(".", 1)[-1] in endings)
         ]
     if not any(targets.values()):
         raise ConfigError(
@@ -209,13 +220,19 @@ def lora_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
 def preview(config: Config) -> str:
     """Where ``config`` puts LoRA and how much trains, from the architecture alone: built on
     PyTorch's meta device (shapes without weights), so it is instant even at 840M."""
-    model_config = load_sam3_config(config.model.source, config.model.revision, config.model.image_size)
+    if config.model.task == "interactive":
+        model_class = Sam3TrackerModel
+        model_config = load_tracker_config(config.model.source, config.model.revision, config.model.image_size)
+    else:
+        model_class = Sam3Model
+        model_config = load_sam3_config(config.model.source, config.model.revision, config.model.image_size)
+    task = "" if config.model.task == "concept" else f", task {config.model.task}: {model_class.__name__}"
     install_fallback()
     with torch.device("meta"):
-        model = apply_lora_to_model(Sam3Model(model_config), config.lora, verbose=False)
+        model = apply_lora_to_model(model_class(model_config), config.lora, verbose=False)
     size = model_config.vision_config.backbone_config.image_size
     return "\n".join([
-        f"model:   {config.model.source} ({size} px)",
+        f"model:   {config.model.source} ({size} px{task})",
         f"lora:    rank {config.lora.rank}, alpha {config.lora.alpha:g}, layers {', '.join(config.lora.target_modules)}",
         format_summary(lora_summary(model), count_parameters(model)),
     ])

@@ -1,0 +1,185 @@
+"""SAM3's other half: the tracker, which segments one object from clicks, a box or a mask.
+
+``load_tracker(source)`` returns a ``Sam3TrackerModel`` with the processor that turns images
+into its ``pixel_values`` (``model.task: interactive``). It takes every source
+``model.source`` takes (``model.loading`` resolves them, with the same one-line errors):
+
+- a preset (``sam3-tiny``, ``sam3-small``, ``sam3``): random weights, the tracker built
+  from the preset detector's vision config (``tracker_config``).
+- the bundled base ``sam3-tiny-shapes``: its pretrained ViT (and FPN neck) shared with a
+  tracker whose prompt encoder and mask decoder are random. The bundled base was trained
+  as a detector only; a bundled tracker base trained on its shapes is future work, so
+  fine-tune it with the mask decoder adapted (or ``training.method: full``).
+- a ``save_pretrained`` folder: one holding a tracker config (``model_type`` ``sam3_tracker``)
+  loads as it is; one holding a SAM3 detector (``sam3``) gives its ViT to a new tracker as
+  the bundled base does.
+- a hub id (``facebook/sam3``): transformers reads the tracker's weights from the full
+  SAM3 checkpoint (``Sam3TrackerModel.from_pretrained``).
+
+Model inputs (B objects, each with its own image row; K clicks; S the input size; m the
+mask side, 4x the patch grid, ``S * 4 / 14``)::
+
+    pixel_values   (B, 3, S, S)   normalised as for the detector (``model.processing``)
+    input_points   (B, 1, K, 2)   x, y in pixels of the S x S input
+    input_labels   (B, 1, K)      1 positive, 0 negative
+    input_boxes    (B, 1, 4)      x1, y1, x2, y2 in pixels of the S x S input
+    input_masks    (B, 1, m, m)   mask logits of a previous prediction (or a mask prompt)
+
+Outputs: ``pred_masks`` (B, 1, M, m, m) logits, ``iou_scores`` (B, 1, M),
+``object_score_logits`` (B, 1, 1), M = 3 with ``multimask_output`` else 1.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from transformers import (
+    AutoConfig,
+    PretrainedConfig,
+    Sam3Config,
+    Sam3Model,
+    Sam3TrackerConfig,
+    Sam3TrackerModel,
+)
+
+from sam3_lora.errors import ModelLoadError
+from sam3_lora.model.folders import check_finite_model, quiet_progress
+from sam3_lora.model.loading import (
+    BUNDLED,
+    PRESETS,
+    _bundled,
+    _from_pretrained,
+    _local_folder,
+    _probe_hub,
+    _seeded,
+    load_sam3,
+    load_sam3_config,
+    set_image_size,
+)
+from sam3_lora.model.processing import Sam3InputProcessor
+
+TRACKER_MODEL_TYPE = "sam3_tracker"
+HEAD_WIDTH = 32
+"""Width of one attention head of the tracker's mask decoder (SAM's: 256 / 8 heads)."""
+MLP_RATIO = 8
+"""The mask decoder's MLP width over its hidden width (SAM's: 2048 / 256)."""
+
+
+@dataclass
+class LoadedTracker:
+    """A SAM3 tracker with what turns images into its inputs (``LoadedSam3``'s fields;
+    the tracker reads no text, so ``tokenizer`` is None)."""
+
+    model: Sam3TrackerModel
+    processor: Sam3InputProcessor
+    source: str
+
+    @property
+    def tokenizer(self):
+        return None
+
+    def save_pretrained(self, folder: str | Path) -> None:
+        """Write the model so that ``load_tracker(folder)`` reads it back offline."""
+        self.model.save_pretrained(folder)
+
+
+def tracker_config(detector: Sam3Config) -> Sam3TrackerConfig:
+    """A tracker on ``detector``'s vision config, its prompt encoder and mask decoder as wide
+    as the detector's FPN (256 for SAM3, which gives SAM3's published tracker config): heads
+    of ``HEAD_WIDTH``, an MLP ``MLP_RATIO`` times wider."""
+    vision = detector.vision_config
+    width = vision.fpn_hidden_size
+    size = vision.backbone_config.image_size
+    config = Sam3TrackerConfig(
+        vision_config=vision.to_dict(),
+        prompt_encoder_config={"hidden_size": width, "image_size": size,
+                               "patch_size": vision.backbone_config.patch_size},
+        mask_decoder_config={"hidden_size": width, "mlp_dim": MLP_RATIO * width,
+                             "num_attention_heads": max(1, width // HEAD_WIDTH), "iou_head_hidden_dim": width},
+    )
+    return config
+
+
+def set_tracker_image_size(config: Sam3TrackerConfig, image_size: int) -> Sam3TrackerConfig:
+    """``loading.set_image_size`` for a tracker: the ViT, its feature maps and the prompt
+    encoder (which turns pixel coordinates into positions) all follow."""
+    set_image_size(config, image_size)
+    config.prompt_encoder_config.image_size = image_size
+    return config
+
+
+def tracker_image_size(config: Sam3TrackerConfig) -> int:
+    return config.vision_config.backbone_config.image_size
+
+
+def load_tracker_config(source: str, revision: str | None = None, image_size: int | None = None,
+                        token: str | None = None) -> Sam3TrackerConfig:
+    """The tracker architecture of ``source`` without its weights."""
+    if source in PRESETS or source in BUNDLED or _source_model_type(source, revision, token) == "sam3":
+        config = tracker_config(load_sam3_config(source, revision, None, token))
+    else:
+        location = _bundled(source) or _local_folder(source) or source
+        try:
+            config = AutoConfig.from_pretrained(location, revision=revision, token=token)
+        except (OSError, ValueError) as exc:
+            raise ModelLoadError(f"model.source {source!r}: config.json cannot be read ({type(exc).__name__}); "
+                                 f"give a folder written by save_pretrained") from None
+        # SAM3's full checkpoint (sam3_video) nests the tracker's config, as transformers reads it.
+        config = getattr(config, "tracker_config", None) or config
+        if not isinstance(config, Sam3TrackerConfig):
+            raise ModelLoadError(f"model.source {source!r}: config.json is a {config.model_type} config, not SAM3's "
+                                 f"or its tracker's; give a SAM3 model (model.task=interactive)")
+    return set_tracker_image_size(config, image_size) if image_size else config
+
+
+def load_tracker(source: str = "facebook/sam3", *, revision: str | None = None, image_size: int | None = None,
+                 token: str | None = None, seed: int = 0, dtype: torch.dtype = torch.float32) -> LoadedTracker:
+    """Load SAM3's tracker and its image processor from a preset, the bundled base, a local
+    folder or a hub id (see the module docstring). Arguments as ``loading.load_sam3``;
+    ``seed`` also fixes the random heads of a tracker built on a detector's ViT."""
+    config = load_tracker_config(source, revision, image_size, token)
+    if source in PRESETS:
+        with _seeded(seed):
+            model = Sam3TrackerModel(config).to(dtype)
+    elif source in BUNDLED or _source_model_type(source, revision, token) == "sam3":
+        model = _on_detector_vit(source, config, revision, token, seed, dtype)
+    else:
+        location = _bundled(source) or _local_folder(source) or source
+        model = _from_pretrained(Sam3TrackerModel, location, source, config=config, revision=revision,
+                                 token=token, dtype=dtype)
+        check_finite_model(model, source)
+    processor = Sam3InputProcessor(tokenizer=None, image_size=tracker_image_size(config))
+    return LoadedTracker(model=model.eval(), processor=processor, source=source)
+
+
+def _on_detector_vit(source: str, config: Sam3TrackerConfig, revision: str | None, token: str | None,
+                     seed: int, dtype: torch.dtype) -> Sam3TrackerModel:
+    """A tracker with random heads (seeded) and the ViT of the SAM3 detector at ``source``."""
+    detector: Sam3Model = load_sam3(source, revision=revision, image_size=tracker_image_size(config),
+                                    token=token, dtype=dtype).model
+    with _seeded(seed):
+        model = Sam3TrackerModel(config).to(dtype)
+    # Same module, same keys (Sam3VisionModel in both): the whole ViT and FPN neck carry over.
+    model.vision_encoder.load_state_dict(detector.vision_encoder.state_dict())
+    return model
+
+
+def _source_model_type(source: str, revision: str | None, token: str | None) -> str | None:
+    """``model_type`` in the config.json of a folder or hub source (None for presets)."""
+    if source in PRESETS:
+        return None
+    location = _bundled(source) or _local_folder(source) or _probe_hub(source, revision, token)
+    with quiet_progress() if source in BUNDLED else contextlib.nullcontext():
+        try:
+            raw, _ = PretrainedConfig.get_config_dict(location, revision=revision, token=token)
+        except (OSError, ValueError) as exc:
+            raise ModelLoadError(f"model.source {source!r}: its config.json cannot be read ({type(exc).__name__}); "
+                                 f"give a folder written by save_pretrained") from None
+    model_type = raw.get("model_type")
+    if not isinstance(model_type, str):
+        raise ModelLoadError(f"model.source {source!r}: config.json has no model_type; give a folder written by "
+                             f"save_pretrained from a SAM3 or SAM3 tracker model")
+    return model_type

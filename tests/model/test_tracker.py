@@ -1,0 +1,99 @@
+import json
+
+import pytest
+import torch
+
+from sam3_lora.errors import ModelLoadError
+from sam3_lora.model.loading import load_sam3
+from sam3_lora.model.tracker import load_tracker, load_tracker_config
+
+
+def _click_forward(model, size: int):
+    pixels = torch.randn(1, 3, size, size)
+    return model(pixel_values=pixels, input_points=torch.tensor([[[[size / 2, size / 2]]]]),
+                 input_labels=torch.tensor([[[1]]]))
+
+
+def test_tiny_preset_tracker_takes_a_click_and_gives_three_masks():
+    loaded = load_tracker("sam3-tiny")
+    out = _click_forward(loaded.model, 112)
+    grid = 4 * (112 // 14)
+    assert out.pred_masks.shape == (1, 1, 3, grid, grid)
+    assert out.iou_scores.shape == (1, 1, 3) and out.object_score_logits.shape == (1, 1, 1)
+    assert loaded.processor.image_size == 112 and loaded.tokenizer is None
+
+
+def test_preset_heads_follow_the_detector_width():
+    """The prompt encoder and mask decoder are as wide as the detector's FPN; at SAM3's 256
+    that is SAM3's published tracker (8 heads, MLP 2048)."""
+    tiny, small, full = (load_tracker_config(s) for s in ("sam3-tiny", "sam3-small", "sam3"))
+    assert tiny.mask_decoder_config.hidden_size == 32 and small.mask_decoder_config.hidden_size == 64
+    assert (full.mask_decoder_config.num_attention_heads, full.mask_decoder_config.mlp_dim) == (8, 2048)
+    assert full.prompt_encoder_config.image_size == 1008
+
+
+def test_image_size_reaches_the_prompt_encoder():
+    loaded = load_tracker("sam3-small", image_size=56)
+    assert loaded.model.config.prompt_encoder_config.image_size == 56
+    assert _click_forward(loaded.model, 56).pred_masks.shape[-1] == 16
+
+
+def test_preset_weights_follow_the_seed():
+    first, again, other = (load_tracker("sam3-tiny", seed=s).model.state_dict() for s in (0, 0, 1))
+    key = "mask_decoder.iou_prediction_head.proj_in.weight"
+    assert torch.equal(first[key], again[key]) and not torch.equal(first[key], other[key])
+
+
+def test_saved_tracker_folder_loads_back(tmp_path):
+    loaded = load_tracker("sam3-tiny", seed=3)
+    loaded.save_pretrained(tmp_path / "tracker")
+    again = load_tracker(str(tmp_path / "tracker"))
+    assert type(again.model).__name__ == "Sam3TrackerModel"
+    for key, value in loaded.model.state_dict().items():
+        assert torch.equal(value, again.model.state_dict()[key]), key
+
+
+def _same_vision(tracker, detector) -> bool:
+    mine, theirs = tracker.vision_encoder.state_dict(), detector.vision_encoder.state_dict()
+    return mine.keys() == theirs.keys() and all(torch.equal(mine[k], theirs[k]) for k in mine)
+
+
+def test_detector_folder_gives_the_tracker_its_vit(tmp_path):
+    detector = load_sam3("sam3-tiny", seed=5)
+    detector.save_pretrained(tmp_path / "detector")
+    loaded = load_tracker(str(tmp_path / "detector"), seed=0)
+    assert _same_vision(loaded.model, detector.model)
+    # The heads are the tracker's own random ones, seeded.
+    fresh = load_tracker("sam3-tiny", seed=0).model.state_dict()
+    key = "mask_decoder.iou_prediction_head.proj_in.weight"
+    assert torch.equal(loaded.model.state_dict()[key], fresh[key])
+    assert not _same_vision(load_tracker("sam3-tiny", seed=0).model, detector.model)   # copied, not drawn
+
+
+def test_bundled_base_shares_its_pretrained_vit():
+    loaded = load_tracker("sam3-tiny-shapes")
+    assert _same_vision(loaded.model, load_sam3("sam3-tiny-shapes").model)
+    assert _click_forward(loaded.model, 112).pred_masks.shape == (1, 1, 3, 32, 32)
+
+
+def test_folder_of_another_model_is_one_line(tmp_path):
+    folder = tmp_path / "other"
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps({"model_type": "bert"}))
+    with pytest.raises(ModelLoadError) as error:
+        load_tracker(str(folder))
+    assert "bert" in str(error.value) and "\n" not in str(error.value)
+
+
+def test_folder_without_model_type_is_one_line(tmp_path):
+    folder = tmp_path / "bad"
+    folder.mkdir()
+    (folder / "config.json").write_text("{}")
+    with pytest.raises(ModelLoadError, match="no model_type") as error:
+        load_tracker(str(folder))
+    assert "\n" not in str(error.value)
+
+
+def test_missing_folder_is_the_loaders_one_line(tmp_path):
+    with pytest.raises(ModelLoadError, match="no such folder"):
+        load_tracker(str(tmp_path / "nowhere"))
