@@ -122,6 +122,14 @@ def build_dataloader(
     """
     dataset = ConceptDataset(split, data_cfg, image_size, train=train, seed=seed)
     dataset.set_epoch(epoch)
+    return loader_for(dataset, functools.partial(collate, mask_size=mask_size_for(image_size)), data_cfg,
+                      batch_size, train, seed, epoch)
+
+
+def loader_for(dataset, collate_fn, data_cfg: DataConfig, batch_size: int, train: bool, seed: int,
+               epoch: int) -> DataLoader:
+    """The loader of any of our datasets: shuffled by (seed, epoch) when training, workers
+    seeded, ``data_cfg.num_workers`` processes (shared by both tasks' loaders)."""
     workers = data_cfg.num_workers
     return DataLoader(
         dataset,
@@ -129,7 +137,7 @@ def build_dataloader(
         shuffle=train,
         generator=sample_generator(seed, epoch, 0, SHUFFLE_STREAM),
         num_workers=workers,
-        collate_fn=functools.partial(collate, mask_size=mask_size_for(image_size)),
+        collate_fn=collate_fn,
         worker_init_fn=seed_worker if workers > 0 else None,
         persistent_workers=False,
         prefetch_factor=2 if workers > 0 else None,
