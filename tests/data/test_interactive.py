@@ -32,7 +32,7 @@ def test_one_sample_per_object_with_its_mask_and_prompts(shapes):
     assert mask.any()
     x, y = sample["points"][0].long().tolist()
     assert mask[y, x] and sample["labels"].tolist() == [1]   # the click lands inside the object
-    x1, y1, x2, y2 = sample["box"].tolist()
+    x1, _y1, _x2, y2 = sample["box"].tolist()
     rows, cols = mask.any(1).nonzero()[:, 0], mask.any(0).nonzero()[:, 0]
     # A noisy box: each side within 10% of the mask's extent of the tight one.
     assert abs(x1 - cols.min()) <= 0.1 * (cols.max() - cols.min()) + 1e-4
