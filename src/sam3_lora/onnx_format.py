@@ -50,6 +50,8 @@ MAX_SIZE = 16_384
 1008 px and 32 tokens; a larger number is damage, and would be allocated as it stands."""
 MAX_TOKEN_ID = 2**31 - 1
 
+FileName = Annotated[str, Field(min_length=1, max_length=1000)]
+"""A file of the folder, relative to it (``files.inside_folder`` checks where it leads)."""
 Size = Annotated[int, Field(ge=1, le=MAX_SIZE)]
 Dimension = Size | Annotated[str, Field(min_length=1, max_length=64)]
 """A graph dimension: a fixed size, or the name of a dynamic one ("batch", "prompts")."""
@@ -65,7 +67,7 @@ class _Part(BaseModel):
 
 
 class GraphSpec(_Part):
-    file: str
+    file: FileName
     inputs: dict[str, list[Dimension]]
     outputs: dict[str, list[Dimension]]
 
@@ -85,7 +87,7 @@ class ImageSpec(_Part):
 
 
 class TextSpec(_Part):
-    file: str
+    file: FileName
     max_length: Size
     """Tokens per prompt, T."""
     pad_id: Annotated[int, Field(ge=0, le=MAX_TOKEN_ID)]

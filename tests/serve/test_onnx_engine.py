@@ -1,5 +1,7 @@
 """The ONNX engine's numpy twins of the PyTorch path's pre- and post-processing stay equal to
-it (the graphs themselves are compared with PyTorch in tests/export/test_onnx.py)."""
+it (the graphs themselves are compared with PyTorch in tests/export/test_onnx.py), and a
+damaged or hostile export folder is refused in one line before any file in it is opened
+(its metadata alone here; its graphs and tokenizer in tests/export/test_onnx.py)."""
 
 import json
 from pathlib import Path
@@ -200,7 +202,9 @@ DAMAGED = {
     "std 0": (edited("image.std", [0.5, 0, 0.5]), "image.std.1: Input should be greater than 0"),
     "exported_with 'x'": (edited("exported_with", "x"), "exported_with: Input should be a valid dictionary"),
     "graph names": (edited("graphs.text_encoder.outputs", {"fpn_0": [1]}), "graphs.text_encoder has inputs"),
-    "no tokenizer": (edited("text.file", "gone.json"), "text.file: ")
+    "no tokenizer": (edited("text.file", "gone.json"), "text.file: "),
+    "empty graph name": (edited("graphs.vision_encoder.file", ""),
+                         "graphs.vision_encoder.file: String should have at least 1 character")
 }
 
 
