@@ -151,8 +151,9 @@ class LoRAConfig(Section):
     apply_to_mask_decoder: bool = False
     """Adapt the mask decoder. Detector: its prompt cross-attention (its only Linear layers
     besides the small mask MLP reached through ``all``). Tracker: its two-way transformer's
-    attention (``q/k/v/o_proj``) and MLPs (``fc1``/``fc2`` select their ``proj_in``/``proj_out``);
-    ``all`` also reaches the mask, IoU and object-score heads."""
+    attention (``q/k/v/o_proj``) and every MLP's first and last layer (``fc1``/``fc2`` select
+    ``proj_in``/``proj_out``: the transformer's, the mask hypernetworks', the IoU and
+    object-score heads'); ``all`` adds those heads' middle layers."""
 
     use_rslora: bool = False
     """Rank-stabilised LoRA: scale by alpha / sqrt(rank), which keeps high ranks trainable."""

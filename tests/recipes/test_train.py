@@ -83,6 +83,9 @@ SETUP_EFFECTS = [
     (covers("activation_checkpointing"), ["training.activation_checkpointing=2"], lambda t: t.checkpointed_blocks == 1),
     (covers("lr_scheduler", "warmup_steps"), ["training.lr_scheduler=linear", "training.warmup_steps=3"],
      lambda t: t.optimizer.param_groups[0]["lr"] == pytest.approx(0.01 / 4)),
+    # The interactive task's rounds per batch (tests/training/test_tasks.py: one step each).
+    (covers("correction_rounds"), ["model.task=interactive", "training.correction_rounds=3"],
+     lambda t: t.model.rounds == 3),
 ]
 
 

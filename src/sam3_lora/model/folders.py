@@ -44,7 +44,8 @@ def write_model(model: Sam3Model, tokenizer, folder: Path, *, base_source: str =
     saying what it was trained from and on which prompts."""
     with quiet_progress():   # a "writing shards" bar at every checkpoint is noise
         model.save_pretrained(folder)
-        tokenizer.save_pretrained(folder)
+        if tokenizer is not None:   # the tracker reads no text
+            tokenizer.save_pretrained(folder)
     metadata = {"format": MODEL_FORMAT, "trained_from": base_source, "prompts": sorted(set(prompts or [])),
                 "sam3_lora_version": __version__}
     (Path(folder) / METADATA_FILE).write_text(json.dumps(metadata, indent=2) + "\n")

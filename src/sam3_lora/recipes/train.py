@@ -3,7 +3,9 @@
 One class, read top to bottom: ``setup`` (accelerator, model, data, optimiser), ``train``
 (the loop), ``evaluate`` (validation loss), ``save_checkpoint``. It runs on Accelerate, so
 the same code serves one CPU, one GPU, or many processes under ``accelerate launch`` or
-``torchrun`` (DDP). Every key of the ``training`` section is read here.
+``torchrun`` (DDP). Every key of the ``training`` section is read here. What a batch becomes
+(model inputs, forward, loss) is the task's (``training.tasks``): SAM3's concept detector, or
+with ``model.task: interactive`` its tracker with SAM 2's correction rounds; the rest is shared.
 
 Run folder (``output.dir``)::
 
@@ -41,18 +43,15 @@ from tqdm.auto import tqdm
 
 from sam3_lora.config import Config, load_config
 from sam3_lora.data.coco.split import check_split, load_coco_split
-from sam3_lora.data.collate import build_dataloader
-from sam3_lora.data.dataset import ConceptDataset
 from sam3_lora.errors import ConfigError, Sam3LoraError
 from sam3_lora.evaluation.runner import SplitRunner, score
 from sam3_lora.files import atomic_folder, check_output
 from sam3_lora.lora.adapter import load_lora_weights, write_adapter
 from sam3_lora.lora.apply import apply_lora_to_model, count_parameters, format_summary, lora_summary
-from sam3_lora.loss.criterion import build_criterion
 from sam3_lora.model.folders import load_model_weights, write_model
-from sam3_lora.model.forward import QueryModel, as_float32
 from sam3_lora.model.loading import load_sam3
 from sam3_lora.model.precision import default_device, enable_tf32, resolve_precision
+from sam3_lora.model.tracker import load_tracker
 from sam3_lora.training.checkpoint import (
     load_checkpoint,
     prune_checkpoints,
@@ -70,6 +69,7 @@ from sam3_lora.training.resources import (
     peak_memory_mb,
     peak_tflops,
 )
+from sam3_lora.training.tasks import Task, build_task
 
 
 class TrainingError(Sam3LoraError):
@@ -102,7 +102,6 @@ class SAM3LoRATrainer:
         self.evals_without_improvement = 0
         self.stop_signal: int | None = None
         self.last_eval_step = -1
-        self._text_cache: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
         self.flops_per_batch: int | None = None
 
     # ---- setup -----------------------------------------------------------------
@@ -111,12 +110,13 @@ class SAM3LoRATrainer:
         # What the user can get wrong is checked before the model loads (minutes at full size).
         check_output(self.run_dir, folder=True, what="output.dir")
         checkpoints = self._find_checkpoints()
+        self._check_task()
         self._load_splits()
         self._setup_accelerator()
         self._setup_model()
+        self.task: Task = build_task(self.config, self.image_size, self.loaded.processor.text)
         self._setup_data()
         self._setup_optimizer()
-        self.criterion = build_criterion(self.config.loss)
         if checkpoints:
             self._restore(checkpoints)
         if self.accelerator.is_main_process:
@@ -127,6 +127,13 @@ class SAM3LoRATrainer:
         # What `auto` became on this device: the first record of each (re)start.
         self._log_json({"step": self.step, "precision": self.precision.record()})
         return self
+
+    def _check_task(self) -> None:
+        """The tracker is scored by its loss while training (``validate`` scores it with clicks)."""
+        cfg = self.config
+        if cfg.model.task == "interactive" and cfg.training.best_metric != "val_loss":
+            raise ConfigError(f"training.best_metric={cfg.training.best_metric} is a detection metric; "
+                              f"model.task=interactive keeps the best val_loss: set training.best_metric=val_loss")
 
     def _find_checkpoints(self) -> list[Path]:
         """The checkpoints ``resume`` names, newest first ([] without ``resume``)."""
@@ -164,10 +171,20 @@ class SAM3LoRATrainer:
             self.accelerator.init_trackers("tensorboard" if trackers == ["tensorboard"] else "sam3-lora",
                                            config=_flat(self.config.model_dump(mode="json")))
 
+    @property
+    def criterion(self):
+        """The task's loss module (tests replace it to inject failures)."""
+        return self.task.criterion
+
+    @criterion.setter
+    def criterion(self, criterion) -> None:
+        self.task.criterion = criterion
+
     def _setup_model(self) -> None:
         cfg = self.config
-        self.loaded = load_sam3(cfg.model.source, revision=cfg.model.revision, image_size=cfg.model.image_size,
-                                seed=cfg.training.seed, dtype=self.precision.dtype)
+        load = load_tracker if cfg.model.task == "interactive" else load_sam3
+        self.loaded = load(cfg.model.source, revision=cfg.model.revision, image_size=cfg.model.image_size,
+                           seed=cfg.training.seed, dtype=self.precision.dtype)
         self.image_size = self.loaded.processor.image_size
         self.full = cfg.training.method == "full"
         if self.full:
@@ -192,7 +209,8 @@ class SAM3LoRATrainer:
             if (root / name).is_dir():
                 split = load_coco_split(root / name, self.config.data.annotation_file, name=name)
                 self.splits[name] = check_split(split, self.config.data.skip_invalid)
-        self._warn_without_negatives()
+        if self.config.model.task == "concept":
+            self._warn_without_negatives()
 
     def _warn_without_negatives(self) -> None:
         """Negative queries teach the model to refuse; a dataset with one prompt has none to draw."""
@@ -210,10 +228,8 @@ class SAM3LoRATrainer:
         root = Path(self.config.data.root)
         if "valid" not in self.splits:
             self._log_text(f"no validation split in {root}: training without evaluation; last/ = best/")
-        self.prompts = sorted({prompt for name, split in self.splits.items() for prompt in
-                               ConceptDataset(split, self.config.data, self.image_size, train=name == "train")
-                               .prompt_vocabulary()})
-        per_process = math.ceil(len(self.splits["train"].images) / self.config.training.batch_size
+        self.prompts = self.task.prompts(self.splits)
+        per_process = math.ceil(self.task.num_samples(self.splits["train"]) / self.config.training.batch_size
                                 / self.accelerator.num_processes)
         # Accelerate steps at the end of an epoch even mid-accumulation: round up.
         self.steps_per_epoch = math.ceil(per_process / self.config.training.gradient_accumulation_steps)
@@ -228,7 +244,7 @@ class SAM3LoRATrainer:
         # would step it once per process, changing the schedule with the process count.
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             optimizer, partial(lr_lambda, kind=cfg.lr_scheduler, warmup=cfg.warmup_steps, total=self.total_steps))
-        self.model, self.optimizer = self.accelerator.prepare(QueryModel(self.peft_model), optimizer)
+        self.model, self.optimizer = self.accelerator.prepare(self.task.wrap(self.peft_model), optimizer)
 
     def _restore(self, checkpoints: list[Path]) -> None:
         """Resume from the newest of ``checkpoints`` that is intact, saying which were not."""
@@ -350,30 +366,18 @@ class SAM3LoRATrainer:
         self.optimizer.zero_grad()
 
     def _train_batches(self):
-        cfg = self.config.training
-        loader = build_dataloader(self.splits["train"], self.config.data, self.image_size, cfg.batch_size,
-                                  train=True, seed=cfg.seed, epoch=self.epoch)
+        loader = self.task.loader(self.splits["train"], train=True, epoch=self.epoch)
         loader = self.accelerator.prepare_data_loader(loader, device_placement=True)
         if self.batches_done:
             loader = self.accelerator.skip_first_batches(loader, self.batches_done)
         return loader
 
-    def _tokens(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
-        """input_ids and attention_mask (Q, T), tokenised once per distinct prompt."""
-        for prompt in set(prompts) - set(self._text_cache):
-            encoded = self.loaded.processor.text([prompt])
-            self._text_cache[prompt] = (encoded["input_ids"][0], encoded["attention_mask"][0])
-        ids, mask = zip(*(self._text_cache[p] for p in prompts))
-        device = self.accelerator.device
-        return torch.stack(ids).to(device), torch.stack(mask).to(device)
-
     def _forward_loss(self, batch: dict) -> dict[str, torch.Tensor]:
-        input_ids, attention_mask = self._tokens(batch["prompts"])
-        targets = [{k: v.to(self.accelerator.device) if torch.is_tensor(v) else v for k, v in t.items()}
-                   for t in batch["targets"]]
+        """The task's loss of one batch; the forward under the run's autocast."""
+        inputs = self.task.inputs(batch, self.accelerator.device)
         with self.accelerator.autocast():
-            outputs = self.model(batch["pixel_values"], batch["query_image_index"], input_ids, attention_mask)
-        return self.criterion(as_float32(outputs), targets)
+            outputs = self.task.forward(self.model, inputs)
+        return self.task.loss(outputs, inputs)
 
     def _all_finite(self, loss: torch.Tensor) -> bool:
         """Whether the loss is finite on every process (all must skip a step together)."""
@@ -406,7 +410,7 @@ class SAM3LoRATrainer:
             **{k: round(v.item(), 6) for k, v in shown.items()},
             "samples_per_s": round(self.step * cfg.batch_size * cfg.gradient_accumulation_steps
                                    * self.accelerator.num_processes / elapsed, 3),
-            "queries_per_batch": len(batch["prompts"]),
+            **self.task.batch_record(batch),
             **self._throughput(elapsed),
             "peak_memory_mb": round(peak_memory_mb(self.accelerator.device), 1),
         }
@@ -452,9 +456,7 @@ class SAM3LoRATrainer:
 
     def _validation_loss(self) -> float:
         """Mean loss over the validation batches, sharded over and reduced across processes."""
-        cfg = self.config.training
-        loader = build_dataloader(self.splits["valid"], self.config.data, self.image_size, cfg.batch_size,
-                                  train=False, seed=cfg.seed)
+        loader = self.task.loader(self.splits["valid"], train=False, epoch=0)
         totals = torch.zeros(2, device=self.accelerator.device)
         for batch in self.accelerator.prepare_data_loader(loader, device_placement=True):
             totals += torch.stack([self._forward_loss(batch)["loss"].detach().float(), totals.new_tensor(1.0)])
