@@ -38,7 +38,8 @@ from sam3_lora.data.coco.objects import polygon_parts, rle_counts_cover
 from sam3_lora.data.rle import as_json, to_rle
 from sam3_lora.data.rle_check import invalid_rle_strings
 from sam3_lora.errors import DataError
-from sam3_lora.evaluation.predictions import check_predictions, is_box, is_number
+from sam3_lora.evaluation.predictions import check_predictions, is_box
+from sam3_lora.values import is_finite
 
 IOU_TYPES = ("segm", "bbox")
 LVIS_KEYS = ("neg_category_ids", "not_exhaustive_category_ids")
@@ -211,7 +212,7 @@ def _annotation(ann: Any, n: int, images: dict, category_ids: set, name: str,
         out["segmentation"] = as_json(rle)
     out["bbox"] = [float(v) for v in box] if box is not None else coco_mask.toBbox(rle).tolist()
     area = ann.get("area")
-    if not is_number(area) or area < 0:
+    if not is_finite(area) or area < 0:
         area = float(coco_mask.area(rle)) if iou_type == "segm" else out["bbox"][2] * out["bbox"][3]
     out["area"] = float(area)
     return out

@@ -91,11 +91,12 @@ import os
 from pathlib import Path
 from typing import Any
 
-from sam3_lora.data.coco.fields import Findings, Invalid, describe, get_id, get_text, is_int
+from sam3_lora.data.coco.fields import Findings, Invalid, describe, get_id, get_text
 from sam3_lora.data.coco.images import parse_images
 from sam3_lora.data.coco.objects import Catalog, parse_object
 from sam3_lora.data.records import CocoSplit, ImageRecord
 from sam3_lora.errors import DataError
+from sam3_lora.values import is_int
 
 DEFAULT_ANNOTATION_FILE = "_annotations.coco.json"
 
