@@ -102,10 +102,10 @@ def test_user_errors_are_raised_for_the_main_cli(shapes):
 def test_validate_prints_the_report_and_returns_its_code(monkeypatch, tmp_path, capsys):
     calls = []
     report = types.SimpleNamespace(exit_code=1)
-    fake = types.ModuleType("sam3_lora.data.validate")
+    fake = types.ModuleType("sam3_lora.data.checks")
     fake.validate_dataset = lambda root, annotation_file: calls.append((root, annotation_file)) or report
     fake.format_report = lambda given: "the report" if given is report else "?"
-    monkeypatch.setitem(sys.modules, "sam3_lora.data.validate", fake)
+    monkeypatch.setitem(sys.modules, "sam3_lora.data.checks", fake)
     assert run("validate", tmp_path, "--annotation-file", "a.json") == 1
     assert calls == [(str(tmp_path), "a.json")]
     assert capsys.readouterr().out.strip() == "the report"

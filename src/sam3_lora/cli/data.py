@@ -236,7 +236,7 @@ def _add_validate(commands) -> None:
 
 def cmd_validate(args: argparse.Namespace) -> int:
     """Print every problem of the dataset; exit status 1 when there are errors."""
-    from sam3_lora.data.validate import format_report, validate_dataset
+    from sam3_lora.data.checks import format_report, validate_dataset
 
     report = validate_dataset(args.dir, args.annotation_file)
     print(format_report(report))

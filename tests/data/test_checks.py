@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from sam3_lora.data.validate import format_report, validate_dataset
+from sam3_lora.data.checks import format_report, validate_dataset
 from sam3_lora.errors import DataError
 
 ANNOTATION_FILE = "_annotations.coco.json"
