@@ -73,6 +73,17 @@ def test_empty_predictions_warn_and_score_zero(files, tmp_path, content):
       '"annotations": [{"id": 9, "image_id": 1, "category_id": 1, '
       '"segmentation": {"size": [10, 10], "counts": "0zz"}}]}'),
      r"annotation id 9 \(annotations\[0\]\) has a malformed RLE segmentation"),
+    (('{"images": [{"id": 1, "width": 10, "height": 10}], "categories": [{"id": 1}], '
+      '"annotations": [{"id": 3, "image_id": 1, "category_id": 1, "bbox": [0, 0, 2, 2], '
+      '"area": NaN}]}'),
+     r"annotation id 3 has area nan; write the object's area in pixels \(or leave it out"),
+    (('{"images": [{"id": 1, "width": 10, "height": 10}], "categories": [{"id": 1}], '
+      '"annotations": [{"id": 3, "image_id": 1, "category_id": 1, "bbox": [0, 0, 2, 2]}, '
+      '{"id": 3, "image_id": 1, "category_id": 1, "bbox": [4, 4, 2, 2]}]}'),
+     r"annotation id 3 appears twice \(annotations\[0\] and \[1\]\); give every annotation a unique id"),
+    (('{"images": [{"id": 1, "width": 10, "height": 10}], "categories": [{"id": 1}], '
+      '"annotations": [{"id": 3, "image_id": 1, "category_id": 1, "bbox": [0, 0, 1e300, 2]}]}'),
+     r"annotation id 3 has bbox \[0, 0, 1e\+300, 2\] \('bbox' holds 1e\+300, not a pixel position\)"),
 ])
 def test_bad_ground_truth_gives_one_clear_line(tmp_path, gt_text, message):
     (tmp_path / "gt.json").write_text(gt_text)

@@ -114,6 +114,7 @@ def _ground_truth(gt: Any, name: str, iou_type: str) -> tuple[dict, dict]:
                         "with images")
     categories, names = _categories(gt["categories"], name)
     category_ids = {c["id"] for c in categories}
+    _check_unique_annotation_ids(annotations, name)
     anns = [_annotation(ann, n, images, category_ids, name, iou_type)
             for n, ann in enumerate(annotations)]
     _check_gt_rles(anns, annotations, name)
@@ -126,6 +127,21 @@ def _ground_truth(gt: Any, name: str, iou_type: str) -> tuple[dict, dict]:
         ann["id"] = new_id
     dataset = {"images": list(images.values()), "categories": categories, "annotations": anns}
     return dataset, names
+
+
+def _check_unique_annotation_ids(annotations: list, name: str) -> None:
+    """GT ids are renumbered for pycocotools, but two objects sharing one id is a broken
+    export (a merge of two files, an object pasted twice): refused, not silently kept."""
+    first_index: dict[Any, int] = {}
+    for n, ann in enumerate(annotations):
+        annotation_id = ann.get("id") if isinstance(ann, dict) else None
+        if annotation_id is None or not isinstance(annotation_id, (int, str)):
+            continue
+        if annotation_id in first_index:
+            raise DataError(f"{name}: annotation id {annotation_id!r} appears twice (annotations"
+                            f"[{first_index[annotation_id]}] and [{n}]); give every annotation a "
+                            "unique id")
+        first_index[annotation_id] = n
 
 
 def _id(entry: Any, key: str, where: str, name: str) -> Any:
@@ -192,9 +208,11 @@ def _annotation(ann: Any, n: int, images: dict, category_ids: set, name: str,
     out = {"image_id": image_id, "category_id": category_id,
            "iscrowd": int(bool(ann.get("iscrowd", 0)))}
     box = ann.get("bbox")
-    if box is not None and (not is_box(box) or isinstance(get_box(list(box)), Invalid)):
-        raise DataError(f"{name}: {where} has bbox {describe(box)}; write [x, y, width, height] "
-                        "in pixels, with non-negative width and height")
+    checked = get_box(list(box)) if isinstance(box, (list, tuple)) else None
+    if box is not None and (not is_box(box) or isinstance(checked, Invalid)):
+        reason = f" ({checked.reason})" if isinstance(checked, Invalid) else ""
+        raise DataError(f"{name}: {where} has bbox {describe(box)}{reason}; write [x, y, width, "
+                        "height] in pixels, with non-negative width and height")
     rle = None
     if iou_type == "segm" or box is None:
         rle = _gt_mask(ann, where, image, name)
@@ -212,8 +230,11 @@ def _annotation(ann: Any, n: int, images: dict, category_ids: set, name: str,
         out["segmentation"] = as_json(rle)
     out["bbox"] = [float(v) for v in box] if box is not None else coco_mask.toBbox(rle).tolist()
     area = ann.get("area")
-    if not is_finite(area) or area < 0:
+    if area is None:
         area = float(coco_mask.area(rle)) if iou_type == "segm" else out["bbox"][2] * out["bbox"][3]
+    elif not is_finite(area) or area < 0:  # NaN or 1e400 would silently mis-bin mAP_small..large
+        raise DataError(f"{name}: {where} has area {describe(area)}; write the object's area in "
+                        "pixels (or leave it out: it is then computed)")
     out["area"] = float(area)
     return out
 
