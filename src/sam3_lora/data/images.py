@@ -29,6 +29,11 @@ from sam3_lora.errors import DataError
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp"})
 """File suffixes (lower case) taken for images wherever a folder is searched for them."""
+MAX_PIXELS = 25_000_000
+"""Largest image, width x height, that is trained on, validated or served (25 MP: a 6000 x 4000
+photo). Masks are kept at image size and a 100 MP image decodes to 300 MB, so this bounds the
+memory one image takes; the app refuses larger uploads (``serve.limits``), ``data validate``
+and training larger dataset images (``image_too_large``)."""
 _ORIENTATION_TAG = 0x0112
 # EXIF orientations 5-8 rotate by 90 degrees, so the shown width is the stored height.
 _QUARTER_TURN_ORIENTATIONS = {5, 6, 7, 8}

@@ -53,6 +53,8 @@ unsafe_path              error    ``file_name`` absolute or with ``..``: refused
                                   opened nor tested for existence
 missing_image            error    no file at ``file_name``
 unreadable_image         error    PIL cannot read the file (``Problem.file`` is the image)
+image_too_large          error    over ``data.images.MAX_PIXELS`` (25 MP, the app's limit),
+                                  read from the header: never decoded
 image_size_mismatch      warning  JSON width/height differ from the file's (after EXIF)
 unknown_image            error    an annotation's ``image_id`` is not in ``images``
 unknown_category         error    an annotation's ``category_id`` is not in ``categories``
