@@ -223,3 +223,21 @@ def test_an_image_over_the_pixel_limit_is_reported_from_its_header_and_training_
     assert "100.0 MP" in problem.message and "25 MP" in problem.message
     with pytest.raises(DataError, match="image_too_large|over the 25 MP limit"):
         check_split(load_coco_split(root / "train"), skip_invalid=False)
+
+
+def test_valid_categories_whose_ids_and_names_disagree_with_train_are_one_error_each(tmp_path):
+    write_clean_export(tmp_path)   # train: 1 crack, 2 hole
+    swapped = [CATEGORIES[0], {"id": 1, "name": "hole", "supercategory": "defects"},
+               {"id": 2, "name": "crack", "supercategory": "defects"},
+               {"id": 5, "name": "dent", "supercategory": "defects"}]
+    write_export_split(tmp_path / "valid", ["v0.jpg"], [box(0, 0, 1)], categories=swapped)
+    report = validate_dataset(tmp_path)
+    lines = [p.message for p in report.errors if p.code == "category_id_mismatch"]
+    assert lines == [
+        ("valid category id 1 is 'hole', but in train id 1 is 'crack' and 'hole' is id 2; "
+        "give each category the same id and name in every split"),
+        ("valid category id 2 is 'crack', but in train id 2 is 'hole' and 'crack' is id 1; "
+        "give each category the same id and name in every split")]
+    assert report.exit_code == 1
+    assert [p.code for p in report.warnings] == ["category_mismatch"]   # 'dent': new, not a clash
+    assert "skipping invalid items cannot help" in format_report(report)
