@@ -241,3 +241,10 @@ def test_valid_categories_whose_ids_and_names_disagree_with_train_are_one_error_
     assert report.exit_code == 1
     assert [p.code for p in report.warnings] == ["category_mismatch"]   # 'dent': new, not a clash
     assert "skipping invalid items cannot help" in format_report(report)
+
+
+def test_a_dataset_without_train_suggests_convert_split(tmp_path):
+    write_export_split(tmp_path / "all", ["a.jpg"], [box(0, 0, 1)])
+    (problem,) = validate_dataset(tmp_path).errors
+    assert problem.code == "missing_split"
+    assert f"sam3-lora data convert split {tmp_path / 'all'} {tmp_path}-split" in problem.message

@@ -39,6 +39,7 @@ from pathlib import Path
 from sam3_lora.data.coco.split import DEFAULT_ANNOTATION_FILE, load_coco_split
 from sam3_lora.data.convert.yolo import NAME_FILES as YOLO_NAME_FILES
 from sam3_lora.data.records import CocoSplit, HasProblems, Problem
+from sam3_lora.data.scaffold import missing_train_fix
 from sam3_lora.errors import DataError
 
 SPLIT_NAMES = ("train", "valid", "test")
@@ -123,8 +124,7 @@ def validate_dataset(root: str | Path, annotation_file: str = DEFAULT_ANNOTATION
         elif name == "train":
             report.problems.append(_dataset_problem(
                 "error", "missing_split", str(root / "train"),
-                f"no train/ folder in {root}; put the training split there (images + "
-                f"{annotation_file})"))
+                f"no train/ folder in {root}; {missing_train_fix(root, annotation_file)}"))
     report.problems.extend(_ignored_folders(root, annotation_file))
     report.problems.extend(_category_mismatches(report))
     report.problems.extend(_category_id_mismatches(report))

@@ -63,6 +63,16 @@ def write_annotation_file(
     write_file(path, json.dumps(document, separators=(",", ":")) + "\n")
 
 
+def missing_train_fix(root: Path, annotation_file: str = ANNOTATION_FILE) -> str:
+    """How to fix a dataset folder ``root`` without ``train/``: put the split there, or cut
+    one COCO folder into train/valid/test (named when ``root`` holds exactly one)."""
+    folders = sorted(child for child in Path(root).iterdir()
+                     if (child / annotation_file).is_file()) if Path(root).is_dir() else []
+    source = str(folders[0]) if len(folders) == 1 else "ONE_COCO_FOLDER"
+    return (f"put the training split there (images + {annotation_file}), or cut one COCO "
+            f"folder into train/valid/test: `sam3-lora data convert split {source} {root}-split`")
+
+
 def category_list(names: list[str]) -> list[dict[str, Any]]:
     """COCO categories for ``names`` with ids 1..N in the given order."""
     return [{"id": i, "name": name, "supercategory": "none"} for i, name in enumerate(names, 1)]
