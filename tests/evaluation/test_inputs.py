@@ -34,7 +34,8 @@ from tests.evaluation.cases import (
     ({**GOOD, "segmentation": {"size": [100, 100], "counts": [5, 3]}}, r"malformed RLE"),
     ({**GOOD, "segmentation": {"size": [50, 50], "counts": "PP5"}}, r"size \[50, 50\].*\[100, 100\]"),
     ({**GOOD, "segmentation": [[0, 0, 5, 0, 5, 5]]}, r"list segmentation; predictions need an RLE"),
-    ({k: v for k, v in GOOD.items() if k != "segmentation"}, r"no segmentation.*iou_type bbox"),
+    ({k: v for k, v in GOOD.items() if k != "segmentation"},
+     r"no segmentation; add its RLE mask, or evaluate boxes: bbox \(argument iou_type\)"),
 ])
 def test_bad_prediction_gives_one_clear_line(files, prediction, message):
     with pytest.raises(DataError, match=message) as error:
@@ -146,3 +147,11 @@ def test_ground_truth_that_crashed_pycocotools_is_one_line(tmp_path, case):
     message = result.stderr.strip()
     assert message.startswith("error: ") and "\n" not in message and len(message) < 300
     assert "gt.json: annotation id 7" in message and "Traceback" not in message
+
+
+def test_box_only_ground_truth_warns_naming_the_option(tmp_path):
+    gt = {"images": [{"id": 1, "width": 10, "height": 10}], "categories": [{"id": 1, "name": "a"}],
+          "annotations": [{"id": 1, "image_id": 1, "category_id": 1, "bbox": [1, 1, 4, 4]}]}
+    gt_path, pred_path = write(tmp_path, "gt.json", gt), write(tmp_path, "pred.json", [])
+    with pytest.warns(UserWarning, match=r"no mask.*evaluate boxes: bbox \(argument iou_type\)"):
+        evaluate_files(gt_path, pred_path)

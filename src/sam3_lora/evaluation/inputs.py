@@ -37,7 +37,7 @@ from sam3_lora.data.coco.fields import Invalid, describe, get_box
 from sam3_lora.data.coco.objects import polygon_parts, rle_counts_cover
 from sam3_lora.data.rle import as_json, to_rle
 from sam3_lora.data.rle_check import invalid_rle_strings
-from sam3_lora.errors import DataError
+from sam3_lora.errors import DataError, Sam3LoraWarning
 from sam3_lora.evaluation.predictions import check_predictions, is_box
 from sam3_lora.values import is_finite
 
@@ -87,8 +87,8 @@ def prepare(gt: Any, predictions: Any, iou_type: str = "segm", gt_name: str = "g
             predictions_name: str = "predictions") -> EvalInputs:
     """Check and normalise both inputs; ``*_name`` (usually file paths) start the messages."""
     if iou_type not in IOU_TYPES:
-        raise DataError(f"iou_type {iou_type!r} is not known; use 'segm' (masks) or 'bbox' "
-                        "(boxes)")
+        raise DataError(f"{iou_type!r} is not an IoU type; use 'segm' (masks) or 'bbox' (boxes)",
+                        option="iou_type")
     dataset, names = _ground_truth(gt, gt_name, iou_type)
     results = check_predictions(predictions, dataset, predictions_name, iou_type)
     return EvalInputs(iou_type, dataset, results, names)
@@ -120,9 +120,9 @@ def _ground_truth(gt: Any, name: str, iou_type: str) -> tuple[dict, dict]:
     _check_gt_rles(anns, annotations, name)
     boxes_as_masks = sum(ann.pop("_box_as_mask", False) for ann in anns)
     if boxes_as_masks:
-        warnings.warn(f"{name}: {boxes_as_masks} object(s) have no mask; their box is used as "
-                      "the mask for segm evaluation (add masks, or evaluate boxes: iou_type bbox)",
-                      stacklevel=3)
+        warnings.warn(Sam3LoraWarning(
+            f"{name}: {boxes_as_masks} object(s) have no mask; their box is used as the mask for "
+            "segm evaluation; add masks, or evaluate boxes: bbox", option="iou_type"), stacklevel=3)
     for new_id, ann in enumerate(anns, start=1):
         ann["id"] = new_id
     dataset = {"images": list(images.values()), "categories": categories, "annotations": anns}

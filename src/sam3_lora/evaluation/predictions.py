@@ -101,10 +101,11 @@ def _prediction_rle(segmentation: Any, n: int, result: dict, images: dict, name:
                     iou_type: str) -> dict:
     """The prediction's mask as {"size": [h, w], "counts": bytes}, its size checked."""
     if segmentation is None:
-        fix = "add its RLE mask, or evaluate boxes (iou_type bbox)" if iou_type == "segm" \
-            else "add a bbox [x, y, width, height]"
-        missing = "segmentation" if iou_type == "segm" else "bbox"
-        raise DataError(f"{name}: {_where(n, result)} has no {missing}; {fix}")
+        if iou_type == "segm":
+            raise DataError(f"{name}: {_where(n, result)} has no segmentation; add its RLE mask, "
+                            "or evaluate boxes: bbox", option="iou_type")
+        raise DataError(f"{name}: {_where(n, result)} has no bbox; add a bbox [x, y, width, "
+                        "height]")
     if not isinstance(segmentation, dict):
         raise DataError(f"{name}: {_where(n, result)} has a {type(segmentation).__name__} "
                         "segmentation; predictions need an RLE {size: [h, w], counts} "
