@@ -4,7 +4,9 @@
 pycocotools and the cgF1 code can use as is. Every user error is a ``DataError`` of one line
 naming the file, the entry (annotation id, prediction index, image or category id) and the
 fix; an empty prediction list is a warning, not an error (every metric is then 0, or None
-where undefined).
+where undefined). Files are parsed, and the ground truth's top level checked, by the dataset
+reader's own ``data.coco.split.read_json`` / ``check_top_level``: training and evaluation
+accept the same COCO files.
 
 Normalisation, so that pycocotools never meets input it mishandles:
 
@@ -24,7 +26,6 @@ Normalisation, so that pycocotools never meets input it mishandles:
 
 from __future__ import annotations
 
-import json
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,6 +36,7 @@ from pycocotools import mask as coco_mask
 
 from sam3_lora.data.coco.fields import Invalid, describe, get_box
 from sam3_lora.data.coco.objects import polygon_parts, rle_counts_cover
+from sam3_lora.data.coco.split import check_top_level, read_json
 from sam3_lora.data.rle import as_json, to_rle
 from sam3_lora.data.rle_check import invalid_rle_strings
 from sam3_lora.errors import DataError, Sam3LoraWarning
@@ -63,24 +65,13 @@ class EvalInputs:
 
 
 def load_json(path: str | Path, what: str, empty: Any = ...) -> Any:
-    """Parse a JSON file; ``DataError`` for a missing, unreadable or truncated one. A blank
-    file gives ``empty`` when one is given (an empty predictions file: no predictions)."""
+    """Parse a JSON file with the dataset reader's ``read_json``; ``DataError`` for a missing,
+    unreadable or truncated one. A blank file gives ``empty`` when one is given (an empty
+    predictions file: no predictions)."""
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: no such file; give the path of the {what}")
-    try:
-        text = path.read_text(encoding="utf-8")
-        if empty is not ... and not text.strip():
-            return empty
-        return json.loads(text)
-    except UnicodeDecodeError as error:
-        raise DataError(f"{path}: not UTF-8 text ({error.reason}); the {what} must be a JSON "
-                        "file") from None
-    except json.JSONDecodeError as error:
-        at_end = error.pos >= len(text.rstrip()) - 1
-        cut = " (the file looks truncated: rewrite it)" if at_end else ""
-        raise DataError(f"{path}: invalid JSON at line {error.lineno} column {error.colno}: "
-                        f"{error.msg}{cut}; the {what} must be a complete JSON file") from None
+    return read_json(path, f"the {what}", empty)
 
 
 def prepare(gt: Any, predictions: Any, iou_type: str = "segm", gt_name: str = "ground truth",
@@ -97,17 +88,8 @@ def prepare(gt: Any, predictions: Any, iou_type: str = "segm", gt_name: str = "g
 # ---------------------------------------------------------------- ground truth
 
 def _ground_truth(gt: Any, name: str, iou_type: str) -> tuple[dict, dict]:
-    if isinstance(gt, list):
-        raise DataError(f"{name}: is a JSON list (COCO results?), not a COCO ground-truth file; "
-                        "give the dataset's annotation file (images, categories, annotations)")
-    if not isinstance(gt, dict) or not all(isinstance(gt.get(k), list)
-                                           for k in ("images", "categories")):
-        raise DataError(f"{name}: not a COCO ground-truth file (needs top-level 'images' and "
-                        "'categories' lists); give the dataset's _annotations.coco.json")
+    check_top_level(gt, name)   # the dataset reader's check: one idea of a COCO GT file
     annotations = gt.get("annotations") or []
-    if not isinstance(annotations, list):
-        raise DataError(f"{name}: 'annotations' is not a list; fix the file or give a COCO "
-                        "ground-truth file")
     images = _images(gt["images"], name, iou_type)
     if not images:
         raise DataError(f"{name}: has no images, so there is nothing to evaluate; give a split "
