@@ -346,3 +346,20 @@ def test_write_layout_refuses_an_output_name_leading_outside(tmp_path, name):
     with pytest.raises(DataError, match="outside the split folder"):
         write_layout(tmp_path / "out", {"train": [pending]}, [])
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("name", ["../x.jpg", "{outside}"])
+def test_coco_file_name_leading_outside_is_looked_up_by_base_name_inside_only(tmp_path, name):
+    outside = tmp_path / "x.jpg"
+    Image.new("RGB", (8, 8)).save(outside)
+    root = tmp_path / "src"
+    root.mkdir()
+    (root / ANN).write_text(json.dumps({"images": [
+        {"id": 1, "file_name": name.format(outside=outside)}], "categories": []}))
+    with pytest.raises(DataError, match="image .* not found in .*src"):
+        convert_coco(root / ANN, root, tmp_path / "out")
+    Image.new("RGB", (8, 8)).save(root / "x.jpg")
+    convert_coco(root / ANN, root, tmp_path / "out")
+    document = json.loads((tmp_path / "out" / "train" / ANN).read_text())
+    assert document["images"][0]["file_name"] == "x.jpg"
+    assert (tmp_path / "out" / "train" / "x.jpg").samefile(root / "x.jpg")
