@@ -14,7 +14,7 @@ import warnings
 from sam3_lora import __version__
 from sam3_lora.cli import app, data, demo, evaluate, export, predict, train, validate
 from sam3_lora.cpu import share_cpu
-from sam3_lora.errors import Sam3LoraError
+from sam3_lora.errors import Sam3LoraError, Sam3LoraWarning
 
 EPILOG = """\
 examples:
@@ -63,10 +63,13 @@ MAX_WARNING_CHARS = 300
 def one_line_warning(message, category, filename, lineno, line=None) -> str:
     """A Python warning as users of a command read it: ``warning: ...``, one line, without
     the source file and line of code Python prints by default."""
+    if isinstance(message, Sam3LoraWarning):   # name its option as a flag, as errors do
+        flags = option_flags(build_parser())
+        message = message.worded(lambda option: flags.get(option, option))
     text = " ".join(str(message).split())
     if len(text) > MAX_WARNING_CHARS:
         text = text[:MAX_WARNING_CHARS - 3] + "..."
-    kind = "" if category is UserWarning else f" ({category.__name__})"
+    kind = "" if category in (UserWarning, Sam3LoraWarning) else f" ({category.__name__})"
     return f"warning{kind}: {text}\n"
 
 
