@@ -1,12 +1,15 @@
 """``sam3-lora predict``: every input and output is checked before the model loads."""
 
+import json
 import os
 
+import numpy as np
 import pytest
 from PIL import Image
 
 import sam3_lora.serve.inference
 from sam3_lora.cli import main
+from sam3_lora.serve.prompts import ImagePredictor
 
 
 @pytest.fixture
@@ -77,3 +80,51 @@ def test_outputs_under_a_file_or_on_a_folder_are_refused(no_model, photos, tmp_p
     (tmp_path / "taken.png").mkdir()
     code, err = predict(capsys, "--image", str(photos / "a.png"), "--output", str(tmp_path / "taken.png"))
     assert code == 2 and "taken.png: is a folder; give a file path" in err
+
+
+class FakeEngine(ImagePredictor):
+    """Answers every prompt with one detection, a box over the image's top-left quarter;
+    no model. Records the thresholds it was built with."""
+
+    built: list[float] = []
+
+    def __init__(self, *args, detection_threshold: float = 0.5, **kwargs):
+        self.threshold = detection_threshold
+        FakeEngine.built.append(detection_threshold)
+
+    def predict_batch(self, images, prompts=None, boxes=None, negative_boxes=None, *, threshold=None,
+                      max_detections=None):
+        request = self._checked_request(images, prompts, boxes, negative_boxes, threshold)
+        answers = []
+        for picture in request.pictures:
+            width, height = picture.size
+            mask = np.zeros((1, height, width), bool)
+            mask[0, : height // 2, : width // 2] = True
+            answers.append([{"prompt": name, "num_detections": 1, "scores": np.array([0.9]),
+                             "boxes": np.array([[0, 0, width / 2, height / 2]]), "masks": mask}
+                            for name in request.names])
+        self._last_image = request.pictures[-1]
+        return answers
+
+
+@pytest.fixture
+def fake_model(monkeypatch):
+    FakeEngine.built = []
+    monkeypatch.setattr(sam3_lora.serve.inference, "SAM3LoRAInference", FakeEngine)
+
+
+def test_outputs_replace_symlinks_at_their_names_instead_of_writing_through(fake_model, photos, tmp_path,
+                                                                           capsys):
+    """Links planted at NAME.png and NAME.json used to have the overlay and the JSON written
+    into their targets."""
+    out = tmp_path / "out"
+    out.mkdir()
+    targets = {name: tmp_path / f"target-{name}" for name in ("a.png", "a.json")}
+    for name, target in targets.items():
+        target.write_text("keep me")
+        (out / name).symlink_to(target)
+    code, err = predict(capsys, "--image", str(photos), "--output", str(out))
+    assert code == 0, err
+    assert all(target.read_text() == "keep me" for target in targets.values())
+    assert not (out / "a.png").is_symlink() and Image.open(out / "a.png").format == "PNG"
+    assert not (out / "a.json").is_symlink() and json.loads((out / "a.json").read_text())[0]["score"] == 0.9

@@ -12,7 +12,7 @@ from sam3_lora.cli.common import add_command, config_from_args
 from sam3_lora.config import LEGACY_FLAGS
 from sam3_lora.data.images import IMAGE_SUFFIXES
 from sam3_lora.errors import Sam3LoraError
-from sam3_lora.files import check_output
+from sam3_lora.files import check_output, write_file
 
 PREDICT_EPILOG = """\
 examples:
@@ -122,7 +122,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
         try:
             png.parent.mkdir(parents=True, exist_ok=True)
             engine.visualize(predictions, png, show_boxes=not args.no_boxes, show_masks=not args.no_masks)
-            js.write_text(json.dumps(prediction_entries(predictions, image_id)))
+            write_file(js, json.dumps(prediction_entries(predictions, image_id)))
         except OSError as error:   # a full disk, a folder removed meanwhile
             raise PredictInputError(f"--output {png.parent}: cannot be written ({error.strerror}); "
                                     "choose another place") from None

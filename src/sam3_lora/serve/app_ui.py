@@ -38,6 +38,7 @@ from sam3_lora.serve.app import (
     synthetic_examples,
 )
 from sam3_lora.serve.limits import UPLOAD_SUFFIXES
+from sam3_lora.serve.overlay import write_png
 
 log = logging.getLogger(__name__)
 
@@ -86,8 +87,7 @@ class Handlers:
         image = self.app.read_image(data)
         preview = image.copy()
         preview.thumbnail((PREVIEW_SIDE, PREVIEW_SIDE))
-        path = self._request_folder() / "input.png"
-        preview.save(path, format="PNG")
+        path = write_png(preview, self._request_folder() / "input.png")
         return image, str(path), f"{_markdown_text(what)}: {image.width}x{image.height} px, ready"
 
     def upload(self, data: bytes | None):
