@@ -2,6 +2,7 @@
 
 import json
 import os
+from typing import ClassVar
 
 import numpy as np
 import pytest
@@ -86,7 +87,7 @@ class FakeEngine(ImagePredictor):
     """Answers every prompt with one detection, a box over the image's top-left quarter;
     no model. Records the thresholds it was built with."""
 
-    built: list[float] = []
+    built: ClassVar[list[float]] = []
 
     def __init__(self, *args, detection_threshold: float = 0.5, **kwargs):
         self.threshold = detection_threshold
