@@ -13,6 +13,7 @@ through ``LEGACY_FLAGS``.
 from __future__ import annotations
 
 import difflib
+import re
 import reprlib
 import types
 import typing
@@ -48,6 +49,35 @@ MAX_CONFIG_BYTES = 1_000_000
 MAX_NESTING = 20
 
 
+# What YAML 1.1 (PyYAML's safe_load) reads as numbers and booleans that YAML 1.2, and every
+# user, reads as words or as decimal numbers: ``no``/``off``/``yes``/``on`` became booleans
+# (``training.mixed_precision: no`` was refused as "got False"), ``0x10`` was 16 and ``010``
+# was 8. ``ConfigLoader`` resolves plain scalars as YAML 1.2's core schema does, for config
+# files and overrides alike; hex, octal and binary forms then reach the schema as text, which
+# ``Section`` refuses where a number is due.
+_NOT_DECIMAL = re.compile(r"[-+]?0[0-9_]*[0-9xXoObB]")
+
+
+class ConfigLoader(yaml.SafeLoader):
+    """PyYAML's safe loader with YAML 1.2 core-schema booleans (true/false only) and decimal
+    numbers (``1e-4`` is a float, as it is not in YAML 1.1); everything else stays a string."""
+
+
+ConfigLoader.yaml_implicit_resolvers = {
+    first: [(tag, regexp) for tag, regexp in resolvers
+            if tag not in ("tag:yaml.org,2002:bool", "tag:yaml.org,2002:int", "tag:yaml.org,2002:float")]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()}
+ConfigLoader.add_implicit_resolver("tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"),
+                                   list("tTfF"))
+ConfigLoader.add_implicit_resolver("tag:yaml.org,2002:int", re.compile(r"^[-+]?(?:0|[1-9][0-9_]*)$"),
+                                   list("-+0123456789"))
+ConfigLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^(?:[-+]?(?:(?:0|[1-9][0-9_]*)(?:\.[0-9_]*)?|\.[0-9_]+)(?:[eE][-+]?[0-9]+)?"
+               r"|[-+]?\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN))$"),
+    list("-+0123456789."))
+
+
 class Section(BaseModel):
     """Base of every section: misspelt keys are errors, assignments are re-validated."""
 
@@ -59,10 +89,15 @@ class Section(BaseModel):
 
     @field_validator("*", mode="before")
     @classmethod
-    def _no_bool_for_numbers(cls, value: Any, info: ValidationInfo) -> Any:
-        """YAML's true/false would pass as 1/0 where a number is due (``lora.rank: true``)."""
-        if isinstance(value, bool) and _is_number(cls.model_fields[info.field_name].annotation):
-            raise ValueError("must be a number, not true/false")
+    def _plain_numbers(cls, value: Any, info: ValidationInfo) -> Any:
+        """YAML's true/false would pass as 1/0 where a number is due (``lora.rank: true``), and
+        pydantic would read ``010`` as 10 where YAML 1.1 meant 8: numbers are plain decimals."""
+        if not _is_number(cls.model_fields[info.field_name].annotation):
+            return value
+        if isinstance(value, bool):
+            raise ValueError("must be a number, not true/false")   # noqa: TRY004 - pydantic reports ValueError
+        if isinstance(value, str) and _NOT_DECIMAL.match(value.strip()):
+            raise ValueError("write numbers in decimal (no 0x, 0o, 0b or leading 0)")
         return value
 
 
@@ -534,7 +569,7 @@ def _safe_load(text: str, where: str) -> Any:
     source in the message). YAML syntax errors are left to the caller."""
     too_deep = ConfigError(f"{where}: nested too deeply to be a config (at most {MAX_NESTING} levels)")
     try:
-        value = yaml.safe_load(text)
+        value = yaml.load(text, Loader=ConfigLoader)   # a SafeLoader: builds plain values only
     except RecursionError:   # the parser recurses once per level
         raise too_deep from None
     if _depth(value) > MAX_NESTING:
@@ -682,7 +717,9 @@ def reference_markdown() -> str:
              "Every key of the config schema (`src/sam3_lora/config.py`), its default and what it does.",
              "Generated from the schema by `sam3-lora info --explain --markdown`; a test keeps it equal.",
              "Print one key with `sam3-lora info --explain section.key`.",
-             "Numbers must be finite (no `.nan`, `.inf`), and `true`/`false` is not a number.", ""]
+             "Numbers must be finite (no `.nan`, `.inf`) and decimal (`1e-4`, `1000`; not `0x10` or `010`), and",
+             "`true`/`false` is not a number. Values are read as YAML 1.2 reads them: `no`, `off`, `yes`, `on`",
+             "are words (`training.mixed_precision: no`); switches take them too.", ""]
     for section_name, section in Config.model_fields.items():
         model = section.annotation
         lines += [f"## `{section_name}`", "", _one_paragraph(model.__doc__), "",
