@@ -37,7 +37,12 @@ from transformers import (
 )
 
 from sam3_lora.errors import ModelLoadError
-from sam3_lora.model.folders import METADATA_FILE, check_finite_model, quiet_progress
+from sam3_lora.model.folders import (
+    METADATA_FILE,
+    check_finite_model,
+    check_model_metadata,
+    quiet_progress,
+)
 from sam3_lora.model.processing import Sam3InputProcessor
 from sam3_lora.model.roi_align import install_fallback
 from sam3_lora.model.tokenizer import VOCAB_SIZE, build_byte_tokenizer
@@ -192,6 +197,7 @@ def _local_folder(source: str) -> str | None:
             raise ModelLoadError(
                 f"model.source {source!r}: folder has no config.json; give a folder written by save_pretrained"
             )
+        check_model_metadata(path)
         return str(path)
     if path.exists():
         raise ModelLoadError(f"model.source {source!r}: is a file; model.source takes a folder, a hub id or a preset")
