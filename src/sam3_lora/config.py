@@ -682,33 +682,53 @@ def _suggest(loc: list[str]) -> str:
 
 # ---- documentation read from the schema -----------------------------------------------------
 
-def explain(key: str | None = None) -> str:
-    """The documentation of one ``section.key``, of one section, or (None) of every key."""
+def explain(key: str | None = None, config: Config | None = None) -> str:
+    """The documentation of one ``section.key``, of one section, or (None) of every key, as
+    plain text for a terminal; with ``config``, each key also shows the value it has there
+    where that differs from the default."""
     if key is None:
-        return "\n\n".join(explain(name) for name in Config.model_fields)
+        return "\n\n".join(explain(name, config) for name in Config.model_fields)
     section_name, _, field_name = key.partition(".")
     section = Config.model_fields.get(section_name)
     if section is None:
-        raise ConfigError(f"{key}: no such section{_suggest([section_name])}")
+        raise ConfigError(f"{_shown(key)[1:-1]}: no such section{_suggest([section_name])}")
     model = section.annotation
+    values = getattr(config, section_name) if config is not None else None
     if not field_name:
-        lines = [f"{section_name}: {_one_paragraph(model.__doc__)}"]
-        return "\n".join(lines + [_explain_field(section_name, name, field)
+        lines = [f"{section_name}: {_plain(_one_paragraph(model.__doc__))}"]
+        return "\n".join(lines + [_explain_field(section_name, name, field, values)
                                    for name, field in model.model_fields.items()])
     field = model.model_fields.get(field_name)
     if field is None:
-        raise ConfigError(f"{key}: unknown key{_suggest([section_name, field_name])}")
-    return _explain_field(section_name, field_name, field)
+        raise ConfigError(f"{_shown(key)[1:-1]}: unknown key{_suggest([section_name, field_name])}")
+    return _explain_field(section_name, field_name, field, values)
 
 
-def _explain_field(section: str, name: str, field) -> str:
+def _explain_field(section: str, name: str, field, values: Section | None = None) -> str:
+    """``  section.name = default`` (and ``(this config: value)`` where ``values``, the
+    section of a config, holds another), then the documentation as plain text."""
     default = field.get_default(call_default_factory=True)
-    shown = yaml.safe_dump(default, default_flow_style=True, width=10**6).strip().removesuffix("\n...")
-    return f"  {section}.{name} = {shown}\n      {_one_paragraph(field.description)}"
+    shown = _flow_yaml(default)
+    if values is not None and getattr(values, name) != default:
+        shown += f" (this config: {_flow_yaml(getattr(values, name))})"
+    return f"  {section}.{name} = {shown}\n      {_plain(_one_paragraph(field.description))}"
+
+
+def _flow_yaml(value: Any) -> str:
+    """A value as one line of YAML, as a config would hold it."""
+    if isinstance(value, BaseModel):
+        value = value.model_dump(mode="json")
+    return yaml.safe_dump(value, default_flow_style=True, width=10**6).strip().removesuffix("\n...")
 
 
 def _one_paragraph(text: str | None) -> str:
     return " ".join((text or "(undocumented)").split())
+
+
+def _plain(text: str) -> str:
+    """Documentation for a terminal: reStructuredText's ````code```` marks dropped (Markdown
+    output keeps them, as code)."""
+    return re.sub(r"``(.+?)``", r"\1", text)
 
 
 def reference_markdown() -> str:
@@ -725,8 +745,7 @@ def reference_markdown() -> str:
         lines += [f"## `{section_name}`", "", _one_paragraph(model.__doc__), "",
                   "| key | default | what it does |", "|---|---|---|"]
         for name, field in model.model_fields.items():
-            default = field.get_default(call_default_factory=True)
-            shown = yaml.safe_dump(default, default_flow_style=True, width=10**6).strip().removesuffix("\n...")
+            shown = _flow_yaml(field.get_default(call_default_factory=True))
             text = _one_paragraph(field.description).replace("|", "\\|")
             lines.append(f"| `{name}` | `{shown}` | {text} |")
         lines.append("")

@@ -126,3 +126,44 @@ def test_validate_refuses_an_adapter_with_nan_weights(capsys, tmp_path):
     code, _out, err = run(capsys, "validate", "--config", str(TINY_CONFIG), f"data.root={tmp_path / 'data'}",
                           "--weights", str(tmp_path / "nan"), "--output", str(tmp_path / "eval"))
     assert code == 2 and err.count("\n") == 1 and "hold NaN or infinite values" in err
+
+
+def test_explain_with_markdown_and_a_key_is_refused(capsys):
+    """--markdown used to print the whole reference, ignoring the key."""
+    code, out, err = run(capsys, "info", "--explain", "lora.rank", "--markdown")
+    assert code == 2 and out == "" and err.count("\n") == 1 and "--markdown" in err
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--config", "missing.yaml"], "missing.yaml: no such config file"),
+    (["lora.rank=abc"], "lora.rank: Input should be a valid integer"),
+    (["lora.rnak=3"], "did you mean 'rank'"),
+])
+def test_explain_checks_the_config_and_overrides_it_is_given(capsys, argv, message):
+    """They used to be ignored: a missing --config and a bad override passed silently."""
+    code, out, err = run(capsys, "info", "--explain", "lora.rank", *argv)
+    assert code == 2 and out == "" and err.count("\n") == 1 and message in err
+
+
+def test_explain_shows_the_value_a_config_gives(capsys):
+    code, out, _ = run(capsys, "info", "--explain", "lora.rank", "--config", "minimal", "lora.rank=12")
+    assert code == 0 and out.startswith("  lora.rank = 8 (this config: 12)\n")
+    code, out, _ = run(capsys, "info", "--explain", "lora.rank")
+    assert code == 0 and "this config" not in out
+
+
+@pytest.mark.parametrize("key", ["x" * 100_000, "lora." + "y" * 100_000])
+def test_explain_of_a_huge_key_is_a_short_line(capsys, key):
+    code, _out, err = run(capsys, "info", "--explain", key)
+    assert code == 2 and err.count("\n") == 1 and len(err) < 400
+
+
+def test_explain_prints_plain_text_without_restructuredtext_marks(capsys):
+    """``use_rslora`` was printed with its reStructuredText backquotes."""
+    from sam3_lora.config import reference_markdown
+
+    code, out, _ = run(capsys, "info", "--explain", "lora.alpha")
+    assert code == 0 and "``" not in out and "(alpha / sqrt(rank) with use_rslora)" in out
+    _, out, _ = run(capsys, "info", "--explain")
+    assert "``" not in out
+    assert "``use_rslora``" in reference_markdown()   # Markdown keeps its code marks
