@@ -167,3 +167,60 @@ def test_explain_prints_plain_text_without_restructuredtext_marks(capsys):
     _, out, _ = run(capsys, "info", "--explain")
     assert "``" not in out
     assert "``use_rslora``" in reference_markdown()   # Markdown keeps its code marks
+
+
+@pytest.mark.parametrize("flag", ["--lora-rank", "--lora_rank"])
+def test_legacy_flags_take_either_spelling(capsys, flag):
+    """--learning-rate (hyphen) used to print the top-level usage with no hint."""
+    code, out, _ = run(capsys, "info", "--config", "minimal", "model.source=sam3-tiny", flag, "2")
+    assert code == 0 and "rank 2" in out
+
+
+@pytest.mark.parametrize("flag", ["--learning-rate", "--learning_rate", "--batch-size", "--batch_size",
+                                  "--num-epochs", "--num_epochs"])
+def test_every_legacy_flag_sets_its_key_in_both_spellings(flag):
+    from sam3_lora.cli.common import config_from_args
+    from sam3_lora.cli.main import build_parser, spelled_as_declared
+
+    parser = build_parser()
+    args = parser.parse_args(spelled_as_declared(["train", "--config", "minimal", f"{flag}=3"], parser))
+    config = config_from_args(args)
+    key = flag.lstrip("-").replace("-", "_")
+    assert getattr(config.training, key) == 3
+
+
+def test_other_flags_take_underscores_too(capsys, tmp_path):
+    from sam3_lora.cli.main import build_parser, spelled_as_declared
+
+    parser = build_parser()
+    args = parser.parse_args(spelled_as_declared(["train", "--skip_invalid", "--config", "demo"], parser))
+    assert args.skip_invalid is True
+    args = parser.parse_args(spelled_as_declared(["predict", "--image", "x.png", "--no_lora", "--prompt", "a"],
+                                                 parser))
+    assert args.no_lora is True
+
+
+@pytest.mark.parametrize("argv, hint", [
+    (["train", "--learnig-rate", "1"], "did you mean --learning-rate?"),
+    (["validate", "--positive-only"], "did you mean --positives-only?"),
+    (["predict", "--image", "x.png", "--tresh", "0.3"], "did you mean --threshold?"),
+])
+def test_an_unknown_flag_gets_a_did_you_mean_from_its_command(capsys, argv, hint):
+    with pytest.raises(SystemExit) as stop:
+        main(argv)
+    err = capsys.readouterr().err
+    assert stop.value.code == 2 and hint in err
+    assert err.startswith(f"usage: sam3-lora {argv[0]}")   # the command's usage, not the top level's
+
+
+def test_output_into_a_closed_pipe_ends_quietly(tmp_path):
+    """`sam3-lora ... | head` ended in a BrokenPipeError traceback. The reader here closes its
+    end before the command prints anything."""
+    import subprocess
+    import sys
+
+    process = subprocess.Popen([sys.executable, "-m", "sam3_lora.cli", "info", "--explain"],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    process.stdout.close()
+    _, err = process.communicate(timeout=120)
+    assert err.decode() == "" and process.returncode == 141

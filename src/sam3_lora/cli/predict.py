@@ -85,7 +85,7 @@ def check_onnx_flags(args: argparse.Namespace) -> None:
     given = [flag for flag, value in (("--config", args.config), ("--weights", args.weights),
                                       ("--no-lora", args.no_lora), ("--resolution", args.resolution),
                                       ("section.key=value overrides", args.overrides),
-                                      *((f"--{flag}", getattr(args, flag, None)) for flag in LEGACY_FLAGS))
+                                      *((f"--{flag.replace('_', '-')}", getattr(args, flag, None)) for flag in LEGACY_FLAGS))
              if value]
     if given:
         raise PredictInputError(f"{given[0]} does not apply with --onnx (the export folder holds the model, "
