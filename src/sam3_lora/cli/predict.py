@@ -96,7 +96,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     """Segment what the prompts name in each image: an overlay PNG and COCO-results JSON."""
     from tqdm.auto import tqdm
 
-    from sam3_lora.evaluation.results import prediction_entries
+    from sam3_lora.data.results import prediction_entries
     from sam3_lora.serve.prompts import check_threshold
 
     check_threshold(args.threshold, option="threshold")   # all checked before the model loads

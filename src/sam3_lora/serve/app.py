@@ -30,9 +30,9 @@ from PIL import Image
 
 from sam3_lora.config import Config
 from sam3_lora.data.images import to_rgb, upright
+from sam3_lora.data.results import prediction_entries
 from sam3_lora.data.synth import synthesize
 from sam3_lora.errors import Sam3LoraError
-from sam3_lora.evaluation.results import prediction_entries
 from sam3_lora.files import write_file
 from sam3_lora.serve.inference import SAM3LoRAInference
 from sam3_lora.serve.limits import (
