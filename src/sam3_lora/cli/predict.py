@@ -4,15 +4,13 @@ which imports no torch)."""
 from __future__ import annotations
 
 import argparse
-import glob
 import json
-from pathlib import Path
 
 from sam3_lora.cli.common import add_command, config_from_args
 from sam3_lora.config import LEGACY_FLAGS
-from sam3_lora.data.images import IMAGE_SUFFIXES
-from sam3_lora.errors import Sam3LoraError
-from sam3_lora.files import check_output, write_file
+from sam3_lora.files import write_file
+from sam3_lora.serve.image_files import PredictInputError, find_images, output_paths
+from sam3_lora.serve.prompts import parse_json_boxes
 
 PREDICT_EPILOG = """\
 examples:
@@ -25,59 +23,6 @@ writes, per image NAME: NAME.png (overlay: a colour per prompt, scores, legend) 
 COCO results (image_id = the image's index, category_id = the prompt's index + 1, with
 "prompt" and "box_xyxy"; masks as RLE) that `sam3-lora evaluate` reads.
 """
-
-class PredictInputError(Sam3LoraError):
-    """Images or output paths that cannot be used."""
-
-
-def find_images(spec: str) -> list[Path]:
-    """A file, a folder (its images, sorted) or a glob -> image paths."""
-    path = Path(spec)
-    if path.is_dir():
-        found = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
-    elif path.is_file():
-        found = [path]
-    else:
-        found = sorted(Path(p) for p in glob.glob(spec) if Path(p).suffix.lower() in IMAGE_SUFFIXES)
-    if not found:
-        raise PredictInputError(f"--image {spec}: no image found (give a file, a folder of images or a glob)")
-    return found
-
-
-def output_paths(images: list[Path], output: str) -> list[tuple[Path, Path]]:
-    """(overlay PNG, JSON) per image: a .png path for one image, else a folder. Checked
-    before any work: a path that names a file where a folder is needed, or that cannot be
-    written, is refused here, not after the model has loaded."""
-    out = Path(output)
-    suffix = out.suffix.lower()
-    if suffix in IMAGE_SUFFIXES | {".json"} and (len(images) > 1 or suffix != ".png"):
-        reason = (f"a file name, but --image gives {len(images)} images" if len(images) > 1
-                  else "overlays are written as PNG")
-        raise PredictInputError(f"--output {out}: {reason}; give "
-                                f"{'a folder' if len(images) > 1 else 'a .png path or a folder'}")
-    if len(images) == 1 and suffix == ".png":
-        pairs = [(check_output(out, folder=False, what="--output"), out.with_suffix(".json"))]
-        check_output(pairs[0][1], folder=False, what="--output")
-    else:
-        if out.exists() and not out.is_dir():
-            raise PredictInputError(f"--output {out}: is a file; give a folder for several images")
-        check_output(out, folder=True, what="--output")
-        pairs = [(out / f"{image.stem}.png", out / f"{image.stem}.json") for image in images]
-    inputs = {image.resolve() for image in images}
-    for png, _ in pairs:
-        if png.resolve() in inputs:
-            raise PredictInputError(f"--output {png}: is an input image; choose another path (inputs are never overwritten)")
-    return pairs
-
-
-def parse_boxes(text: str | None, flag: str):
-    if text is None:
-        return None
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError:
-        raise PredictInputError(f"{flag} {text!r}: not JSON; write boxes as '[[x1, y1, x2, y2], ...]' in pixels") from None
-
 
 def check_onnx_flags(args: argparse.Namespace) -> None:
     """With --onnx the export folder is the whole model: the flags that choose a model or
@@ -104,7 +49,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
         check_onnx_flags(args)
     images = find_images(args.image)
     pairs = output_paths(images, args.output)
-    boxes, negative = parse_boxes(args.bboxes, "--bboxes"), parse_boxes(args.negative_bboxes, "--negative-bboxes")
+    boxes = parse_json_boxes(args.bboxes, "--bboxes")
+    negative = parse_json_boxes(args.negative_bboxes, "--negative-bboxes")
     if not args.prompt and boxes is None:
         raise PredictInputError("no prompt: give --prompt text, --bboxes, or both")
     if args.onnx:

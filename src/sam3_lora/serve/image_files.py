@@ -1,0 +1,57 @@
+"""Image files in, overlay and JSON files out: which images a ``predict`` request names and
+where each one's outputs go, checked before any model loads. Torch-free (the ONNX engine's
+``predict --onnx`` uses it too).
+"""
+
+from __future__ import annotations
+
+import glob
+from pathlib import Path
+
+from sam3_lora.data.images import IMAGE_SUFFIXES
+from sam3_lora.errors import Sam3LoraError
+from sam3_lora.files import check_output
+
+
+class PredictInputError(Sam3LoraError):
+    """Images or output paths that cannot be used."""
+
+
+def find_images(spec: str) -> list[Path]:
+    """A file, a folder (its images, sorted) or a glob -> image paths."""
+    path = Path(spec)
+    if path.is_dir():
+        found = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    elif path.is_file():
+        found = [path]
+    else:
+        found = sorted(Path(p) for p in glob.glob(spec) if Path(p).suffix.lower() in IMAGE_SUFFIXES)
+    if not found:
+        raise PredictInputError(f"--image {spec}: no image found (give a file, a folder of images or a glob)")
+    return found
+
+
+def output_paths(images: list[Path], output: str) -> list[tuple[Path, Path]]:
+    """(overlay PNG, JSON) per image: a .png path for one image, else a folder. Checked
+    before any work: a path that names a file where a folder is needed, or that cannot be
+    written, is refused here, not after the model has loaded."""
+    out = Path(output)
+    suffix = out.suffix.lower()
+    if suffix in IMAGE_SUFFIXES | {".json"} and (len(images) > 1 or suffix != ".png"):
+        reason = (f"a file name, but --image gives {len(images)} images" if len(images) > 1
+                  else "overlays are written as PNG")
+        raise PredictInputError(f"--output {out}: {reason}; give "
+                                f"{'a folder' if len(images) > 1 else 'a .png path or a folder'}")
+    if len(images) == 1 and suffix == ".png":
+        pairs = [(check_output(out, folder=False, what="--output"), out.with_suffix(".json"))]
+        check_output(pairs[0][1], folder=False, what="--output")
+    else:
+        if out.exists() and not out.is_dir():
+            raise PredictInputError(f"--output {out}: is a file; give a folder for several images")
+        check_output(out, folder=True, what="--output")
+        pairs = [(out / f"{image.stem}.png", out / f"{image.stem}.json") for image in images]
+    inputs = {image.resolve() for image in images}
+    for png, _ in pairs:
+        if png.resolve() in inputs:
+            raise PredictInputError(f"--output {png}: is an input image; choose another path (inputs are never overwritten)")
+    return pairs
