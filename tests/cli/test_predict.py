@@ -129,3 +129,37 @@ def test_outputs_replace_symlinks_at_their_names_instead_of_writing_through(fake
     assert all(target.read_text() == "keep me" for target in targets.values())
     assert not (out / "a.png").is_symlink() and Image.open(out / "a.png").format == "PNG"
     assert not (out / "a.json").is_symlink() and json.loads((out / "a.json").read_text())[0]["score"] == 0.9
+
+
+@pytest.fixture
+def with_broken(photos):
+    """The two images, and a PNG that is not one (first in order, so it is met first)."""
+    (photos / "0-broken.png").write_bytes(b"not an image")
+    return photos
+
+
+def test_unreadable_images_are_skipped_and_counted(fake_model, with_broken, tmp_path, capsys):
+    """predict used to stop at the first unreadable image, with advice about an annotation
+    file predict does not have."""
+    code, err = predict(capsys, "--image", str(with_broken), "--output", str(tmp_path / "out"))
+    assert code == 0, err
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["a.json", "a.png", "b.json", "b.png"]
+    [line] = [line for line in err.splitlines() if "skipped" in line]
+    assert line.startswith(f"warning: skipped 1 unreadable image: first: {with_broken / '0-broken.png'} (")
+    assert "annotation" not in err
+    entries = json.loads((tmp_path / "out" / "a.json").read_text())
+    assert {e["image_id"] for e in entries} == {1}   # ids stay the images' places in the listing
+
+
+def test_strict_stops_at_the_first_unreadable_image(fake_model, with_broken, tmp_path, capsys):
+    code, err = predict(capsys, "--image", str(with_broken), "--output", str(tmp_path / "out"), "--strict")
+    assert code == 2 and "annotation" not in err
+    [line] = [line for line in err.splitlines() if line.startswith("error: ")]
+    assert f"cannot read image {with_broken / '0-broken.png'}: " in line and "without --strict" in line
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+
+
+def test_no_readable_image_is_an_error(fake_model, tmp_path, capsys):
+    (tmp_path / "bad.png").write_bytes(b"not an image")
+    code, err = predict(capsys, "--image", str(tmp_path / "bad.png"), "--output", str(tmp_path / "out.png"))
+    assert code == 2 and err.count("\n") == 1 and "no image could be read" in err and "annotation" not in err

@@ -5,11 +5,18 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 
 from sam3_lora.cli.common import add_command, config_from_args
 from sam3_lora.config import LEGACY_FLAGS
 from sam3_lora.files import write_file
-from sam3_lora.serve.image_files import PredictInputError, find_images, output_paths
+from sam3_lora.serve.image_files import (
+    PredictInputError,
+    find_images,
+    output_paths,
+    readable_images,
+    skipped_line,
+)
 from sam3_lora.serve.prompts import parse_json_boxes
 
 PREDICT_EPILOG = """\
@@ -21,7 +28,8 @@ examples:
 
 writes, per image NAME: NAME.png (overlay: a colour per prompt, scores, legend) and NAME.json,
 COCO results (image_id = the image's index, category_id = the prompt's index + 1, with
-"prompt" and "box_xyxy"; masks as RLE) that `sam3-lora evaluate` reads.
+"prompt" and "box_xyxy"; masks as RLE) that `sam3-lora evaluate` reads. An image that cannot
+be read is skipped, and the skipped ones are counted at the end (--strict: stop at it instead).
 """
 
 def check_onnx_flags(args: argparse.Namespace) -> None:
@@ -62,18 +70,26 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
         engine = SAM3LoRAInference(config=config_from_args(args), weights_path=args.weights, no_lora=args.no_lora,
                                    detection_threshold=args.threshold, resolution=args.resolution)
-    for image_id, (image, (png, js)) in enumerate(tqdm(list(zip(images, pairs, strict=True)), desc="predict",
-                                                       disable=len(images) == 1)):
-        predictions = engine.predict(image, args.prompt, boxes, negative)
-        try:
-            png.parent.mkdir(parents=True, exist_ok=True)
-            engine.visualize(predictions, png, show_boxes=not args.no_boxes, show_masks=not args.no_masks)
-            write_file(js, json.dumps(prediction_entries(predictions, image_id)))
-        except OSError as error:   # a full disk, a folder removed meanwhile
-            raise PredictInputError(f"--output {png.parent}: cannot be written ({error.strerror}); "
-                                    "choose another place") from None
-        counts = ", ".join(f"{p['prompt']} {p['num_detections']}" for p in predictions)
-        tqdm.write(f"{image.name}: {counts} -> {png}")   # above the progress bar, not through it
+    outputs = dict(zip(images, pairs, strict=True))
+    skipped = []
+    with tqdm(total=len(images), desc="predict", disable=len(images) == 1) as progress:
+        for image_id, image, picture in readable_images(images, skipped, strict=args.strict):
+            png, js = outputs[image]
+            predictions = engine.predict(picture, args.prompt, boxes, negative)
+            try:
+                png.parent.mkdir(parents=True, exist_ok=True)
+                engine.visualize(predictions, png, show_boxes=not args.no_boxes, show_masks=not args.no_masks)
+                write_file(js, json.dumps(prediction_entries(predictions, image_id)))
+            except OSError as error:   # a full disk, a folder removed meanwhile
+                raise PredictInputError(f"--output {png.parent}: cannot be written ({error.strerror}); "
+                                        "choose another place") from None
+            counts = ", ".join(f"{p['prompt']} {p['num_detections']}" for p in predictions)
+            progress.write(f"{image.name}: {counts} -> {png}")   # above the progress bar, not through it
+            progress.update(image_id + 1 - progress.n)
+        progress.update(len(images) - progress.n)
+    warning = skipped_line(skipped)
+    if warning:
+        print(f"warning: {warning}", file=sys.stderr)
     return 0
 
 
@@ -93,5 +109,7 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     predict.add_argument("--resolution", type=int, metavar="PX", help="model input size (multiple of 14)")
     predict.add_argument("--no-boxes", action="store_true", help="do not draw boxes")
     predict.add_argument("--no-masks", action="store_true", help="do not draw masks")
+    predict.add_argument("--strict", action="store_true", help="stop at the first unreadable image "
+                         "(default: skip it, and count the skipped ones at the end)")
     predict.add_argument("--output", default="predictions", metavar="PATH",
                          help="a .png for one image, else a folder (default: predictions/)")

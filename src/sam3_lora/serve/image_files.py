@@ -6,9 +6,12 @@ where each one's outputs go, checked before any model loads. Torch-free (the ONN
 from __future__ import annotations
 
 import glob
+from collections.abc import Iterator
 from pathlib import Path
 
-from sam3_lora.data.images import IMAGE_SUFFIXES
+from PIL import Image
+
+from sam3_lora.data.images import IMAGE_SUFFIXES, UnreadableImage, open_image
 from sam3_lora.errors import Sam3LoraError
 from sam3_lora.files import check_output
 
@@ -55,3 +58,35 @@ def output_paths(images: list[Path], output: str) -> list[tuple[Path, Path]]:
         if png.resolve() in inputs:
             raise PredictInputError(f"--output {png}: is an input image; choose another path (inputs are never overwritten)")
     return pairs
+
+
+def readable_images(images: list[Path], skipped: list[UnreadableImage], *, strict: bool = False
+                    ) -> Iterator[tuple[int, Path, Image.Image]]:
+    """(index in ``images``, path, RGB picture) of each image that can be read. One that
+    cannot is appended to ``skipped`` and passed over (see ``skipped_line``), or, ``strict``,
+    stops the request with one line. Nothing readable at all is an error either way."""
+    read = 0
+    for index, path in enumerate(images):
+        try:
+            picture = open_image(path)
+        except UnreadableImage as error:
+            if strict:
+                raise PredictInputError(f"cannot read image {error.path}: {error.reason}; replace or remove it, "
+                                        f"or run without --strict to skip such images") from None
+            skipped.append(error)
+            continue
+        read += 1
+        yield index, path, picture
+    if not read:
+        first = skipped[0]
+        raise PredictInputError(f"no image could be read ({len(skipped)} tried): first: {first.path} "
+                                f"({first.reason}); give images PIL can decode")
+
+
+def skipped_line(skipped: list[UnreadableImage]) -> str | None:
+    """``skipped N unreadable images: first: PATH (reason)``, or None when none was."""
+    if not skipped:
+        return None
+    first = skipped[0]
+    count = f"{len(skipped)} unreadable image{'s' * (len(skipped) != 1)}"
+    return f"skipped {count}: first: {first.path} ({first.reason})"
