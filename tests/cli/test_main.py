@@ -224,3 +224,4 @@ def test_output_into_a_closed_pipe_ends_quietly(tmp_path):
     process.stdout.close()
     _, err = process.communicate(timeout=120)
     assert err.decode() == "" and process.returncode == 141
+
