@@ -478,6 +478,11 @@ class EvaluationConfig(Section):
     """Examples per kind (best, worst, random units) in the report's image grid."""
 
 
+# The score a detection needs to count for cgF1, and to be shown by ``predict``, the app and
+# the inference API, unless told otherwise: the schema's default, so there is one 0.5.
+DEFAULT_SCORE_THRESHOLD: float = EvaluationConfig.model_fields["score_threshold"].default
+
+
 class OutputConfig(Section):
     """Where a run writes."""
 

@@ -225,3 +225,19 @@ def test_output_into_a_closed_pipe_ends_quietly(tmp_path):
     _, err = process.communicate(timeout=120)
     assert err.decode() == "" and process.returncode == 141
 
+
+
+@pytest.mark.parametrize("module, argv, dest", [
+    ("predict", ["predict", "--image", "x.png"], "threshold"),
+    ("evaluate", ["evaluate", "--gt", "g.json", "--predictions", "p.json"], "score_threshold"),
+])
+def test_score_thresholds_default_to_the_config_schemas(monkeypatch, module, argv, dest):
+    """predict --threshold and evaluate --score-threshold had their own 0.5."""
+    import importlib
+
+    from sam3_lora.cli.main import build_parser
+    from sam3_lora.config import DEFAULT_SCORE_THRESHOLD, EvaluationConfig
+
+    assert DEFAULT_SCORE_THRESHOLD == EvaluationConfig().score_threshold
+    monkeypatch.setattr(importlib.import_module(f"sam3_lora.cli.{module}"), "DEFAULT_SCORE_THRESHOLD", 0.25)
+    assert getattr(build_parser().parse_args(argv), dest) == 0.25

@@ -2,7 +2,6 @@
 
 import json
 import os
-from typing import ClassVar
 
 import numpy as np
 import pytest
@@ -85,13 +84,10 @@ def test_outputs_under_a_file_or_on_a_folder_are_refused(no_model, photos, tmp_p
 
 class FakeEngine(ImagePredictor):
     """Answers every prompt with one detection, a box over the image's top-left quarter;
-    no model. Records the thresholds it was built with."""
-
-    built: ClassVar[list[float]] = []
+    no model."""
 
     def __init__(self, *args, detection_threshold: float = 0.5, **kwargs):
         self.threshold = detection_threshold
-        FakeEngine.built.append(detection_threshold)
 
     def predict_batch(self, images, prompts=None, boxes=None, negative_boxes=None, *, threshold=None,
                       max_detections=None):
@@ -110,7 +106,6 @@ class FakeEngine(ImagePredictor):
 
 @pytest.fixture
 def fake_model(monkeypatch):
-    FakeEngine.built = []
     monkeypatch.setattr(sam3_lora.serve.inference, "SAM3LoRAInference", FakeEngine)
 
 

@@ -8,7 +8,7 @@ import json
 import sys
 
 from sam3_lora.cli.common import add_command, config_from_args
-from sam3_lora.config import LEGACY_FLAGS
+from sam3_lora.config import DEFAULT_SCORE_THRESHOLD, LEGACY_FLAGS
 from sam3_lora.files import write_file
 from sam3_lora.serve.image_files import (
     PredictInputError,
@@ -105,7 +105,8 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     predict.add_argument("--prompt", nargs="+", default=[], metavar="TEXT", help="one or more text prompts")
     predict.add_argument("--bboxes", metavar="JSON", help="positive box exemplars '[[x1,y1,x2,y2], ...]' in pixels")
     predict.add_argument("--negative-bboxes", metavar="JSON", help="negative box exemplars, same form")
-    predict.add_argument("--threshold", type=float, default=0.5, help="minimum score (default 0.5)")
+    predict.add_argument("--threshold", type=float, default=DEFAULT_SCORE_THRESHOLD,
+                         help=f"minimum score (default {DEFAULT_SCORE_THRESHOLD:g})")
     predict.add_argument("--resolution", type=int, metavar="PX", help="model input size (multiple of 14)")
     predict.add_argument("--no-boxes", action="store_true", help="do not draw boxes")
     predict.add_argument("--no-masks", action="store_true", help="do not draw masks")

@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from sam3_lora.config import Config
+from sam3_lora.config import DEFAULT_SCORE_THRESHOLD, Config
 from sam3_lora.data.images import to_rgb, upright
 from sam3_lora.data.results import prediction_entries
 from sam3_lora.data.synth import synthesize
@@ -278,7 +278,7 @@ class AdapterApp:
         return read_image(data, self.max_upload_mb, self.max_pixels)
 
     def predict(self, image: Image.Image | bytes | None, prompts_text: str = "",
-                boxes_text: str = "", threshold: float = 0.5, adapter: str = BASE,
+                boxes_text: str = "", threshold: float = DEFAULT_SCORE_THRESHOLD, adapter: str = BASE,
                 side_by_side: bool = False) -> AppResult:
         """Run the prompts on ``image`` (an RGB image, or uploaded bytes) with ``adapter``, and
         with the base model beside it when ``side_by_side``. Inputs are checked before the

@@ -30,6 +30,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from sam3_lora.config import DEFAULT_SCORE_THRESHOLD
 from sam3_lora.errors import Sam3LoraError
 from sam3_lora.serve.app import (
     BASE,
@@ -177,7 +178,7 @@ def build_app(app: AdapterApp, examples: dict[str, bytes] | None = None):
                                        placeholder="x1,y1,x2,y2 in pixels, one box per line",
                                        elem_id="boxes")
                 with gr.Row():
-                    threshold = gr.Slider(0.0, 1.0, value=0.5, step=0.01, label="Score threshold",
+                    threshold = gr.Slider(0.0, 1.0, value=DEFAULT_SCORE_THRESHOLD, step=0.01, label="Score threshold",
                                           elem_id="threshold")
                     adapter = gr.Dropdown(app.choices, value=app.choices[0], label="Adapter",
                                           elem_id="adapter")

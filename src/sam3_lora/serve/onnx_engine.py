@@ -41,6 +41,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from sam3_lora.config import DEFAULT_SCORE_THRESHOLD
 from sam3_lora.errors import Sam3LoraError
 from sam3_lora.serve.prompts import (
     ImagePredictor,
@@ -251,7 +252,7 @@ class SAM3OnnxInference(ImagePredictor):
     ``providers``: onnxruntime execution providers, CPU by default.
     """
 
-    def __init__(self, onnx_dir: str | Path, detection_threshold: float = 0.5, *, threads: int | None = None,
+    def __init__(self, onnx_dir: str | Path, detection_threshold: float = DEFAULT_SCORE_THRESHOLD, *, threads: int | None = None,
                  mask_nms_iou: float | None = None, providers=("CPUExecutionProvider",)):
         try:
             from tokenizers import Tokenizer
