@@ -49,13 +49,13 @@ def test_a_file_name_for_a_folder_of_images_is_refused(no_model, photos, tmp_pat
     """It used to make a folder named one.png, silently."""
     code, err = predict(capsys, "--image", str(photos), "--output", str(tmp_path / "one.png"))
     assert code == 2 and err.count("\n") == 1
-    assert "one.png: a file name, but --image gives 2 images; give a folder" in err
+    assert "one.png: a file name, but there are 2 images; give a folder (--output)" in err
     assert not (tmp_path / "one.png").exists()
 
 
 def test_one_image_needs_a_png_or_a_folder(no_model, photos, tmp_path, capsys):
     code, err = predict(capsys, "--image", str(photos / "a.png"), "--output", str(tmp_path / "a.jpg"))
-    assert code == 2 and "a.jpg: overlays are written as PNG; give a .png path or a folder" in err
+    assert code == 2 and "a.jpg: overlays are written as PNG; give a .png path or a folder (--output)" in err
 
 
 @pytest.mark.parametrize("where", ["folder", "file"])
@@ -150,7 +150,7 @@ def test_strict_stops_at_the_first_unreadable_image(fake_model, with_broken, tmp
     code, err = predict(capsys, "--image", str(with_broken), "--output", str(tmp_path / "out"), "--strict")
     assert code == 2 and "annotation" not in err
     [line] = [line for line in err.splitlines() if line.startswith("error: ")]
-    assert f"cannot read image {with_broken / '0-broken.png'}: " in line and "without --strict" in line
+    assert f"cannot read image {with_broken / '0-broken.png'}: " in line and "leave strict off to skip such images (--strict)" in line
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
 
 

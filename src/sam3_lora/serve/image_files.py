@@ -30,7 +30,7 @@ def find_images(spec: str) -> list[Path]:
     else:
         found = sorted(Path(p) for p in glob.glob(spec) if Path(p).suffix.lower() in IMAGE_SUFFIXES)
     if not found:
-        raise PredictInputError(f"--image {spec}: no image found (give a file, a folder of images or a glob)")
+        raise PredictInputError(f"{spec}: no image found; give a file, a folder of images or a glob", option="image")
     return found
 
 
@@ -41,22 +41,23 @@ def output_paths(images: list[Path], output: str) -> list[tuple[Path, Path]]:
     out = Path(output)
     suffix = out.suffix.lower()
     if suffix in IMAGE_SUFFIXES | {".json"} and (len(images) > 1 or suffix != ".png"):
-        reason = (f"a file name, but --image gives {len(images)} images" if len(images) > 1
+        reason = (f"a file name, but there are {len(images)} images" if len(images) > 1
                   else "overlays are written as PNG")
-        raise PredictInputError(f"--output {out}: {reason}; give "
-                                f"{'a folder' if len(images) > 1 else 'a .png path or a folder'}")
+        raise PredictInputError(f"{out}: {reason}; give {'a folder' if len(images) > 1 else 'a .png path or a folder'}",
+                                option="output")
     if len(images) == 1 and suffix == ".png":
-        pairs = [(check_output(out, folder=False, what="--output"), out.with_suffix(".json"))]
-        check_output(pairs[0][1], folder=False, what="--output")
+        pairs = [(check_output(out, folder=False, what="output"), out.with_suffix(".json"))]
+        check_output(pairs[0][1], folder=False, what="output")
     else:
         if out.exists() and not out.is_dir():
-            raise PredictInputError(f"--output {out}: is a file; give a folder for several images")
-        check_output(out, folder=True, what="--output")
+            raise PredictInputError(f"{out}: is a file; give a folder for several images", option="output")
+        check_output(out, folder=True, what="output")
         pairs = [(out / f"{image.stem}.png", out / f"{image.stem}.json") for image in images]
     inputs = {image.resolve() for image in images}
     for png, _ in pairs:
         if png.resolve() in inputs:
-            raise PredictInputError(f"--output {png}: is an input image; choose another path (inputs are never overwritten)")
+            raise PredictInputError(f"{png}: is an input image; choose another path (inputs are never overwritten)",
+                                    option="output")
     return pairs
 
 
@@ -72,7 +73,7 @@ def readable_images(images: list[Path], skipped: list[UnreadableImage], *, stric
         except UnreadableImage as error:
             if strict:
                 raise PredictInputError(f"cannot read image {error.path}: {error.reason}; replace or remove it, "
-                                        f"or run without --strict to skip such images") from None
+                                        f"or leave strict off to skip such images", option="strict") from None
             skipped.append(error)
             continue
         read += 1
