@@ -227,3 +227,16 @@ def test_decimal_and_exponent_numbers_still_read():
                                 "training.warmup_steps=0", "loss.mask_weight=.5"])
     assert config.training.learning_rate == 1e-4 and config.training.max_steps == 1000
     assert config.training.warmup_steps == 0 and config.loss.mask_weight == 0.5
+
+
+def test_a_choice_a_yaml_1_1_reader_made_a_boolean_is_taken_back():
+    """A dict from yaml.safe_load (YAML 1.1) holds False for ``mixed_precision: no``."""
+    import yaml
+
+    from sam3_lora.config import validate_config
+
+    raw = yaml.safe_load("training:\n  mixed_precision: no\n")
+    assert raw == {"training": {"mixed_precision": False}}
+    assert validate_config(raw).training.mixed_precision == "no"
+    with pytest.raises(ConfigError, match="training.method"):   # no boolean word among its choices
+        validate_config({"training": {"method": True}})

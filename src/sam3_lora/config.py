@@ -56,6 +56,7 @@ MAX_NESTING = 20
 # files and overrides alike; hex, octal and binary forms then reach the schema as text, which
 # ``Section`` refuses where a number is due.
 _NOT_DECIMAL = re.compile(r"[-+]?0[0-9_]*[0-9xXoObB]")
+_YAML_11_WORDS = {True: {"yes", "on", "y", "true"}, False: {"no", "off", "n", "false"}}
 
 
 class ConfigLoader(yaml.SafeLoader):
@@ -91,8 +92,14 @@ class Section(BaseModel):
     @classmethod
     def _plain_numbers(cls, value: Any, info: ValidationInfo) -> Any:
         """YAML's true/false would pass as 1/0 where a number is due (``lora.rank: true``), and
-        pydantic would read ``010`` as 10 where YAML 1.1 meant 8: numbers are plain decimals."""
-        if not _is_number(cls.model_fields[info.field_name].annotation):
+        pydantic would read ``010`` as 10 where YAML 1.1 meant 8: numbers are plain decimals.
+        A choice that is a YAML 1.1 boolean word (``mixed_precision: no``) is taken back from
+        the boolean a YAML 1.1 reader made of it, in a dict given to ``validate_config``."""
+        annotation = cls.model_fields[info.field_name].annotation
+        if isinstance(value, bool) and typing.get_origin(annotation) is Literal:
+            words = [c for c in typing.get_args(annotation) if str(c).lower() in _YAML_11_WORDS[value]]
+            return words[0] if len(words) == 1 else value
+        if not _is_number(annotation):
             return value
         if isinstance(value, bool):
             raise ValueError("must be a number, not true/false")   # noqa: TRY004 - pydantic reports ValueError
