@@ -61,7 +61,8 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     info.add_argument("--explain", nargs="?", const="", metavar="KEY",
                       help="print what a config key (section.key), a section or (alone) every key means; with "
                       "--config or overrides, also the values they give")
-    info.add_argument("--markdown", action="store_true", help="with --explain: the whole reference as Markdown")
+    info.add_argument("--markdown", action="store_true",
+                      help="with --explain and no key: the whole reference as Markdown (docs/config.md)")
     train = add_command(commands, "train", cmd_train, "fine-tune SAM3 on a COCO dataset (LoRA, or every weight)",
                         epilog=TRAIN_EPILOG)
     train.add_argument("--resume", metavar="RUN_DIR|auto", default=None,
