@@ -41,6 +41,16 @@ _SIXTEEN_BIT_MODES = {"I;16", "I;16L", "I;16B", "I;16N"}
 _MAX_16_BIT = 65535
 
 
+class UnreadableImage(DataError):
+    """An image file that is missing or cannot be decoded. Its message advises a dataset's
+    owner; ``path`` and ``reason`` let a caller without an annotation file (``predict``)
+    word its own."""
+
+    def __init__(self, message: str, path: Path, reason: str):
+        super().__init__(message)
+        self.path, self.reason = path, reason
+
+
 def open_image(path: str | Path) -> Image.Image:
     """Decode the image at ``path`` into an RGB image (H x W x 3, 8 bits per channel).
 
@@ -179,9 +189,9 @@ class _opened:
 
     def __enter__(self) -> Image.Image:
         if not os.path.isfile(self.path):  # unlike Path.is_file, never raises
-            raise DataError(
+            raise UnreadableImage(
                 f"image file not found: {self.path}; add the file or fix its file_name in the "
-                "annotation file"
+                "annotation file", self.path, "no such file"
             )
         try:
             # Above Image.MAX_IMAGE_PIXELS PIL only warns; at twice that it refuses the file.
@@ -195,10 +205,10 @@ class _opened:
             self.image.close()
 
 
-def _unreadable(path: Path, error: BaseException) -> DataError:
+def _unreadable(path: Path, error: BaseException) -> UnreadableImage:
     reason = str(error).splitlines()[0] if str(error) else type(error).__name__
     reason = reason.replace(f" '{path}'", "").replace(str(path), "the file")  # named once
-    return DataError(
+    return UnreadableImage(
         f"cannot read image {path}: {reason}; re-export or replace the file, or remove it "
-        "from the annotation file"
+        "from the annotation file", path, reason
     )

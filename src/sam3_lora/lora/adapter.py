@@ -136,6 +136,8 @@ def _metadata_problem(metadata) -> str | None:
     """What is wrong with the form of a ``sam3_lora.json`` value, or None."""
     if not isinstance(metadata, dict):
         return f"expected a JSON object, found {type(metadata).__name__}"
+    if metadata.get("format") != FORMAT:   # another version's, or a model folder's
+        return f"format {str(metadata.get('format'))[:40]!r}, this sam3-lora reads {FORMAT}"
     base = metadata.get("base_model", {})
     if not isinstance(base, dict):
         return f"base_model: expected an object with source and architecture, found {type(base).__name__}"
