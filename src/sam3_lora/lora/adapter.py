@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import math
 from pathlib import Path
 
 import torch
@@ -30,8 +29,9 @@ from sam3_lora.config import MAX_RANK, LoRAConfig
 from sam3_lora.errors import AdapterError
 from sam3_lora.files import atomic_folder
 from sam3_lora.lora.apply import peft_quietly
-from sam3_lora.model.folders import METADATA_FILE
+from sam3_lora.model.folders import METADATA_FILE, PICKLE_SUFFIXES, pickle_refusal
 from sam3_lora.model.tensor_files import read_tensors
+from sam3_lora.values import is_finite
 
 FORMAT = "sam3-lora-adapter/1"
 PEFT_FILES = ("adapter_config.json", "adapter_model.safetensors")
@@ -89,9 +89,6 @@ def write_adapter(model: nn.Module, folder: Path, *, base_source: str = "unknown
     (folder / METADATA_FILE).write_text(json.dumps(metadata, indent=2) + "\n")
 
 
-PICKLE_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt")
-
-
 def read_metadata(folder: str | Path) -> dict:
     """Check that ``folder`` is an adapter; return its ``sam3_lora.json`` ({} for plain PEFT),
     checked to be of the right form (each way it is not is a one-line ``AdapterError``)."""
@@ -105,10 +102,10 @@ def read_metadata(folder: str | Path) -> dict:
         raise AdapterError(f"{folder}: no such adapter folder; give the folder holding adapter_config.json")
     missing = [name for name in PEFT_FILES if not (folder / name).is_file()]
     if missing:
-        pickles = sorted(p.name for p in folder.iterdir() if p.suffix in PICKLE_SUFFIXES)
-        if pickles and "adapter_model.safetensors" in missing:
-            raise AdapterError(f"{folder}: holds {pickles[0]}, a pickle file, which is not read (it can run "
-                               f"code); save the adapter as safetensors (PEFT's save_pretrained does by default)")
+        refusal = pickle_refusal(folder)
+        if refusal and "adapter_model.safetensors" in missing:
+            raise AdapterError(f"{folder}: {refusal}; save the adapter as safetensors "
+                               f"(PEFT's save_pretrained does by default)")
         raise AdapterError(f"{folder}: not an adapter folder (missing {', '.join(missing)})")
     metadata_path = folder / METADATA_FILE
     if not metadata_path.is_file():
@@ -139,6 +136,8 @@ def _metadata_problem(metadata) -> str | None:
     """What is wrong with the form of a ``sam3_lora.json`` value, or None."""
     if not isinstance(metadata, dict):
         return f"expected a JSON object, found {type(metadata).__name__}"
+    if metadata.get("format") != FORMAT:   # another version's, or a model folder's
+        return f"format {str(metadata.get('format'))[:40]!r}, this sam3-lora reads {FORMAT}"
     base = metadata.get("base_model", {})
     if not isinstance(base, dict):
         return f"base_model: expected an object with source and architecture, found {type(base).__name__}"
@@ -188,7 +187,7 @@ def _peft_config_problem(config) -> str | None:
         if not _is_int(rank) or not 1 <= rank <= MAX_RANK:
             return f"{key} is {_short(rank)}, not a rank from 1 to {MAX_RANK}"
     for key, alpha in alphas:
-        if not _is_number(alpha) or not math.isfinite(alpha):
+        if not is_finite(alpha):
             return f"{key} is {_short(alpha)}, not a finite number"
     targets = config.get("target_modules")
     if not (targets is None or isinstance(targets, str)
@@ -204,10 +203,6 @@ def _peft_config_problem(config) -> str | None:
 
 def _is_int(value) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _is_number(value) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 def read_lora_tensors(model: nn.Module, folder: str | Path, peft_config: dict) -> dict[str, torch.Tensor]:

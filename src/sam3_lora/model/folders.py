@@ -21,6 +21,9 @@ if TYPE_CHECKING:
 
 MODEL_FORMAT = "sam3-lora-model/1"
 METADATA_FILE = "sam3_lora.json"
+# Files written by torch.save or pickle: never read, since unpickling one can run any code.
+PICKLE_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt")
+SAFETENSORS_WEIGHTS = ("model.safetensors", "model.safetensors.index.json")   # one file, or shards
 
 
 @contextlib.contextmanager
@@ -51,10 +54,47 @@ def write_model(model: Sam3Model, tokenizer, folder: Path, *, base_source: str =
     (Path(folder) / METADATA_FILE).write_text(json.dumps(metadata, indent=2) + "\n")
 
 
+def check_model_metadata(folder: str | Path) -> None:
+    """Refuse a model folder whose ``sam3_lora.json`` is not ours of this version (an
+    adapter's, a later sam3-lora's, damaged): one line naming the file. A folder without one
+    (a plain ``save_pretrained`` folder) passes."""
+    path = Path(folder) / METADATA_FILE
+    if not path.is_file():
+        return
+    try:
+        metadata = json.loads(path.read_bytes().decode("utf-8"))
+    except (OSError, ValueError, RecursionError) as exc:   # unreadable, not UTF-8, not JSON
+        raise ModelLoadError(f"{path}: not valid JSON ({type(exc).__name__}); delete it or save the "
+                             f"model again") from None
+    found = metadata.get("format") if isinstance(metadata, dict) else None
+    if found != MODEL_FORMAT:
+        raise ModelLoadError(f"{path}: format {str(found)[:40]!r}, this sam3-lora reads {MODEL_FORMAT}; "
+                             f"give a model folder this version wrote (an adapter goes to --weights)")
+
+
 def check_finite_model(model: Sam3Model, source: str) -> None:
     """Refuse a loaded model whose weights hold NaN or infinity (a diverged full training):
     it would answer every prompt with nothing."""
     check_finite(dict(model.state_dict()), f"model.source {source!r}", ModelLoadError)
+
+
+def pickle_refusal(folder: Path) -> str | None:
+    """Why ``folder``'s weights are not read, where it holds pickle files in their place
+    (the one wording, shared by model folders and adapters); None otherwise."""
+    pickles = sorted(path.name for path in folder.iterdir() if path.suffix in PICKLE_SUFFIXES)
+    return f"holds {pickles[0]}, a pickle file, which is not read (it can run code)" if pickles else None
+
+
+def check_safetensors_weights(folder: str | Path, source: str) -> None:
+    """Refuse a model folder whose weights are only pickle files (``pytorch_model.bin``) before
+    transformers is asked to unpickle them."""
+    folder = Path(folder)
+    if any((folder / name).is_file() for name in SAFETENSORS_WEIGHTS):
+        return
+    refusal = pickle_refusal(folder)
+    if refusal:
+        raise ModelLoadError(f"model.source {source!r}: {refusal}; convert it to safetensors (load it where you trust "
+                             f"it and save with model.save_pretrained(DIR), which writes model.safetensors)")
 
 
 def is_model_folder(folder: str | Path) -> bool:
@@ -66,6 +106,7 @@ def is_model_folder(folder: str | Path) -> bool:
 def load_model_weights(model: Sam3Model, folder: str | Path) -> None:
     """Copy the weights of a model folder written by ``write_model`` into ``model`` (resume);
     damaged, non-finite or misfitting weights raise ``ModelLoadError`` before any is copied."""
+    check_model_metadata(folder)
     path = Path(folder) / "model.safetensors"
     if not path.is_file():
         raise ModelLoadError(f"{folder}: no model.safetensors; resume a method=full run from its own checkpoints")

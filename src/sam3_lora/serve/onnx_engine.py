@@ -40,6 +40,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from sam3_lora.config import DEFAULT_SCORE_THRESHOLD
+from sam3_lora.cpu import openmp_settings
 from sam3_lora.errors import Sam3LoraError
 from sam3_lora.onnx_format import (  # noqa: F401 - FORMAT too: the format this engine reads
     CONFIG_FILE,
@@ -223,8 +225,13 @@ def open_session(path: Path, metadata: dict, threads: int | None, providers):
     except ImportError:
         raise OnnxEngineError(f"the ONNX engine needs onnxruntime: {INSTALL_HINT}") from None
     options = ort.SessionOptions()
-    if threads:
-        options.intra_op_num_threads = threads
+    # Unless told, follow the process's OpenMP settings (the command line sizes them to the
+    # free CPUs, with passive waiting: sam3_lora.cpu); onnxruntime's pool spins otherwise.
+    omp_threads, passive = openmp_settings()
+    if threads or omp_threads:
+        options.intra_op_num_threads = threads or omp_threads
+    if passive:
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     options.inter_op_num_threads = 1
     options.log_severity_level = 3   # onnxruntime's warnings (e.g. unused initializers) are noise here
     try:
@@ -281,7 +288,7 @@ class SAM3OnnxInference(ImagePredictor):
     ``providers``: onnxruntime execution providers, CPU by default.
     """
 
-    def __init__(self, onnx_dir: str | Path, detection_threshold: float = 0.5, *, threads: int | None = None,
+    def __init__(self, onnx_dir: str | Path, detection_threshold: float = DEFAULT_SCORE_THRESHOLD, *, threads: int | None = None,
                  mask_nms_iou: float | None = None, providers=("CPUExecutionProvider",)):
         try:
             import tokenizers  # noqa: F401 - checked before any work: load_tokenizer needs it
