@@ -97,3 +97,29 @@ def test_folder_without_model_type_is_one_line(tmp_path):
 def test_missing_folder_is_the_loaders_one_line(tmp_path):
     with pytest.raises(ModelLoadError, match="no such folder"):
         load_tracker(str(tmp_path / "nowhere"))
+
+
+def test_object_predictor_refines_its_previous_mask(monkeypatch):
+    from sam3_lora.model.tracker import ObjectPredictor
+
+    model = load_tracker("sam3-tiny").model
+    calls = []
+    original = model.forward
+
+    def spy(**kwargs):
+        calls.append(kwargs)
+        return original(**kwargs)
+
+    monkeypatch.setattr(model, "forward", spy)
+    predictor = ObjectPredictor(model, torch.randn(1, 3, 112, 112), (90, 120))
+    mask = predictor([[60, 45]], [1])
+    assert mask.shape == (90, 120) and mask.dtype == torch.bool
+    assert calls[0]["multimask_output"] and calls[0]["input_masks"] is None
+    # Original pixels scale to the 112 px input: x by 112/120, y by 112/90.
+    assert torch.allclose(calls[0]["input_points"], torch.tensor([[[[56.0, 56.0]]]]))
+    predictor([[60, 45], [10, 10]], [1, 0])
+    assert "image_embeddings" in calls[1] and "pixel_values" not in calls[1]   # encoded once
+    assert not calls[1]["multimask_output"] and calls[1]["input_masks"].shape == (1, 1, 32, 32)
+    predictor.reset()
+    predictor(box=[10, 10, 60, 50])
+    assert calls[2]["input_masks"] is None and calls[2]["input_boxes"].shape == (1, 1, 4)

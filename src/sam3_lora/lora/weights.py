@@ -21,6 +21,7 @@ from sam3_lora.model.folders import is_model_folder
 from sam3_lora.model.loading import load_sam3
 from sam3_lora.model.precision import default_device, enable_tf32, resolve_precision
 from sam3_lora.model.processing import Sam3InputProcessor
+from sam3_lora.model.tracker import load_tracker
 
 
 def has_adapter(model: nn.Module) -> bool:
@@ -55,7 +56,8 @@ def load_finetuned(config: Config, weights: str | Path | None = None, no_lora: b
     device = torch.device(device) if device is not None else default_device()
     precision = resolve_precision(config.model.dtype, None, device)
     enable_tf32(precision)
-    loaded = load_sam3(str(chosen) if whole else config.model.source, revision=config.model.revision,
-                       image_size=config.model.image_size, seed=config.training.seed, dtype=precision.dtype)
+    load = load_tracker if config.model.task == "interactive" else load_sam3
+    loaded = load(str(chosen) if whole else config.model.source, revision=config.model.revision,
+                  image_size=config.model.image_size, seed=config.training.seed, dtype=precision.dtype)
     model = loaded.model if chosen is None or whole else load_adapter(loaded.model, chosen)
     return model.to(device).eval(), loaded.processor, chosen

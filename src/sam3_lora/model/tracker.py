@@ -183,3 +183,50 @@ def _source_model_type(source: str, revision: str | None, token: str | None) -> 
         raise ModelLoadError(f"model.source {source!r}: config.json has no model_type; give a folder written by "
                              f"save_pretrained from a SAM3 or SAM3 tracker model")
     return model_type
+
+
+class ObjectPredictor:
+    """Segments one object of one image from prompts that grow, as a user clicks (SAM's
+    interactive use, and ``evaluation.interactive``'s ``predict``).
+
+    The image is encoded once (the first call); each call takes every click so far and
+    feeds the previous call's mask logits back as the mask input, as training's correction
+    rounds do. A single click alone gives three masks, of which the one with the highest
+    predicted IoU is kept (SAM). ``reset()`` starts a new object on the same image.
+    Coordinates are pixels of the original (H, W) image; the image was resized directly to
+    the model's S x S (``processor.images``), so they scale by S / W and S / H.
+    """
+
+    def __init__(self, model, pixel_values: torch.Tensor, image_size: tuple[int, int]):
+        self.model, self.pixel_values = model, pixel_values
+        self.height, self.width = image_size
+        self.embeddings = None
+        self.reset()
+
+    def reset(self) -> None:
+        self.previous: torch.Tensor | None = None   # (1, 1, m, m) logits of the last prediction
+
+    @torch.no_grad()
+    def __call__(self, points=None, labels=None, box=None) -> torch.Tensor:
+        """points (K, 2) x, y and labels (K,) 1 / 0, and/or box (4,) x1, y1, x2, y2, all in
+        original pixels -> (H, W) bool mask."""
+        side = self.pixel_values.shape[-1]
+        scale = torch.tensor([side / self.width, side / self.height])
+        prompt = {}
+        if points is not None and len(points):
+            prompt["input_points"] = (torch.as_tensor(points, dtype=torch.float) * scale)[None, None]
+            prompt["input_labels"] = torch.as_tensor(labels, dtype=torch.long)[None, None]
+        if box is not None:
+            prompt["input_boxes"] = (torch.as_tensor(box, dtype=torch.float) * scale.repeat(2))[None, None]
+        device = self.pixel_values.device
+        prompt = {k: v.to(device) for k, v in prompt.items()}
+        clicks = 0 if points is None else len(points)
+        single_click = box is None and clicks == 1 and self.previous is None
+        source = ({"pixel_values": self.pixel_values} if self.embeddings is None
+                  else {"image_embeddings": self.embeddings})
+        out = self.model(**source, **prompt, input_masks=self.previous, multimask_output=single_click)
+        self.embeddings = out.image_embeddings
+        masks, scores = out.pred_masks[0, 0], out.iou_scores[0, 0]   # (M, m, m), (M,)
+        self.previous = masks[int(scores.argmax())][None, None].float()
+        full = torch.nn.functional.interpolate(self.previous, size=(self.height, self.width), mode="bilinear")
+        return full[0, 0].cpu() > 0

@@ -36,6 +36,7 @@ from sam3_lora.evaluation.runner import (
 from sam3_lora.files import check_output
 from sam3_lora.lora.weights import has_adapter, load_finetuned
 from sam3_lora.model.precision import dtype_name, weights_dtype
+from sam3_lora.recipes.validate_interactive import validate_interactive
 
 BOX_ONLY_REASON = ("no object of this split has a mask, only boxes, so boxes are scored (COCO "
                    "iou_type bbox): mask mAP against boxes used as masks would not measure masks")
@@ -60,12 +61,18 @@ def validate(config: Config, *, weights: str | Path | None = None, split: str | 
              positives_only: bool = False, output: str | Path | None = None) -> dict:
     """Score the adapted (or base) model on a split; writes metrics, predictions and a report.
 
-    Returns metrics.json's content plus "output", the folder written."""
+    Returns metrics.json's content plus "output", the folder written. With
+    ``model.task: interactive`` the tracker is scored by simulated clicks instead
+    (``validate_interactive``: metrics.json only)."""
+    split_name = split or config.evaluation.split
+    out_dir = Path(output) if output else Path(config.output.dir) / f"eval-{split_name}"
+    if config.model.task == "interactive":
+        check_output(out_dir, folder=True, what="output" if output else "output.dir")
+        return validate_interactive(config, load_split(config, split_name), out_dir, weights=weights,
+                                    num_samples=num_samples, no_lora=no_lora)
     if config.data.prompt_mode == "generic":
         raise EvaluationError("data.prompt_mode=generic: validate prompts each category by its name; "
                               "class-agnostic evaluation is not supported yet, use category mode")
-    split_name = split or config.evaluation.split
-    out_dir = Path(output) if output else Path(config.output.dir) / f"eval-{split_name}"
     check_output(out_dir, folder=True, what="output" if output else "output.dir")   # before loading
     model, processor, chosen = load_finetuned(config, weights, no_lora)
     adapted = has_adapter(model)   # a whole model from method=full has no base to compare
