@@ -44,9 +44,11 @@ from sam3_lora.model.postprocess import postprocess
 from sam3_lora.serve.prompts import (
     ImagePredictor,
     PromptError,
+    as_image,
     boxes_cxcywh,
     check_threshold,
 )
+from sam3_lora.serve.tracker import segment_object
 
 
 class SAM3LoRAInference(ImagePredictor):
@@ -174,4 +176,15 @@ class SAM3LoRAInference(ImagePredictor):
                              "masks": d.masks, "presence": d.presence} for name, d in zip(names, found, strict=True)])
         self._last_image = pictures[-1]
         return answers
+
+    def segment(self, image, points=None, labels=None, box=None, mask=None) -> dict:
+        """One object from clicks (``points`` (K, 2) x, y; ``labels`` 1 object / 0 not it),
+        a ``box`` and / or a ``mask`` to refine, in pixels of ``image``: ``{"mask", "score",
+        "object_score"}`` (``serve.tracker``). Needs ``model.task: interactive`` (the tracker)."""
+        if self.config.model.task != "interactive":
+            raise PromptError("segment: clicks, a box or a mask of one object need SAM3's tracker; use a "
+                              "config with model.task=interactive (predict takes text and boxes)")
+        picture = as_image(image)
+        self._last_image = picture
+        return segment_object(self.model, self.processor, picture, points, labels, box, mask)
 
