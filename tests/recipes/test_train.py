@@ -329,6 +329,7 @@ def model_must_not_load(monkeypatch):
     ("a-file", "output.dir .*a-file: is a file; give a folder there"),
     ("a-file/run", "a-file is a file, so nothing can be written under it"),
     ("read-only/run", "read-only is not writable; choose a writable place"),
+    ("/proc/nope", "output.dir /proc/nope: nothing can be created in /proc"),   # os.access says yes to root
 ])
 def test_unwritable_outputs_are_refused_before_the_model_loads(shapes, tmp_path, monkeypatch, output, message):
     import os

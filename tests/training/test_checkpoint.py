@@ -303,6 +303,30 @@ def test_disk_full_while_checkpointing_is_one_line_and_leaves_nothing_half_writt
     assert latest_checkpoint(run_dir).name == "step-000001"
 
 
+def test_disk_full_inside_safetensors_while_checkpointing_is_one_line(tmp_path, monkeypatch, tiny):
+    """safetensors raises its own SafetensorError on a full disk (not an OSError): it
+    escaped as a traceback."""
+    from safetensors import SafetensorError
+
+    from sam3_lora.errors import Sam3LoraError
+    from sam3_lora.training import checkpoint
+
+    model = apply_lora_to_model(tiny.model, LoRAConfig(rank=2), verbose=False)
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=0.1)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
+
+    def disk_full(tensors, path, *args, **kwargs):
+        raise SafetensorError(f'Error while serializing: I/O error: No space left on device (os error 28) at '
+                              f'path "{path}"')
+
+    monkeypatch.setattr(checkpoint, "save_file", disk_full)
+    with pytest.raises(Sam3LoraError, match=r"step-000001: could not be written \(No space left on device\); "
+                                            "nothing half-written was left") as error:
+        save_checkpoint(tmp_path / "step-000001", partial(write_adapter, model), optimizer, scheduler, None,
+                        {"step": 1})
+    assert "\n" not in str(error.value) and list(tmp_path.iterdir()) == []
+
+
 def test_a_resumed_run_logs_each_step_once(shapes, tmp_path):
     """Steps replayed after a resume were logged twice in metrics.jsonl."""
     run_dir = tmp_path / "run"
