@@ -198,6 +198,18 @@ def test_evaluation_checkpoint_and_log_cadence(shapes, tmp_path):
     assert load_config(run / "config.yaml").training.save_every_steps == 3
 
 
+def test_max_evaluations_spaces_the_epoch_end_evaluations(shapes, tmp_path):
+    """16 images at batch 8: 2-step epochs. Evaluating after each of a small dataset's tiny
+    epochs ran 75 and 100 validations on real datasets; max_evaluations caps the count."""
+    covers("max_evaluations")
+    counted = {}
+    for value in ("null", "2"):
+        trainer_for(shapes, tmp_path / value, "training.max_steps=8", "training.batch_size=8",
+                    f"training.max_evaluations={value}").train()
+        counted[value] = [r["step"] for r in metrics(tmp_path / value / "run") if "val_loss" in r]
+    assert counted == {"null": [2, 4, 6, 8], "2": [4, 8]}
+
+
 def test_early_stopping(shapes, tmp_path):
     covers("early_stopping_patience")
     # With a zero learning rate the validation loss never improves after the first evaluation.
@@ -256,6 +268,15 @@ def test_out_of_memory_gives_advice(shapes, tmp_path, monkeypatch):
     monkeypatch.setattr(trainer, "_forward_loss", out_of_memory)
     with pytest.raises(TrainingError, match="out of memory at step 0: lower training.batch_size.*activation_checkpointing"):
         trainer.train()
+
+
+def test_a_resumed_epoch_end_is_evaluated_once(shapes, tmp_path):
+    """A run stopped at an epoch's end (its last step, evaluated and checkpointed) and resumed
+    evaluated that step again: two val_loss records of one step in metrics.jsonl."""
+    run = tmp_path / "run"
+    trainer_for(shapes, tmp_path, "training.max_steps=4").train()   # 16 images at batch 4: one epoch
+    SAM3LoRATrainer(make_config(shapes, run, "training.max_steps=8"), resume=run, quiet=True).train()
+    assert [r["step"] for r in metrics(run) if "val_loss" in r] == [4, 8]
 
 
 def test_without_validation_split_last_is_best(shapes, tmp_path, capsys):

@@ -25,8 +25,11 @@ def cmd_info(args: argparse.Namespace) -> int:
         print(reference_markdown() if args.markdown else explain(args.explain or None))
         return 0
     from sam3_lora.lora.apply import preview
+    from sam3_lora.training.schedule import describe_evaluation
 
-    print(preview(config_from_args(args)))
+    config = config_from_args(args)
+    print(preview(config))
+    print(describe_evaluation(config.training))
     return 0
 
 

@@ -70,6 +70,7 @@ from sam3_lora.training.resources import (
     peak_memory_mb,
     peak_tflops,
 )
+from sam3_lora.training.schedule import epoch_end_evaluation_due
 
 
 class TrainingError(Sam3LoraError):
@@ -101,7 +102,7 @@ class SAM3LoRATrainer:
         self.best_value: float | None = None
         self.evals_without_improvement = 0
         self.stop_signal: int | None = None
-        self.last_eval_step = -1
+        self.last_eval_step = 0   # the step of the latest evaluation; 0: none yet (step 0 is never evaluated)
         self._text_cache: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
         self.flops_per_batch: int | None = None
 
@@ -238,6 +239,7 @@ class SAM3LoRATrainer:
         self.step, self.epoch, self.batches_done = progress["step"], progress["epoch"], progress["batches_done"]
         self.best_value = progress["best_value"]
         self.evals_without_improvement = progress["evals_without_improvement"]
+        self.last_eval_step = progress["last_eval_step"]
         self._log_text(f"resumed from {folder} at step {self.step}")
 
     def _restore_from(self, folder: Path) -> dict:
@@ -311,8 +313,8 @@ class SAM3LoRATrainer:
                 if self.step >= self.total_steps:
                     return
             self.epoch, self.batches_done = self.epoch + 1, 0
-            epoch_eval = self.config.training.eval_every_steps is None and self.step < self.total_steps
-            if epoch_eval and self._evaluate_and_save():
+            due = epoch_end_evaluation_due(self.config.training, self.step, self.last_eval_step, self.total_steps)
+            if due and self._evaluate_and_save():
                 return
 
     def _report_device_memory(self, device: torch.device) -> None:
@@ -505,7 +507,8 @@ class SAM3LoRATrainer:
     def _progress(self) -> dict:
         """Where training stands: what a checkpoint restores besides weights and optimiser."""
         return {"step": self.step, "epoch": self.epoch, "batches_done": self.batches_done,
-                "best_value": self.best_value, "evals_without_improvement": self.evals_without_improvement}
+                "best_value": self.best_value, "evals_without_improvement": self.evals_without_improvement,
+                "last_eval_step": self.last_eval_step}
 
     def write_weights(self, folder: Path) -> None:
         """The trained weights into the existing ``folder``: the adapter, or the whole model."""
