@@ -233,6 +233,17 @@ DAMAGE = {
                          "its training state does not load"),
     "scheduler emptied": (edit_state(lambda s: s.update(scheduler={})), "scheduler: keys differ"),
     "NaN weights": (nan_weights, "hold NaN or infinite values"),
+    # A progress beyond what any run, or this one, reaches (10^30 batches was accepted).
+    "huge count": (edit_state(lambda s: s["progress"].update(batches_done=10**30)),
+                   r"trainer_state.json: progress.batches_done is 1.0e\+30, more than any run reaches"),
+    "fractional count": (edit_state(lambda s: s["progress"].update(epoch=0.5)),
+                         "progress.epoch: expected a whole number, found 0.5"),
+    "batches beyond the epoch": (edit_state(lambda s: s["progress"].update(batches_done=9)),
+                                 r"progress.batches_done is 9, more than the batches of an epoch .*\(8\)"),
+    "evaluated after its step": (edit_state(lambda s: s["progress"].update(last_eval_step=3)),
+                                 r"progress.last_eval_step is 3, more than the step \(2\)"),
+    # trainer_state.json is written last: a folder without it was skipped without a word.
+    "deleted training state": (lambda f: (f / STATE_FILE).unlink(), "/trainer_state.json: missing"),
 }
 
 

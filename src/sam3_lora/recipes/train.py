@@ -214,10 +214,11 @@ class SAM3LoRATrainer:
         self.prompts = sorted({prompt for name, split in self.splits.items() for prompt in
                                ConceptDataset(split, self.config.data, self.image_size, train=name == "train")
                                .prompt_vocabulary()})
-        per_process = math.ceil(len(self.splits["train"].images) / self.config.training.batch_size
-                                / self.accelerator.num_processes)
+        # Micro-batches each process takes per epoch.
+        self.batches_per_epoch = math.ceil(len(self.splits["train"].images) / self.config.training.batch_size
+                                           / self.accelerator.num_processes)
         # Accelerate steps at the end of an epoch even mid-accumulation: round up.
-        self.steps_per_epoch = math.ceil(per_process / self.config.training.gradient_accumulation_steps)
+        self.steps_per_epoch = math.ceil(self.batches_per_epoch / self.config.training.gradient_accumulation_steps)
         cfg = self.config.training
         self.total_steps = cfg.max_steps or cfg.num_epochs * self.steps_per_epoch
 
@@ -249,7 +250,19 @@ class SAM3LoRATrainer:
         else:
             load_lora_weights(self.peft_model, folder)
         return load_checkpoint(folder, self.optimizer.optimizer, self.scheduler, self.accelerator.scaler,
-                               progress_like=self._progress())
+                               progress_like=self._progress(), progress_check=self._progress_problem)
+
+    def _progress_problem(self, progress: dict) -> str | None:
+        """What in a checkpoint's progress this run cannot have reached, or None: counts of
+        evaluations beyond the step count (one at most per step), a position in the epoch
+        beyond its batches. (Every count is also at most ``checkpoint.MAX_COUNT``.)"""
+        step = progress["step"]
+        limits = {"evals_without_improvement": (step, "the step count"), "last_eval_step": (step, "the step"),
+                  "batches_done": (self.batches_per_epoch, "the batches of an epoch of this training split")}
+        for key, (limit, what) in limits.items():
+            if progress[key] > limit:
+                return f"progress.{key} is {progress[key]}, more than {what} ({limit})"
+        return None
 
     # ---- the loop ----------------------------------------------------------------
 
