@@ -352,16 +352,18 @@ def test_a_resumed_run_logs_each_step_once(shapes, tmp_path):
 
 def test_disk_full_while_logging_is_one_line(shapes, tmp_path, monkeypatch):
     import errno
+    import io
 
     import sam3_lora.recipes.train as recipe
     from sam3_lora.errors import Sam3LoraError
 
     trainer = resumable_run(shapes, tmp_path / "run", "training.max_steps=2")().setup()
 
-    def full(*args, **kwargs):
-        raise OSError(errno.ENOSPC, "No space left on device")
+    class FullDisk(io.StringIO):
+        def write(self, text):
+            raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(recipe, "open", full, raising=False)
+    monkeypatch.setattr(recipe, "open_for_append", lambda path: FullDisk())
     with pytest.raises(Sam3LoraError, match=r"metrics.jsonl: could not be written \(No space left on device\); "
                                             "free some space, then resume from") as error:
         trainer.train()

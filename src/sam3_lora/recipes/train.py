@@ -17,6 +17,12 @@ Run folder (``output.dir``)::
 
 The weights are an adapter (``lora.adapter``), or with ``training.method: full`` a whole model
 folder (``model.folders.write_model``) that ``model.source`` can name.
+
+A run folder holds one run (``training.run_folder``): a new run refuses a folder holding an
+earlier one unless it resumes it (``resume``) or replaces it (``overwrite=True``). Every
+file is written by replacing it (``files.write_file``, ``atomic_folder``) or appended without
+following a link (``files.open_for_append``): a symlink planted in the folder is never
+written through.
 """
 
 from __future__ import annotations
@@ -45,7 +51,7 @@ from sam3_lora.data.collate import build_dataloader
 from sam3_lora.data.dataset import ConceptDataset
 from sam3_lora.errors import ConfigError, Sam3LoraError
 from sam3_lora.evaluation.runner import SplitRunner, score
-from sam3_lora.files import atomic_folder, check_output
+from sam3_lora.files import atomic_folder, check_output, open_for_append, write_file
 from sam3_lora.lora.adapter import load_lora_weights, write_adapter
 from sam3_lora.lora.apply import apply_lora_to_model, count_parameters, format_summary, lora_summary
 from sam3_lora.loss.criterion import build_criterion
@@ -70,6 +76,7 @@ from sam3_lora.training.resources import (
     peak_memory_mb,
     peak_tflops,
 )
+from sam3_lora.training.run_folder import check_run_folder, remove_earlier_run
 from sam3_lora.training.schedule import epoch_end_evaluation_due
 
 
@@ -90,13 +97,19 @@ class SAM3LoRATrainer:
 
     ``peft_model`` is the model being trained: PEFT-wrapped with LoRA, or with
     ``training.method: full`` the bare SAM3 with every weight trainable.
+
+    ``resume``: a run folder or checkpoint to continue (``auto``: ``output.dir``'s newest).
+    ``overwrite``: replace an earlier run in ``output.dir`` (its config, metrics, checkpoints,
+    ``best/``, ``last/`` and tracker logs are deleted once the model has loaded); without it,
+    and without resuming that run, a used ``output.dir`` is refused before anything loads.
     """
 
     def __init__(self, config: Config | str | Path, overrides: list[str] | None = None,
-                 resume: str | Path | None = None, quiet: bool = False):
+                 resume: str | Path | None = None, quiet: bool = False, overwrite: bool = False):
         self.config = config if isinstance(config, Config) else load_config(config, overrides)
         self.run_dir = Path(self.config.output.dir)
         self.resume = resume
+        self.overwrite = overwrite
         self.quiet = quiet
         self.step = self.epoch = self.batches_done = 0
         self.best_value: float | None = None
@@ -112,6 +125,7 @@ class SAM3LoRATrainer:
         # What the user can get wrong is checked before the model loads (minutes at full size).
         check_output(self.run_dir, folder=True, what="output.dir")
         checkpoints = self._find_checkpoints()
+        check_run_folder(self.run_dir, continuing=self._continues_own_run(checkpoints), overwrite=self.overwrite)
         self._load_splits()
         self._setup_accelerator()
         self._setup_model()
@@ -121,13 +135,22 @@ class SAM3LoRATrainer:
         if checkpoints:
             self._restore(checkpoints)
         if self.accelerator.is_main_process:
+            if self.overwrite:
+                removed = remove_earlier_run(self.run_dir)
+                if removed:
+                    self._log_text(f"overwrite: removed the earlier run's {', '.join(removed)} from {self.run_dir}")
             self.run_dir.mkdir(parents=True, exist_ok=True)
-            self.config.save(self.run_dir / "config.yaml")
+            write_file(self.run_dir / "config.yaml", self.config.to_yaml())
             if checkpoints:   # the steps after the checkpoint are replayed: log each once
                 truncate_log(self.run_dir / "metrics.jsonl", self.step)
+        self._start_trackers()
         # What `auto` became on this device: the first record of each (re)start.
         self._log_json({"step": self.step, "precision": self.precision.record()})
         return self
+
+    def _continues_own_run(self, checkpoints: list[Path]) -> bool:
+        """Whether ``checkpoints`` (to resume from) are those of the run in ``output.dir``."""
+        return bool(checkpoints) and checkpoints[0].resolve().is_relative_to(self.run_dir.resolve())
 
     def _find_checkpoints(self) -> list[Path]:
         """The checkpoints ``resume`` names, newest first ([] without ``resume``)."""
@@ -148,21 +171,25 @@ class SAM3LoRATrainer:
         # One process may build several trainers (tests, the demo); Accelerate keeps its
         # settings in a singleton that must be cleared between them.
         AcceleratorState._reset_state()
-        trackers = [t for t in cfg.report_to if _tracker_available(t)]
+        self.trackers = [t for t in cfg.report_to if _tracker_available(t)]
         self.accelerator = Accelerator(
             # cpu=True lets `torchrun`/`accelerate launch` run several CPU processes (gloo).
             cpu=not torch.cuda.is_available(),
             mixed_precision=self.precision.autocast,
             gradient_accumulation_steps=cfg.gradient_accumulation_steps,
-            log_with=trackers or None,
+            log_with=self.trackers or None,
             project_dir=str(self.run_dir),
             # LoRA on a component the batch does not use (the geometry encoder without box
             # prompts) leaves parameters without gradients, which DDP must be told about.
             kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)],
         )
         set_seed(cfg.seed)
-        if trackers:
-            self.accelerator.init_trackers("tensorboard" if trackers == ["tensorboard"] else "sam3-lora",
+
+    def _start_trackers(self) -> None:
+        """The trackers' logs, in ``tensorboard/`` (``sam3-lora/`` with several): started once
+        the run folder is ready (an earlier run's logs removed with ``overwrite``)."""
+        if self.trackers:
+            self.accelerator.init_trackers("tensorboard" if self.trackers == ["tensorboard"] else "sam3-lora",
                                            config=_flat(self.config.model_dump(mode="json")))
 
     def _setup_model(self) -> None:
@@ -552,7 +579,7 @@ class SAM3LoRATrainer:
         path = self.run_dir / "metrics.jsonl"
         try:
             self.run_dir.mkdir(parents=True, exist_ok=True)
-            with open(path, "a") as file:
+            with open_for_append(path) as file:
                 file.write(json.dumps(record) + "\n")
         except OSError as exc:   # a full disk: say so in one line, the checkpoints are intact
             raise TrainingError(f"{path}: could not be written ({exc.strerror or type(exc).__name__}); free some "
@@ -580,7 +607,8 @@ class SAM3LoRATrainer:
             "peak_memory_mb": round(peak_memory_mb(self.accelerator.device), 1),
         }
         if not (self.run_dir / "best").exists() and (self.run_dir / "last").exists():
-            shutil.copytree(self.run_dir / "last", self.run_dir / "best")
+            with atomic_folder(self.run_dir / "best") as staging:
+                shutil.copytree(self.run_dir / "last", staging, dirs_exist_ok=True)
         self.accelerator.end_training()
         self._log_text(
             f"done: {self.step} steps in {seconds:.0f} s, best {self.config.training.best_metric} "

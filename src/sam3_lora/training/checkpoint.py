@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import random
 import re
 import shutil
@@ -33,7 +32,7 @@ import torch
 from safetensors.torch import save_file
 
 from sam3_lora.errors import Sam3LoraError
-from sam3_lora.files import atomic_folder
+from sam3_lora.files import atomic_folder, write_file
 from sam3_lora.model.tensor_files import read_tensors
 
 T = TypeVar("T")
@@ -321,9 +320,7 @@ def truncate_log(path: Path, step: int) -> None:
     kept = [line for line in lines if _before(line, step)]
     if kept == lines:
         return
-    staging = path.with_name(f".{path.name}.tmp")
-    staging.write_text("".join(kept), encoding="utf-8")
-    os.replace(staging, path)
+    write_file(path, "".join(kept))   # replaced, never written through a link
 
 
 def _before(line: str, step: int) -> bool:
