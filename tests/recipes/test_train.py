@@ -120,7 +120,7 @@ def test_bf16_autocasts_and_fp16_is_refused_on_cpu(shapes, tmp_path):
     handle.remove()
     assert dtypes == [torch.bfloat16]
     with pytest.raises(ConfigError, match="fp16 needs a CUDA GPU"):
-        trainer_for(shapes, tmp_path, "training.mixed_precision=fp16")
+        trainer_for(shapes, tmp_path / "fp16", "training.mixed_precision=fp16")
 
 
 def test_bfloat16_base_trains_float32_lora(shapes, tmp_path, capsys):
@@ -141,7 +141,7 @@ def test_bfloat16_base_trains_float32_lora(shapes, tmp_path, capsys):
     for name in ("best", "last"):
         assert {t.dtype for t in load_file(run / name / "adapter_model.safetensors").values()} == {torch.float32}
 
-    trainer = SAM3LoRATrainer(load_config("demo", argv[3:]), quiet=True).setup()
+    trainer = SAM3LoRATrainer(load_config("demo", argv[3:]), quiet=True, overwrite=True).setup()   # a second run
     params = dict(trainer.peft_model.named_parameters())
     assert {p.dtype for n, p in params.items() if "lora_" not in n} == {torch.bfloat16}
     lora = {n: p for n, p in params.items() if "lora_" in n}
