@@ -188,6 +188,8 @@ def test_names_inside_their_folder(tmp_path):
     (tmp_path / "sub" / "inner-link").symlink_to(tmp_path / "model.onnx")
     for name in ("model.onnx", "sub/model.onnx", "sub/inner-link", "a..b", "not-yet-there"):
         assert is_inside(name) and inside_folder(tmp_path, name) == tmp_path / name
+
+
 def test_a_place_where_nothing_can_be_created_is_refused_first():
     """/proc passes every permission check as root (os.access says yes), yet nothing can be
     created in it: training loaded the model and then died in a traceback."""
