@@ -280,6 +280,19 @@ def test_a_resumed_epoch_end_is_evaluated_once(shapes, tmp_path):
     assert [r["step"] for r in metrics(run) if "val_loss" in r] == [4, 8]
 
 
+def test_a_checkpoint_from_before_last_eval_step_still_resumes(shapes, tmp_path):
+    """Checkpoints written before ``progress.last_eval_step`` existed resume as that version
+    did (the epoch end evaluated again), rather than being refused as damaged."""
+    run = tmp_path / "run"
+    trainer_for(shapes, tmp_path, "training.max_steps=4").train()
+    for state_file in run.glob("checkpoints/*/trainer_state.json"):
+        state = json.loads(state_file.read_text())
+        del state["progress"]["last_eval_step"]
+        state_file.write_text(json.dumps(state))
+    SAM3LoRATrainer(make_config(shapes, run, "training.max_steps=8"), resume=run, quiet=True).train()
+    assert [r["step"] for r in metrics(run) if "val_loss" in r] == [4, 4, 8]
+
+
 def test_without_validation_split_last_is_best(shapes, tmp_path, capsys):
     root = tmp_path / "data"
     shutil.copytree(shapes / "train", root / "train")

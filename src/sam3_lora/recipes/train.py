@@ -79,6 +79,11 @@ from sam3_lora.training.resources import (
 from sam3_lora.training.run_folder import check_run_folder, remove_earlier_run
 from sam3_lora.training.schedule import epoch_end_evaluation_due
 
+PROGRESS_ADDED = {"last_eval_step": 0}
+"""Progress keys newer than some checkpoints, with the value that resumes such a checkpoint
+as the sam3-lora that wrote it did (``last_eval_step`` 0: no evaluation recorded, so the
+epoch-end evaluation of the checkpoint's step is run again on resume)."""
+
 
 class TrainingError(Sam3LoraError):
     """Training stopped for a reason the user can act on."""
@@ -280,7 +285,8 @@ class SAM3LoRATrainer:
         else:
             load_lora_weights(self.peft_model, folder)
         return load_checkpoint(folder, self.optimizer.optimizer, self.scheduler, self.accelerator.scaler,
-                               progress_like=self._progress(), progress_check=self._progress_problem)
+                               progress_like=self._progress(), progress_check=self._progress_problem,
+                               progress_added=PROGRESS_ADDED)
 
     def _progress_problem(self, progress: dict) -> str | None:
         """What in a checkpoint's progress this run cannot have reached, or None: counts of

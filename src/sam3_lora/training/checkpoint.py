@@ -113,7 +113,8 @@ def save_checkpoint(folder: Path, write_weights: Callable[[Path], None], optimiz
 
 
 def load_checkpoint(folder: Path, optimizer, scheduler, scaler, progress_like: dict | None = None,
-                    progress_check: Callable[[dict], str | None] | None = None) -> dict:
+                    progress_check: Callable[[dict], str | None] | None = None,
+                    progress_added: dict | None = None) -> dict:
     """Restore optimiser, scheduler, scaler and RNG states; returns the progress dict.
 
     Everything is read and checked first against the structure this process would write
@@ -122,11 +123,15 @@ def load_checkpoint(folder: Path, optimizer, scheduler, scaler, progress_like: d
     whose whole numbers must be whole numbers from 0 to ``MAX_COUNT`` here too;
     ``progress_check(progress)``: what else is wrong with it for the run resuming, or None),
     so that a damaged checkpoint raises ``CheckpointError`` (one line) before any state is
-    touched. The weights are loaded separately (``adapter.load_lora_weights``,
+    touched. ``progress_added``: progress keys newer than some checkpoints, with the value
+    that means what the versions before them did; a checkpoint without such a key gets it,
+    so that runs written by an older sam3-lora still resume. The weights are loaded separately (``adapter.load_lora_weights``,
     ``model.load_model_weights``).
     """
     folder = Path(folder)
     state = _read_state(folder)
+    if isinstance(state.get("progress"), dict):
+        state["progress"] = {**(progress_added or {}), **state["progress"]}
     tensors = read_tensors(folder / OPTIMIZER_FILE, CheckpointError)
     problem = (_state_problem(state, optimizer, scheduler, scaler, progress_like)
                or _optimizer_tensor_problem(tensors, optimizer)
