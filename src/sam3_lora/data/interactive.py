@@ -36,13 +36,13 @@ from torch.utils.data import DataLoader
 
 from sam3_lora.config import DataConfig
 from sam3_lora.data.collate import loader_for
-from sam3_lora.data.dataset import ConceptDataset, sample_generator
+from sam3_lora.data.dataset import AUGMENT_STREAM, ConceptDataset, sample_generator
 from sam3_lora.data.masks import rles_to_input
 from sam3_lora.data.prompts import box_prompt, choose_prompt_kind, click_prompt
 from sam3_lora.data.records import CocoSplit, ObjectRecord
 from sam3_lora.errors import DataError
 
-AUGMENT_STREAM, PROMPT_STREAM = 1, 3   # dataset.py: 0 queries, 1 augmentation; collate.py: 2 order
+PROMPT_STREAM = 3   # dataset.py: 0 queries, 1 augmentation (shared here); collate.py: 2 data order
 
 
 class ObjectDataset(ConceptDataset):
@@ -69,7 +69,7 @@ class ObjectDataset(ConceptDataset):
         image = self._load(record)
         augment = sample_generator(self.seed, self.epoch, index, AUGMENT_STREAM)
         box_xywh = torch.tensor([obj.bbox], dtype=torch.float)
-        pixels, box_xyxy, geometry = self.transform(image, box_xywh, augment)
+        pixels, box_xyxy, geometry = self.transform(image, box_xywh, augment, orig_size=(record.height, record.width))
         mask = rles_to_input([self._rle(record, obj)], geometry, self.image_size)[0]
         return {"pixel_values": pixels, "mask": mask, "image_id": record.id, "annotation_id": obj.id,
                 "category_id": obj.category_id,
