@@ -32,11 +32,14 @@ def records(run_dir) -> list[dict]:
     return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
 
 
-def test_the_tracker_learns_the_shapes(shapes, tmp_path):
-    """20 LoRA steps on the tiny tracker with clicks and boxes: training and held-out loss fall.
+def test_interactive_training_lowers_the_loss(shapes, tmp_path):
+    """20 LoRA steps on the random tiny tracker with clicks and boxes: training and held-out
+    loss fall.
 
     Measured (seed 0): training loss ~18.5 over the first five steps, ~7 over the last five;
-    validation 18.2 -> 5.5. With training.learning_rate=0 neither moves, so this can fail.
+    validation 18.2 -> 5.5. From a random ViT the fall is in the focal, IoU and object-score
+    terms (the masks become empty), not yet the dice: see the next test for masks that
+    improve. With training.learning_rate=0 neither loss moves, so this can fail.
     """
     run = trainer(shapes, tmp_path / "run", "training.max_steps=20", "training.eval_every_steps=20").setup()
     before = run.evaluate()["val_loss"]
@@ -51,6 +54,23 @@ def test_the_tracker_learns_the_shapes(shapes, tmp_path):
     assert {"loss_mask", "loss_dice", "loss_iou", "loss_class"} <= set(logged)
     for name in ("best", "last"):
         assert (tmp_path / "run" / name / "adapter_model.safetensors").is_file()
+
+
+def test_from_the_bundled_base_the_masks_improve(shapes, tmp_path):
+    """The bundled base's pretrained ViT under fresh tracker heads, all trained (method=full),
+    one correction round: 40 steps lower the dice term itself (the masks' overlap).
+
+    Measured (seed 0): mean dice 1.87 over the first ten steps, 1.55 over the last ten; 80
+    steps reach 0.87 and a valid mIoU_1 of 0.19. The data cycle every 8 steps, so the two
+    windows see alike batches: with learning_rate 0 they would match."""
+    run = trainer(shapes, tmp_path / "run", "model.source=sam3-tiny-shapes", "training.method=full",
+                  "training.learning_rate=3e-3", "training.max_steps=40", "training.eval_every_steps=40",
+                  "training.correction_rounds=1", "training.lr_scheduler=constant")
+    run.train()
+    dice = [r["loss_dice"] for r in records(tmp_path / "run") if "loss_dice" in r]
+    assert len(dice) == 40
+    first, last = sum(dice[:10]) / 10, sum(dice[-10:]) / 10
+    assert last < 0.9 * first, (first, last)
 
 
 def test_resumes_to_the_same_weights(shapes, tmp_path):
