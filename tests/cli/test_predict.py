@@ -158,3 +158,24 @@ def test_no_readable_image_is_an_error(fake_model, tmp_path, capsys):
     (tmp_path / "bad.png").write_bytes(b"not an image")
     code, err = predict(capsys, "--image", str(tmp_path / "bad.png"), "--output", str(tmp_path / "out.png"))
     assert code == 2 and err.count("\n") == 1 and "no image could be read" in err and "annotation" not in err
+
+
+def test_points_segment_one_object_with_the_tracker(photos, tmp_path, capsys):
+    out = tmp_path / "out"
+    code = main(["predict", "--config", "demo", "model.source=sam3-tiny", "model.task=interactive", "--no-lora",
+                 "--image", str(photos / "a.png"), "--points", "10,10", "20,5,0", "--output", str(out) + "/"])
+    assert code == 0, capsys.readouterr().err
+    entries = json.loads((out / "a.json").read_text())
+    assert len(entries) == 1 and entries[0]["prompt"] == "object" and entries[0]["segmentation"]["size"] == [24, 32]
+    assert (out / "a.png").is_file()
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--points", "10,x"], "'10,x' is not X,Y or X,Y,LABEL"),
+    (["--points", "10,10,2"], "is not X,Y or X,Y,LABEL"),
+    (["--points", "10,10"], "--points needs SAM3's tracker"),   # the demo config is the concept model
+])
+def test_bad_points_are_refused_before_the_model_loads(no_model, photos, capsys, argv, message):
+    code = main(["predict", "--config", "demo", "model.source=sam3-tiny", "--image", str(photos), *argv])
+    err = capsys.readouterr().err
+    assert code == 2 and message in err and err.count("\n") == 1

@@ -17,7 +17,7 @@ from sam3_lora.serve.image_files import (
     readable_images,
     skipped_line,
 )
-from sam3_lora.serve.prompts import parse_json_boxes
+from sam3_lora.serve.prompts import parse_json_boxes, parse_points
 
 PREDICT_EPILOG = """\
 examples:
@@ -25,6 +25,7 @@ examples:
   sam3-lora predict --config runs/cracks/config.yaml --image photos/ --prompt crack spalling --output out/
   sam3-lora predict --config balanced --no-lora --image shelf.png --bboxes '[[10, 20, 200, 180]]'
   sam3-lora predict --onnx cracks-onnx --image wall.jpg --prompt "concrete crack"   # onnxruntime, no torch
+  sam3-lora predict --config tracker.yaml --image wall.jpg --points 120,80 300,40,0   # model.task: interactive
 
 writes, per image NAME: NAME.png (overlay: a colour per prompt, scores, legend) and NAME.json,
 COCO results (image_id = the image's index, category_id = the prompt's index + 1, with
@@ -59,8 +60,12 @@ def cmd_predict(args: argparse.Namespace) -> int:
     pairs = output_paths(images, args.output)
     boxes = parse_json_boxes(args.bboxes, "--bboxes")
     negative = parse_json_boxes(args.negative_bboxes, "--negative-bboxes")
-    if not args.prompt and boxes is None:
-        raise PredictInputError("no prompt: give --prompt text, --bboxes, or both")
+    points, labels = parse_points(args.points)
+    if not args.prompt and boxes is None and points is None:
+        raise PredictInputError("no prompt: give --prompt text, --bboxes, or both (--points with the tracker)")
+    if args.onnx and points is not None:
+        raise PredictInputError("--points does not apply with --onnx (the export holds the concept model); drop it")
+    tracker = False   # the ONNX export is the concept model
     if args.onnx:
         from sam3_lora.serve.onnx_engine import SAM3OnnxInference
 
@@ -68,14 +73,20 @@ def cmd_predict(args: argparse.Namespace) -> int:
     else:
         from sam3_lora.serve.inference import SAM3LoRAInference
 
-        engine = SAM3LoRAInference(config=config_from_args(args), weights_path=args.weights, no_lora=args.no_lora,
+        config = config_from_args(args)
+        tracker = config.model.task == "interactive"
+        if points is not None and not tracker:   # before the model loads
+            raise PredictInputError("--points needs SAM3's tracker: a config with model.task=interactive")
+        engine = SAM3LoRAInference(config=config, weights_path=args.weights, no_lora=args.no_lora,
                                    detection_threshold=args.threshold, resolution=args.resolution)
     outputs = dict(zip(images, pairs, strict=True))
     skipped = []
     with tqdm(total=len(images), desc="predict", disable=len(images) == 1) as progress:
         for image_id, image, picture in readable_images(images, skipped, strict=args.strict):
             png, js = outputs[image]
-            predictions = engine.predict(picture, args.prompt, boxes, negative)
+            predictions = (_segment(engine, picture, args.prompt, boxes, negative, points, labels)
+                           if tracker
+                           else engine.predict(picture, args.prompt, boxes, negative))
             try:
                 png.parent.mkdir(parents=True, exist_ok=True)
                 engine.visualize(predictions, png, show_boxes=not args.no_boxes, show_masks=not args.no_masks)
@@ -93,6 +104,18 @@ def cmd_predict(args: argparse.Namespace) -> int:
     return 0
 
 
+def _segment(engine, picture, prompts, boxes, negative, points, labels) -> list[dict]:
+    """``model.task: interactive``: one object from --points and / or one --bboxes box, in
+    ``predict``'s form; text and negative boxes do not apply to the tracker."""
+    if prompts or negative is not None or (boxes is not None and len(boxes) > 1):
+        raise PredictInputError("the tracker (model.task=interactive) takes --points and at most one box in "
+                                "--bboxes, not --prompt or --negative-bboxes")
+    from sam3_lora.serve.tracker import as_prediction
+
+    box = boxes[0] if boxes is not None and len(boxes) else None
+    return [as_prediction(engine.segment(picture, points, labels, box))]
+
+
 def add_parser(commands: argparse._SubParsersAction) -> None:
     """Register ``predict``."""
     predict = add_command(commands, "predict", cmd_predict, "segment images with text and box prompts",
@@ -105,6 +128,8 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     predict.add_argument("--prompt", nargs="+", default=[], metavar="TEXT", help="one or more text prompts")
     predict.add_argument("--bboxes", metavar="JSON", help="positive box exemplars '[[x1,y1,x2,y2], ...]' in pixels")
     predict.add_argument("--negative-bboxes", metavar="JSON", help="negative box exemplars, same form")
+    predict.add_argument("--points", nargs="+", metavar="X,Y[,LABEL]", help="clicks on one object, in pixels "
+                         "(LABEL 1 object, the default, or 0 not it); needs model.task=interactive")
     predict.add_argument("--threshold", type=float, default=DEFAULT_SCORE_THRESHOLD,
                          help=f"minimum score (default {DEFAULT_SCORE_THRESHOLD:g})")
     predict.add_argument("--resolution", type=int, metavar="PX", help="model input size (multiple of 14)")

@@ -73,6 +73,25 @@ def parse_json_boxes(text: str | None, what: str):
         raise PromptError(f"{what} {text!r}: not JSON; write boxes as '[[x1, y1, x2, y2], ...]' in pixels") from None
 
 
+def parse_points(values: list[str] | None) -> tuple[np.ndarray | None, np.ndarray | None]:
+    """``["X,Y", "X,Y,LABEL", ...]`` (the command line's ``--points``) -> ((K, 2), (K,)), a
+    missing label meaning 1 (the object); (None, None) for none."""
+    if not values:
+        return None, None
+    points, labels = [], []
+    for value in values:
+        parts = value.split(",")
+        try:
+            numbers = [float(part) for part in parts]
+        except ValueError:
+            numbers = []
+        if len(numbers) not in (2, 3) or (len(numbers) == 3 and numbers[2] not in (0, 1)):
+            raise PromptError(f"--points: {value[:40]!r} is not X,Y or X,Y,LABEL (pixels; LABEL 1 object, 0 not it)")
+        points.append(numbers[:2])
+        labels.append(int(numbers[2]) if len(numbers) == 3 else 1)
+    return np.array(points), np.array(labels)
+
+
 def check_threshold(threshold: float, option: str | None = None) -> float:
     """A score threshold in [0, 1], or a clear error (NaN and 5 are not thresholds);
     ``option`` names the parameter it came from in the message."""

@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from sam3_lora.data.collate import mask_size_for
+from sam3_lora.data.masks import mask_to_box
 from sam3_lora.serve.prompts import PromptError, check_boxes
 
 
@@ -84,3 +85,11 @@ def _mask_input(mask, size: tuple[int, int], side: int) -> torch.Tensor:
                           f"({size[1]}, {size[0]}) mask")
     tensor = torch.from_numpy(array.astype(np.float32))[None, None]
     return F.interpolate(tensor, size=(side, side), mode="bilinear", antialias=True)
+
+
+def as_prediction(answer: dict, name: str = "object") -> dict:
+    """A ``segment`` answer in ``predict``'s form (one detection), for the overlay and the
+    COCO results that ``predict`` writes."""
+    mask = answer["mask"]
+    return {"prompt": name, "num_detections": 1, "boxes": mask_to_box(mask)[None].numpy(),
+            "scores": np.array([answer["score"]]), "masks": mask[None], "presence": answer["object_score"]}
