@@ -28,3 +28,14 @@ def test_validate_scores_the_tracker_with_simulated_clicks(shapes, tmp_path):
     for key in ("NoC_85", "NoC_90"):
         assert 1.0 <= written[key] <= 20.0
     assert set(written["per_category"]) <= set(load_coco_split(shapes / "valid").categories.values())
+
+
+def test_the_command_prints_the_click_metrics(shapes, tmp_path, capsys):
+    from sam3_lora.cli import main
+
+    code = main(["validate", "--config", "minimal", "model.task=interactive", "model.source=sam3-tiny",
+                 f"data.root={shapes}", f"output.dir={tmp_path / 'run'}", "--no-lora"])
+    out = capsys.readouterr().out
+    written = json.loads((tmp_path / "run" / "eval-valid" / "metrics.json").read_text())
+    assert code == 0 and "mIoU_1" in out and "NoC_90" in out
+    assert f"{written['mIoU_1']:.3f}" in out.splitlines()[1] and "box_mIoU" in out

@@ -23,6 +23,12 @@ def cmd_validate(args: argparse.Namespace) -> int:
     summary = validate(config_from_args(args), weights=args.weights, split=args.split,
                        num_samples=args.num_samples, no_lora=args.no_lora, compare_base=args.compare_base,
                        positives_only=args.positives_only, output=args.output)
+    if "mIoU_1" in summary:   # model.task: interactive, scored by simulated clicks
+        from sam3_lora.recipes.validate_interactive import format_interactive
+
+        print(format_interactive(summary))
+        print(f"wrote {summary['output']}/metrics.json")
+        return 0
     print(format_table(summary, summary.get("base")))
     if summary.get("val_loss") is not None:
         print(f"validation loss {summary['val_loss']:.4f}")

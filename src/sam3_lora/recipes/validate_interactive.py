@@ -80,3 +80,14 @@ def validate_interactive(config: Config, data: CocoSplit, out_dir: Path, *, weig
 def _as_numpy(predictor: ObjectPredictor):
     """``evaluation.interactive``'s ``predict(points, labels) -> (H, W) bool array``."""
     return lambda points, labels: predictor(points, labels).numpy()
+
+
+def format_interactive(summary: dict) -> str:
+    """The printed table of ``validate_interactive``'s metrics: overall, then per category."""
+    columns = ("mIoU_1", "mIoU_3", "mIoU_5", "NoC_85", "NoC_90")
+    lines = [f"{'':<20}" + "".join(f"{name:>9}" for name in columns)]
+    rows = [("all objects", summary), *sorted(summary["per_category"].items())]
+    lines += [f"{name[:20]:<20}" + "".join(f"{metrics[c]:>9.3f}" for c in columns) for name, metrics in rows]
+    lines.append(f"box_mIoU {summary['box_mIoU']:.3f} over {summary['objects']} objects "
+                 f"({summary['over_max_90']} never reach IoU 90% in 20 clicks)")
+    return "\n".join(lines)
