@@ -2,6 +2,7 @@ import json
 
 import pytest
 import torch
+from transformers import Sam3TrackerConfig
 
 from sam3_lora.errors import ModelLoadError
 from sam3_lora.model.loading import load_sam3
@@ -25,11 +26,13 @@ def test_tiny_preset_tracker_takes_a_click_and_gives_three_masks():
 
 def test_preset_heads_follow_the_detector_width():
     """The prompt encoder and mask decoder are as wide as the detector's FPN; at SAM3's 256
-    that is SAM3's published tracker (8 heads, MLP 2048)."""
+    that is transformers' default tracker config (8 heads, MLP 2048)."""
     tiny, small, full = (load_tracker_config(s) for s in ("sam3-tiny", "sam3-small", "sam3"))
     assert tiny.mask_decoder_config.hidden_size == 32 and small.mask_decoder_config.hidden_size == 64
     assert (full.mask_decoder_config.num_attention_heads, full.mask_decoder_config.mlp_dim) == (8, 2048)
     assert full.prompt_encoder_config.image_size == 1008
+    default = Sam3TrackerConfig()
+    assert full.mask_decoder_config.to_dict() == default.mask_decoder_config.to_dict()
 
 
 def test_image_size_reaches_the_prompt_encoder():

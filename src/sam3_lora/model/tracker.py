@@ -88,19 +88,18 @@ class LoadedTracker:
 
 def tracker_config(detector: Sam3Config) -> Sam3TrackerConfig:
     """A tracker on ``detector``'s vision config, its prompt encoder and mask decoder as wide
-    as the detector's FPN (256 for SAM3, which gives SAM3's published tracker config): heads
-    of ``HEAD_WIDTH``, an MLP ``MLP_RATIO`` times wider."""
+    as the detector's FPN, with heads of ``HEAD_WIDTH`` and an MLP ``MLP_RATIO`` times wider
+    (SAM3's width 256 gives transformers' default ``Sam3TrackerConfig``: 8 heads, MLP 2048)."""
     vision = detector.vision_config
     width = vision.fpn_hidden_size
     size = vision.backbone_config.image_size
-    config = Sam3TrackerConfig(
+    return Sam3TrackerConfig(
         vision_config=vision.to_dict(),
         prompt_encoder_config={"hidden_size": width, "image_size": size,
                                "patch_size": vision.backbone_config.patch_size},
         mask_decoder_config={"hidden_size": width, "mlp_dim": MLP_RATIO * width,
                              "num_attention_heads": max(1, width // HEAD_WIDTH), "iou_head_hidden_dim": width},
     )
-    return config
 
 
 def set_tracker_image_size(config: Sam3TrackerConfig, image_size: int) -> Sam3TrackerConfig:
