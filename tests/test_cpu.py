@@ -66,3 +66,9 @@ def test_a_command_sets_passive_waiting_and_the_threads_torch_then_runs(tmp_path
                          check=True, env=environ).stdout.split()
     assert out[-3] == "PASSIVE"
     assert 1 <= int(out[-2]) <= cpu.usable_cpus() and int(out[-1]) == int(out[-2])
+
+
+def test_openmp_settings_are_read_for_other_thread_pools():
+    assert cpu.openmp_settings({"OMP_NUM_THREADS": "3", "OMP_WAIT_POLICY": "passive"}) == (3, True)
+    assert cpu.openmp_settings({"OMP_NUM_THREADS": "x"}) == (None, False)
+    assert cpu.openmp_settings({}) == (None, False)

@@ -3,7 +3,7 @@ import os
 import pytest
 
 from sam3_lora.errors import Sam3LoraError
-from sam3_lora.files import atomic_folder, check_output
+from sam3_lora.files import atomic_folder, check_output, inside_folder, is_inside
 
 
 def test_atomic_folders_get_the_users_umask_and_vanish_on_failure(tmp_path):
@@ -78,12 +78,12 @@ def test_staging_left_by_a_killed_process_is_removed_by_the_next_write(tmp_path)
     stale = tmp_path / f".out.partial-{host}-{ended.pid}-abc"
     live = tmp_path / f".out.partial-{host}-{os.getppid()}-abc"        # a running process's
     elsewhere = tmp_path / f".out.partial-otherhost-{ended.pid}-abc"  # another machine's
-    other = tmp_path / f".other.partial-{host}-{ended.pid}-abc"        # another folder's
+    other = tmp_path / f".other.partial-{host}-{ended.pid}-abc"        # another folder's: stale too
     for folder in (stale, live, elsewhere, other):
         folder.mkdir()
     with atomic_folder(tmp_path / "out") as staging:
         assert staging.name.startswith(f".out.partial-{host}-{os.getpid()}-")
-    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["out", live.name, elsewhere.name, other.name])
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["out", live.name, elsewhere.name])
 
 
 SIGTERM_WRITER = r"""
@@ -145,3 +145,46 @@ def test_write_file_gets_the_umask_and_leaves_nothing_on_failure(tmp_path):
         raise ZeroDivisionError("a crash mid-write")
     assert (tmp_path / "a.txt").read_bytes() == b"x"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.txt"]
+
+
+def test_stale_staging_is_removed_whatever_output_it_was_for(tmp_path):
+    """A killed export to OUT leaves .OUT.partial-HOST-PID-*; the next atomic write in the same
+    folder removes it even when it writes another output (the export is never re-run to OUT)."""
+    import socket
+    import subprocess
+    import sys
+
+    ended = subprocess.Popen([sys.executable, "-c", "pass"])
+    ended.wait()
+    host = socket.gethostname()
+    stale = [tmp_path / f".{name}.partial-{host}-{ended.pid}-x1" for name in ("cracks-onnx", "a.partial-b", "x")]
+    mine = tmp_path / ".not-staging"          # the user's own hidden folder
+    for folder in (*stale, mine):
+        folder.mkdir()
+        (folder / "half").write_text("h")
+    (tmp_path / f".file.partial-{host}-{ended.pid}-x1").write_text("a file, not a staging folder")
+    with atomic_folder(tmp_path / "another-output") as staging:
+        (staging / "done").write_text("d")
+    assert not any(folder.exists() for folder in stale)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        ["another-output", mine.name, f".file.partial-{host}-{ended.pid}-x1"])
+
+
+@pytest.mark.parametrize("name", ["/etc/passwd", "../outside/secret", "a/../../outside/secret", "..", "\\\\x\\y",
+                                  "C:\\x", "link", "dir-link/secret", "loop", "", "a\x00b"])
+def test_names_leading_outside_their_folder(name, tmp_path):
+    folder = tmp_path / "folder"
+    (tmp_path / "outside").mkdir()
+    (tmp_path / "outside" / "secret").write_text("s")
+    folder.mkdir()
+    (folder / "link").symlink_to(tmp_path / "outside" / "secret")
+    (folder / "dir-link").symlink_to(tmp_path / "outside", target_is_directory=True)
+    (folder / "loop").symlink_to(folder / "loop")
+    assert inside_folder(folder, name) is None
+
+
+def test_names_inside_their_folder(tmp_path):
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "inner-link").symlink_to(tmp_path / "model.onnx")
+    for name in ("model.onnx", "sub/model.onnx", "sub/inner-link", "a..b", "not-yet-there"):
+        assert is_inside(name) and inside_folder(tmp_path, name) == tmp_path / name

@@ -86,3 +86,13 @@ def share_cpu(environ: dict | None = None) -> int | None:
     if not environ.get("OMP_NUM_THREADS", "").strip():
         environ["OMP_NUM_THREADS"] = str(free_cpus())
     return int(environ["OMP_NUM_THREADS"]) if environ["OMP_NUM_THREADS"].isdigit() else usable_cpus()
+
+
+def openmp_settings(environ: dict | None = None) -> tuple[int | None, bool]:
+    """(thread count or None, whether waiting is passive) as this process's OpenMP variables
+    say: what runtimes with their own thread pools (onnxruntime) follow, so that ``share_cpu``
+    governs them too."""
+    environ = os.environ if environ is None else environ
+    threads = environ.get("OMP_NUM_THREADS", "").strip()
+    return (int(threads) if threads.isdigit() and int(threads) > 0 else None,
+            environ.get("OMP_WAIT_POLICY", "").strip().upper() == "PASSIVE")

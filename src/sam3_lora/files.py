@@ -6,15 +6,41 @@ from __future__ import annotations
 import contextlib
 import glob
 import os
+import re
 import shutil
 import signal
 import socket
 import tempfile
 import threading
 from collections.abc import Iterator
-from pathlib import Path
+from pathlib import Path, PurePosixPath, PureWindowsPath
 
 from sam3_lora.errors import Sam3LoraError
+
+
+def is_inside(name: str) -> bool:
+    """Whether the relative path ``name`` (read from a file) stays inside the folder it is
+    relative to, by its text alone: not absolute (POSIX or Windows), no ``..`` part, no NUL."""
+    if "\x00" in name or name.startswith(("/", "\\")):
+        return False
+    if PurePosixPath(name).is_absolute() or PureWindowsPath(name).drive:
+        return False
+    return ".." not in re.split(r"[\\/]", name)
+
+
+def inside_folder(folder: str | Path, name: str) -> Path | None:
+    """``folder / name`` when ``name``, a path read from a file that belongs to ``folder``,
+    leads to a place inside ``folder``; None when it leads out. The text is judged first
+    (``is_inside``), so an absolute or climbing name costs no file system call; then where it
+    resolves, so a symbolic link inside ``folder`` pointing out of it leads out too. Nothing
+    is opened either way."""
+    if not isinstance(name, str) or not name or not is_inside(name):
+        return None
+    path = Path(folder) / name
+    try:
+        return path if path.resolve().is_relative_to(Path(folder).resolve()) else None
+    except (OSError, RuntimeError):   # a link loop, a name too long: it leads nowhere usable
+        return None
 
 
 @contextlib.contextmanager
@@ -28,12 +54,13 @@ def atomic_folder(folder: str | Path):
     transformers and onnxruntime write some weight files 0600 (through temporary files),
     which would make a model meant to be shared unreadable to others. A process killed
     outright (SIGKILL, power loss) cannot clean up: its staging folder, named after its host
-    and process id, is removed by the next ``atomic_folder`` of the same ``folder``."""
+    and process id, is removed by the next ``atomic_folder`` in the same parent folder,
+    whatever that one writes."""
     folder = Path(folder)
     staging = None
     try:
         folder.parent.mkdir(parents=True, exist_ok=True)
-        remove_stale_staging(folder)
+        remove_stale_staging(folder.parent)
         staging = Path(tempfile.mkdtemp(prefix=_staging_prefix(folder) + f"{os.getpid()}-", dir=folder.parent))
         yield staging
         apply_umask(staging)
@@ -116,21 +143,26 @@ def apply_umask(root: Path) -> None:
         path.chmod((0o777 if executable else 0o666) & ~mask)
 
 
+STAGING_MARK = ".partial-"
+"""What names a staging folder: ``.NAME.partial-HOST-PID-RANDOM`` (``_staging_prefix``)."""
+
+
 def _staging_prefix(folder: Path) -> str:
     """``.NAME.partial-HOST-``: what ``atomic_folder`` names its staging folders (then the
     process id and a random tail), so that a later run can tell whose they were."""
-    return f".{folder.name}.partial-{socket.gethostname()}-"
+    return f".{folder.name}{STAGING_MARK}{socket.gethostname()}-"
 
 
-def remove_stale_staging(folder: Path) -> list[Path]:
-    """Delete the staging folders of ``folder`` left by processes of this host that no
-    longer run (killed before they could clean up); returns what was removed. Folders of
-    live processes, and of other hosts sharing the file system, are left alone."""
-    prefix = _staging_prefix(folder)
+def remove_stale_staging(parent: Path) -> list[Path]:
+    """Delete the staging folders in ``parent``, whatever output they were for, left by
+    processes of this host that no longer run (killed before they could clean up); returns
+    what was removed. Folders of live processes, and of other hosts sharing the file system,
+    are left alone."""
+    host = f"{STAGING_MARK}{socket.gethostname()}-"
     removed = []
-    for path in folder.parent.glob(glob.escape(prefix) + "*"):
-        pid = path.name[len(prefix):].split("-", 1)[0]
-        if path.is_dir() and pid.isdigit() and not _process_runs(int(pid)):
+    for path in Path(parent).glob(".*" + glob.escape(host) + "*"):
+        pid = path.name.rpartition(host)[2].split("-", 1)[0]
+        if path.is_dir() and not path.is_symlink() and pid.isdigit() and not _process_runs(int(pid)):
             shutil.rmtree(path, ignore_errors=True)
             removed.append(path)
     return removed

@@ -5,10 +5,15 @@ import re
 
 import numpy as np
 import pytest
+from matplotlib.patches import Rectangle
 from PIL import Image
 
+from sam3_lora.evaluation import report
 from sam3_lora.evaluation.report import (
+    EXAMPLE_ROW_BYTES,
     MAX_PNG_BYTES,
+    MIN_OUTLINE,
+    MIN_PANEL,
     plot_examples,
     plot_loss_curves,
     plot_per_category_ap,
@@ -20,10 +25,10 @@ from sam3_lora.evaluation.report import (
 CATEGORIES = ["red circle", "blue star", "green square", "yellow triangle"]
 
 
-def assert_png(path, min_side=100, max_side=4000):
+def assert_png(path, min_side=100, max_side=4000, budget=MAX_PNG_BYTES):
     """A readable PNG, of a plausible size in pixels, under the byte budget."""
     assert path.is_file()
-    assert path.stat().st_size <= MAX_PNG_BYTES
+    assert path.stat().st_size <= budget
     with Image.open(path) as image:
         assert image.format == "PNG"
         image.load()
@@ -157,7 +162,7 @@ def test_examples_grid(tmp_path):
     examples[3]["prompt"] = "a very long prompt " * 10
     examples[3]["unit_score"] = None
     width, height = assert_png(plot_examples(examples, tmp_path / "ex.png", max_side=128))
-    assert width <= 2 * 128 + 40 and height > 4 * 128
+    assert width <= 2 * MIN_PANEL + 40 and height > 4 * 128   # panels at least MIN_PANEL wide: titles fit
 
 
 def test_examples_grid_of_photos_stays_under_budget(tmp_path):
@@ -166,7 +171,92 @@ def test_examples_grid_of_photos_stays_under_budget(tmp_path):
     examples = [dict(make_example(i, 480, 640), image=rng.integers(0, 256, (480, 640, 3),
                                                                    dtype=np.uint8))
                 for i in range(9)]
-    assert_png(plot_examples(examples, tmp_path / "ex.png"))
+    assert_png(plot_examples(examples, tmp_path / "ex.png"), budget=9 * EXAMPLE_ROW_BYTES)
+
+
+def textured_photo(seed, height=480, width=640):
+    """(H, W, 3) uint8 like a photo: colour gradients under pixel noise (PNG compresses it badly)."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[:height, :width]
+    smooth = np.stack([xx * 180 // width + 40, yy * 160 // height + 50, (xx + yy) * 100 // (height + width) + 80], -1)
+    return np.clip(smooth + rng.normal(0, 18, (height, width, 3)), 0, 255).astype(np.uint8)
+
+
+def small_objects(seed, n, side=10, height=480, width=640):
+    """(n, H, W) masks of ``side``-px squares spread over the image, and their xyxy boxes."""
+    rng = np.random.default_rng(seed)
+    corners = [(rng.integers(20, width - 40), rng.integers(20, height - 40)) for _ in range(n)]
+    masks = np.zeros((n, height, width), bool)
+    for mask, (x, y) in zip(masks, corners):
+        mask[y:y + side, x:x + side] = True
+    return masks, np.array([[x, y, x + side, y + side] for x, y in corners], float)
+
+
+def drawn_figure(monkeypatch, examples, tmp_path):
+    """The examples figure plot_examples draws, and the PNG it writes."""
+    drawn = {}
+    save = report._save
+
+    def keep(fig, out_png, **kwargs):
+        drawn["figure"] = fig
+        return save(fig, out_png, **kwargs)
+
+    monkeypatch.setattr(report, "_save", keep)
+    return drawn["figure"] if plot_examples(examples, tmp_path / "ex.png") else None, tmp_path / "ex.png"
+
+
+def ground_truth_panels(fig):
+    return [ax for ax in fig.axes if ax.get_title().startswith("ground truth")]
+
+
+def outlines_inside(ax) -> list[Rectangle]:
+    """The rectangles drawn on ``ax`` that lie inside its view, at least MIN_OUTLINE px a side."""
+    (x0, x1), (y1, y0) = ax.get_xlim(), ax.get_ylim()
+    return [r for r in ax.patches if isinstance(r, Rectangle) and min(r.get_width(), r.get_height()) >= MIN_OUTLINE
+            and x0 <= r.get_x() and r.get_x() + r.get_width() <= x1
+            and y0 <= r.get_y() and r.get_y() + r.get_height() <= y1]
+
+
+def test_examples_show_every_small_object_of_real_size_photos(tmp_path, monkeypatch):
+    """Nine 640x480 photos with 10 px objects: each panel is shown at a readable size (the
+    PNG was shrunk to 216 px wide, where the objects vanished) and every object is outlined."""
+    examples = []
+    for seed in range(9):
+        gt, boxes = small_objects(seed, n=4)
+        examples.append({"image": textured_photo(seed), "prompt": "screw", "tag": "best", "unit_score": 0.5,
+                         "gt_masks": gt, "pred_masks": gt[:1], "pred_scores": np.array([0.9]),
+                         "pred_boxes": boxes[:1]})
+    fig, png = drawn_figure(monkeypatch, examples, tmp_path)
+    panels = ground_truth_panels(fig)
+    assert [ax.get_title().split(" (")[0] for ax in panels] == ["ground truth: 4"] * 9   # maybe "(cropped)"
+    assert all(len(outlines_inside(ax)) == 4 for ax in panels)
+    panel_px = [ax.get_position().width * fig.get_figwidth() * report.DPI for ax in panels]
+    assert min(panel_px) >= 300, panel_px
+    width, _ = assert_png(png, budget=9 * EXAMPLE_ROW_BYTES, max_side=10_000)
+    assert width == round(fig.get_figwidth() * report.DPI)   # written as drawn, not shrunk
+
+
+def test_examples_draw_box_only_ground_truth_and_zoom_on_small_objects(tmp_path, monkeypatch):
+    """Box-only data used to show "ground truth: 0" and no box; objects close together are
+    shown enlarged."""
+    _, boxes = small_objects(0, n=3)
+    near = np.array([[300, 200, 306, 206], [320, 210, 326, 216]], float)   # two 6 px objects
+    examples = [{"image": textured_photo(0), "prompt": "screw", "tag": "best", "unit_score": 0.5,
+                 "gt_boxes": gt_boxes, "pred_masks": np.zeros((0, 480, 640), bool), "pred_scores": np.zeros(0),
+                 "pred_boxes": np.zeros((0, 4))} for gt_boxes in (boxes, near)]
+    fig, _ = drawn_figure(monkeypatch, examples, tmp_path)
+    spread, close = ground_truth_panels(fig)
+    assert spread.get_title().startswith("ground truth: 3") and len(outlines_inside(spread)) == 3
+    assert close.get_title().startswith("ground truth: 2 (zoomed 4.0x)") and len(outlines_inside(close)) == 2
+    assert min(r.get_width() for r in close.patches) >= 4 * 6 - 1   # 6 px, enlarged 4 times
+
+
+def test_examples_titles_keep_the_whole_prompt(tmp_path, monkeypatch):
+    prompt = "the small brass hinge on the left-hand cupboard door, partly hidden by the handle"
+    example = dict(make_example(1, 120, 90), prompt=prompt)   # a narrow image: the title wraps
+    fig, _ = drawn_figure(monkeypatch, [example], tmp_path)
+    title = " ".join(" ".join(text.get_text() for text in fig.texts).split())
+    assert f'"{prompt}"' in title
 
 
 # ---- report.md ---------------------------------------------------------------------------

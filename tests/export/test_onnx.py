@@ -447,7 +447,7 @@ def test_engine_errors_are_one_line(exported, tmp_path):
     with pytest.raises(OnnxEngineError, match="format 'sam3-lora-onnx/2', this sam3-lora reads sam3-lora-onnx/1"):
         SAM3OnnxInference(newer)
     (newer / "sam3_onnx.json").write_text(json.dumps({**metadata, "graphs": {}}))
-    with pytest.raises(OnnxEngineError, match="sam3_onnx.json: incomplete .KeyError: 'vision_encoder'.; export again"):
+    with pytest.raises(OnnxEngineError, match="sam3_onnx.json: graphs.vision_encoder: Field required; and 2 more"):
         SAM3OnnxInference(newer)
     partial = copy_export(exported, tmp_path / "partial")
     (partial / "text_encoder.onnx").unlink()
@@ -478,3 +478,160 @@ def test_too_old_onnxruntime_is_one_line(exported, monkeypatch):
         error.value)
     assert "Unsupported model IR version: 10, max supported IR version: 9; pip install -U 'onnxruntime>=1." in str(
         error.value)
+
+
+# ---- a damaged or hostile export folder (tests/serve/test_onnx_engine.py: its metadata alone) -------
+
+def edit_metadata(folder: Path, change) -> Path:
+    """Apply ``change(metadata)`` to ``folder``'s sam3_onnx.json."""
+    metadata = json.loads((folder / "sam3_onnx.json").read_text())
+    change(metadata)
+    (folder / "sam3_onnx.json").write_text(json.dumps(metadata))
+    return folder
+
+
+def swap_graphs(folder: Path) -> None:
+    (folder / "vision_encoder.onnx").rename(folder / "swap")
+    (folder / "text_encoder.onnx").rename(folder / "vision_encoder.onnx")
+    (folder / "swap").rename(folder / "text_encoder.onnx")
+
+
+def restate_image_size(metadata: dict) -> None:
+    """image.size 56, and the vision encoder's input said to be 56 px too: only the graph knows."""
+    metadata["image"]["size"] = 56
+    metadata["graphs"]["vision_encoder"]["inputs"]["pixel_values"][2:] = [56, 56]
+
+
+def restate_max_length(metadata: dict) -> None:
+    metadata["text"]["max_length"] = 5
+    metadata["graphs"]["text_encoder"]["inputs"]["input_ids"][1] = 5
+
+
+def foreign_tokenizer(folder: Path, ids: dict) -> None:
+    from tokenizers import Tokenizer, models, pre_tokenizers
+
+    tokenizer = Tokenizer(models.WordLevel(ids, unk_token="[UNK]"))
+    tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()
+    tokenizer.save(str(folder / "tokenizer.json"))
+
+
+GRAPH_DAMAGE = {
+    "graphs swapped": (swap_graphs, ("vision_encoder.onnx: has inputs ['input_ids', 'attention_mask'], the "
+                                     "vision_encoder has ['pixel_values']; the graphs are swapped or damaged")),
+    "image size restated": (lambda f: edit_metadata(f, restate_image_size),
+                            ("vision_encoder.onnx: pixel_values has shape ['batch', 3, 112, 112], sam3_onnx.json "
+                             "states ['batch', 3, 56, 56]")),
+    "max_length restated": (lambda f: edit_metadata(f, restate_max_length),
+                            ("text_encoder.onnx: input_ids has shape ['prompts', 32], sam3_onnx.json states "
+                             "['prompts', 5]")),
+    "tokenizer missing": (lambda f: (f / "tokenizer.json").unlink(), "tokenizer.json: missing"),
+    "tokenizer garbage": (lambda f: (f / "tokenizer.json").write_text("{garbage"), "not a readable tokenizer"),
+    "another model's tokenizer": (lambda f: foreign_tokenizer(f, {"[PAD]": 0, "[UNK]": 1, "red": 2}),
+                                  ("its padding token '<pad>' has id None, sam3_onnx.json says 0: it is another "
+                                   "model's tokenizer")),
+    "a tokenizer with more ids": (lambda f: foreign_tokenizer(f, {"<pad>": 0, "[UNK]": 1, "red": 999_999}),
+                                  "has token ids up to 999999, the text encoder knows 260: it is another model's"),
+}
+
+
+@pytest.mark.parametrize("case", GRAPH_DAMAGE)
+def test_graphs_and_tokenizer_are_checked_against_the_metadata(case, exported, tmp_path):
+    damage, expected = GRAPH_DAMAGE[case]
+    folder = copy_export(exported, tmp_path / "export")
+    damage(folder)
+    with pytest.raises(OnnxEngineError) as error:
+        SAM3OnnxInference(folder, threads=1)
+    assert expected in str(error.value) and "\n" not in str(error.value), str(error.value)
+
+
+def test_a_graph_that_fails_to_run_is_one_line(exported, tmp_path):
+    """What the checks cannot see (here: a tokenizer with ids past the embedding, in an
+    export older than text.vocab_size) still fails in one line, not onnxruntime's traceback."""
+    folder = edit_metadata(copy_export(exported, tmp_path / "export"), lambda m: m["text"].pop("vocab_size"))
+    foreign_tokenizer(folder, {"<pad>": 0, "[UNK]": 1, "red": 999_999})
+    engine = SAM3OnnxInference(folder, threads=1)
+    with pytest.raises(OnnxEngineError, match=r"text_encoder: onnxruntime failed to run it \(.*Gather.*\); the "
+                                              r"export is damaged or mismatched: export again"):
+        engine.predict(Image.new("RGB", (40, 30)), "red")
+
+
+@pytest.mark.parametrize("case", ["graphs swapped", "outside", "deep JSON"])
+def test_predict_onnx_on_a_damaged_folder_is_one_line(case, exported, images, tmp_path, capsys):
+    folder = copy_export(exported, tmp_path / "export")
+    if case == "graphs swapped":
+        swap_graphs(folder)
+    elif case == "outside":
+        edit_metadata(folder, lambda m: m["text"].update(file="/etc/passwd"))
+    else:
+        (folder / "sam3_onnx.json").write_text("[" * 50_000 + "]" * 50_000)
+    code, err = run_cli(capsys, "predict", "--onnx", str(folder), "--image", str(images[0]), "--prompt", "x",
+                        "--output", str(tmp_path / "p.png"))
+    assert code == 2 and err.startswith("error: ") and err.count("\n") == 1, err
+    assert not (tmp_path / "p.png").exists()
+
+
+def outside_graph(exported: Path, tmp_path: Path, how: str) -> tuple[Path, str]:
+    """A real graph outside the export (so that quantizing it would work, and delete it), and
+    the name that leads to it: absolute, climbing, or through a link in the folder."""
+    outside = tmp_path / "outside" / "vision_encoder.onnx"
+    outside.parent.mkdir()
+    outside.write_bytes((exported / "vision_encoder.onnx").read_bytes())
+    folder = copy_export(exported, tmp_path / "export")
+    (folder / "vision_encoder.onnx").unlink()
+    if how == "link":
+        (folder / "linked.onnx").symlink_to(outside)
+    name = {"absolute": str(outside), "climbing": "../outside/vision_encoder.onnx", "link": "linked.onnx"}[how]
+    edit_metadata(folder, lambda m: m["graphs"]["vision_encoder"].update(file=name))
+    return outside, name
+
+
+@pytest.mark.parametrize("how", ["absolute", "climbing", "link"])
+def test_quantizing_never_touches_a_graph_outside_the_folder(how, exported, tmp_path, capsys):
+    """Quantizing replaces each source graph, deleting it: named outside, it was deleted."""
+    outside, name = outside_graph(exported, tmp_path, how)
+    before = outside.read_bytes()
+    code, err = run_cli(capsys, "export", "--weights", str(tmp_path / "export"), "--onnx", str(tmp_path / "int8"),
+                        "--quantize", "int8")
+    assert code == 2 and err.count("\n") == 1
+    assert f"graphs.vision_encoder.file {name!r} leads outside" in err and "refused, nothing opened" in err
+    assert outside.read_bytes() == before and not (tmp_path / "int8").exists()
+
+
+QUANTIZE_DAMAGE = {
+    "garbage": (b"{not json", "not valid JSON"),
+    "a list": (b"[1, 2]", "is a JSON list, not an object"),
+    "no graphs": (None, "graphs: Field required"),
+    "not UTF-8": ('{"format": "sam3-lora-onnx/1"}'.encode("utf-16"), "not UTF-8 text"),
+}
+
+
+@pytest.mark.parametrize("case", QUANTIZE_DAMAGE)
+def test_quantizing_a_damaged_folder_is_one_line(case, exported, tmp_path, capsys):
+    data, expected = QUANTIZE_DAMAGE[case]
+    folder = copy_export(exported, tmp_path / "export")
+    if data is None:
+        edit_metadata(folder, lambda m: m.pop("graphs"))
+    else:
+        (folder / "sam3_onnx.json").write_bytes(data)
+    code, err = run_cli(capsys, "export", "--weights", str(folder), "--onnx", str(tmp_path / "int8"),
+                        "--quantize", "int8")
+    assert code == 2 and err.count("\n") == 1 and expected in err and "sam3_onnx.json" in err, err
+    assert not (tmp_path / "int8").exists()
+
+
+def test_quantizing_refuses_a_file_linked_from_outside(exported, tmp_path, capsys):
+    """A file the metadata does not name, linked from outside, would be copied into the new export."""
+    (tmp_path / "secret").write_text("not yours")
+    folder = copy_export(exported, tmp_path / "export")
+    (folder / "notes.txt").symlink_to(tmp_path / "secret")
+    code, err = run_cli(capsys, "export", "--weights", str(folder), "--onnx", str(tmp_path / "int8"),
+                        "--quantize", "int8")
+    assert code == 2 and "notes.txt: a link to a file outside" in err and err.count("\n") == 1
+    assert not (tmp_path / "int8").exists()
+
+
+def test_an_empty_onnx_path_is_one_line(adapter, capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    code, err = run_cli(capsys, "export", "--weights", str(adapter), "--onnx", "")
+    assert code == 2 and err == "error: the output folder's path is empty; give the new folder to write the export to\n"
+    assert list(tmp_path.iterdir()) == []

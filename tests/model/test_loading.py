@@ -98,6 +98,30 @@ def test_bad_local_sources(tmp_path, setup, message):
         load_sam3(str(path))
 
 
+def test_a_missing_folder_without_a_slash_is_no_hub_id(tmp_path, monkeypatch):
+    """The README's air-gapped example, model.source=sam3-weights, with the folder not copied:
+    a hub id has the form owner/name, so this is a missing folder, not an unreachable hub."""
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ModelLoadError, match=r"'sam3-weights': no such folder .*sam3-weights\)") as error:
+        load_sam3("sam3-weights")
+    assert "hub" not in str(error.value).split(";")[0]
+
+
+def test_a_folder_of_pickle_weights_is_refused_unread(tmp_path, tiny, monkeypatch):
+    """A folder holding only pytorch_model.bin: refused with the reason, and never unpickled."""
+    tiny.model.config.save_pretrained(tmp_path)
+    tiny.tokenizer.save_pretrained(tmp_path)
+    torch.save(tiny.model.state_dict(), tmp_path / "pytorch_model.bin")
+
+    def unpickle(*args, **kwargs):
+        raise AssertionError("a pickle file was read")
+
+    monkeypatch.setattr(torch, "load", unpickle)
+    with pytest.raises(ModelLoadError, match=r"holds pytorch_model.bin, a pickle file, which is not read "
+                                             r"\(it can run code\); convert it to safetensors"):
+        load_sam3(str(tmp_path))
+
+
 def test_folder_without_tokenizer_says_what_is_missing(tmp_path, tiny):
     tiny.model.save_pretrained(tmp_path)
     with pytest.raises(ModelLoadError, match="tokenizer has 2 tokens"):
@@ -121,42 +145,110 @@ class FakeHub(BaseHTTPRequestHandler):
 
 
 HUB_SCRIPT = """
-import json, sys
+import json, sys, time, warnings
 from sam3_lora.model.loading import load_sam3
 from sam3_lora.errors import ModelLoadError
-messages = []
+warnings.simplefilter("ignore")
+answers = []
 for source in sys.argv[1:]:
+    start = time.perf_counter()
     try:
         load_sam3(source)
+        message = None
     except ModelLoadError as exc:
-        messages.append(str(exc))
-print(json.dumps(messages))
+        message = str(exc)
+    answers.append([message, time.perf_counter() - start])
+print(json.dumps(answers))
 """
+
+
+def run_hub_script(tmp_path, sources: list[str], **env) -> list:
+    """[message or None, seconds] of ``load_sam3`` on each source, in a fresh process whose
+    hub cache is ``tmp_path``'s and whose environment adds ``env``."""
+    env = {**os.environ, "HF_HOME": str(tmp_path / "hf-home"), **env}
+    result = subprocess.run([sys.executable, "-c", HUB_SCRIPT, *sources],
+                            check=False, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout.strip().splitlines()[-1])
 
 
 def test_hub_errors_are_one_clear_line(tmp_path):
     server = ThreadingHTTPServer(("127.0.0.1", 0), FakeHub)
     threading.Thread(target=server.serve_forever, daemon=True).start()
-    env = {**os.environ, "HF_ENDPOINT": f"http://127.0.0.1:{server.server_port}",
-           "HF_HOME": str(tmp_path), "HF_TOKEN": "hf_fake"}
     try:
-        result = subprocess.run([sys.executable, "-c", HUB_SCRIPT, "facebook/sam3", "nobody/nothing"],
-                                check=False, env=env, capture_output=True, text=True, timeout=120)
+        (gated, _), (missing, _) = run_hub_script(
+            tmp_path, ["facebook/sam3", "nobody/nothing"],
+            HF_ENDPOINT=f"http://127.0.0.1:{server.server_port}", HF_TOKEN="hf_fake")
     finally:
         server.shutdown()
-    gated, missing = json.loads(result.stdout.strip().splitlines()[-1])
     assert "access denied" in gated and "request access" in gated and "\n" not in gated
     assert "no such model on the hub" in missing and "local folder" in missing
+    assert "no folder" in missing   # owner/name could have been a folder too: both readings named
+
+
+def cache_as_hub_repo(loaded, hf_home, repo_id: str) -> None:
+    """Lay ``loaded`` out in the hub cache under ``hf_home`` as the hub's download of ``repo_id`` would."""
+    commit = "0" * 40
+    repo = hf_home / "hub" / f"models--{repo_id.replace('/', '--')}"
+    loaded.save_pretrained(repo / "snapshots" / commit)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(commit)
+
+
+MAX_FAIL_S = 10   # one failed lookup takes well under a second; the old five retries took 30-45 s
+
+
+def test_unreachable_hub_fails_fast_in_one_line_and_honours_the_cache(tmp_path, tiny):
+    """A hub that cannot be reached (here: a name that never resolves, as on a machine without
+    DNS) is asked once: one line within seconds, no retry storm; a repo in the hub cache loads."""
+    cache_as_hub_repo(tiny, tmp_path / "hf-home", "someone/tiny")
+    (absent, absent_s), (cached, _) = run_hub_script(
+        tmp_path, ["facebook/sam3", "someone/tiny"], HF_ENDPOINT="https://hub.invalid", HF_HUB_OFFLINE="")
+    assert absent_s < MAX_FAIL_S, absent_s
+    assert "the hub is unreachable" in absent and "does not hold it" in absent and "--local-dir" in absent
+    assert "\n" not in absent
+    assert cached is None
+
+
+def test_offline_mode_reads_the_cache_alone(tmp_path, tiny):
+    cache_as_hub_repo(tiny, tmp_path / "hf-home", "someone/tiny")
+    (absent, absent_s), (cached, _) = run_hub_script(tmp_path, ["facebook/sam3", "someone/tiny"], HF_HUB_OFFLINE="1")
+    assert "offline mode is on (HF_HUB_OFFLINE)" in absent and "does not hold it" in absent, absent
+    assert absent_s < MAX_FAIL_S and cached is None
 
 
 def test_unreachable_hub_cli_prints_one_line_without_traceback(tmp_path):
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path)}
-    result = subprocess.run([sys.executable, "-m", "sam3_lora.cli", "info", "--config", "minimal"],
+    result = subprocess.run([sys.executable, "-m", "sam3_lora.cli", "info", "--config", "minimal",
+                             "model.source=nobody/nothing"],
                             check=False, env=env, capture_output=True, text=True, timeout=120)
     assert result.returncode == 2
     assert "Traceback" not in result.stderr
     lines = [line for line in result.stderr.splitlines() if line.startswith("error:")]
-    assert len(lines) == 1 and "hub is unreachable" in lines[0] and "--local-dir" in lines[0]
+    assert len(lines) == 1 and "offline mode is on" in lines[0] and "--local-dir" in lines[0]
+
+
+INFO_SCRIPT = """
+import socket, sys
+def refuse(*a, **k): raise OSError("network used")
+socket.socket.connect = refuse
+from sam3_lora.cli import main
+sys.exit(max(main(["info", "--config", name]) for name in sys.argv[1:]))
+"""
+
+
+def test_info_needs_no_network_for_any_preset():
+    """`sam3-lora info --config NAME` works without weights or network for every shipped
+    preset, facebook/sam3's included (its architecture is known)."""
+    from sam3_lora.config import PRESET_DIR
+
+    presets = sorted(path.stem for path in PRESET_DIR.glob("*.yaml"))
+    env = {**os.environ, "HF_HUB_OFFLINE": ""}
+    result = subprocess.run([sys.executable, "-c", INFO_SCRIPT, *presets],
+                            check=False, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.count("model:   facebook/sam3 (1008 px)") == 3, result.stdout
+    assert result.stdout.count("trainable)") == len(presets) == 5
 
 
 # ---- the bundled pretrained base ----------------------------------------------------------

@@ -210,6 +210,27 @@ def test_box_only_split_is_scored_on_boxes_and_says_why(trained, tmp_path, capsy
     assert "box metrics: no object of this split has a mask" in capsys.readouterr().out
 
 
+def test_report_examples_of_box_only_data_carry_each_object_box(trained, tmp_path, monkeypatch):
+    """The report's example grid drew no ground truth for box-only objects ("ground truth: 0")."""
+    import sam3_lora.recipes.validate as recipe
+
+    config, _ = trained
+    root = tmp_path / "data"
+    shutil.copytree(config.data.root, root)
+    coco_file = root / "valid" / "_annotations.coco.json"
+    coco = json.loads(coco_file.read_text())
+    for annotation in coco["annotations"]:
+        del annotation["segmentation"]
+    coco_file.write_text(json.dumps(coco))
+    drawn, write_report = {}, recipe.write_report
+    monkeypatch.setattr(recipe, "write_report", lambda out, **kwargs: drawn.update(kwargs) or write_report(out, **kwargs))
+    validate(config.model_copy(update={"data": config.data.model_copy(update={"root": str(root)})}),
+             output=tmp_path / "boxes")
+    assert drawn["examples"]
+    for example in drawn["examples"]:
+        assert len(example["gt_boxes"]) == len(example["gt_masks"]) > 0 and not example["gt_masks"].any()
+
+
 def test_unwritable_output_is_refused_before_the_model_loads(trained, tmp_path, monkeypatch):
     import sam3_lora.recipes.validate as recipe
     from sam3_lora.errors import Sam3LoraError

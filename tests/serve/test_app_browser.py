@@ -1,9 +1,11 @@
 """The app end to end: a real page on localhost, driven by headless Chromium (Playwright).
 
-The test installs what it needs: Debian's chromium (``apt-get``) and the ``playwright``
-package (``pip``); Playwright's own browser download is never used. Only when an install
-fails is the module skipped, with the reason. Chromium reaches nothing but the app.
-``SAM3_LORA_SCREENSHOT=1`` writes the page, mid-use, to ``docs/app.png``.
+It runs where Debian's chromium (at CHROMIUM) and the ``playwright`` package are present;
+elsewhere it is skipped, saying so, unless ``SAM3_LORA_BROWSER_TESTS=1`` lets it install them
+(``apt-get install chromium`` as root, ``pip install playwright``; ``.ci/run`` opts in): a plain
+``pytest`` never installs system packages. Playwright's own browser download is never used.
+When an install fails the module is skipped, with the reason. Chromium reaches nothing but
+the app. ``SAM3_LORA_SCREENSHOT=1`` writes the page, mid-use, to ``docs/app.png``.
 """
 
 import importlib
@@ -20,6 +22,7 @@ from PIL import Image
 from tests.serve.test_app import make_run
 
 CHROMIUM = "/usr/bin/chromium"
+INSTALL_OPT_IN = "SAM3_LORA_BROWSER_TESTS"   # =1: the test may install chromium and playwright
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync",
                  # Names resolve to nothing, so no request can leave the machine.
@@ -45,9 +48,17 @@ def install(what: str, command: list[str]) -> str | None:
     return f"cannot install {what}: {lines[-1] if lines else f'exit status {done.returncode}'}"
 
 
+def may_install() -> bool:
+    return os.environ.get(INSTALL_OPT_IN) == "1"
+
+
 def browser_tools():
-    """Playwright's sync API with Debian's chromium at CHROMIUM, installing both if missing."""
+    """Playwright's sync API with Debian's chromium at CHROMIUM, installing either if missing
+    and INSTALL_OPT_IN allows it; otherwise the test is skipped, saying how to run it."""
     if not Path(CHROMIUM).exists():
+        if not may_install():
+            pytest.skip(f"no browser: {CHROMIUM} is missing; install chromium, or set {INSTALL_OPT_IN}=1 "
+                        f"to let the test install it (apt-get, as root)")
         if shutil.which("apt-get") is None:
             pytest.skip(f"{CHROMIUM} is missing and apt-get is not available to install chromium")
         problem = install("chromium", ["apt-get", "install", "-y", "-q", "chromium"])
@@ -59,12 +70,22 @@ def browser_tools():
     try:
         return importlib.import_module("playwright.sync_api")
     except ImportError:
+        if not may_install():
+            pytest.skip(f"playwright is not installed (pip install -e '.[test]'), or set {INSTALL_OPT_IN}=1")
         pip = [sys.executable, "-m", "pip", "install", "-q", "playwright"]
         problem = install("playwright", pip)
         if problem:
             pytest.skip(problem)
         importlib.invalidate_caches()
         return importlib.import_module("playwright.sync_api")
+
+
+def test_without_a_browser_nothing_is_installed_unless_opted_in(monkeypatch, tmp_path):
+    monkeypatch.setattr(sys.modules[__name__], "CHROMIUM", str(tmp_path / "no-chromium"))
+    monkeypatch.delenv(INSTALL_OPT_IN, raising=False)
+    monkeypatch.setattr(subprocess, "run", lambda *a, **k: pytest.fail(f"ran {a[0]} without the opt-in"))
+    with pytest.raises(pytest.skip.Exception, match=f"no browser: .*no-chromium is missing.*{INSTALL_OPT_IN}=1"):
+        browser_tools()
 
 
 def free_port() -> int:
@@ -92,8 +113,8 @@ def url(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def browser(url):
-    api = browser_tools()
+def browser():
+    api = browser_tools()   # before the app starts: no browser, no app to wait for
     with api.sync_playwright() as playwright:
         chromium = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         yield chromium

@@ -26,11 +26,11 @@ def cmd_export(args: argparse.Namespace) -> int:
     from sam3_lora.export.merged import ExportError, export_adapter, export_merged
 
     onnx_only = [flag for flag, value in (("--quantize", args.quantize), ("--opset", args.opset)) if value is not None]
-    if onnx_only and not args.onnx:
+    if onnx_only and args.onnx is None:
         raise ExportError(f"{onnx_only[0]} applies to --onnx exports only; add --onnx OUT or drop {onnx_only[0]}")
     if args.dtype != "float32" and not args.merged:
         raise ExportError("--dtype applies to --merged exports only; add --merged OUT or drop --dtype")
-    if args.onnx:
+    if args.onnx is not None:   # '' too: export_onnx refuses an empty path in one line
         from sam3_lora.export.onnx import DEFAULT_OPSET, export_onnx
 
         out = export_onnx(args.weights, args.onnx, config_from_args(args) if args.config else None,

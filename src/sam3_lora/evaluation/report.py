@@ -6,8 +6,8 @@ curves from a run's ``metrics.jsonl``, COCO precision-recall curves, per-categor
 a grid of best / worst / random examples. Every optional piece may be missing.
 
 Figures are drawn on ``matplotlib.figure.Figure`` (Agg, no pyplot global state) and kept
-small enough to open quickly: a PNG over ``MAX_PNG_BYTES`` is palette-quantised, then
-downscaled, until it fits.
+small enough to open quickly: a PNG over ``MAX_PNG_BYTES`` (the examples grid:
+``EXAMPLE_ROW_BYTES`` per row) is palette-quantised, then downscaled, until it fits.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from __future__ import annotations
 import io
 import json
 import math
+import textwrap
 import warnings
 from collections.abc import Callable, Sequence
 from numbers import Integral, Real
@@ -32,8 +33,15 @@ CATEGORY_KEYS = ("AP", "AP50", "AP75", "cgF1")
 EXAMPLES_NOTE = ("Ground truth left, predictions with scores right; colours are per instance, "
                  "not matched across panels.")
 # Example rows are laid out in pixels (DPI of them = 1 inch): a gap, and the height of the
-# row title plus the panel titles above the two image panels.
-ROW_PAD, ROW_HEADER = 10, 42
+# row title plus the panel titles above the two image panels; each further title line adds one.
+ROW_PAD, ROW_HEADER, LINE_HEIGHT = 10, 42, 14
+MIN_PANEL = 200            # px: the panel titles fit even beside a narrow image
+# examples.png's byte budget per row: a fixed total shrank a grid of 9 photos to 216 px wide, where
+# small objects vanished; photos need ~0.5 byte per pixel even at 256 colours.
+EXAMPLE_ROW_BYTES = 150_000
+VIEW_MARGIN, VIEW_MIN = 0.25, 96   # the crop around the objects: margin (of their extent), least side (px)
+MAX_ZOOM = 4.0             # a crop is enlarged at most this much (beyond, pixels are all one sees)
+MIN_OUTLINE = 8            # px: the least side of a drawn box, so the smallest object stays visible
 COCO_IOUS = tuple(np.linspace(0.5, 0.95, 10).round(2))
 # Vivid, mutually distinct colours (tab10 without its grey/olive): instances stay apart.
 PALETTE = np.array([(31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189),
@@ -251,12 +259,17 @@ def plot_per_category_ap(per_category: dict[str, dict], out_png: Path,
 
 # ---- examples -----------------------------------------------------------------------------
 
-def _resize_masks(masks, size: tuple[int, int]) -> np.ndarray:
-    """(n, H, W) bool -> (n, h, w) bool at PIL ``size`` = (w, h)."""
+def _resize_masks(masks, view: tuple[float, float, float, float], size: tuple[int, int]) -> np.ndarray:
+    """(n, H, W) bool -> (n, h, w) bool: the part inside ``view`` (x0, y0, x1, y1 as fractions
+    of the mask's width and height), at PIL ``size`` = (w, h)."""
     masks = np.asarray(masks, dtype=bool).reshape(-1, *np.shape(masks)[-2:])
+    mask_h, mask_w = masks.shape[1:]
+    x0, y0, x1, y1 = view
+    rows = slice(int(y0 * mask_h), max(int(y0 * mask_h) + 1, math.ceil(y1 * mask_h)))
+    cols = slice(int(x0 * mask_w), max(int(x0 * mask_w) + 1, math.ceil(x1 * mask_w)))
     out = np.zeros((len(masks), size[1], size[0]), bool)
     for i, mask in enumerate(masks):   # bilinear + threshold: smoother edges than nearest
-        image = Image.fromarray(mask.astype(np.uint8) * 255)
+        image = Image.fromarray(mask[rows, cols].astype(np.uint8) * 255)
         out[i] = np.asarray(image.resize(size, Image.Resampling.BILINEAR)) > 127
     return out
 
@@ -277,76 +290,182 @@ def _overlay(image: np.ndarray, masks: np.ndarray, alpha: float = 0.45) -> np.nd
     return out.astype(np.uint8)
 
 
-def _as_rgb(image, max_side: int) -> tuple[np.ndarray, float]:
-    """(h, w, 3) uint8 of ``image`` (PIL or array) shrunk to ``max_side``, and the scale."""
-    if not isinstance(image, Image.Image):
-        image = Image.fromarray(np.asarray(image, dtype=np.uint8))
-    scale = min(1.0, max_side / max(image.size))
-    size = (max(1, round(image.width * scale)), max(1, round(image.height * scale)))
-    return np.asarray(image.convert("RGB").resize(size, Image.Resampling.LANCZOS)), scale
+def _mask_boxes(masks, image_size: tuple[int, int]) -> np.ndarray:
+    """(n, 4) xyxy in image pixels of each (n, H, W) mask's pixels (NaN for an empty mask);
+    ``image_size`` = (w, h) of the image the masks cover."""
+    masks = np.asarray(masks, dtype=bool).reshape(-1, *np.shape(masks)[-2:])
+    sx, sy = image_size[0] / masks.shape[2], image_size[1] / masks.shape[1]
+    boxes = np.full((len(masks), 4), np.nan)
+    for i, mask in enumerate(masks):
+        ys, xs = np.nonzero(mask)
+        if len(xs):
+            boxes[i] = [xs.min() * sx, ys.min() * sy, (xs.max() + 1) * sx, (ys.max() + 1) * sy]
+    return boxes
 
 
-def plot_examples(examples: list[dict], out_png: Path, max_side: int = 256,
+def _gt_objects(ex: dict, image_size: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """The ground truth's (n, H, W) masks and (n, 4) xyxy pixel boxes, one per object: a
+    box-only object has an empty mask (or there are no masks at all), a mask without a
+    given box gets its mask's box."""
+    masks = np.asarray(ex.get("gt_masks", np.zeros((0, 1, 1))), dtype=bool)
+    masks = masks.reshape(-1, *masks.shape[-2:]) if masks.ndim >= 2 else np.zeros((0, 1, 1), bool)
+    given = ex.get("gt_boxes")
+    boxes = _mask_boxes(masks, image_size)
+    if given is not None:
+        given = np.asarray(given, dtype=float).reshape(-1, 4)
+        boxes = np.concatenate([boxes, np.full((len(given) - len(boxes), 4), np.nan)]) \
+            if len(given) > len(boxes) else boxes
+        boxes[:len(given)] = given
+    return masks, boxes
+
+
+def _view(boxes: np.ndarray, image_size: tuple[int, int]) -> tuple[int, int, int, int]:
+    """The crop (x0, y0, x1, y1 in image pixels) that shows every box with a margin: objects
+    small in a large photo are shown large. The whole image when there is no box."""
+    width, height = image_size
+    boxes = boxes[~np.isnan(boxes).any(1)] if len(boxes) else boxes
+    if not len(boxes):
+        return 0, 0, width, height
+    x0, y0 = boxes[:, :2].min(0)
+    x1, y1 = boxes[:, 2:].max(0)
+    margin = max(VIEW_MARGIN * max(x1 - x0, y1 - y0), VIEW_MIN / 4)
+    half = max(x1 - x0 + 2 * margin, y1 - y0 + 2 * margin, VIEW_MIN) / 2   # square-ish: rows stay even
+    cx, cy = (x0 + x1) / 2, (y0 + y1) / 2
+    left, right = _span(cx, half, width)
+    top, bottom = _span(cy, half, height)
+    return left, top, right, bottom
+
+
+def _span(center: float, half: float, limit: int) -> tuple[int, int]:
+    """[center - half, center + half] moved (not cut) to lie inside [0, limit], as integers."""
+    length = min(limit, max(1, round(2 * half)))
+    start = int(min(max(0, round(center - half)), limit - length))
+    return start, start + length
+
+
+def _shown_view(pixels: Image.Image, view: tuple[int, int, int, int], max_side: int) -> tuple[np.ndarray, float]:
+    """(h, w, 3) uint8 of the ``view`` crop of ``pixels``, scaled so its longer side is
+    ``max_side`` (enlarged at most MAX_ZOOM times), and that scale."""
+    x0, y0, x1, y1 = view
+    scale = min(MAX_ZOOM, max_side / max(x1 - x0, y1 - y0))
+    size = (max(1, round((x1 - x0) * scale)), max(1, round((y1 - y0) * scale)))
+    crop = pixels.convert("RGB").crop(view)
+    return np.asarray(crop.resize(size, Image.Resampling.LANCZOS)), scale
+
+
+def _as_image(image) -> Image.Image:
+    return image if isinstance(image, Image.Image) else Image.fromarray(np.asarray(image, dtype=np.uint8))
+
+
+def plot_examples(examples: list[dict], out_png: Path, max_side: int = 384,
                   max_instances: int = 20) -> Path:
     """One row per example: ground truth (left), predictions with scores (right).
 
     Each example: ``image`` (PIL or (H, W, 3) uint8), ``prompt``, ``tag``, ``unit_score``
-    (optional), ``gt_masks`` (n, H, W) bool, ``pred_masks`` (m, H, W) bool, ``pred_scores``
-    (m,), ``pred_boxes`` (m, 4) xyxy pixels or None. Images are shrunk to ``max_side``;
-    only the ``max_instances`` highest-scoring predictions are drawn.
+    (optional), ``gt_masks`` (n, H, W) bool, ``gt_boxes`` (n, 4) xyxy pixels or None (one per
+    object, masks in the same order; a box-only object's mask is empty), ``pred_masks``
+    (m, H, W) bool, ``pred_scores`` (m,), ``pred_boxes`` (m, 4) xyxy pixels or None. Only the
+    ``max_instances`` highest-scoring predictions are drawn.
+
+    Readable on real photos: each row shows the crop around its ground-truth and shown
+    predicted objects, at up to ``max_side`` px (small objects enlarged, at most MAX_ZOOM
+    times), every ground-truth object outlined by its box, so none vanishes however small;
+    and the byte budget grows with the rows (EXAMPLE_ROW_BYTES each), so a grid of photos
+    is not shrunk until its objects are gone (a fixed budget shrank 9 photos to 216 px).
     """
     if not examples:
         raise ValueError("plot_examples needs at least one example")
-    rows = [(ex, *_as_rgb(ex["image"], max_side)) for ex in examples]
+    rows = [_example_row(ex, max_side, max_instances) for ex in examples]
     pad = ROW_PAD
-    panel_w = max(pixels.shape[1] for _, pixels, _ in rows)
+    panel_w = max(MIN_PANEL, *(row["pixels"].shape[1] for row in rows))
     width = 2 * panel_w + 3 * pad
-    heights = [pixels.shape[0] + ROW_HEADER + pad for _, pixels, _ in rows]
+    for row in rows:
+        row["title"] = _title(row["ex"], width - 2 * pad)
+    heights = [row["pixels"].shape[0] + ROW_HEADER + LINE_HEIGHT * (len(row["title"]) - 1) + pad for row in rows]
     fig = Figure(figsize=(width / DPI, sum(heights) / DPI))
     top = sum(heights)
-    for (ex, pixels, scale), height in zip(rows, heights, strict=True):
-        _draw_row(fig, ex, pixels, scale, top, (width, pad, panel_w), max_instances)
+    for row, height in zip(rows, heights, strict=True):
+        _draw_row(fig, row, top, (width, pad, panel_w))
         top -= height
-    return _save(fig, out_png)
+    return _save(fig, out_png, max_bytes=EXAMPLE_ROW_BYTES * len(rows))
 
 
-def _draw_row(fig: Figure, ex: dict, pixels: np.ndarray, scale: float, top: float,
-              layout: tuple[int, int, int], max_instances: int) -> None:
-    """One example row whose top edge is ``top`` pixels above the figure's bottom."""
-    (width, pad, panel_w), fig_h = layout, fig.get_figheight() * DPI
-    h, w = pixels.shape[:2]
-    score = _num(ex.get("unit_score"))
-    head = f"{ex.get('tag', '')} · score {'n/a' if math.isnan(score) else f'{score:.2f}'} · "
-    room = int((width - 2 * pad) / 8) - len(head) - 2   # ~8 px per bold 10 pt character
-    prompt = str(ex.get("prompt", ""))
-    prompt = prompt if len(prompt) <= room else prompt[:max(room - 3, 1)] + "..."
-    fig.text(pad / width, (top - 4) / fig_h, f'{head}"{prompt}"', fontsize=10, fontweight="bold",
-             va="top")
-    gt = _resize_masks(ex.get("gt_masks", np.zeros((0, 1, 1))), (w, h))
-    pred = _resize_masks(ex.get("pred_masks", np.zeros((0, 1, 1))), (w, h))
+def _example_row(ex: dict, max_side: int, max_instances: int) -> dict:
+    """What one row draws: the view's pixels and, in its pixels, the objects."""
+    image = _as_image(ex["image"])
+    gt_masks, gt_boxes = _gt_objects(ex, image.size)
+    pred = np.asarray(ex.get("pred_masks", np.zeros((0, 1, 1))), dtype=bool)
+    pred = pred.reshape(-1, *pred.shape[-2:]) if pred.ndim >= 2 else np.zeros((0, 1, 1), bool)
     scores = np.asarray(ex.get("pred_scores", []), dtype=float).reshape(-1)[:len(pred)]
     order = np.argsort(-scores, kind="stable")[:max_instances]   # a crowd of queries is unreadable
     boxes = ex.get("pred_boxes")
-    boxes = None if boxes is None else np.asarray(boxes, dtype=float).reshape(-1, 4) * scale
+    boxes = None if boxes is None else np.asarray(boxes, dtype=float).reshape(-1, 4)
     boxes = boxes if boxes is not None and len(boxes) >= len(scores) else None   # unusable
-    more = f" (top {len(order)} shown)" if len(scores) > len(order) else ""
-    for i, (masks, title) in enumerate([(gt, f"ground truth: {len(gt)}"),
-                                        (pred[order], f"predictions: {len(scores)}{more}")]):
+    shown_boxes = boxes[order] if boxes is not None else _mask_boxes(pred[order], image.size)
+    view = _view(np.concatenate([gt_boxes, shown_boxes]), image.size)
+    pixels, scale = _shown_view(image, view, max_side)
+    size = (pixels.shape[1], pixels.shape[0])
+    fraction = (view[0] / image.width, view[1] / image.height, view[2] / image.width, view[3] / image.height)
+    offset = np.array(view[:2] * 2, dtype=float)
+    return {"ex": ex, "pixels": pixels, "scale": scale, "whole": view == (0, 0, *image.size),
+            "gt_masks": _resize_masks(gt_masks, fraction, size), "gt_boxes": (gt_boxes - offset) * scale,
+            "pred_masks": _resize_masks(pred[order], fraction, size), "pred_scores": scores[order],
+            "pred_boxes": None if boxes is None else (boxes[order] - offset) * scale, "found": len(scores)}
+
+
+def _title(ex: dict, width_px: float) -> list[str]:
+    """The row's title lines: tag, score and the whole prompt, wrapped (never cut) to the row."""
+    score = _num(ex.get("unit_score"))
+    head = f"{ex.get('tag', '')} · score {'n/a' if math.isnan(score) else f'{score:.2f}'} · "
+    per_line = max(20, int(width_px / 8))   # ~8 px per bold 10 pt character
+    return textwrap.wrap(f'{head}"{ex.get("prompt", "")}"', per_line, break_on_hyphens=False) or [head]
+
+
+def _draw_row(fig: Figure, row: dict, top: float, layout: tuple[int, int, int]) -> None:
+    """One example row whose top edge is ``top`` pixels above the figure's bottom."""
+    (width, pad, panel_w), fig_h = layout, fig.get_figheight() * DPI
+    pixels = row["pixels"]
+    h, w = pixels.shape[:2]
+    fig.text(pad / width, (top - 4) / fig_h, "\n".join(row["title"]), fontsize=10, fontweight="bold",
+             va="top", linespacing=1.15)
+    header = ROW_HEADER + LINE_HEIGHT * (len(row["title"]) - 1)
+    where = "" if row["whole"] else f" (zoomed {row['scale']:.1f}x)" if row["scale"] > 1 else " (cropped)"
+    shown = len(row["pred_scores"])
+    more = f" (top {shown} shown)" if row["found"] > shown else ""
+    panels = [(row["gt_masks"], f"ground truth: {len(row['gt_boxes'])}{where}"),
+              (row["pred_masks"], f"predictions: {row['found']}{more}")]
+    axes = []
+    for i, (masks, title) in enumerate(panels):
         left = pad + i * (panel_w + pad) + (panel_w - w) / 2
-        ax = fig.add_axes((left / width, (top - ROW_HEADER + 2 - h) / fig_h, w / width, h / fig_h))
+        ax = fig.add_axes((left / width, (top - header + 2 - h) / fig_h, w / width, h / fig_h))
         ax.imshow(_overlay(pixels, masks), interpolation="nearest")
+        ax.set(xlim=(-0.5, w - 0.5), ylim=(h - 0.5, -0.5))   # boxes at the edge do not widen the panel
         ax.set_title(title, fontsize=8.5, pad=3)
         ax.set_axis_off()
-    for j, k in enumerate(order if boxes is not None else []):
-        x0, y0, x1, y1 = boxes[k]
-        ax.add_patch(Rectangle((x0, y0), x1 - x0, y1 - y0, fill=False, lw=1.2,
-                               edgecolor=PALETTE[j % len(PALETTE)] / 255))
-    for j, k in enumerate(order):   # score tag at the box corner, else the mask's topmost pixel
-        y, x = np.unravel_index(np.argmax(pred[k]), pred[k].shape)
-        x, y = boxes[k][:2] if boxes is not None else (x, y)
-        ax.text(min(max(x, 0), w - 24), max(y, 0), f"{scores[k]:.2f}", fontsize=7, color="white",
-                va="top", fontweight="bold", bbox={"facecolor": PALETTE[j % len(PALETTE)] / 255,
+        axes.append(ax)
+    gt_ax, ax = axes
+    for j, box in enumerate(row["gt_boxes"]):   # every object, a box-only one or one too small to see
+        _outline(gt_ax, box, PALETTE[j % len(PALETTE)] / 255)
+    boxes, scores = row["pred_boxes"], row["pred_scores"]
+    for j in range(len(scores) if boxes is not None else 0):
+        _outline(ax, boxes[j], PALETTE[j % len(PALETTE)] / 255)
+    for j, score in enumerate(scores):   # score tag above the box corner (else the mask's topmost
+        # pixel), not over it: a small object stays visible under its tag
+        y, x = np.unravel_index(np.argmax(row["pred_masks"][j]), row["pred_masks"][j].shape)
+        x, y = boxes[j][:2] if boxes is not None else (x, y)
+        ax.text(min(max(x, 0), w - 24), min(max(y, 12), h), f"{score:.2f}", fontsize=7, color="white",
+                va="bottom", fontweight="bold", bbox={"facecolor": PALETTE[j % len(PALETTE)] / 255,
                                                    "edgecolor": "none", "pad": 1, "alpha": 0.9})
+
+
+def _outline(ax, box: np.ndarray, color, **style) -> None:
+    """The xyxy ``box`` (panel pixels) as a rectangle at least MIN_OUTLINE px a side, so a tiny
+    object is still seen; nothing for a box of NaN (an object without one)."""
+    if np.isnan(box).any():
+        return
+    (x0, y0, x1, y1), grow = box, np.maximum(0, MIN_OUTLINE - (box[2:] - box[:2])) / 2
+    ax.add_patch(Rectangle((x0 - grow[0], y0 - grow[1]), x1 - x0 + 2 * grow[0], y1 - y0 + 2 * grow[1],
+                           fill=False, lw=1.5, edgecolor=color, **style))
 
 
 # ---- choosing examples --------------------------------------------------------------------

@@ -75,10 +75,10 @@ from sam3_lora import __version__
 from sam3_lora.config import Config
 from sam3_lora.export.merged import ExportError, empty_target, load_merged
 from sam3_lora.export.onnx_folder import (
+    CONFIG_FILE,
     FORMAT,
     GRAPH_FILES,
     INSTALL_HINT,
-    read_metadata,
     write_metadata,
 )
 from sam3_lora.export.quantize import quantize_export, quantize_folder
@@ -299,6 +299,13 @@ def check_quantize(quantize: str | None) -> None:
                               f"encoders) or none", option="quantize")
 
 
+def check_out(out: str | Path) -> str | Path:
+    """``out`` itself; an empty path (which would mean the current folder) is one line."""
+    if not str(out).strip():
+        raise OnnxExportError("the output folder's path is empty; give the new folder to write the export to")
+    return out
+
+
 # ---- export ----------------------------------------------------------------------------------------
 
 def export_onnx(weights: str | Path, out: str | Path, config: Config | None = None, *, opset: int = DEFAULT_OPSET,
@@ -316,8 +323,8 @@ def export_onnx(weights: str | Path, out: str | Path, config: Config | None = No
     """
     versions = check_onnx_tools(opset)
     check_quantize(quantize)
-    out = empty_target(out)
-    if read_metadata(Path(weights)) is not None:   # an ONNX export already: it can be quantized
+    out = empty_target(check_out(out))
+    if (Path(weights) / CONFIG_FILE).is_file():   # an ONNX export already: it can be quantized (checked there)
         if not quantize:
             raise OnnxExportError(f"{weights}: is an ONNX export already; to make an INT8 copy of it, ask for "
                                   f"int8 quantization", option="quantize")
@@ -336,12 +343,12 @@ def export_sam3_onnx(model, tokenizer, out: str | Path, *, opset: int = DEFAULT_
     ``check`` runs every graph in onnxruntime against PyTorch before the folder appears.
     The folder is written next to ``out`` under a hidden name and renamed at the end: a
     failure, Ctrl-C or SIGTERM leaves no ``out`` and no hidden folder (one killed outright
-    is removed by the next export to ``out``).
+    is removed by the next export, or any atomic write, into the same parent folder).
     """
     versions = versions or check_onnx_tools(opset)
     check_quantize(quantize)
     model = _plain_sam3(model)
-    out = empty_target(out)
+    out = empty_target(check_out(out))
     say = progress or (lambda line: None)
     with sigterm_as_exit(), atomic_folder(out) as work:
         started = time.perf_counter()
@@ -562,7 +569,7 @@ def _metadata(model, versions: dict, opset: int, text: dict, seconds: dict) -> d
         "opset": opset,
         "image": {"size": size, "resize": "direct bilinear, antialiased (torch antialias=True), not aspect-preserving",
                   "rescale": 1 / 255, "mean": [IMAGE_MEAN] * 3, "std": [IMAGE_STD] * 3},
-        "text": text,
+        "text": {**text, "vocab_size": config.text_config.vocab_size},   # the engine checks the tokenizer's ids
         "score": {"rule": "sigmoid(pred_logits) * sigmoid(presence_logits)", "default_threshold": 0.5,
                   "mask": "bilinear resize of mask logits to the image (align_corners=False), then > 0"},
         "box_prompts": {"format": "cxcywh in [0, 1]",

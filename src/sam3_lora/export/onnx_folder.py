@@ -1,8 +1,8 @@
-"""The ONNX export folder's layout: file names and ``sam3_onnx.json``. No torch.
+"""Writing the ONNX export folder's ``sam3_onnx.json``. No torch.
 
-``export.onnx`` writes the folder, ``export.quantize`` rewrites its encoders in INT8, and
-``serve.onnx_engine`` reads it (with its own copy of these names, which a test keeps equal:
-the engine may not import from ``export``).
+The format itself (file names, the schema of ``sam3_onnx.json``, and the checks every reader
+makes) is ``sam3_lora.onnx_format``, below both ``export`` and ``serve.onnx_engine``;
+its names are re-exported here for the export's modules.
 """
 
 from __future__ import annotations
@@ -10,22 +10,14 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-FORMAT = "sam3-lora-onnx/1"
-"""What ``sam3_onnx.json`` says the folder is; the number changes with the graphs' interface."""
-CONFIG_FILE = "sam3_onnx.json"
-GRAPH_FILES = {"vision_encoder": "vision_encoder.onnx", "text_encoder": "text_encoder.onnx",
-               "prompt_decoder": "prompt_decoder.onnx"}
-INSTALL_HINT = "pip install 'sam3-lora[onnx]'"
+from sam3_lora.files import write_file
+from sam3_lora.onnx_format import CONFIG_FILE, FORMAT, GRAPH_FILES, INSTALL_HINT, read_metadata
 
-
-def read_metadata(folder: Path) -> dict | None:
-    """The folder's ``sam3_onnx.json``, or None when it has none (it is no ONNX export)."""
-    path = Path(folder) / CONFIG_FILE
-    return json.loads(path.read_text()) if path.is_file() else None
+__all__ = ["CONFIG_FILE", "FORMAT", "GRAPH_FILES", "INSTALL_HINT", "read_metadata", "write_metadata"]
 
 
 def write_metadata(folder: Path, metadata: dict) -> None:
     """Write ``sam3_onnx.json`` into ``folder``, listing the size of every other file there."""
     metadata["files"] = {p.name: p.stat().st_size for p in sorted(Path(folder).iterdir())
                          if p.is_file() and p.name != CONFIG_FILE}
-    (Path(folder) / CONFIG_FILE).write_text(json.dumps(metadata, indent=2) + "\n")
+    write_file(Path(folder) / CONFIG_FILE, json.dumps(metadata, indent=2) + "\n")

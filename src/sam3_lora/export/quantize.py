@@ -30,7 +30,7 @@ from pathlib import Path
 
 from sam3_lora.errors import Sam3LoraError
 from sam3_lora.export.onnx_folder import CONFIG_FILE, INSTALL_HINT, read_metadata, write_metadata
-from sam3_lora.files import atomic_folder, sigterm_as_exit
+from sam3_lora.files import atomic_folder, inside_folder, sigterm_as_exit
 
 QUANTIZED_GRAPHS = ("vision_encoder", "text_encoder")
 METHOD = "int8"
@@ -57,7 +57,10 @@ def _quantizer_quiet() -> Iterator[None]:
 def quantize_folder(folder: Path, metadata: dict, progress: Callable[[str], None] | None = None) -> dict:
     """Replace the vision and text encoders of the export in ``folder`` by INT8 versions
     (``GRAPH_int8.onnx``, external data kept where the source had it) and update
-    ``metadata["graphs"]``; returns what goes under ``metadata["quantization"]``."""
+    ``metadata["graphs"]``; returns what goes under ``metadata["quantization"]``.
+
+    Each source graph (and its ``.data``) is deleted once quantized, so ``metadata`` must be
+    checked (``onnx_format.read_metadata``): it names files inside ``folder`` only."""
     try:
         from onnxruntime.quantization import QuantType, quantize_dynamic
     except ImportError:
@@ -93,16 +96,26 @@ def quantize_export(source: str | Path, out: str | Path, progress: Callable[[str
     """An INT8 copy of the float32 export ``source`` in the new folder ``out`` (torch is not
     needed); atomic, like the export itself."""
     source, out = Path(source), Path(out)
-    metadata = read_metadata(source)
+    metadata = read_metadata(source, QuantizeError)
     if metadata is None:
         raise QuantizeError(f"{source}: no {CONFIG_FILE}; give a folder written by `sam3-lora export --onnx`")
     if metadata.get("quantization"):
         raise QuantizeError(f"{source}: already quantized ({metadata['quantization'].get('method')}); quantize "
                             f"a float32 export")
     with sigterm_as_exit(), atomic_folder(out) as work:
-        for path in source.iterdir():
-            if path.is_file() and path.name != CONFIG_FILE:
-                shutil.copy2(path, work / path.name)
+        for path in _files_to_copy(source):
+            shutil.copy2(path, work / path.name)
         metadata["quantization"] = quantize_folder(work, metadata, progress)
         write_metadata(work, metadata)
     return out
+
+
+def _files_to_copy(source: Path) -> list[Path]:
+    """The export's files but its metadata; a symbolic link leading out of ``source`` is
+    refused (it would copy a file from elsewhere into the new export)."""
+    files = [path for path in sorted(source.iterdir()) if path.is_file() and path.name != CONFIG_FILE]
+    for path in files:
+        if inside_folder(source, path.name) is None:
+            raise QuantizeError(f"{path}: a link to a file outside {source}; an export holds its own files: "
+                                f"replace the link by the file, or export again")
+    return files

@@ -30,7 +30,7 @@ from sam3_lora.config import MAX_RANK, LoRAConfig
 from sam3_lora.errors import AdapterError
 from sam3_lora.files import atomic_folder
 from sam3_lora.lora.apply import peft_quietly
-from sam3_lora.model.folders import METADATA_FILE
+from sam3_lora.model.folders import METADATA_FILE, PICKLE_SUFFIXES, pickle_refusal
 from sam3_lora.model.tensor_files import read_tensors
 
 FORMAT = "sam3-lora-adapter/1"
@@ -89,9 +89,6 @@ def write_adapter(model: nn.Module, folder: Path, *, base_source: str = "unknown
     (folder / METADATA_FILE).write_text(json.dumps(metadata, indent=2) + "\n")
 
 
-PICKLE_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt")
-
-
 def read_metadata(folder: str | Path) -> dict:
     """Check that ``folder`` is an adapter; return its ``sam3_lora.json`` ({} for plain PEFT),
     checked to be of the right form (each way it is not is a one-line ``AdapterError``)."""
@@ -105,10 +102,10 @@ def read_metadata(folder: str | Path) -> dict:
         raise AdapterError(f"{folder}: no such adapter folder; give the folder holding adapter_config.json")
     missing = [name for name in PEFT_FILES if not (folder / name).is_file()]
     if missing:
-        pickles = sorted(p.name for p in folder.iterdir() if p.suffix in PICKLE_SUFFIXES)
-        if pickles and "adapter_model.safetensors" in missing:
-            raise AdapterError(f"{folder}: holds {pickles[0]}, a pickle file, which is not read (it can run "
-                               f"code); save the adapter as safetensors (PEFT's save_pretrained does by default)")
+        refusal = pickle_refusal(folder)
+        if refusal and "adapter_model.safetensors" in missing:
+            raise AdapterError(f"{folder}: {refusal}; save the adapter as safetensors "
+                               f"(PEFT's save_pretrained does by default)")
         raise AdapterError(f"{folder}: not an adapter folder (missing {', '.join(missing)})")
     metadata_path = folder / METADATA_FILE
     if not metadata_path.is_file():

@@ -21,6 +21,9 @@ if TYPE_CHECKING:
 
 MODEL_FORMAT = "sam3-lora-model/1"
 METADATA_FILE = "sam3_lora.json"
+# Files written by torch.save or pickle: never read, since unpickling one can run any code.
+PICKLE_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt")
+SAFETENSORS_WEIGHTS = ("model.safetensors", "model.safetensors.index.json")   # one file, or shards
 
 
 @contextlib.contextmanager
@@ -54,6 +57,25 @@ def check_finite_model(model: Sam3Model, source: str) -> None:
     """Refuse a loaded model whose weights hold NaN or infinity (a diverged full training):
     it would answer every prompt with nothing."""
     check_finite(dict(model.state_dict()), f"model.source {source!r}", ModelLoadError)
+
+
+def pickle_refusal(folder: Path) -> str | None:
+    """Why ``folder``'s weights are not read, where it holds pickle files in their place
+    (the one wording, shared by model folders and adapters); None otherwise."""
+    pickles = sorted(path.name for path in folder.iterdir() if path.suffix in PICKLE_SUFFIXES)
+    return f"holds {pickles[0]}, a pickle file, which is not read (it can run code)" if pickles else None
+
+
+def check_safetensors_weights(folder: str | Path, source: str) -> None:
+    """Refuse a model folder whose weights are only pickle files (``pytorch_model.bin``) before
+    transformers is asked to unpickle them."""
+    folder = Path(folder)
+    if any((folder / name).is_file() for name in SAFETENSORS_WEIGHTS):
+        return
+    refusal = pickle_refusal(folder)
+    if refusal:
+        raise ModelLoadError(f"model.source {source!r}: {refusal}; convert it to safetensors (load it where you trust "
+                             f"it and save with model.save_pretrained(DIR), which writes model.safetensors)")
 
 
 def is_model_folder(folder: str | Path) -> bool:

@@ -11,14 +11,23 @@ into its inputs. Sources, in the order they are recognised:
   synthetic coloured shapes (``configs/base.yaml`` says how); shipped inside the package, so
   it loads offline. Its ``sam3_lora.json`` lists the concepts it knows.
 - a local folder written by ``save_pretrained`` (model and tokenizer): the offline path.
-- a hub id such as ``facebook/sam3`` (gated: the token comes from ``HF_TOKEN`` or the hub
-  login). Access denied, an unreachable hub and a wrong id each give a one-line error.
+- a hub id ``owner/name`` such as ``facebook/sam3`` (gated: the token comes from ``HF_TOKEN``
+  or the hub login). Access denied, an unreachable hub and a wrong id each give a one-line
+  error; a name of any other form that is no folder is reported as "no such folder".
+
+The hub is asked once, without retries and with a short timeout (huggingface_hub would
+otherwise retry a failed connection five times, 30-45 s of "Retrying in 8s"): unreachable,
+the hub cache is used if it holds the model, else loading fails in one line. ``HF_HUB_OFFLINE=1``
+reads the cache alone. ``facebook/sam3``'s architecture is known without the hub (it is
+transformers' default ``Sam3Config``), so ``load_sam3_config`` needs no network for it.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
+import os
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -37,7 +46,12 @@ from transformers import (
 )
 
 from sam3_lora.errors import ModelLoadError
-from sam3_lora.model.folders import METADATA_FILE, check_finite_model, quiet_progress
+from sam3_lora.model.folders import (
+    METADATA_FILE,
+    check_finite_model,
+    check_safetensors_weights,
+    quiet_progress,
+)
 from sam3_lora.model.processing import Sam3InputProcessor
 from sam3_lora.model.roi_align import install_fallback
 from sam3_lora.model.tokenizer import VOCAB_SIZE, build_byte_tokenizer
@@ -45,6 +59,10 @@ from sam3_lora.model.tokenizer import VOCAB_SIZE, build_byte_tokenizer
 PRESETS = ("sam3", "sam3-tiny", "sam3-small")   # architectures with random weights
 BUNDLED = {"sam3-tiny-shapes": Path(__file__).parents[1] / "assets" / "sam3-tiny-shapes"}
 TINY_IMAGE_SIZE = 112
+# Hub repos whose architecture transformers' default Sam3Config is (its defaults are facebook/sam3's):
+# their config is built here, so `sam3-lora info` and other shape-only questions need no network.
+KNOWN_HUB_ARCHITECTURES = ("facebook/sam3",)
+HUB_TIMEOUT_S = 5.0   # one probe of the hub; HF_HUB_ETAG_TIMEOUT, when set, wins (a slow link)
 
 
 @dataclass
@@ -106,20 +124,33 @@ def set_image_size(config: Sam3Config, image_size: int) -> Sam3Config:
 
 def load_sam3_config(source: str, revision: str | None = None, image_size: int | None = None,
                      token: str | None = None) -> Sam3Config:
-    """The architecture of ``source`` without its weights (fast: no download of weights)."""
-    if source == "sam3":
-        config = Sam3Config()
-    elif source == "sam3-tiny":
-        config = tiny_config()
-    elif source == "sam3-small":
-        config = tiny_config(width=64)
-    else:
-        location = _bundled(source) or _local_folder(source) or _probe_hub(source, revision, token)
-        try:
-            config = Sam3Config.from_pretrained(location, revision=revision, token=token)
-        except (OSError, ValueError) as exc:
-            raise ModelLoadError(f"model.source {source!r}: config.json is not a SAM3 config ({exc})") from None
+    """The architecture of ``source`` without its weights (fast: no download of weights; no
+    network at all for presets, bundled bases, folders and KNOWN_HUB_ARCHITECTURES)."""
+    config = _built_config(source, revision)
+    if config is None:
+        location, cache_only = _locate(source, revision, token)
+        config = _read_config(location, source, revision, token, cache_only)
     return set_image_size(config, image_size) if image_size else config
+
+
+def _built_config(source: str, revision: str | None) -> Sam3Config | None:
+    """The config of a preset or of a known hub architecture (at its default revision), or None."""
+    if source == "sam3" or (source in KNOWN_HUB_ARCHITECTURES and revision is None):
+        return Sam3Config()
+    if source == "sam3-tiny":
+        return tiny_config()
+    if source == "sam3-small":
+        return tiny_config(width=64)
+    return None
+
+
+def _read_config(location: str, source: str, revision: str | None, token: str | None,
+                 cache_only: bool) -> Sam3Config:
+    """The ``config.json`` at ``location`` (a folder or a hub id; ``cache_only``: from the hub cache)."""
+    try:
+        return Sam3Config.from_pretrained(location, revision=revision, token=token, local_files_only=cache_only)
+    except (OSError, ValueError) as exc:
+        raise ModelLoadError(f"model.source {source!r}: config.json is not a SAM3 config ({exc})") from None
 
 
 def load_sam3(source: str = "facebook/sam3", *, revision: str | None = None,
@@ -134,19 +165,27 @@ def load_sam3(source: str = "facebook/sam3", *, revision: str | None = None,
     holds the same weights, rounded.
     """
     install_fallback()
-    config = load_sam3_config(source, revision, image_size, token)
     if source in PRESETS:
+        config = load_sam3_config(source, revision, image_size, token)
         with _seeded(seed):
             model = Sam3Model(config).to(dtype)
         tokenizer = build_byte_tokenizer(config.text_config.max_position_embeddings)
     else:
-        location = _bundled(source) or _local_folder(source) or source
+        location, cache_only = _locate(source, revision, token)
+        # The checkpoint's own config.json, even for a known architecture: it is the one its weights were saved with.
+        config = _read_config(location, source, revision, token, cache_only)
+        if image_size:
+            set_image_size(config, image_size)
+        if Path(location).is_dir():
+            check_safetensors_weights(location, source)
+        hub = {"revision": revision, "token": token, "local_files_only": cache_only}
         with quiet_progress() if source in BUNDLED else contextlib.nullcontext():
-            # An explicit dtype: transformers would otherwise keep the checkpoint's own.
-            model = _from_pretrained(Sam3Model, location, source, config=config, revision=revision, token=token,
-                                     dtype=dtype)
+            # An explicit dtype: transformers would otherwise keep the checkpoint's own. Never
+            # pickle (pytorch_model.bin), from a folder or the hub: unpickling can run code.
+            model = _from_pretrained(Sam3Model, location, source, config=config, dtype=dtype,
+                                     use_safetensors=True, **hub)
         check_finite_model(model, source)
-        tokenizer = _from_pretrained(AutoTokenizer, location, source, revision=revision, token=token)
+        tokenizer = _from_pretrained(AutoTokenizer, location, source, **hub)
         _check_tokenizer(tokenizer, config, source)
     processor = Sam3InputProcessor(
         tokenizer=tokenizer,
@@ -154,6 +193,15 @@ def load_sam3(source: str = "facebook/sam3", *, revision: str | None = None,
         max_text_length=config.text_config.max_position_embeddings,
     )
     return LoadedSam3(model=model.eval(), processor=processor, source=source)
+
+
+def _locate(source: str, revision: str | None, token: str | None) -> tuple[str, bool]:
+    """Where ``source``'s files are (a folder, or the hub id) and whether to read them from the
+    hub cache alone (offline mode, or a hub that cannot be reached)."""
+    folder = _bundled(source) or _local_folder(source)
+    if folder:
+        return folder, False
+    return source, _probe_hub(source, revision, token)
 
 
 @contextlib.contextmanager
@@ -180,12 +228,13 @@ def bundled_concepts(source: str) -> list[str]:
     return json.loads((Path(_bundled(source)) / METADATA_FILE).read_text())["prompts"]
 
 
-def _looks_like_path(source: str) -> bool:
-    return source.startswith((".", "/", "~")) or source.endswith("/") or source.count("/") > 1
+def _is_hub_id(source: str) -> bool:
+    """Whether ``source`` has the form of a hub id, ``owner/name`` (it may be a folder too)."""
+    return source.count("/") == 1 and not source.startswith((".", "/", "~")) and not source.endswith("/")
 
 
 def _local_folder(source: str) -> str | None:
-    """The folder ``source`` names, or None if it is not a path."""
+    """The folder ``source`` names, or None if it has the form of a hub id and is no folder."""
     path = Path(source).expanduser()
     if path.is_dir():
         if not (path / "config.json").is_file():
@@ -195,30 +244,49 @@ def _local_folder(source: str) -> str | None:
         return str(path)
     if path.exists():
         raise ModelLoadError(f"model.source {source!r}: is a file; model.source takes a folder, a hub id or a preset")
-    if _looks_like_path(source):
+    if not _is_hub_id(source):
         raise ModelLoadError(
-            f"model.source {source!r}: no such folder; give a save_pretrained folder, a hub id "
-            f"(facebook/sam3) or a preset ({', '.join([*PRESETS, *BUNDLED])})"
+            f"model.source {source!r}: no such folder ({path.absolute()}); give a save_pretrained folder, "
+            f"a hub id owner/name (facebook/sam3) or a preset ({', '.join([*PRESETS, *BUNDLED])})"
         )
     return None
 
 
-def _probe_hub(repo_id: str, revision: str | None, token: str | None) -> str:
-    """Fetch the repo's config.json to turn hub failures into one clear line."""
-    from huggingface_hub import hf_hub_download
+def _probe_hub(repo_id: str, revision: str | None, token: str | None) -> bool:
+    """Ask the hub once for the repo's config.json, turning each failure into one clear line.
+
+    Returns True where the files are to be read from the hub cache alone: offline mode, or a
+    hub that cannot be reached while the cache holds the repo. One request, no retries, a
+    short timeout: huggingface_hub's own download retries a failed connection five times.
+    """
+    from huggingface_hub import get_hf_file_metadata, hf_hub_url, is_offline_mode
     from huggingface_hub.errors import (
         GatedRepoError,
         HfHubHTTPError,
         HFValidationError,
-        LocalEntryNotFoundError,
         RepositoryNotFoundError,
         RevisionNotFoundError,
     )
+    from huggingface_hub.utils import validate_repo_id
 
+    not_here = f"model.source {repo_id!r}: no folder {Path(repo_id).absolute()}, and as a hub id"
     offline_fix = (f"download it on a connected machine (hf download {repo_id} --local-dir DIR) "
                    f"and set model.source to DIR")
     try:
-        hf_hub_download(repo_id, "config.json", revision=revision, token=token)
+        validate_repo_id(repo_id)
+    except HFValidationError:
+        raise ModelLoadError(
+            f"model.source {repo_id!r}: not a hub id, folder or preset; use facebook/sam3, a local folder, "
+            f"or one of {', '.join([*PRESETS, *BUNDLED])}"
+        ) from None
+    if is_offline_mode():
+        if _in_hub_cache(repo_id, revision):
+            return True
+        raise ModelLoadError(f"{not_here}: offline mode is on (HF_HUB_OFFLINE) and the hub cache "
+                             f"({_hub_cache()}) does not hold it; {offline_fix}")
+    try:
+        get_hf_file_metadata(hf_hub_url(repo_id, "config.json", revision=revision), token=token,
+                             timeout=_hub_timeout())
     except GatedRepoError:
         raise ModelLoadError(
             f"model.source {repo_id!r}: access denied (gated model); request access on its hub page, then log in "
@@ -226,23 +294,55 @@ def _probe_hub(repo_id: str, revision: str | None, token: str | None) -> str:
         ) from None
     except RepositoryNotFoundError:
         raise ModelLoadError(
-            f"model.source {repo_id!r}: no such model on the hub, or it is private and you are not logged in; "
+            f"{not_here}: no such model on the hub, or it is private and you are not logged in; "
             f"check the id (e.g. facebook/sam3), log in, or give a local folder"
         ) from None
     except RevisionNotFoundError:
         raise ModelLoadError(f"model.source {repo_id!r}: revision {revision!r} not found; check model.revision") from None
-    except HFValidationError:
-        raise ModelLoadError(
-            f"model.source {repo_id!r}: not a hub id, folder or preset; use facebook/sam3, a local folder, "
-            f"or one of {', '.join([*PRESETS, *BUNDLED])}"
-        ) from None
-    except LocalEntryNotFoundError:
-        raise ModelLoadError(f"model.source {repo_id!r}: the hub is unreachable (offline?); {offline_fix}") from None
     except HfHubHTTPError as exc:
-        raise ModelLoadError(f"model.source {repo_id!r}: the hub answered an error ({exc}); {offline_fix}") from None
-    except OSError as exc:
-        raise ModelLoadError(f"model.source {repo_id!r}: the hub is unreachable ({type(exc).__name__}); {offline_fix}") from None
-    return repo_id
+        raise ModelLoadError(f"model.source {repo_id!r}: the hub answered an error ({_first_line(exc)}); "
+                             f"{offline_fix}") from None
+    except _network_errors() as exc:
+        if _in_hub_cache(repo_id, revision):
+            warnings.warn(f"model.source {repo_id!r}: the hub is unreachable ({type(exc).__name__}); "
+                          f"loading the copy in the hub cache ({_hub_cache()})", stacklevel=2)
+            return True
+        raise ModelLoadError(f"{not_here}: the hub is unreachable ({type(exc).__name__}: {_first_line(exc)}) "
+                             f"and its cache ({_hub_cache()}) does not hold it; {offline_fix}") from None
+    return False
+
+
+def _network_errors() -> tuple[type[Exception], ...]:
+    """The failures to reach the hub: those huggingface_hub itself retries (its HTTP library's
+    timeouts and network errors), and the operating system's."""
+    from huggingface_hub.utils import _http
+
+    return (OSError, *getattr(_http, "_DEFAULT_RETRY_ON_EXCEPTIONS", ()))
+
+
+def _hub_timeout() -> float:
+    """Seconds to wait for the hub's answer: HUB_TIMEOUT_S unless HF_HUB_ETAG_TIMEOUT says otherwise."""
+    from huggingface_hub import constants
+
+    return float(constants.HF_HUB_ETAG_TIMEOUT) if os.environ.get("HF_HUB_ETAG_TIMEOUT") else HUB_TIMEOUT_S
+
+
+def _in_hub_cache(repo_id: str, revision: str | None) -> bool:
+    """Whether the hub cache holds the repo's config.json (at ``revision``)."""
+    from huggingface_hub import try_to_load_from_cache
+
+    return isinstance(try_to_load_from_cache(repo_id, "config.json", revision=revision), str)
+
+
+def _hub_cache() -> str:
+    from huggingface_hub import constants
+
+    return str(constants.HF_HUB_CACHE)
+
+
+def _first_line(exc: Exception) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0][:160] if text else type(exc).__name__
 
 
 def _check_tokenizer(tokenizer, config: Sam3Config, source: str) -> None:
@@ -265,8 +365,7 @@ def _from_pretrained(cls, location: str, source: str, **kwargs):
         return cls.from_pretrained(location, **kwargs)
     except (OSError, ValueError) as exc:
         what = "tokenizer" if cls is AutoTokenizer else "model weights"
-        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ModelLoadError(
-            f"model.source {source!r}: cannot load the {what} ({first_line}); a folder needs both, written "
+            f"model.source {source!r}: cannot load the {what} ({_first_line(exc)}); a folder needs both, written "
             f"with model.save_pretrained(DIR) and tokenizer.save_pretrained(DIR)"
         ) from None

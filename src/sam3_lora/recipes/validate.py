@@ -124,14 +124,16 @@ def report_examples(found: SplitPredictions, runner: SplitRunner) -> list[dict]:
     for unit in select_examples(candidates, k=cfg.report_examples):
         record = runner.records[unit["image_id"]]
         size = (record.height, record.width)
-        gt = [decode(to_rle(o.segmentation, *size)) for o in record.objects
-              if o.category_id == unit["category_id"] and o.segmentation and not o.iscrowd]
+        objects = [o for o in record.objects if o.category_id == unit["category_id"] and not o.iscrowd]
+        # One entry per object: a box-only one has an empty mask, and is drawn by its box.
+        gt = [decode(rle) if (rle := to_rle(o.segmentation, *size)) else np.zeros(size, np.uint8) for o in objects]
         mine = [r for r in found.results if r["image_id"] == unit["image_id"]
                 and r["category_id"] == unit["category_id"] and r["score"] >= cfg.score_threshold]
         examples.append({
             "image": open_image(record.path), "prompt": unit["prompt"], "tag": unit["tag"],
             "unit_score": unit["unit_score"],
             "gt_masks": np.array(gt, dtype=bool).reshape(len(gt), *size),
+            "gt_boxes": np.array([[x, y, x + w, y + h] for x, y, w, h in (o.bbox for o in objects)]).reshape(-1, 4),
             "pred_masks": np.array([decode(as_compressed(r["segmentation"])) for r in mine], dtype=bool).reshape(len(mine), *size),
             "pred_scores": np.array([r["score"] for r in mine]),
             "pred_boxes": np.array([[x, y, x + w, y + h] for x, y, w, h in (r["bbox"] for r in mine)]).reshape(-1, 4),

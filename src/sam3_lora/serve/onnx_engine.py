@@ -35,30 +35,34 @@ twins of the PyTorch path's, and tests keep them equal:
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
+from sam3_lora.cpu import openmp_settings
 from sam3_lora.errors import Sam3LoraError
+from sam3_lora.onnx_format import (  # noqa: F401 - FORMAT too: the format this engine reads
+    CONFIG_FILE,
+    FORMAT,
+    GRAPH_FILES,
+    INSTALL_HINT,
+    check_graph,
+    read_metadata,
+)
 from sam3_lora.serve.prompts import (
     ImagePredictor,
     boxes_cxcywh,
     check_threshold,
 )
 
-FORMAT = "sam3-lora-onnx/1"
-"""What ``sam3_onnx.json`` says it is; the number changes when the graphs' interface does."""
-CONFIG_FILE = "sam3_onnx.json"
-GRAPHS = ("vision_encoder", "text_encoder", "prompt_decoder")
+GRAPHS = tuple(GRAPH_FILES)
 BOX_PADDING_LABEL = -10
 """transformers' label of a padding box. A prompt without boxes passes one, which the graph
 turns into "no geometry" (see ``export.onnx``)."""
 UPSAMPLE_FLOATS = 2**26
 """Mask logits are resized this many float32 values (256 MB) at a time; the same bound as
 ``model.postprocess.UPSAMPLE_FLOATS`` (a test keeps them equal)."""
-INSTALL_HINT = "pip install 'sam3-lora[onnx]'"
 
 
 class OnnxEngineError(Sam3LoraError):
@@ -181,28 +185,35 @@ def postprocess_query(pred_logits: np.ndarray, presence_logit: np.ndarray, pred_
 # ---- the export folder ------------------------------------------------------------------------
 
 def read_export(folder: str | Path) -> dict:
-    """``sam3_onnx.json`` of an export folder, checked: format, and every graph present."""
+    """``sam3_onnx.json`` of an export folder, checked (``onnx_format.read_metadata``: its
+    schema, its sizes, and every file it names present and inside the folder)."""
     folder = Path(folder)
-    path = folder / CONFIG_FILE
-    if not path.is_file():
+    metadata = read_metadata(folder, OnnxEngineError)
+    if metadata is None:
         raise OnnxEngineError(f"{folder}: no {CONFIG_FILE}; give a folder written by `sam3-lora export --onnx`")
-    try:
-        metadata = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise OnnxEngineError(f"{path}: not valid JSON ({type(exc).__name__}); export again") from None
-    if not isinstance(metadata, dict) or metadata.get("format") != FORMAT:
-        found = metadata.get("format") if isinstance(metadata, dict) else None
-        raise OnnxEngineError(f"{path}: format {str(found)[:40]!r}, this sam3-lora reads {FORMAT}; export again "
-                              f"with this version")
-    try:
-        files = {name: str(metadata["graphs"][name]["file"]) for name in GRAPHS}
-        int(metadata["image"]["size"]), metadata["text"]["file"], metadata["text"]["max_length"]
-    except (KeyError, TypeError, ValueError) as exc:
-        raise OnnxEngineError(f"{path}: incomplete ({type(exc).__name__}: {str(exc)[:60]}); export again") from None
-    for name, graph in files.items():
-        if not (folder / graph).is_file():
-            raise OnnxEngineError(f"{folder / graph}: missing ({name}); copy the whole export folder, or export again")
     return metadata
+
+
+def load_tokenizer(path: Path, text: dict):
+    """The ``tokenizers`` tokenizer in ``path``; an unreadable file, or one whose padding
+    token is not ``text["pad_id"]`` (another model's tokenizer), is one line."""
+    from tokenizers import Tokenizer
+
+    try:
+        tokenizer = Tokenizer.from_file(str(path))
+    except Exception as exc:  # noqa: BLE001 - tokenizers raises plain Exception for a damaged file
+        first = next((line.strip() for line in str(exc).splitlines() if line.strip()), type(exc).__name__)
+        raise OnnxEngineError(f"{path}: not a readable tokenizer ({first[:120]}); copy the export again or export "
+                              f"again") from None
+    found = tokenizer.token_to_id(text["pad_token"])
+    if found != text["pad_id"]:
+        raise OnnxEngineError(f"{path}: its padding token {text['pad_token'][:20]!r} has id {found}, {CONFIG_FILE} "
+                              f"says {text['pad_id']}: it is another model's tokenizer; export again")
+    largest = max(tokenizer.get_vocab(with_added_tokens=True).values(), default=0)
+    if text.get("vocab_size") is not None and largest >= text["vocab_size"]:
+        raise OnnxEngineError(f"{path}: has token ids up to {largest}, the text encoder knows {text['vocab_size']}: "
+                              f"it is another model's tokenizer; export again")
+    return tokenizer
 
 
 def open_session(path: Path, metadata: dict, threads: int | None, providers):
@@ -213,14 +224,39 @@ def open_session(path: Path, metadata: dict, threads: int | None, providers):
     except ImportError:
         raise OnnxEngineError(f"the ONNX engine needs onnxruntime: {INSTALL_HINT}") from None
     options = ort.SessionOptions()
-    if threads:
-        options.intra_op_num_threads = threads
+    # Unless told, follow the process's OpenMP settings (the command line sizes them to the
+    # free CPUs, with passive waiting: sam3_lora.cpu); onnxruntime's pool spins otherwise.
+    omp_threads, passive = openmp_settings()
+    if threads or omp_threads:
+        options.intra_op_num_threads = threads or omp_threads
+    if passive:
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     options.inter_op_num_threads = 1
     options.log_severity_level = 3   # onnxruntime's warnings (e.g. unused initializers) are noise here
     try:
         return ort.InferenceSession(str(path), options, providers=list(providers))
     except Exception as exc:  # noqa: BLE001 - onnxruntime raises Fail, InvalidGraph, NotImplemented, ...
         raise OnnxEngineError(session_error(path, metadata, ort.__version__, exc)) from None
+
+
+def run_graph(session, name: str, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+    """``session.run`` of graph ``name``; an onnxruntime failure on a checked folder (a graph
+    damaged inside, a tokenizer whose ids its embedding lacks) is one line."""
+    try:
+        return session.run(None, feeds)
+    except Exception as exc:  # noqa: BLE001 - onnxruntime raises InvalidArgument, Fail, RuntimeException, ...
+        first = next((line.strip() for line in str(exc).splitlines() if line.strip()), type(exc).__name__)
+        raise OnnxEngineError(f"{name}: onnxruntime failed to run it ({first[:200]}); the export is damaged or "
+                              f"mismatched: export again") from None
+
+
+def checked_session(name: str, folder: Path, metadata: dict, threads: int | None, providers):
+    """The session of graph ``name``, its inputs and outputs checked against ``metadata``
+    (``onnx_format.check_graph``) before it runs anything."""
+    session = open_session(folder / metadata["graphs"][name]["file"], metadata, threads, providers)
+    check_graph(name, {arg.name: list(arg.shape) for arg in session.get_inputs()},
+                {arg.name: list(arg.shape) for arg in session.get_outputs()}, metadata, OnnxEngineError)
+    return session
 
 
 def session_error(path: Path, metadata: dict, ort_version: str, exc: Exception) -> str:
@@ -254,7 +290,7 @@ class SAM3OnnxInference(ImagePredictor):
     def __init__(self, onnx_dir: str | Path, detection_threshold: float = 0.5, *, threads: int | None = None,
                  mask_nms_iou: float | None = None, providers=("CPUExecutionProvider",)):
         try:
-            from tokenizers import Tokenizer
+            import tokenizers  # noqa: F401 - checked before any work: load_tokenizer needs it
         except ImportError:
             raise OnnxEngineError(f"the ONNX engine needs tokenizers: {INSTALL_HINT}") from None
 
@@ -262,9 +298,9 @@ class SAM3OnnxInference(ImagePredictor):
         self.metadata = read_export(self.folder)
         self.threshold = check_threshold(detection_threshold)
         self.mask_nms_iou = mask_nms_iou
-        self.sessions = {name: open_session(self.folder / self.metadata["graphs"][name]["file"], self.metadata,
-                                            threads, providers) for name in GRAPHS}
-        self.tokenizer = Tokenizer.from_file(str(self.folder / self.metadata["text"]["file"]))
+        self.tokenizer = load_tokenizer(self.folder / self.metadata["text"]["file"], self.metadata["text"])
+        self.sessions = {name: checked_session(name, self.folder, self.metadata, threads, providers)
+                         for name in GRAPHS}
         image = self.metadata["image"]
         self.image_size = int(image["size"])
         self._mean, self._std = tuple(image["mean"]), tuple(image["std"])
@@ -276,14 +312,15 @@ class SAM3OnnxInference(ImagePredictor):
     def encode_image(self, image: Image.Image) -> list[np.ndarray]:
         """One RGB image -> its three feature levels, each (1, C, h, w)."""
         pixels = preprocess_image(image, self.image_size, self._mean, self._std)[None]
-        return self.sessions["vision_encoder"].run(None, {"pixel_values": pixels})
+        return run_graph(self.sessions["vision_encoder"], "vision_encoder", {"pixel_values": pixels})
 
     def text_features(self, prompts: list[str]) -> tuple[np.ndarray, np.ndarray]:
         """(K, T, D) text features and (K, T) int64 mask; each prompt encoded once, then cached."""
         missing = [p for p in dict.fromkeys(prompts) if p not in self._text_cache]
         if missing:
             ids, mask = tokenize(self.tokenizer, self.metadata["text"], missing)
-            (features,) = self.sessions["text_encoder"].run(None, {"input_ids": ids, "attention_mask": mask})
+            (features,) = run_graph(self.sessions["text_encoder"], "text_encoder",
+                                    {"input_ids": ids, "attention_mask": mask})
             self._text_cache.update(zip(missing, zip(features, mask, strict=True), strict=True))
         features, masks = zip(*(self._text_cache[p] for p in prompts), strict=True)
         return np.stack(features), np.stack(masks)
@@ -296,7 +333,7 @@ class SAM3OnnxInference(ImagePredictor):
                labels: np.ndarray) -> dict[str, np.ndarray]:
         """One image's levels and K prompts -> pred_logits (K, N), pred_boxes (K, N, 4),
         pred_masks (K, N, m, m), presence_logits (K, 1)."""
-        outputs = self.sessions["prompt_decoder"].run(None, {
+        outputs = run_graph(self.sessions["prompt_decoder"], "prompt_decoder", {
             "fpn_0": levels[0], "fpn_1": levels[1], "fpn_2": levels[2], "text_features": features,
             "text_mask": mask, "input_boxes": boxes, "input_boxes_labels": labels})
         return dict(zip(("pred_logits", "pred_boxes", "pred_masks", "presence_logits"), outputs, strict=True))

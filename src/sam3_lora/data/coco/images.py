@@ -10,9 +10,8 @@ followed: they were made by the dataset's owner.
 from __future__ import annotations
 
 import os
-import re
 from collections import Counter
-from pathlib import Path, PurePosixPath, PureWindowsPath
+from pathlib import Path
 from typing import Any
 
 from sam3_lora.data.coco.fields import (
@@ -28,6 +27,7 @@ from sam3_lora.data.coco.fields import (
 from sam3_lora.data.images import check_decodes, image_size
 from sam3_lora.data.records import ImageRecord
 from sam3_lora.errors import DataError
+from sam3_lora.files import is_inside
 
 LVIS_LIST_KEYS = ("neg_category_ids", "not_exhaustive_category_ids")
 
@@ -50,15 +50,6 @@ def parse_images(entries: list, root: Path, category_ids: set[int], findings: Fi
             images[image_id] = image
     _report_shared_files(images.values(), findings)
     return images, {image_id for image_id in ids if image_id is not None}
-
-
-def is_inside(file_name: str) -> bool:
-    """Whether ``file_name`` stays inside the folder it is relative to, by its text alone."""
-    if "\x00" in file_name or file_name.startswith(("/", "\\")):
-        return False
-    if PurePosixPath(file_name).is_absolute() or PureWindowsPath(file_name).drive:
-        return False
-    return ".." not in re.split(r"[\\/]", file_name)
 
 
 def _entry_id(entry: Any, index: int, findings: Findings) -> int | None:
