@@ -95,6 +95,15 @@ class ModelConfig(Section):
     its dtype; LoRA weights, their gradients, the optimiser state and saved adapters stay
     float32. ``float16`` needs a CUDA GPU."""
 
+    quantize: Literal["none", "nf4", "fp4", "int8"] = "none"
+    """Store the frozen base's Linear layers (92% of SAM3's weights) quantized, through
+    bitsandbytes (``pip install 'sam3-lora[quantize]'``), as the model loads, with LoRA
+    trained on top (QLoRA): ``nf4`` or ``fp4`` (4-bit, 3.1 -> 0.6 GiB for SAM3), ``int8``
+    (1.0 GiB); ``none`` keeps ``model.dtype``. They compute in ``model.dtype``; the adapter
+    stays float32 and also loads onto an unquantized base (and the reverse; BENCHMARKS.md,
+    "Quantized bases", gives the accuracy cost). Applies wherever the model runs; a merged
+    export dequantizes first. Not with ``training.method=full``."""
+
 
 class LoRAConfig(Section):
     """Where LoRA goes and how big it is. Also the seed API's ``LoRAConfig(...)``."""
@@ -563,9 +572,19 @@ def validate_config(raw: dict[str, Any], where: str = "config",
     ``overridden``: the keys (as tuples of names) the command line set, so that their errors
     say they came from there rather than from ``where``."""
     try:
-        return Config.model_validate(raw)
+        config = Config.model_validate(raw)
     except ValidationError as exc:
         raise ConfigError(_describe(exc, where, overridden or [])) from None
+    check_together(config, where)
+    return config
+
+
+def check_together(config: Config, where: str = "config") -> None:
+    """Keys that are each valid but cannot go together."""
+    if config.model.quantize != "none" and config.training.method == "full":
+        raise ConfigError(f"{where}: model.quantize={config.model.quantize} cannot be trained with "
+                          f"training.method=full (quantized weights take no gradients); set "
+                          f"model.quantize=none, or training.method=lora to train LoRA on the quantized base")
 
 
 def _apply_override(raw: dict[str, Any], item: str) -> tuple[str, ...]:

@@ -25,8 +25,13 @@ def cmd_info(args: argparse.Namespace) -> int:
         print(reference_markdown() if args.markdown else explain(args.explain or None))
         return 0
     from sam3_lora.lora.apply import preview
+    from sam3_lora.model.loading import load_sam3_config
+    from sam3_lora.model.quantize import size_line
 
-    print(preview(config_from_args(args)))
+    config = config_from_args(args)
+    print(preview(config))
+    print(size_line(load_sam3_config(config.model.source, config.model.revision, config.model.image_size),
+                    config.model.quantize))
     return 0
 
 

@@ -56,6 +56,7 @@ def load_finetuned(config: Config, weights: str | Path | None = None, no_lora: b
     precision = resolve_precision(config.model.dtype, None, device)
     enable_tf32(precision)
     loaded = load_sam3(str(chosen) if whole else config.model.source, revision=config.model.revision,
-                       image_size=config.model.image_size, seed=config.training.seed, dtype=precision.dtype)
+                       image_size=config.model.image_size, seed=config.training.seed, dtype=precision.dtype,
+                       quantize=config.model.quantize, device=device)
     model = loaded.model if chosen is None or whole else load_adapter(loaded.model, chosen)
     return model.to(device).eval(), loaded.processor, chosen

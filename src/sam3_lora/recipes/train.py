@@ -39,7 +39,7 @@ from accelerate.utils import DistributedDataParallelKwargs, set_seed
 from torch.utils.flop_counter import FlopCounterMode
 from tqdm.auto import tqdm
 
-from sam3_lora.config import Config, load_config
+from sam3_lora.config import Config, check_together, load_config
 from sam3_lora.data.coco.split import check_split, load_coco_split
 from sam3_lora.data.collate import build_dataloader
 from sam3_lora.data.dataset import ConceptDataset
@@ -166,8 +166,10 @@ class SAM3LoRATrainer:
 
     def _setup_model(self) -> None:
         cfg = self.config
+        check_together(cfg)   # a Config built in Python skipped load_config's checks
         self.loaded = load_sam3(cfg.model.source, revision=cfg.model.revision, image_size=cfg.model.image_size,
-                                seed=cfg.training.seed, dtype=self.precision.dtype)
+                                seed=cfg.training.seed, dtype=self.precision.dtype, quantize=cfg.model.quantize,
+                                device=self.accelerator.device)
         self.image_size = self.loaded.processor.image_size
         self.full = cfg.training.method == "full"
         if self.full:
