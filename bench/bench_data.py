@@ -12,6 +12,10 @@ Also measures what checking a split before training costs (``load_coco_split``):
 image headers only, against decoding every image in full (what finds truncated files), on
 ``--check-images`` synthetic 1008 px images saved as PNG and as JPEG (quality 90).
 ``--check-only`` measures and records that alone.
+
+``--photos N`` measures reading phone-size photos instead: N synthetic 4000 x 3000 JPEGs
+(quality 90, smooth gradients plus noise, one box each) through ``ConceptDataset`` in-process
+(no loader), at training sizes 112 and 1008 (``--photo-sizes``), as samples/s of CPU time.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ import argparse
 import datetime
 import json
 import os
+import shlex
 import statistics
 import sys
 import tempfile
@@ -166,6 +171,74 @@ def check_cost(root: Path, count: int, repeats: int) -> str:
     return "\n".join(lines)
 
 
+def make_photos(root: Path, count: int) -> Path:
+    """``count`` 4000 x 3000 JPEGs like phone photos (gradients, texture, quality 90) with one
+    box each, as a split folder."""
+    import numpy as np
+    from PIL import Image
+
+    split_dir = root / "train"
+    split_dir.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    ys, xs = np.mgrid[0:3000, 0:4000].astype(np.float32)
+    images, annotations = [], []
+    for index in range(count):
+        phase = rng.uniform(0, 6.28, 3)
+        channels = [127 + 90 * np.sin(xs / (300 + 97 * c) + ys / (410 - 53 * c) + phase[c])
+                    for c in range(3)]
+        pixels = np.stack(channels, -1) + rng.normal(0, 12, (3000, 4000, 3)).astype(np.float32)
+        name = f"{index:03d}.jpg"
+        Image.fromarray(pixels.clip(0, 255).astype(np.uint8)).save(split_dir / name, quality=90)
+        images.append({"id": index + 1, "file_name": name, "width": 4000, "height": 3000})
+        annotations.append({"id": index + 1, "image_id": index + 1, "category_id": 1,
+                            "bbox": [1000, 800, 1200, 900], "area": 1080000, "iscrowd": 0,
+                            "segmentation": [[1000, 800, 2200, 800, 2200, 1700, 1000, 1700]]})
+    document = {"images": images, "annotations": annotations,
+                "categories": [{"id": 1, "name": "thing"}]}
+    (split_dir / "_annotations.coco.json").write_text(json.dumps(document))
+    return split_dir
+
+
+def photo_rates(split_dir: Path, sizes: list[int], repeats: int) -> str:
+    """Samples per CPU-second of ``ConceptDataset.__getitem__`` (decode, resize, targets) on
+    the photos, per training size: best of ``repeats`` passes (the work is deterministic)."""
+    from sam3_lora.data.coco.split import load_coco_split
+    from sam3_lora.data.dataset import ConceptDataset
+
+    split = load_coco_split(split_dir, full_decode=False)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # what DataLoader sets in each worker
+    lines = ["| training size | ms CPU per sample | samples per CPU-second |", "|---:|---:|---:|"]
+    try:
+        for size in sizes:
+            dataset = ConceptDataset(split, DataConfig(), size, train=True)
+            runs = []
+            for _ in range(repeats):
+                start = time.process_time()
+                for index in range(len(dataset)):
+                    dataset[index]
+                runs.append((time.process_time() - start) / len(dataset))
+            best = min(runs)
+            lines.append(f"| {size} | {best * 1000:.0f} | {1 / best:.1f} |")
+    finally:
+        torch.set_num_threads(threads)
+    return "\n".join(lines)
+
+
+def record_photos(markdown: str, args: argparse.Namespace, load: float, label: str) -> None:
+    """Append the photo measurement under "## Data loading"."""
+    command = "python bench/bench_data.py " + shlex.join(sys.argv[1:])
+    entry = (
+        f"\n### {datetime.date.today().isoformat()}: reading phone-size JPEGs ({label})\n\n"
+        f"Machine: {machine()}; load average at start {load:.2f}.  \n"
+        f"Command: `{command.strip()}`  \n"
+        f"Data: {args.photos} synthetic 4000 x 3000 JPEGs (quality 90), one object each; "
+        f"`ConceptDataset` in-process, 1 thread, default augmentation; best of {args.repeats}.\n\n"
+        f"{markdown}\n"
+    )
+    append_entry(HEADING, entry, REPO / "BENCHMARKS.md")
+
+
 def record_check(markdown: str, args: argparse.Namespace, load: float) -> None:
     """Append the pre-check measurement under "## Data loading"."""
     command = "python bench/bench_data.py " + " ".join(sys.argv[1:])
@@ -208,9 +281,21 @@ def main() -> None:
                         help="images for the split-check measurement")
     parser.add_argument("--check-only", action="store_true",
                         help="measure (and record) only what checking a split costs")
+    parser.add_argument("--photos", type=int, default=0, metavar="N",
+                        help="measure (and record) only reading N 4000 x 3000 JPEGs")
+    parser.add_argument("--photo-sizes", type=int, nargs="+", default=[112, 1008])
+    parser.add_argument("--label", default="", help="what the photo entry's title says it measures")
     parser.add_argument("--no-write", action="store_true", help="print only")
     args = parser.parse_args()
     load = os.getloadavg()[0]
+    if args.photos:
+        with tempfile.TemporaryDirectory() as tmp:
+            markdown = photo_rates(make_photos(Path(tmp), args.photos), args.photo_sizes,
+                                   args.repeats)
+        print(markdown)
+        if not args.no_write:
+            record_photos(markdown, args, load, args.label or "decoded in full")
+        return
     with tempfile.TemporaryDirectory() as tmp:
         check = check_cost(Path(tmp) / "check", args.check_images, args.repeats)
     print(check)

@@ -46,9 +46,10 @@ from PIL import Image
 
 from sam3_lora.config import ModelConfig, load_config
 from sam3_lora.data.coco.split import load_coco_split
+from sam3_lora.data.results import coco_results
 from sam3_lora.data.synth import compose_scene, synthesize
 from sam3_lora.evaluation.metrics import coco_metrics
-from sam3_lora.evaluation.results import coco_results, ground_truth
+from sam3_lora.evaluation.results import ground_truth
 from sam3_lora.export.onnx import export_sam3_onnx
 from sam3_lora.export.onnx_folder import CONFIG_FILE
 from sam3_lora.export.quantize import quantize_export

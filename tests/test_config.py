@@ -180,3 +180,66 @@ def test_readme_states_each_presets_rank():
     assert {"minimal", "balanced", "full", "demo"} <= set(stated)
     for name, rank in stated.items():
         assert load_config(name).lora.rank == int(rank), name
+
+
+@pytest.mark.parametrize("word", ["no", "off", "yes", "on", "y", "n"])
+def test_words_yaml_1_1_reads_as_booleans_stay_words(tmp_path, word):
+    """``training.mixed_precision=no`` (the documented word) was refused as "got False": YAML
+    1.1 reads no/off/yes/on as booleans. They stay words wherever a word is due (a choice, a
+    text, a list of phrases, a mapping's keys), from the command line and from a file."""
+    config = load_config(None, [f"data.generic_prompt={word}", f"data.negative_phrases=[{word}, dog]",
+                                f"data.prompts={{{word}: {word}}}", f"evaluation.retain_prompts=[{word}]"])
+    assert config.data.generic_prompt == word and config.data.negative_phrases == [word, "dog"]
+    assert config.data.prompts == {word: word} and config.evaluation.retain_prompts == [word]
+    path = tmp_path / "config.yaml"
+    path.write_text(f"data:\n  generic_prompt: {word}\n  negative_phrases: [{word}]\n")
+    assert load_config(path).data.negative_phrases == [word]
+
+
+def test_mixed_precision_no_is_accepted_unquoted(tmp_path):
+    assert load_config(None, ["training.mixed_precision=no"]).training.mixed_precision == "no"
+    path = tmp_path / "config.yaml"
+    path.write_text("training:\n  mixed_precision: no\n")
+    assert load_config(path).training.mixed_precision == "no"
+
+
+@pytest.mark.parametrize("word, value", [("yes", True), ("on", True), ("true", True), ("no", False),
+                                         ("off", False), ("false", False)])
+def test_switches_still_take_yes_no_on_off(word, value):
+    assert load_config(None, [f"lora.use_dora={word}"]).lora.use_dora is value
+
+
+@pytest.mark.parametrize("override", ["training.learning_rate=0x10", "lora.rank=0o10", "lora.rank=0b11",
+                                      "training.seed=0x1F", "training.max_steps=010"])
+def test_hex_octal_and_binary_numbers_are_refused(override):
+    """``learning_rate=0x10`` was read as 16 and ``010`` as 8: numbers are decimal."""
+    message = one_line_error(None, [override])
+    key, value = override.split("=")
+    assert f"{key}: " in message and "write numbers in decimal" in message and value in message
+
+
+def test_hex_numbers_in_a_file_are_refused(tmp_path):
+    path = tmp_path / "config.yaml"
+    path.write_text("training:\n  learning_rate: 0x10\n")
+    message = one_line_error(path)
+    assert str(path) in message and "training.learning_rate" in message and "decimal" in message
+
+
+def test_decimal_and_exponent_numbers_still_read():
+    config = load_config(None, ["training.learning_rate=1e-4", "training.max_steps=1_000", "lora.alpha=2.",
+                                "training.warmup_steps=0", "loss.mask_weight=.5"])
+    assert config.training.learning_rate == 1e-4 and config.training.max_steps == 1000
+    assert config.training.warmup_steps == 0 and config.loss.mask_weight == 0.5
+
+
+def test_a_choice_a_yaml_1_1_reader_made_a_boolean_is_taken_back():
+    """A dict from yaml.safe_load (YAML 1.1) holds False for ``mixed_precision: no``."""
+    import yaml
+
+    from sam3_lora.config import validate_config
+
+    raw = yaml.safe_load("training:\n  mixed_precision: no\n")
+    assert raw == {"training": {"mixed_precision": False}}
+    assert validate_config(raw).training.mixed_precision == "no"
+    with pytest.raises(ConfigError, match="training.method"):   # no boolean word among its choices
+        validate_config({"training": {"method": True}})

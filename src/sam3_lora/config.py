@@ -13,6 +13,7 @@ through ``LEGACY_FLAGS``.
 from __future__ import annotations
 
 import difflib
+import re
 import reprlib
 import types
 import typing
@@ -48,6 +49,36 @@ MAX_CONFIG_BYTES = 1_000_000
 MAX_NESTING = 20
 
 
+# What YAML 1.1 (PyYAML's safe_load) reads as numbers and booleans that YAML 1.2, and every
+# user, reads as words or as decimal numbers: ``no``/``off``/``yes``/``on`` became booleans
+# (``training.mixed_precision: no`` was refused as "got False"), ``0x10`` was 16 and ``010``
+# was 8. ``ConfigLoader`` resolves plain scalars as YAML 1.2's core schema does, for config
+# files and overrides alike; hex, octal and binary forms then reach the schema as text, which
+# ``Section`` refuses where a number is due.
+_NOT_DECIMAL = re.compile(r"[-+]?0[0-9_]*[0-9xXoObB]")
+_YAML_11_WORDS = {True: {"yes", "on", "y", "true"}, False: {"no", "off", "n", "false"}}
+
+
+class ConfigLoader(yaml.SafeLoader):
+    """PyYAML's safe loader with YAML 1.2 core-schema booleans (true/false only) and decimal
+    numbers (``1e-4`` is a float, as it is not in YAML 1.1); everything else stays a string."""
+
+
+ConfigLoader.yaml_implicit_resolvers = {
+    first: [(tag, regexp) for tag, regexp in resolvers
+            if tag not in ("tag:yaml.org,2002:bool", "tag:yaml.org,2002:int", "tag:yaml.org,2002:float")]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()}
+ConfigLoader.add_implicit_resolver("tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"),
+                                   list("tTfF"))
+ConfigLoader.add_implicit_resolver("tag:yaml.org,2002:int", re.compile(r"^[-+]?(?:0|[1-9][0-9_]*)$"),
+                                   list("-+0123456789"))
+ConfigLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^(?:[-+]?(?:(?:0|[1-9][0-9_]*)(?:\.[0-9_]*)?|\.[0-9_]+)(?:[eE][-+]?[0-9]+)?"
+               r"|[-+]?\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN))$"),
+    list("-+0123456789."))
+
+
 class Section(BaseModel):
     """Base of every section: misspelt keys are errors, assignments are re-validated."""
 
@@ -59,10 +90,21 @@ class Section(BaseModel):
 
     @field_validator("*", mode="before")
     @classmethod
-    def _no_bool_for_numbers(cls, value: Any, info: ValidationInfo) -> Any:
-        """YAML's true/false would pass as 1/0 where a number is due (``lora.rank: true``)."""
-        if isinstance(value, bool) and _is_number(cls.model_fields[info.field_name].annotation):
-            raise ValueError("must be a number, not true/false")
+    def _plain_numbers(cls, value: Any, info: ValidationInfo) -> Any:
+        """YAML's true/false would pass as 1/0 where a number is due (``lora.rank: true``), and
+        pydantic would read ``010`` as 10 where YAML 1.1 meant 8: numbers are plain decimals.
+        A choice that is a YAML 1.1 boolean word (``mixed_precision: no``) is taken back from
+        the boolean a YAML 1.1 reader made of it, in a dict given to ``validate_config``."""
+        annotation = cls.model_fields[info.field_name].annotation
+        if isinstance(value, bool) and typing.get_origin(annotation) is Literal:
+            words = [c for c in typing.get_args(annotation) if str(c).lower() in _YAML_11_WORDS[value]]
+            return words[0] if len(words) == 1 else value
+        if not _is_number(annotation):
+            return value
+        if isinstance(value, bool):
+            raise ValueError("must be a number, not true/false")   # noqa: TRY004 - pydantic reports ValueError
+        if isinstance(value, str) and _NOT_DECIMAL.match(value.strip()):
+            raise ValueError("write numbers in decimal (no 0x, 0o, 0b or leading 0)")
         return value
 
 
@@ -452,6 +494,11 @@ class EvaluationConfig(Section):
     """Examples per kind (best, worst, random units) in the report's image grid."""
 
 
+# The score a detection needs to count for cgF1, and to be shown by ``predict``, the app and
+# the inference API, unless told otherwise: the schema's default, so there is one 0.5.
+DEFAULT_SCORE_THRESHOLD: float = EvaluationConfig.model_fields["score_threshold"].default
+
+
 class OutputConfig(Section):
     """Where a run writes."""
 
@@ -543,7 +590,7 @@ def _safe_load(text: str, where: str) -> Any:
     source in the message). YAML syntax errors are left to the caller."""
     too_deep = ConfigError(f"{where}: nested too deeply to be a config (at most {MAX_NESTING} levels)")
     try:
-        value = yaml.safe_load(text)
+        value = yaml.load(text, Loader=ConfigLoader)   # a SafeLoader: builds plain values only
     except RecursionError:   # the parser recurses once per level
         raise too_deep from None
     if _depth(value) > MAX_NESTING:
@@ -666,33 +713,53 @@ def _suggest(loc: list[str]) -> str:
 
 # ---- documentation read from the schema -----------------------------------------------------
 
-def explain(key: str | None = None) -> str:
-    """The documentation of one ``section.key``, of one section, or (None) of every key."""
+def explain(key: str | None = None, config: Config | None = None) -> str:
+    """The documentation of one ``section.key``, of one section, or (None) of every key, as
+    plain text for a terminal; with ``config``, each key also shows the value it has there
+    where that differs from the default."""
     if key is None:
-        return "\n\n".join(explain(name) for name in Config.model_fields)
+        return "\n\n".join(explain(name, config) for name in Config.model_fields)
     section_name, _, field_name = key.partition(".")
     section = Config.model_fields.get(section_name)
     if section is None:
-        raise ConfigError(f"{key}: no such section{_suggest([section_name])}")
+        raise ConfigError(f"{_shown(key)[1:-1]}: no such section{_suggest([section_name])}")
     model = section.annotation
+    values = getattr(config, section_name) if config is not None else None
     if not field_name:
-        lines = [f"{section_name}: {_one_paragraph(model.__doc__)}"]
-        return "\n".join(lines + [_explain_field(section_name, name, field)
+        lines = [f"{section_name}: {_plain(_one_paragraph(model.__doc__))}"]
+        return "\n".join(lines + [_explain_field(section_name, name, field, values)
                                    for name, field in model.model_fields.items()])
     field = model.model_fields.get(field_name)
     if field is None:
-        raise ConfigError(f"{key}: unknown key{_suggest([section_name, field_name])}")
-    return _explain_field(section_name, field_name, field)
+        raise ConfigError(f"{_shown(key)[1:-1]}: unknown key{_suggest([section_name, field_name])}")
+    return _explain_field(section_name, field_name, field, values)
 
 
-def _explain_field(section: str, name: str, field) -> str:
+def _explain_field(section: str, name: str, field, values: Section | None = None) -> str:
+    """``  section.name = default`` (and ``(this config: value)`` where ``values``, the
+    section of a config, holds another), then the documentation as plain text."""
     default = field.get_default(call_default_factory=True)
-    shown = yaml.safe_dump(default, default_flow_style=True, width=10**6).strip().removesuffix("\n...")
-    return f"  {section}.{name} = {shown}\n      {_one_paragraph(field.description)}"
+    shown = _flow_yaml(default)
+    if values is not None and getattr(values, name) != default:
+        shown += f" (this config: {_flow_yaml(getattr(values, name))})"
+    return f"  {section}.{name} = {shown}\n      {_plain(_one_paragraph(field.description))}"
+
+
+def _flow_yaml(value: Any) -> str:
+    """A value as one line of YAML, as a config would hold it."""
+    if isinstance(value, BaseModel):
+        value = value.model_dump(mode="json")
+    return yaml.safe_dump(value, default_flow_style=True, width=10**6).strip().removesuffix("\n...")
 
 
 def _one_paragraph(text: str | None) -> str:
     return " ".join((text or "(undocumented)").split())
+
+
+def _plain(text: str) -> str:
+    """Documentation for a terminal: reStructuredText's ````code```` marks dropped (Markdown
+    output keeps them, as code)."""
+    return re.sub(r"``(.+?)``", r"\1", text)
 
 
 def reference_markdown() -> str:
@@ -701,14 +768,15 @@ def reference_markdown() -> str:
              "Every key of the config schema (`src/sam3_lora/config.py`), its default and what it does.",
              "Generated from the schema by `sam3-lora info --explain --markdown`; a test keeps it equal.",
              "Print one key with `sam3-lora info --explain section.key`.",
-             "Numbers must be finite (no `.nan`, `.inf`), and `true`/`false` is not a number.", ""]
+             "Numbers must be finite (no `.nan`, `.inf`) and decimal (`1e-4`, `1000`; not `0x10` or `010`), and",
+             "`true`/`false` is not a number. Values are read as YAML 1.2 reads them: `no`, `off`, `yes`, `on`",
+             "are words (`training.mixed_precision: no`); switches take them too.", ""]
     for section_name, section in Config.model_fields.items():
         model = section.annotation
         lines += [f"## `{section_name}`", "", _one_paragraph(model.__doc__), "",
                   "| key | default | what it does |", "|---|---|---|"]
         for name, field in model.model_fields.items():
-            default = field.get_default(call_default_factory=True)
-            shown = yaml.safe_dump(default, default_flow_style=True, width=10**6).strip().removesuffix("\n...")
+            shown = _flow_yaml(field.get_default(call_default_factory=True))
             text = _one_paragraph(field.description).replace("|", "\\|")
             lines.append(f"| `{name}` | `{shown}` | {text} |")
         lines.append("")

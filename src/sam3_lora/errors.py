@@ -26,6 +26,19 @@ class Sam3LoraError(Exception):
         return f"{self.message} ({name_option(self.option)})" if self.option else self.message
 
 
+class Sam3LoraWarning(UserWarning):
+    """A user-facing warning: one line; ``option`` names the parameter that acts on it, worded
+    as in ``Sam3LoraError`` (``(argument iou_type)`` from Python, ``(--iou-type)`` on the
+    command line)."""
+
+    def __init__(self, message: str, *, option: str | None = None):
+        super().__init__(message)
+        self.message, self.option = message, option
+
+    __str__ = Sam3LoraError.__str__
+    worded = Sam3LoraError.worded
+
+
 class ConfigError(Sam3LoraError):
     """A config file or override is invalid."""
 

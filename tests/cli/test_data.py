@@ -102,10 +102,10 @@ def test_user_errors_are_raised_for_the_main_cli(shapes):
 def test_validate_prints_the_report_and_returns_its_code(monkeypatch, tmp_path, capsys):
     calls = []
     report = types.SimpleNamespace(exit_code=1)
-    fake = types.ModuleType("sam3_lora.data.validate")
+    fake = types.ModuleType("sam3_lora.data.checks")
     fake.validate_dataset = lambda root, annotation_file: calls.append((root, annotation_file)) or report
     fake.format_report = lambda given: "the report" if given is report else "?"
-    monkeypatch.setitem(sys.modules, "sam3_lora.data.validate", fake)
+    monkeypatch.setitem(sys.modules, "sam3_lora.data.checks", fake)
     assert run("validate", tmp_path, "--annotation-file", "a.json") == 1
     assert calls == [(str(tmp_path), "a.json")]
     assert capsys.readouterr().out.strip() == "the report"
@@ -129,3 +129,27 @@ def test_a_missing_subcommand_is_a_usage_error(capsys):
     with pytest.raises(SystemExit) as exit_info:
         run()
     assert exit_info.value.code == 2
+
+
+def test_convert_split_keeps_an_existing_test_split(tmp_path, capsys):
+    run("synth", tmp_path / "export", "--train", 8, "--valid", 0, "--test", 3, "--size", 64)
+    test_before = json.loads((tmp_path / "export" / "test" / ANN).read_text())
+    assert run("convert", "split", tmp_path / "export" / "train", tmp_path / "out",
+               "--keep-test") == 0
+    assert "train 7 images" in capsys.readouterr().out   # 0.9 0.1 0 of 8: 7/1, test kept
+    kept = json.loads((tmp_path / "out" / "test" / ANN).read_text())
+    assert kept["images"] == test_before["images"]
+    assert kept["annotations"] == test_before["annotations"]
+    with pytest.raises(DataError, match=r"keeps test/ as it is, so the test ratio must be 0.*"
+                                        r"\(argument split_ratios\)"):
+        run("convert", "split", tmp_path / "export" / "train", tmp_path / "o2", "--keep-test",
+            "--split-ratios", 0.8, 0.1, 0.1)
+    run("synth", tmp_path / "solo", "--train", 4, "--valid", 0, "--test", 0, "--size", 64)
+    with pytest.raises(DataError, match=r"no test/ beside .*train to keep"):
+        run("convert", "split", tmp_path / "solo" / "train", tmp_path / "o3", "--keep-test")
+
+
+def test_convert_split_help_documents_keep_test(capsys):
+    with pytest.raises(SystemExit):
+        run("convert", "split", "--help")
+    assert "--keep-test" in capsys.readouterr().out

@@ -130,3 +130,24 @@ def test_unwritable_output_is_refused_before_scoring(paths, tmp_path, monkeypatc
         assert main(["evaluate", "--gt", str(gt), "--predictions", str(pred), "--output", str(output)]) == 2
         err = capsys.readouterr().err
         assert err.startswith(f"error: --output {output}: ") and message in err and err.count("\n") == 1
+
+
+def test_box_only_ground_truth_names_the_flag_on_the_command_line(tmp_path, capsys, monkeypatch):
+    import sys
+    import warnings
+
+    from sam3_lora.cli.main import main
+
+    # pytest records warnings; show them as Python would, through the CLI's formatwarning
+    monkeypatch.setattr(warnings, "showwarning", lambda message, category, filename, lineno, *_:
+                        sys.stderr.write(warnings.formatwarning(message, category, filename, lineno)))
+
+    gt = {"images": [{"id": 1, "width": 50, "height": 40}], "categories": [{"id": 1, "name": "a"}],
+          "annotations": [{"id": 1, "image_id": 1, "category_id": 1, "bbox": [5, 5, 10, 10]}]}
+    (tmp_path / "gt.json").write_text(json.dumps(gt))
+    (tmp_path / "pred.json").write_text(json.dumps([{"image_id": 1, "category_id": 1, "score": 0.5}]))
+    assert main(["evaluate", "--gt", str(tmp_path / "gt.json"),
+                 "--predictions", str(tmp_path / "pred.json")]) == 2
+    err = capsys.readouterr().err
+    assert "warning: " in err and "evaluate boxes: bbox (--iou-type)" in err
+    assert "error: " in err and "iou_type" not in err

@@ -126,3 +126,118 @@ def test_validate_refuses_an_adapter_with_nan_weights(capsys, tmp_path):
     code, _out, err = run(capsys, "validate", "--config", str(TINY_CONFIG), f"data.root={tmp_path / 'data'}",
                           "--weights", str(tmp_path / "nan"), "--output", str(tmp_path / "eval"))
     assert code == 2 and err.count("\n") == 1 and "hold NaN or infinite values" in err
+
+
+def test_explain_with_markdown_and_a_key_is_refused(capsys):
+    """--markdown used to print the whole reference, ignoring the key."""
+    code, out, err = run(capsys, "info", "--explain", "lora.rank", "--markdown")
+    assert code == 2 and out == "" and err.count("\n") == 1 and "--markdown" in err
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--config", "missing.yaml"], "missing.yaml: no such config file"),
+    (["lora.rank=abc"], "lora.rank: Input should be a valid integer"),
+    (["lora.rnak=3"], "did you mean 'rank'"),
+])
+def test_explain_checks_the_config_and_overrides_it_is_given(capsys, argv, message):
+    """They used to be ignored: a missing --config and a bad override passed silently."""
+    code, out, err = run(capsys, "info", "--explain", "lora.rank", *argv)
+    assert code == 2 and out == "" and err.count("\n") == 1 and message in err
+
+
+def test_explain_shows_the_value_a_config_gives(capsys):
+    code, out, _ = run(capsys, "info", "--explain", "lora.rank", "--config", "minimal", "lora.rank=12")
+    assert code == 0 and out.startswith("  lora.rank = 8 (this config: 12)\n")
+    code, out, _ = run(capsys, "info", "--explain", "lora.rank")
+    assert code == 0 and "this config" not in out
+
+
+@pytest.mark.parametrize("key", ["x" * 100_000, "lora." + "y" * 100_000])
+def test_explain_of_a_huge_key_is_a_short_line(capsys, key):
+    code, _out, err = run(capsys, "info", "--explain", key)
+    assert code == 2 and err.count("\n") == 1 and len(err) < 400
+
+
+def test_explain_prints_plain_text_without_restructuredtext_marks(capsys):
+    """``use_rslora`` was printed with its reStructuredText backquotes."""
+    from sam3_lora.config import reference_markdown
+
+    code, out, _ = run(capsys, "info", "--explain", "lora.alpha")
+    assert code == 0 and "``" not in out and "(alpha / sqrt(rank) with use_rslora)" in out
+    _, out, _ = run(capsys, "info", "--explain")
+    assert "``" not in out
+    assert "``use_rslora``" in reference_markdown()   # Markdown keeps its code marks
+
+
+@pytest.mark.parametrize("flag", ["--lora-rank", "--lora_rank"])
+def test_legacy_flags_take_either_spelling(capsys, flag):
+    """--learning-rate (hyphen) used to print the top-level usage with no hint."""
+    code, out, _ = run(capsys, "info", "--config", "minimal", "model.source=sam3-tiny", flag, "2")
+    assert code == 0 and "rank 2" in out
+
+
+@pytest.mark.parametrize("flag", ["--learning-rate", "--learning_rate", "--batch-size", "--batch_size",
+                                  "--num-epochs", "--num_epochs"])
+def test_every_legacy_flag_sets_its_key_in_both_spellings(flag):
+    from sam3_lora.cli.common import config_from_args
+    from sam3_lora.cli.main import build_parser, spelled_as_declared
+
+    parser = build_parser()
+    args = parser.parse_args(spelled_as_declared(["train", "--config", "minimal", f"{flag}=3"], parser))
+    config = config_from_args(args)
+    key = flag.lstrip("-").replace("-", "_")
+    assert getattr(config.training, key) == 3
+
+
+def test_other_flags_take_underscores_too(capsys, tmp_path):
+    from sam3_lora.cli.main import build_parser, spelled_as_declared
+
+    parser = build_parser()
+    args = parser.parse_args(spelled_as_declared(["train", "--skip_invalid", "--config", "demo"], parser))
+    assert args.skip_invalid is True
+    args = parser.parse_args(spelled_as_declared(["predict", "--image", "x.png", "--no_lora", "--prompt", "a"],
+                                                 parser))
+    assert args.no_lora is True
+
+
+@pytest.mark.parametrize("argv, hint", [
+    (["train", "--learnig-rate", "1"], "did you mean --learning-rate?"),
+    (["validate", "--positive-only"], "did you mean --positives-only?"),
+    (["predict", "--image", "x.png", "--tresh", "0.3"], "did you mean --threshold?"),
+])
+def test_an_unknown_flag_gets_a_did_you_mean_from_its_command(capsys, argv, hint):
+    with pytest.raises(SystemExit) as stop:
+        main(argv)
+    err = capsys.readouterr().err
+    assert stop.value.code == 2 and hint in err
+    assert err.startswith(f"usage: sam3-lora {argv[0]}")   # the command's usage, not the top level's
+
+
+def test_output_into_a_closed_pipe_ends_quietly(tmp_path):
+    """`sam3-lora ... | head` ended in a BrokenPipeError traceback. The reader here closes its
+    end before the command prints anything."""
+    import subprocess
+    import sys
+
+    process = subprocess.Popen([sys.executable, "-m", "sam3_lora.cli", "info", "--explain"],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    process.stdout.close()
+    _, err = process.communicate(timeout=120)
+    assert err.decode() == "" and process.returncode == 141
+
+
+
+@pytest.mark.parametrize("module, argv, dest", [
+    ("predict", ["predict", "--image", "x.png"], "threshold"),
+    ("evaluate", ["evaluate", "--gt", "g.json", "--predictions", "p.json"], "score_threshold"),
+])
+def test_score_thresholds_default_to_the_config_schemas(monkeypatch, module, argv, dest):
+    """predict --threshold and evaluate --score-threshold had their own 0.5."""
+    import importlib
+
+    from sam3_lora.cli.main import build_parser
+    from sam3_lora.config import DEFAULT_SCORE_THRESHOLD, EvaluationConfig
+
+    assert DEFAULT_SCORE_THRESHOLD == EvaluationConfig().score_threshold
+    monkeypatch.setattr(importlib.import_module(f"sam3_lora.cli.{module}"), "DEFAULT_SCORE_THRESHOLD", 0.25)
+    assert getattr(build_parser().parse_args(argv), dest) == 0.25

@@ -245,3 +245,43 @@ def test_every_data_key_changes_the_output(tmp_path, key, base, changed):
 def test_key_table_covers_every_consumed_key():
     not_read_here = {"root", "annotation_file", "skip_invalid"}  # the reader's and the CLI's
     assert {case[0] for case in KEY_CASES} == set(DataConfig.model_fields) - not_read_here
+
+
+def test_a_big_jpeg_is_decoded_at_reduced_size_to_the_same_training_tensor(tmp_path, monkeypatch):
+    """Phone photos decoded in full cost ~10x the training work at 112 px: JPEGs are decoded
+    by DCT scaling (PIL ``draft``) to no less than the training size, then resized as usual.
+    EXIF orientation still applies; boxes stay in the annotated (full-size, upright) frame."""
+    import numpy as np
+    from PIL import JpegImagePlugin
+
+    from sam3_lora.data.dataset import AUGMENT_STREAM, sample_generator
+    from sam3_lora.data.images import open_image
+    from sam3_lora.model.processing import image_to_tensor
+
+    ys, xs = np.mgrid[0:1500, 0:2000]
+    pixels = np.stack([xs % 256, ys % 256, (xs + ys) // 16 % 256], -1).astype(np.uint8)
+    exif = Image.Exif()
+    exif[0x0112] = 6   # stored landscape, shown portrait: 1500 x 2000
+    Image.fromarray(pixels).save(tmp_path / "photo.jpg", quality=95, exif=exif)
+    record = ImageRecord(1, "photo.jpg", tmp_path / "photo.jpg", 1500, 2000,
+                         [rect(1, 1, 300, 400, 600, 800)])
+    split = CocoSplit("train", tmp_path, tmp_path / "_annotations.coco.json", dict(CATEGORIES),
+                      [record])
+    drafts = []
+    original_draft = JpegImagePlugin.JpegImageFile.draft
+    monkeypatch.setattr(JpegImagePlugin.JpegImageFile, "draft",
+                        lambda self, mode, size, *a: drafts.append(size) or original_draft(self, mode, size, *a))
+    dataset = ConceptDataset(split, DataConfig(), 112, train=True)
+    sample = dataset[0]
+    assert drafts == [(112, 112)]
+
+    full = image_to_tensor(np.array(open_image(record.path)))
+    boxes = torch.tensor([record.objects[0].bbox], dtype=torch.float)
+    reference, reference_boxes, geometry = dataset.transform(
+        full, boxes, sample_generator(0, 0, 0, AUGMENT_STREAM))
+    assert sample["geometry"] == geometry and geometry.orig_size == (2000, 1500)
+    assert torch.equal(sample["queries"][0]["boxes"] * 112,
+                       torch.cat([(reference_boxes[:, :2] + reference_boxes[:, 2:]) / 2,
+                                  reference_boxes[:, 2:] - reference_boxes[:, :2]], -1))
+    difference = (sample["pixel_values"] - reference).abs().mean().item()
+    assert difference < 0.02   # normalised units (1.0 = 127.5 grey levels): under 2.6 levels

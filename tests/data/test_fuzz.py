@@ -17,8 +17,8 @@ from hypothesis import strategies as st
 from PIL import Image
 from pycocotools import mask as mask_utils
 
+from sam3_lora.data.checks import format_report, validate_dataset
 from sam3_lora.data.coco.split import check_split, load_coco_split
-from sam3_lora.data.validate import format_report, validate_dataset
 from sam3_lora.errors import DataError
 from tests.json_fuzz import json_slots
 

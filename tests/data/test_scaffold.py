@@ -5,7 +5,7 @@ import json
 import pytest
 from pycocotools.coco import COCO
 
-from sam3_lora.data.scaffold import SPLITS, create_layout, prepare_output_dir
+from sam3_lora.data.scaffold import SPLITS, create_layout, prepare_output_dir, write_annotation_file
 from sam3_lora.errors import DataError
 
 
@@ -43,3 +43,13 @@ def test_refuses_a_file(tmp_path):
     (tmp_path / "f").write_text("")
     with pytest.raises(DataError, match="is a file, not a folder"):
         prepare_output_dir(tmp_path / "f")
+
+
+def test_annotation_file_replaces_a_planted_symlink_instead_of_writing_through(tmp_path):
+    victim = tmp_path / "victim.json"
+    victim.write_text("keep me")
+    (tmp_path / "train").mkdir()
+    (tmp_path / "train" / "_annotations.coco.json").symlink_to(victim)
+    write_annotation_file(tmp_path / "train" / "_annotations.coco.json", [], [], [])
+    assert victim.read_text() == "keep me"
+    assert not (tmp_path / "train" / "_annotations.coco.json").is_symlink()

@@ -34,7 +34,8 @@ from tests.evaluation.cases import (
     ({**GOOD, "segmentation": {"size": [100, 100], "counts": [5, 3]}}, r"malformed RLE"),
     ({**GOOD, "segmentation": {"size": [50, 50], "counts": "PP5"}}, r"size \[50, 50\].*\[100, 100\]"),
     ({**GOOD, "segmentation": [[0, 0, 5, 0, 5, 5]]}, r"list segmentation; predictions need an RLE"),
-    ({k: v for k, v in GOOD.items() if k != "segmentation"}, r"no segmentation.*iou_type bbox"),
+    ({k: v for k, v in GOOD.items() if k != "segmentation"},
+     r"no segmentation; add its RLE mask, or evaluate boxes: bbox \(argument iou_type\)"),
 ])
 def test_bad_prediction_gives_one_clear_line(files, prediction, message):
     with pytest.raises(DataError, match=message) as error:
@@ -73,6 +74,17 @@ def test_empty_predictions_warn_and_score_zero(files, tmp_path, content):
       '"annotations": [{"id": 9, "image_id": 1, "category_id": 1, '
       '"segmentation": {"size": [10, 10], "counts": "0zz"}}]}'),
      r"annotation id 9 \(annotations\[0\]\) has a malformed RLE segmentation"),
+    (('{"images": [{"id": 1, "width": 10, "height": 10}], "categories": [{"id": 1}], '
+      '"annotations": [{"id": 3, "image_id": 1, "category_id": 1, "bbox": [0, 0, 2, 2], '
+      '"area": NaN}]}'),
+     r"annotation id 3 has area nan; write the object's area in pixels \(or leave it out"),
+    (('{"images": [{"id": 1, "width": 10, "height": 10}], "categories": [{"id": 1}], '
+      '"annotations": [{"id": 3, "image_id": 1, "category_id": 1, "bbox": [0, 0, 2, 2]}, '
+      '{"id": 3, "image_id": 1, "category_id": 1, "bbox": [4, 4, 2, 2]}]}'),
+     r"annotation id 3 appears twice \(annotations\[0\] and \[1\]\); give every annotation a unique id"),
+    (('{"images": [{"id": 1, "width": 10, "height": 10}], "categories": [{"id": 1}], '
+      '"annotations": [{"id": 3, "image_id": 1, "category_id": 1, "bbox": [0, 0, 1e300, 2]}]}'),
+     r"annotation id 3 has bbox \[0, 0, 1e\+300, 2\] \('bbox' holds 1e\+300, not a pixel position\)"),
 ])
 def test_bad_ground_truth_gives_one_clear_line(tmp_path, gt_text, message):
     (tmp_path / "gt.json").write_text(gt_text)
@@ -135,3 +147,11 @@ def test_ground_truth_that_crashed_pycocotools_is_one_line(tmp_path, case):
     message = result.stderr.strip()
     assert message.startswith("error: ") and "\n" not in message and len(message) < 300
     assert "gt.json: annotation id 7" in message and "Traceback" not in message
+
+
+def test_box_only_ground_truth_warns_naming_the_option(tmp_path):
+    gt = {"images": [{"id": 1, "width": 10, "height": 10}], "categories": [{"id": 1, "name": "a"}],
+          "annotations": [{"id": 1, "image_id": 1, "category_id": 1, "bbox": [1, 1, 4, 4]}]}
+    gt_path, pred_path = write(tmp_path, "gt.json", gt), write(tmp_path, "pred.json", [])
+    with pytest.warns(UserWarning, match=r"no mask.*evaluate boxes: bbox \(argument iou_type\)"):
+        evaluate_files(gt_path, pred_path)

@@ -27,9 +27,9 @@ pytest.importorskip("onnxscript", reason="the onnx extra: pip install 'sam3-lora
 import sam3_lora.export.onnx as onnx_export
 from sam3_lora.cli import main
 from sam3_lora.config import LoRAConfig, load_config
+from sam3_lora.data.results import prediction_entries
 from sam3_lora.data.rle import as_compressed
 from sam3_lora.data.synth import compose_scene
-from sam3_lora.evaluation.results import prediction_entries
 from sam3_lora.export.onnx import OnnxExportError, export_sam3_onnx
 from sam3_lora.export.quantize import quantize_export
 from sam3_lora.files import current_umask
@@ -229,7 +229,7 @@ import json, sys
 for name in ("torch", "transformers", "peft", "torchvision"):
     sys.modules[name] = None               # "import torch" now raises ImportError
 from sam3_lora import SAM3OnnxInference
-from sam3_lora.evaluation.results import prediction_entries
+from sam3_lora.data.results import prediction_entries
 engine = SAM3OnnxInference(sys.argv[1], threads=1)
 found = engine.predict(sys.argv[2], ["red circle", "blue square"], boxes=[[10, 10, 60, 50]], threshold=0.0)
 engine.visualize(found, sys.argv[3])

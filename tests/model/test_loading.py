@@ -128,6 +128,20 @@ def test_folder_without_tokenizer_says_what_is_missing(tmp_path, tiny):
         load_sam3(str(tmp_path))
 
 
+@pytest.mark.parametrize("metadata", [{"format": "sam3-lora-model/2"}, {"format": "sam3-lora-adapter/1"}, [1], "{"])
+def test_a_model_folder_of_an_unknown_format_is_one_line(tmp_path, tiny, metadata):
+    """Its sam3_lora.json used to be never checked; a folder without one (plain
+    save_pretrained) is still a model source."""
+    from sam3_lora.model.folders import METADATA_FILE
+
+    tiny.model.save_pretrained(tmp_path)
+    (tmp_path / METADATA_FILE).write_text(metadata if isinstance(metadata, str) else json.dumps(metadata))
+    with pytest.raises(ModelLoadError) as error:
+        load_sam3(str(tmp_path))
+    assert str(error.value).startswith(f"{tmp_path / METADATA_FILE}: ") and "\n" not in str(error.value)
+    assert "this sam3-lora reads sam3-lora-model/1" in str(error.value) or "not valid JSON" in str(error.value)
+
+
 class FakeHub(BaseHTTPRequestHandler):
     """Answers like the hub does for a gated repo and for a missing one."""
 

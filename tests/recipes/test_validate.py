@@ -98,8 +98,9 @@ def test_split_without_negatives_is_refused_unless_asked(trained, tmp_path):
     synthesize(root, images_per_split={"train": 2, "valid": 3}, concepts=["red circle"], objects_per_image=(1, 2),
                image_size=112, seed=0)
     positive_only = config.model_copy(update={"data": config.data.model_copy(update={"root": str(root)})})
-    with pytest.raises(EvaluationError, match="every \\(image, prompt\\) unit is positive.*positives only"):
+    with pytest.raises(EvaluationError, match="every \\(image, prompt\\) unit is positive.*positives only") as error:
         validate(positive_only, output=tmp_path / "out")
+    assert error.value.option == "positives_only"   # the command line says (--positives-only)
     summary = validate(positive_only, output=tmp_path / "out", positives_only=True)
     assert summary["cgF1"] is None and summary["cgF1_defined"] is False and summary["mAP"] is not None
 

@@ -22,6 +22,8 @@ from sam3_lora.serve.app import (
     BASE,
     AdapterApp,
     AppError,
+    AppResult,
+    ModelAnswer,
     adapter_folders,
     bind_warning,
     parse_boxes,
@@ -449,3 +451,18 @@ def test_parallel_sessions_get_every_file_whole(app):
     finally:
         page.close()
     assert problems == [] and len(served) == 20 * 3 * 4   # preview; overlay, PNG, JSON
+
+
+def test_saved_files_replace_symlinks_at_their_names(tmp_path):
+    """Links planted at the download names are replaced by the files, their targets untouched."""
+    found = {"prompt": "red circle", "scores": np.array([0.9]), "boxes": np.array([[1.0, 2.0, 5.0, 6.0]]),
+             "masks": np.ones((1, 8, 8), bool)}
+    result = AppResult([ModelAnswer("best", Image.new("RGB", (8, 8)), [found], 0.1)])
+    target = tmp_path / "target"
+    target.write_text("keep me")
+    for name in ("best-overlay.png", "best-detections.json"):
+        (tmp_path / name).symlink_to(target)
+    png, saved = result.save(tmp_path)
+    assert target.read_text() == "keep me"
+    assert not png.is_symlink() and Image.open(png).format == "PNG"
+    assert not saved.is_symlink() and json.loads(saved.read_text())[0]["prompt"] == "red circle"

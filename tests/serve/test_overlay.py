@@ -127,3 +127,13 @@ def test_save_overlay_writes_png_and_refuses_source(tmp_path):
     with pytest.raises(ValueError, match="source"):
         save_overlay(grey(), [], tmp_path / "." / "in.png", source=source)
     assert Image.open(source).size == (W, H)
+
+
+def test_save_overlay_replaces_a_symlink_at_its_path(tmp_path):
+    """A link planted at the output path is replaced by the PNG; its target is untouched."""
+    target = tmp_path / "target.txt"
+    target.write_text("keep me")
+    (tmp_path / "x.png").symlink_to(target)
+    out = save_overlay(grey(), [result("crack", [[10, 10, 50, 50]])], tmp_path / "x.png")
+    assert not out.is_symlink() and Image.open(out).format == "PNG"
+    assert target.read_text() == "keep me"

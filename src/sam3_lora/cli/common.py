@@ -26,8 +26,9 @@ def add_config_args(parser: argparse.ArgumentParser) -> None:
                         help="YAML config, or a preset name: minimal, balanced, full, demo, base")
     parser.add_argument("overrides", nargs="*", metavar="section.key=value",
                         help="override any config key, e.g. lora.rank=8 training.max_steps=100")
-    for flag, key in LEGACY_FLAGS.items():
-        parser.add_argument(f"--{flag}", default=None, metavar="VALUE", help=f"same as {key}=VALUE")
+    for flag, key in LEGACY_FLAGS.items():   # --lora-rank; the original tool's --lora_rank works too
+        parser.add_argument(f"--{flag.replace('_', '-')}", dest=flag, default=None, metavar="VALUE",
+                            help=f"same as {key}=VALUE")
 
 
 def config_from_args(args: argparse.Namespace) -> Config:

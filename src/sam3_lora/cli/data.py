@@ -111,8 +111,8 @@ def cmd_synth(args: argparse.Namespace) -> int:
     return 0
 
 
-def _add_split_options(parser: argparse.ArgumentParser, default=None) -> None:
-    parser.add_argument("--split-ratios", type=float, nargs=3, default=default,
+def _add_split_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--split-ratios", type=float, nargs=3, default=None,
                         metavar=("TRAIN", "VALID", "TEST"),
                         help="shuffle all images and split them by these ratios (sum 1)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the shuffle")
@@ -174,8 +174,10 @@ def _add_convert(commands) -> None:
 
     split = _leaf(
         formats, "split", "split one COCO split folder into train/valid/test",
-        "ids are kept; the same seed gives the same split\n"
-        "example:\n  sam3-lora data convert split export/train data/mine --split-ratios 0.7 0.2 0.1",
+        "ids are kept; the same seed gives the same split; ratios default to 0.8 0.1 0.1\n"
+        "examples:\n  sam3-lora data convert split export/train data/mine --split-ratios 0.7 0.2 0.1\n"
+        "  sam3-lora data convert split export/train data/mine --keep-test   "
+        "# valid from train, export/test kept",
         cmd_convert_split,
     )
     split.add_argument("source", metavar="SRC",
@@ -183,7 +185,10 @@ def _add_convert(commands) -> None:
     split.add_argument("out", metavar="OUT", help="new or empty output folder")
     split.add_argument("--annotation-file", default=ANNOTATION_FILE, metavar="NAME",
                        help="annotation file name inside SRC")
-    _add_split_options(split, default=[0.8, 0.1, 0.1])
+    _add_split_options(split)
+    split.add_argument("--keep-test", action="store_true",
+                       help="keep the test/ beside SRC as it is and cut SRC into train/valid "
+                       "only (ratios default to 0.9 0.1 0; the test ratio must be 0)")
 
 
 def _ratios(args: argparse.Namespace):
@@ -219,7 +224,8 @@ def cmd_convert_split(args: argparse.Namespace) -> int:
     from sam3_lora.data.convert.coco import split_coco
 
     print(split_coco(args.source, args.out, ratios=_ratios(args), seed=args.seed,
-                     annotation_file=args.annotation_file, link=not args.copy))
+                     annotation_file=args.annotation_file, link=not args.copy,
+                     keep_test=args.keep_test))
     return 0
 
 
@@ -236,7 +242,7 @@ def _add_validate(commands) -> None:
 
 def cmd_validate(args: argparse.Namespace) -> int:
     """Print every problem of the dataset; exit status 1 when there are errors."""
-    from sam3_lora.data.validate import format_report, validate_dataset
+    from sam3_lora.data.checks import format_report, validate_dataset
 
     report = validate_dataset(args.dir, args.annotation_file)
     print(format_report(report))

@@ -10,6 +10,7 @@ import json
 from pathlib import Path
 
 from sam3_lora.cli.common import add_command
+from sam3_lora.config import DEFAULT_SCORE_THRESHOLD
 from sam3_lora.errors import Sam3LoraError
 from sam3_lora.files import check_output
 
@@ -45,8 +46,8 @@ def add_parser(commands: argparse._SubParsersAction) -> argparse.ArgumentParser:
                         help="match masks (segm) or boxes (bbox) (default: segm)")
     parser.add_argument("--output", metavar="metrics.json", default=None,
                         help="also write the metrics as one flat JSON object here")
-    parser.add_argument("--score-threshold", type=float, default=0.5, metavar="S",
-                        help="cgF1 counts predictions scoring at least this (default: 0.5, "
+    parser.add_argument("--score-threshold", type=float, default=DEFAULT_SCORE_THRESHOLD, metavar="S",
+                        help=f"cgF1 counts predictions scoring at least this (default: {DEFAULT_SCORE_THRESHOLD:g}, "
                              "SAM3's); mAP uses every score")
     parser.add_argument("--compare-base", metavar="BASE.json", default=None,
                         help="the base model's predictions on the same images: scored too and "

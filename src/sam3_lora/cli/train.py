@@ -7,6 +7,7 @@ import json
 import sys
 
 from sam3_lora.cli.common import add_command, config_from_args
+from sam3_lora.config import LEGACY_FLAGS
 
 TRAIN_EPILOG = """\
 examples:
@@ -20,9 +21,17 @@ def cmd_info(args: argparse.Namespace) -> int:
     """Model source, LoRA placement and trainable share, without loading weights; or, with
     --explain, what config keys mean."""
     from sam3_lora.config import explain, reference_markdown
+    from sam3_lora.errors import ConfigError
 
+    if args.markdown and (args.explain is None or args.explain):
+        raise ConfigError("--markdown prints the whole reference: give it with --explain alone "
+                          "(info --explain --markdown), or drop it")
+    if args.markdown:
+        print(reference_markdown())
+        return 0
     if args.explain is not None:
-        print(reference_markdown() if args.markdown else explain(args.explain or None))
+        given = args.config or args.overrides or any(getattr(args, flag) for flag in LEGACY_FLAGS)
+        print(explain(args.explain or None, config_from_args(args) if given else None))
         return 0
     from sam3_lora.lora.apply import preview
     from sam3_lora.model.loading import load_sam3_config
@@ -55,8 +64,10 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     """Register ``info`` and ``train``."""
     info = add_command(commands, "info", cmd_info, "show the model and where LoRA goes, without training")
     info.add_argument("--explain", nargs="?", const="", metavar="KEY",
-                      help="print what a config key (section.key), a section or (alone) every key means")
-    info.add_argument("--markdown", action="store_true", help="with --explain: the whole reference as Markdown")
+                      help="print what a config key (section.key), a section or (alone) every key means; with "
+                      "--config or overrides, also the values they give")
+    info.add_argument("--markdown", action="store_true",
+                      help="with --explain and no key: the whole reference as Markdown (docs/config.md)")
     train = add_command(commands, "train", cmd_train, "fine-tune SAM3 on a COCO dataset (LoRA, or every weight)",
                         epilog=TRAIN_EPILOG)
     train.add_argument("--resume", metavar="RUN_DIR|auto", default=None,

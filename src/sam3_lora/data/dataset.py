@@ -20,16 +20,15 @@ Crowd objects are never targets; a category present only as crowd is neither a p
 
 from __future__ import annotations
 
-import functools
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image, ImageOps
 from torch.utils.data import Dataset
 
 from sam3_lora.config import DataConfig
+from sam3_lora.data.images import open_image, open_image_reduced
 from sam3_lora.data.records import CocoSplit, ImageRecord, ObjectRecord
 from sam3_lora.data.rle import to_rle
 from sam3_lora.data.transforms import build_transform
@@ -57,16 +56,6 @@ class Query:
     prompt: str
     category_id: int
     objects: list[ObjectRecord] = field(default_factory=list)
-
-
-@functools.lru_cache(maxsize=1)
-def _image_opener():
-    """``data.images.open_image`` when present; else PIL with EXIF orientation applied."""
-    try:
-        from sam3_lora.data.images import open_image
-    except ImportError:
-        return lambda path: ImageOps.exif_transpose(Image.open(path)).convert("RGB")
-    return open_image
 
 
 def _area(obj: ObjectRecord) -> float:
@@ -174,7 +163,8 @@ class ConceptDataset(Dataset):
         boxes_xywh = torch.tensor([obj.bbox for obj in objects], dtype=torch.float).reshape(-1, 4)
         image = self._load(record)
         augment_rng = sample_generator(self.seed, self.epoch, index, AUGMENT_STREAM)
-        pixels, boxes_xyxy, geometry = self.transform(image, boxes_xywh, augment_rng)
+        pixels, boxes_xyxy, geometry = self.transform(image, boxes_xywh, augment_rng,
+                                                      orig_size=(record.height, record.width))
         boxes = _xyxy_to_cxcywh(boxes_xyxy) / self.image_size
         masks = [self._rle(record, obj) for obj in objects]
         return {
@@ -186,17 +176,24 @@ class ConceptDataset(Dataset):
         }
 
     def _load(self, record: ImageRecord) -> torch.Tensor:
-        """(3, H, W) uint8; its size must be the one the annotations were made on."""
-        # np.array: a writable copy (torch warns on PIL's read-only buffer).
-        image = image_to_tensor(np.array(_image_opener()(record.path)))
-        height, width = image.shape[-2:]
+        """(3, H, W) uint8, H x W the full image's size or, in training, a reduced decode of
+        at least ``image_size`` a side (a JPEG photo: ``images.open_image_reduced``; the
+        transform resizes it as it would the full image). The full image's size must be the
+        one the annotations were made on. Evaluation decodes in full: validation sees the
+        pixels inference sees."""
+        if self.train:
+            decoded, (width, height) = open_image_reduced(record.path, self.image_size)
+        else:
+            decoded = open_image(record.path)
+            width, height = decoded.size
         if (height, width) != (record.height, record.width):
             raise DataError(
                 f"{self.split.annotation_path}: image id {record.id} ({record.file_name}) has "
                 f"width={record.width}, height={record.height} but the file is {width}x{height}; "
                 "fix width/height there or re-export the image"
             )
-        return image
+        # np.array: a writable copy (torch warns on PIL's read-only buffer).
+        return image_to_tensor(np.array(decoded))
 
     def _rle(self, record: ImageRecord, obj: ObjectRecord):
         try:

@@ -29,11 +29,26 @@ from sam3_lora.errors import DataError
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp"})
 """File suffixes (lower case) taken for images wherever a folder is searched for them."""
+MAX_PIXELS = 25_000_000
+"""Largest image, width x height, that is trained on, validated or served (25 MP: a 6000 x 4000
+photo). Masks are kept at image size and a 100 MP image decodes to 300 MB, so this bounds the
+memory one image takes; the app refuses larger uploads (``serve.limits``), ``data validate``
+and training larger dataset images (``image_too_large``)."""
 _ORIENTATION_TAG = 0x0112
 # EXIF orientations 5-8 rotate by 90 degrees, so the shown width is the stored height.
 _QUARTER_TURN_ORIENTATIONS = {5, 6, 7, 8}
 _SIXTEEN_BIT_MODES = {"I;16", "I;16L", "I;16B", "I;16N"}
 _MAX_16_BIT = 65535
+
+
+class UnreadableImage(DataError):
+    """An image file that is missing or cannot be decoded. Its message advises a dataset's
+    owner; ``path`` and ``reason`` let a caller without an annotation file (``predict``)
+    word its own."""
+
+    def __init__(self, message: str, path: Path, reason: str):
+        super().__init__(message)
+        self.path, self.reason = path, reason
 
 
 def open_image(path: str | Path) -> Image.Image:
@@ -42,13 +57,35 @@ def open_image(path: str | Path) -> Image.Image:
     EXIF orientation is applied. Raises ``DataError`` naming the file when it is missing or
     PIL cannot decode it (unknown format, truncated data, too many pixels).
     """
-    path = Path(path)
+    return _decode(Path(path), None)[0]
+
+
+def open_image_reduced(path: str | Path, min_side: int) -> tuple[Image.Image, tuple[int, int]]:
+    """``open_image``, decoded at a reduced scale where the format allows it, and the
+    (width, height) of the full image as shown (what annotations are measured in).
+
+    A JPEG is decoded by DCT scaling (PIL ``draft``: 1/2, 1/4 or 1/8 of each side) to the
+    smallest size whose sides both stay >= ``min_side``, at a fraction of a full decode: a
+    4000 x 3000 phone photo for 112 px training decodes at 500 x 375. The caller resizes it
+    as it would the full image. Other formats are decoded in full.
+    """
+    return _decode(Path(path), min_side)
+
+
+def _decode(path: Path, min_side: int | None) -> tuple[Image.Image, tuple[int, int]]:
+    """(RGB image, full (width, height) as shown); see ``open_image_reduced``."""
     with _opened(path) as image:
         try:
+            stored = image.size
+            if min_side is not None and image.format == "JPEG":
+                image.draft(image.mode, (min_side, min_side))
+            decoded = image.size
             image.load()
-            return to_rgb(upright(image))
+            rgb = to_rgb(upright(image))
         except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as error:
             raise _unreadable(path, error) from None
+    turned = rgb.size != decoded   # a quarter-turn EXIF orientation swapped the sides
+    return rgb, (stored[::-1] if turned else stored)
 
 
 def image_size(path: str | Path) -> tuple[int, int]:
@@ -152,9 +189,9 @@ class _opened:
 
     def __enter__(self) -> Image.Image:
         if not os.path.isfile(self.path):  # unlike Path.is_file, never raises
-            raise DataError(
+            raise UnreadableImage(
                 f"image file not found: {self.path}; add the file or fix its file_name in the "
-                "annotation file"
+                "annotation file", self.path, "no such file"
             )
         try:
             # Above Image.MAX_IMAGE_PIXELS PIL only warns; at twice that it refuses the file.
@@ -168,10 +205,10 @@ class _opened:
             self.image.close()
 
 
-def _unreadable(path: Path, error: BaseException) -> DataError:
+def _unreadable(path: Path, error: BaseException) -> UnreadableImage:
     reason = str(error).splitlines()[0] if str(error) else type(error).__name__
     reason = reason.replace(f" '{path}'", "").replace(str(path), "the file")  # named once
-    return DataError(
+    return UnreadableImage(
         f"cannot read image {path}: {reason}; re-export or replace the file, or remove it "
-        "from the annotation file"
+        "from the annotation file", path, reason
     )

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from sam3_lora.errors import DataError
+from sam3_lora.files import write_file
 
 SPLITS = ("train", "valid", "test")
 ANNOTATION_FILE = "_annotations.coco.json"
@@ -59,7 +60,17 @@ def write_annotation_file(
         "annotations": annotations,
         "categories": categories,
     }
-    Path(path).write_text(json.dumps(document, separators=(",", ":")) + "\n")
+    write_file(path, json.dumps(document, separators=(",", ":")) + "\n")
+
+
+def missing_train_fix(root: Path, annotation_file: str = ANNOTATION_FILE) -> str:
+    """How to fix a dataset folder ``root`` without ``train/``: put the split there, or cut
+    one COCO folder into train/valid/test (named when ``root`` holds exactly one)."""
+    folders = sorted(child for child in Path(root).iterdir()
+                     if (child / annotation_file).is_file()) if Path(root).is_dir() else []
+    source = str(folders[0]) if len(folders) == 1 else "ONE_COCO_FOLDER"
+    return (f"put the training split there (images + {annotation_file}), or cut one COCO "
+            f"folder into train/valid/test: `sam3-lora data convert split {source} {root}-split`")
 
 
 def category_list(names: list[str]) -> list[dict[str, Any]]:
@@ -103,7 +114,7 @@ def create_layout(path: str | Path) -> LayoutSummary:
         info = {"description": f"{split} split; add images here and list them below"}
         write_annotation_file(out / split / ANNOTATION_FILE, [], [], [], info)
         summary.add_split(split, 0, 0)
-    (out / "README.md").write_text(README.format(dir=out))
+    write_file(out / "README.md", README.format(dir=out))
     return summary
 
 

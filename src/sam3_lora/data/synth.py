@@ -34,6 +34,7 @@ from sam3_lora.data.scaffold import (
     write_annotation_file,
 )
 from sam3_lora.errors import DataError
+from sam3_lora.files import replacing_file
 
 ShapeFn = Callable[[float, float, float, float], np.ndarray]
 """(cx, cy, radius, angle) -> (N, 2) polygon vertices in pixels. ``radius`` is the
@@ -326,7 +327,8 @@ def synthesize(
             scene = compose_scene(rng, width, height, triples, backgrounds,
                                   objects_per_image, radius_range, min_visible_pixels)
             file_name = f"{index:06d}.png"
-            Image.fromarray(scene.image).save(split_dir / file_name, format="PNG")
+            with replacing_file(split_dir / file_name) as temporary:  # never through a link
+                Image.fromarray(scene.image).save(temporary, format="PNG")
             images.append({"id": index + 1, "file_name": file_name,
                            "width": width, "height": height})
             annotations += scene_annotations(scene, index + 1, len(annotations) + 1)

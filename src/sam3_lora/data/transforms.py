@@ -117,10 +117,14 @@ class TrainTransform:
     color_jitter: float = 0.0
 
     def __call__(
-        self, image: torch.Tensor, boxes_xywh: torch.Tensor, generator: torch.Generator
+        self, image: torch.Tensor, boxes_xywh: torch.Tensor, generator: torch.Generator,
+        orig_size: tuple[int, int] | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor, Geometry]:
-        """(3, H, W) uint8, (n, 4) xywh -> (3, S, S) float, (n, 4) xyxy input px, Geometry."""
-        height, width = image.shape[-2:]
+        """(3, H, W) uint8, (n, 4) xywh -> (3, S, S) float, (n, 4) xyxy input px, Geometry.
+
+        ``orig_size`` (h, w): the full image's size, which boxes (and masks) are measured in,
+        when ``image`` was decoded at a reduced size; default the image's own size."""
+        height, width = orig_size or tuple(image.shape[-2:])
         content_h, content_w = self._content_size(height, width, generator)
         # Draw every random number in a fixed order, whether or not it is used, so that
         # switching one augmentation on does not shift the draws of the others.
@@ -160,9 +164,11 @@ class EvalTransform:
         image: torch.Tensor,
         boxes_xywh: torch.Tensor,
         generator: torch.Generator | None = None,
+        orig_size: tuple[int, int] | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor, Geometry]:
-        """(3, H, W) uint8, (n, 4) xywh -> (3, S, S) float, (n, 4) xyxy input px, Geometry."""
-        height, width = image.shape[-2:]
+        """(3, H, W) uint8, (n, 4) xywh -> (3, S, S) float, (n, 4) xyxy input px, Geometry;
+        ``orig_size`` as in ``TrainTransform``."""
+        height, width = orig_size or tuple(image.shape[-2:])
         geometry = Geometry((height, width), (self.size, self.size), self.size)
         return resize_and_normalize(image, self.size), geometry.map_boxes(boxes_xywh), geometry
 

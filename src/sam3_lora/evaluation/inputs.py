@@ -4,7 +4,9 @@
 pycocotools and the cgF1 code can use as is. Every user error is a ``DataError`` of one line
 naming the file, the entry (annotation id, prediction index, image or category id) and the
 fix; an empty prediction list is a warning, not an error (every metric is then 0, or None
-where undefined).
+where undefined). Files are parsed, and the ground truth's top level checked, by the dataset
+reader's own ``data.coco.split.read_json`` / ``check_top_level``: training and evaluation
+accept the same COCO files.
 
 Normalisation, so that pycocotools never meets input it mishandles:
 
@@ -24,7 +26,6 @@ Normalisation, so that pycocotools never meets input it mishandles:
 
 from __future__ import annotations
 
-import json
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,10 +36,12 @@ from pycocotools import mask as coco_mask
 
 from sam3_lora.data.coco.fields import Invalid, describe, get_box
 from sam3_lora.data.coco.objects import polygon_parts, rle_counts_cover
+from sam3_lora.data.coco.split import check_top_level, read_json
 from sam3_lora.data.rle import as_json, to_rle
 from sam3_lora.data.rle_check import invalid_rle_strings
-from sam3_lora.errors import DataError
-from sam3_lora.evaluation.predictions import check_predictions, is_box, is_number
+from sam3_lora.errors import DataError, Sam3LoraWarning
+from sam3_lora.evaluation.predictions import check_predictions, is_box
+from sam3_lora.values import is_finite
 
 IOU_TYPES = ("segm", "bbox")
 LVIS_KEYS = ("neg_category_ids", "not_exhaustive_category_ids")
@@ -62,32 +65,21 @@ class EvalInputs:
 
 
 def load_json(path: str | Path, what: str, empty: Any = ...) -> Any:
-    """Parse a JSON file; ``DataError`` for a missing, unreadable or truncated one. A blank
-    file gives ``empty`` when one is given (an empty predictions file: no predictions)."""
+    """Parse a JSON file with the dataset reader's ``read_json``; ``DataError`` for a missing,
+    unreadable or truncated one. A blank file gives ``empty`` when one is given (an empty
+    predictions file: no predictions)."""
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: no such file; give the path of the {what}")
-    try:
-        text = path.read_text(encoding="utf-8")
-        if empty is not ... and not text.strip():
-            return empty
-        return json.loads(text)
-    except UnicodeDecodeError as error:
-        raise DataError(f"{path}: not UTF-8 text ({error.reason}); the {what} must be a JSON "
-                        "file") from None
-    except json.JSONDecodeError as error:
-        at_end = error.pos >= len(text.rstrip()) - 1
-        cut = " (the file looks truncated: rewrite it)" if at_end else ""
-        raise DataError(f"{path}: invalid JSON at line {error.lineno} column {error.colno}: "
-                        f"{error.msg}{cut}; the {what} must be a complete JSON file") from None
+    return read_json(path, f"the {what}", empty)
 
 
 def prepare(gt: Any, predictions: Any, iou_type: str = "segm", gt_name: str = "ground truth",
             predictions_name: str = "predictions") -> EvalInputs:
     """Check and normalise both inputs; ``*_name`` (usually file paths) start the messages."""
     if iou_type not in IOU_TYPES:
-        raise DataError(f"iou_type {iou_type!r} is not known; use 'segm' (masks) or 'bbox' "
-                        "(boxes)")
+        raise DataError(f"{iou_type!r} is not an IoU type; use 'segm' (masks) or 'bbox' (boxes)",
+                        option="iou_type")
     dataset, names = _ground_truth(gt, gt_name, iou_type)
     results = check_predictions(predictions, dataset, predictions_name, iou_type)
     return EvalInputs(iou_type, dataset, results, names)
@@ -96,35 +88,42 @@ def prepare(gt: Any, predictions: Any, iou_type: str = "segm", gt_name: str = "g
 # ---------------------------------------------------------------- ground truth
 
 def _ground_truth(gt: Any, name: str, iou_type: str) -> tuple[dict, dict]:
-    if isinstance(gt, list):
-        raise DataError(f"{name}: is a JSON list (COCO results?), not a COCO ground-truth file; "
-                        "give the dataset's annotation file (images, categories, annotations)")
-    if not isinstance(gt, dict) or not all(isinstance(gt.get(k), list)
-                                           for k in ("images", "categories")):
-        raise DataError(f"{name}: not a COCO ground-truth file (needs top-level 'images' and "
-                        "'categories' lists); give the dataset's _annotations.coco.json")
+    check_top_level(gt, name)   # the dataset reader's check: one idea of a COCO GT file
     annotations = gt.get("annotations") or []
-    if not isinstance(annotations, list):
-        raise DataError(f"{name}: 'annotations' is not a list; fix the file or give a COCO "
-                        "ground-truth file")
     images = _images(gt["images"], name, iou_type)
     if not images:
         raise DataError(f"{name}: has no images, so there is nothing to evaluate; give a split "
                         "with images")
     categories, names = _categories(gt["categories"], name)
     category_ids = {c["id"] for c in categories}
+    _check_unique_annotation_ids(annotations, name)
     anns = [_annotation(ann, n, images, category_ids, name, iou_type)
             for n, ann in enumerate(annotations)]
     _check_gt_rles(anns, annotations, name)
     boxes_as_masks = sum(ann.pop("_box_as_mask", False) for ann in anns)
     if boxes_as_masks:
-        warnings.warn(f"{name}: {boxes_as_masks} object(s) have no mask; their box is used as "
-                      "the mask for segm evaluation (add masks, or evaluate boxes: iou_type bbox)",
-                      stacklevel=3)
+        warnings.warn(Sam3LoraWarning(
+            f"{name}: {boxes_as_masks} object(s) have no mask; their box is used as the mask for "
+            "segm evaluation; add masks, or evaluate boxes: bbox", option="iou_type"), stacklevel=3)
     for new_id, ann in enumerate(anns, start=1):
         ann["id"] = new_id
     dataset = {"images": list(images.values()), "categories": categories, "annotations": anns}
     return dataset, names
+
+
+def _check_unique_annotation_ids(annotations: list, name: str) -> None:
+    """GT ids are renumbered for pycocotools, but two objects sharing one id is a broken
+    export (a merge of two files, an object pasted twice): refused, not silently kept."""
+    first_index: dict[Any, int] = {}
+    for n, ann in enumerate(annotations):
+        annotation_id = ann.get("id") if isinstance(ann, dict) else None
+        if annotation_id is None or not isinstance(annotation_id, (int, str)):
+            continue
+        if annotation_id in first_index:
+            raise DataError(f"{name}: annotation id {annotation_id!r} appears twice (annotations"
+                            f"[{first_index[annotation_id]}] and [{n}]); give every annotation a "
+                            "unique id")
+        first_index[annotation_id] = n
 
 
 def _id(entry: Any, key: str, where: str, name: str) -> Any:
@@ -191,9 +190,11 @@ def _annotation(ann: Any, n: int, images: dict, category_ids: set, name: str,
     out = {"image_id": image_id, "category_id": category_id,
            "iscrowd": int(bool(ann.get("iscrowd", 0)))}
     box = ann.get("bbox")
-    if box is not None and (not is_box(box) or isinstance(get_box(list(box)), Invalid)):
-        raise DataError(f"{name}: {where} has bbox {describe(box)}; write [x, y, width, height] "
-                        "in pixels, with non-negative width and height")
+    checked = get_box(list(box)) if isinstance(box, (list, tuple)) else None
+    if box is not None and (not is_box(box) or isinstance(checked, Invalid)):
+        reason = f" ({checked.reason})" if isinstance(checked, Invalid) else ""
+        raise DataError(f"{name}: {where} has bbox {describe(box)}{reason}; write [x, y, width, "
+                        "height] in pixels, with non-negative width and height")
     rle = None
     if iou_type == "segm" or box is None:
         rle = _gt_mask(ann, where, image, name)
@@ -211,8 +212,11 @@ def _annotation(ann: Any, n: int, images: dict, category_ids: set, name: str,
         out["segmentation"] = as_json(rle)
     out["bbox"] = [float(v) for v in box] if box is not None else coco_mask.toBbox(rle).tolist()
     area = ann.get("area")
-    if not is_number(area) or area < 0:
+    if area is None:
         area = float(coco_mask.area(rle)) if iou_type == "segm" else out["bbox"][2] * out["bbox"][3]
+    elif not is_finite(area) or area < 0:  # NaN or 1e400 would silently mis-bin mAP_small..large
+        raise DataError(f"{name}: {where} has area {describe(area)}; write the object's area in "
+                        "pixels (or leave it out: it is then computed)")
     out["area"] = float(area)
     return out
 

@@ -8,7 +8,6 @@ compressed RLE strings are validated at once (``data.rle_check``) before pycocot
 
 from __future__ import annotations
 
-import math
 import warnings
 from typing import Any
 
@@ -18,6 +17,7 @@ from pycocotools import mask as coco_mask
 from sam3_lora.data.rle import as_compressed, as_json
 from sam3_lora.data.rle_check import invalid_rle_strings
 from sam3_lora.errors import DataError
+from sam3_lora.values import is_finite, is_number
 
 RESULTS_FORMAT = "a JSON list of {image_id, category_id, score, segmentation (RLE) or bbox}"
 
@@ -101,10 +101,11 @@ def _prediction_rle(segmentation: Any, n: int, result: dict, images: dict, name:
                     iou_type: str) -> dict:
     """The prediction's mask as {"size": [h, w], "counts": bytes}, its size checked."""
     if segmentation is None:
-        fix = "add its RLE mask, or evaluate boxes (iou_type bbox)" if iou_type == "segm" \
-            else "add a bbox [x, y, width, height]"
-        missing = "segmentation" if iou_type == "segm" else "bbox"
-        raise DataError(f"{name}: {_where(n, result)} has no {missing}; {fix}")
+        if iou_type == "segm":
+            raise DataError(f"{name}: {_where(n, result)} has no segmentation; add its RLE mask, "
+                            "or evaluate boxes: bbox", option="iou_type")
+        raise DataError(f"{name}: {_where(n, result)} has no bbox; add a bbox [x, y, width, "
+                        "height]")
     if not isinstance(segmentation, dict):
         raise DataError(f"{name}: {_where(n, result)} has a {type(segmentation).__name__} "
                         "segmentation; predictions need an RLE {size: [h, w], counts} "
@@ -155,11 +156,6 @@ def _boxes_from_masks(results: list[dict]) -> None:
             result["bbox"] = box
 
 
-def is_number(value: Any) -> bool:
-    """A finite JSON number (``true``/``false`` are not)."""
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-
-
 def _is_size(size: Any) -> bool:
     return isinstance(size, list) and len(size) == 2 and all(
         isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in size)
@@ -167,5 +163,5 @@ def _is_size(size: Any) -> bool:
 
 def is_box(box: Any) -> bool:
     """[x, y, w, h]: four finite numbers, w and h >= 0."""
-    return (isinstance(box, (list, tuple)) and len(box) == 4 and all(map(is_number, box))
+    return (isinstance(box, (list, tuple)) and len(box) == 4 and all(map(is_finite, box))
             and box[2] >= 0 and box[3] >= 0)

@@ -19,11 +19,11 @@ from tqdm.auto import tqdm
 from sam3_lora.config import Config
 from sam3_lora.data.collate import build_dataloader
 from sam3_lora.data.records import CocoSplit
+from sam3_lora.data.results import coco_results
 from sam3_lora.evaluation.cgf1 import cgf1_from_inputs
 from sam3_lora.evaluation.inputs import prepare
 from sam3_lora.evaluation.metrics import coco_from_inputs, combine
 from sam3_lora.evaluation.results import (
-    coco_results,
     ground_truth,
     gt_iou_type,
     mask_ious,

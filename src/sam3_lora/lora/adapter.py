@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import math
 from pathlib import Path
 
 import torch
@@ -32,6 +31,7 @@ from sam3_lora.files import atomic_folder
 from sam3_lora.lora.apply import peft_quietly
 from sam3_lora.model.folders import METADATA_FILE, PICKLE_SUFFIXES, pickle_refusal
 from sam3_lora.model.tensor_files import read_tensors
+from sam3_lora.values import is_finite
 
 FORMAT = "sam3-lora-adapter/1"
 PEFT_FILES = ("adapter_config.json", "adapter_model.safetensors")
@@ -136,6 +136,8 @@ def _metadata_problem(metadata) -> str | None:
     """What is wrong with the form of a ``sam3_lora.json`` value, or None."""
     if not isinstance(metadata, dict):
         return f"expected a JSON object, found {type(metadata).__name__}"
+    if metadata.get("format") != FORMAT:   # another version's, or a model folder's
+        return f"format {str(metadata.get('format'))[:40]!r}, this sam3-lora reads {FORMAT}"
     base = metadata.get("base_model", {})
     if not isinstance(base, dict):
         return f"base_model: expected an object with source and architecture, found {type(base).__name__}"
@@ -185,7 +187,7 @@ def _peft_config_problem(config) -> str | None:
         if not _is_int(rank) or not 1 <= rank <= MAX_RANK:
             return f"{key} is {_short(rank)}, not a rank from 1 to {MAX_RANK}"
     for key, alpha in alphas:
-        if not _is_number(alpha) or not math.isfinite(alpha):
+        if not is_finite(alpha):
             return f"{key} is {_short(alpha)}, not a finite number"
     targets = config.get("target_modules")
     if not (targets is None or isinstance(targets, str)
@@ -201,10 +203,6 @@ def _peft_config_problem(config) -> str | None:
 
 def _is_int(value) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _is_number(value) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 def read_lora_tensors(model: nn.Module, folder: str | Path, peft_config: dict) -> dict[str, torch.Tensor]:

@@ -53,6 +53,24 @@ def write_model(model: Sam3Model, tokenizer, folder: Path, *, base_source: str =
     (Path(folder) / METADATA_FILE).write_text(json.dumps(metadata, indent=2) + "\n")
 
 
+def check_model_metadata(folder: str | Path) -> None:
+    """Refuse a model folder whose ``sam3_lora.json`` is not ours of this version (an
+    adapter's, a later sam3-lora's, damaged): one line naming the file. A folder without one
+    (a plain ``save_pretrained`` folder) passes."""
+    path = Path(folder) / METADATA_FILE
+    if not path.is_file():
+        return
+    try:
+        metadata = json.loads(path.read_bytes().decode("utf-8"))
+    except (OSError, ValueError, RecursionError) as exc:   # unreadable, not UTF-8, not JSON
+        raise ModelLoadError(f"{path}: not valid JSON ({type(exc).__name__}); delete it or save the "
+                             f"model again") from None
+    found = metadata.get("format") if isinstance(metadata, dict) else None
+    if found != MODEL_FORMAT:
+        raise ModelLoadError(f"{path}: format {str(found)[:40]!r}, this sam3-lora reads {MODEL_FORMAT}; "
+                             f"give a model folder this version wrote (an adapter goes to --weights)")
+
+
 def check_finite_model(model: Sam3Model, source: str) -> None:
     """Refuse a loaded model whose weights hold NaN or infinity (a diverged full training):
     it would answer every prompt with nothing."""
@@ -87,6 +105,7 @@ def is_model_folder(folder: str | Path) -> bool:
 def load_model_weights(model: Sam3Model, folder: str | Path) -> None:
     """Copy the weights of a model folder written by ``write_model`` into ``model`` (resume);
     damaged, non-finite or misfitting weights raise ``ModelLoadError`` before any is copied."""
+    check_model_metadata(folder)
     path = Path(folder) / "model.safetensors"
     if not path.is_file():
         raise ModelLoadError(f"{folder}: no model.safetensors; resume a method=full run from its own checkpoints")

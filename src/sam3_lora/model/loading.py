@@ -49,6 +49,7 @@ from sam3_lora.errors import ModelLoadError
 from sam3_lora.model.folders import (
     METADATA_FILE,
     check_finite_model,
+    check_model_metadata,
     check_safetensors_weights,
     quiet_progress,
 )
@@ -248,6 +249,7 @@ def _local_folder(source: str) -> str | None:
             raise ModelLoadError(
                 f"model.source {source!r}: folder has no config.json; give a folder written by save_pretrained"
             )
+        check_model_metadata(path)
         return str(path)
     if path.exists():
         raise ModelLoadError(f"model.source {source!r}: is a file; model.source takes a folder, a hub id or a preset")

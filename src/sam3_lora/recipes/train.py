@@ -197,11 +197,14 @@ class SAM3LoRATrainer:
         self._warn_without_negatives()
 
     def _warn_without_negatives(self) -> None:
-        """Negative queries teach the model to refuse; a dataset with one prompt has none to draw."""
-        data = self.config.data
+        """Negative queries teach the model to refuse; a dataset with one prompt has none to
+        draw, unless some of its images show nothing of it (their query is a negative)."""
+        data, train = self.config.data, self.splits["train"]
         prompts = ({data.generic_prompt} if data.prompt_mode == "generic" else
-                   {data.prompts.get(name, name) for name in self.splits["train"].categories.values()})
-        if data.num_negatives and not data.negative_phrases and len(prompts) == 1:
+                   {data.prompts.get(name, name) for name in train.categories.values()})
+        shows_nothing = any(not any(o.category_id in train.categories for o in record.objects)
+                            for record in train.images)
+        if data.num_negatives and not data.negative_phrases and len(prompts) == 1 and not shows_nothing:
             warnings.warn(f"{data.root}: the training data has one prompt ({next(iter(prompts))[:40]}), so there "
                           f"are no negative queries and the model never learns to refuse other concepts; add "
                           f"data.negative_phrases (e.g. [person, car, tree]) to draw negatives from",

@@ -75,7 +75,8 @@ def validate(config: Config, *, weights: str | Path | None = None, split: str | 
     if not defined and not positives_only:
         raise EvaluationError(
             f"{data.annotation_path}: every (image, prompt) unit is positive, so cgF1 cannot be measured; "
-            f"add images lacking some categories, or score positives only (mAP only; cgF1 undefined)")
+            f"add images lacking some categories, or score positives only (mAP only; cgF1 undefined)",
+            option="positives_only")
     found = runner.predict()
     metrics, curves = score(runner.ground_truth(), found.results, config.evaluation.score_threshold)
     metrics.update(val_loss=found.val_loss, presence_AUC=presence_auc(found.units))

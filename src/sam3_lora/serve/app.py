@@ -28,11 +28,12 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from sam3_lora.config import Config
+from sam3_lora.config import DEFAULT_SCORE_THRESHOLD, Config
 from sam3_lora.data.images import to_rgb, upright
+from sam3_lora.data.results import prediction_entries
 from sam3_lora.data.synth import synthesize
 from sam3_lora.errors import Sam3LoraError
-from sam3_lora.evaluation.results import prediction_entries
+from sam3_lora.files import write_file
 from sam3_lora.serve.inference import SAM3LoRAInference
 from sam3_lora.serve.limits import (
     MAX_BOXES,
@@ -44,7 +45,7 @@ from sam3_lora.serve.limits import (
     MAX_UPLOAD_MB,
     UPLOAD_FORMATS,
 )
-from sam3_lora.serve.overlay import draw_overlay
+from sam3_lora.serve.overlay import draw_overlay, write_png
 from sam3_lora.serve.prompts import check_boxes
 
 BASE = "base model"   # the adapter choice that runs SAM3 with no adapter
@@ -243,9 +244,8 @@ class AppResult:
             stem = re.sub(r"[^A-Za-z0-9_.-]+", "-", answer.model).strip("-.") or "adapter"
             stem = stem if stem not in stems else f"{stem}-{len(stems)}"   # "a b" and "a-b"
             stems.add(stem)
-            answer.overlay.save(folder / f"{stem}-overlay.png", format="PNG")
-            (folder / f"{stem}-detections.json").write_text(json.dumps(answer.coco()))
-            paths += [folder / f"{stem}-overlay.png", folder / f"{stem}-detections.json"]
+            paths += [write_png(answer.overlay, folder / f"{stem}-overlay.png"),
+                      write_file(folder / f"{stem}-detections.json", json.dumps(answer.coco()))]
         return paths
 
 
@@ -278,7 +278,7 @@ class AdapterApp:
         return read_image(data, self.max_upload_mb, self.max_pixels)
 
     def predict(self, image: Image.Image | bytes | None, prompts_text: str = "",
-                boxes_text: str = "", threshold: float = 0.5, adapter: str = BASE,
+                boxes_text: str = "", threshold: float = DEFAULT_SCORE_THRESHOLD, adapter: str = BASE,
                 side_by_side: bool = False) -> AppResult:
         """Run the prompts on ``image`` (an RGB image, or uploaded bytes) with ``adapter``, and
         with the base model beside it when ``side_by_side``. Inputs are checked before the

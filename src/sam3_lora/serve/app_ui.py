@@ -30,6 +30,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from sam3_lora.config import DEFAULT_SCORE_THRESHOLD
 from sam3_lora.errors import Sam3LoraError
 from sam3_lora.serve.app import (
     BASE,
@@ -38,6 +39,7 @@ from sam3_lora.serve.app import (
     synthetic_examples,
 )
 from sam3_lora.serve.limits import UPLOAD_SUFFIXES
+from sam3_lora.serve.overlay import write_png
 
 log = logging.getLogger(__name__)
 
@@ -86,8 +88,7 @@ class Handlers:
         image = self.app.read_image(data)
         preview = image.copy()
         preview.thumbnail((PREVIEW_SIDE, PREVIEW_SIDE))
-        path = self._request_folder() / "input.png"
-        preview.save(path, format="PNG")
+        path = write_png(preview, self._request_folder() / "input.png")
         return image, str(path), f"{_markdown_text(what)}: {image.width}x{image.height} px, ready"
 
     def upload(self, data: bytes | None):
@@ -177,7 +178,7 @@ def build_app(app: AdapterApp, examples: dict[str, bytes] | None = None):
                                        placeholder="x1,y1,x2,y2 in pixels, one box per line",
                                        elem_id="boxes")
                 with gr.Row():
-                    threshold = gr.Slider(0.0, 1.0, value=0.5, step=0.01, label="Score threshold",
+                    threshold = gr.Slider(0.0, 1.0, value=DEFAULT_SCORE_THRESHOLD, step=0.01, label="Score threshold",
                                           elem_id="threshold")
                     adapter = gr.Dropdown(app.choices, value=app.choices[0], label="Adapter",
                                           elem_id="adapter")

@@ -36,7 +36,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from sam3_lora.config import Config, load_config
+from sam3_lora.config import DEFAULT_SCORE_THRESHOLD, Config, load_config
 from sam3_lora.lora.adapter import load_adapter
 from sam3_lora.lora.weights import adapter_disabled, has_adapter, load_finetuned
 from sam3_lora.model.forward import encode_images, encode_text, forward_queries
@@ -59,7 +59,7 @@ class SAM3LoRAInference(ImagePredictor):
     """
 
     def __init__(self, config_path: str | Path | None = None, weights_path: str | Path | None = None,
-                 detection_threshold: float = 0.5, *, config: Config | None = None, no_lora: bool = False,
+                 detection_threshold: float = DEFAULT_SCORE_THRESHOLD, *, config: Config | None = None, no_lora: bool = False,
                  resolution: int | None = None, mask_nms_iou: float | None = None):
         self.config = config or load_config(config_path)
         if resolution:

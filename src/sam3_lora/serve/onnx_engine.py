@@ -40,6 +40,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from sam3_lora.config import DEFAULT_SCORE_THRESHOLD
 from sam3_lora.cpu import openmp_settings
 from sam3_lora.errors import Sam3LoraError
 from sam3_lora.onnx_format import (  # noqa: F401 - FORMAT too: the format this engine reads
@@ -287,7 +288,7 @@ class SAM3OnnxInference(ImagePredictor):
     ``providers``: onnxruntime execution providers, CPU by default.
     """
 
-    def __init__(self, onnx_dir: str | Path, detection_threshold: float = 0.5, *, threads: int | None = None,
+    def __init__(self, onnx_dir: str | Path, detection_threshold: float = DEFAULT_SCORE_THRESHOLD, *, threads: int | None = None,
                  mask_nms_iou: float | None = None, providers=("CPUExecutionProvider",)):
         try:
             import tokenizers  # noqa: F401 - checked before any work: load_tokenizer needs it

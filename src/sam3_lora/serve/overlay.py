@@ -13,6 +13,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
+from sam3_lora.files import replacing_file
+
 # Tableau-10: well separated hues, readable under both white and black text.
 PALETTE = [
     (31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189),
@@ -184,5 +186,12 @@ def save_overlay(image: Image.Image, results: list[dict], path: str | Path,
     ):
         raise ValueError(f"refusing to write the overlay over its source image {source}")
     path.parent.mkdir(parents=True, exist_ok=True)
-    draw_overlay(image, results, **kwargs).save(path, format="PNG")
-    return path
+    return write_png(draw_overlay(image, results, **kwargs), path)
+
+
+def write_png(image: Image.Image, path: str | Path) -> Path:
+    """Save ``image`` as PNG at ``path`` with ``files.replacing_file``: a symlink placed at
+    ``path`` is replaced, never written through, and a crash leaves no half-written PNG."""
+    with replacing_file(path) as temporary:
+        image.save(temporary, format="PNG")
+    return Path(path)

@@ -7,6 +7,7 @@ may import torch: the ONNX engine imports this module where torch is absent.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import NamedTuple
 
@@ -58,6 +59,18 @@ def check_boxes(boxes, size: tuple[int, int], what: str = "boxes") -> np.ndarray
             raise PromptError(f"{what}: box [{x1:g}, {y1:g}, {x2:g}, {y2:g}] is outside the "
                               f"{width}x{height} image; clip it to the image")
     return array
+
+
+def parse_json_boxes(text: str | None, what: str):
+    """Boxes written as JSON, ``'[[x1, y1, x2, y2], ...]'`` in pixels (``predict --bboxes``),
+    as parsed lists (``check_boxes`` checks them against each image); None stays None.
+    ``what`` names the input in the message."""
+    if text is None:
+        return None
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        raise PromptError(f"{what} {text!r}: not JSON; write boxes as '[[x1, y1, x2, y2], ...]' in pixels") from None
 
 
 def check_threshold(threshold: float, option: str | None = None) -> float:

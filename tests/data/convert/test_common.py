@@ -15,7 +15,7 @@ from PIL import Image
 from pycocotools.coco import COCO
 
 from sam3_lora.data.convert.coco import convert_coco, split_coco
-from sam3_lora.data.convert.common import split_by_ratios
+from sam3_lora.data.convert.common import PendingImage, place_image, split_by_ratios, write_layout
 from sam3_lora.data.convert.yolo import convert_yolo
 from sam3_lora.data.synth import synthesize
 from sam3_lora.errors import DataError
@@ -311,3 +311,55 @@ def test_yolo_accepts_bom_and_crlf_and_refuses_other_encodings(tmp_path):
     (tmp_path / "yolo" / "data.yaml").write_bytes("names: [caf\xe9]\n".encode("latin-1"))
     with pytest.raises(DataError, match="data.yaml: not UTF-8 text; re-save it as UTF-8"):
         convert_yolo(tmp_path / "yolo", tmp_path / "out2")
+
+
+@pytest.mark.parametrize("link", [True, False])
+def test_placing_an_image_replaces_a_planted_symlink_instead_of_writing_through(tmp_path, link):
+    source, victim = tmp_path / "a.png", tmp_path / "victim.png"
+    Image.new("RGB", (4, 4), "red").save(source)
+    victim.write_bytes(b"keep me")
+    destination = tmp_path / "out" / "train" / "a.png"
+    destination.parent.mkdir(parents=True)
+    destination.symlink_to(victim)
+    place_image(source, destination, link)
+    assert victim.read_bytes() == b"keep me"
+    assert not destination.is_symlink() and destination.read_bytes() == source.read_bytes()
+
+
+def test_placing_an_image_under_a_planted_folder_link_is_refused(tmp_path):
+    source, elsewhere = tmp_path / "a.png", tmp_path / "elsewhere"
+    Image.new("RGB", (4, 4), "red").save(source)
+    elsewhere.mkdir()
+    (tmp_path / "out" / "train").mkdir(parents=True)
+    (tmp_path / "out" / "train" / "sub").symlink_to(elsewhere)
+    with pytest.raises(DataError, match="symbolic link"):
+        place_image(source, tmp_path / "out" / "train" / "sub" / "a.png", False,
+                    inside=tmp_path / "out")
+    assert list(elsewhere.iterdir()) == []
+
+
+@pytest.mark.parametrize("name", ["../../x.png", "/tmp/x.png", "a/../../x.png"])
+def test_write_layout_refuses_an_output_name_leading_outside(tmp_path, name):
+    source = tmp_path / "a.png"
+    Image.new("RGB", (4, 4)).save(source)
+    pending = PendingImage(source, name, 4, 4)
+    with pytest.raises(DataError, match="outside the split folder"):
+        write_layout(tmp_path / "out", {"train": [pending]}, [])
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("name", ["../x.jpg", "{outside}"])
+def test_coco_file_name_leading_outside_is_looked_up_by_base_name_inside_only(tmp_path, name):
+    outside = tmp_path / "x.jpg"
+    Image.new("RGB", (8, 8)).save(outside)
+    root = tmp_path / "src"
+    root.mkdir()
+    (root / ANN).write_text(json.dumps({"images": [
+        {"id": 1, "file_name": name.format(outside=outside)}], "categories": []}))
+    with pytest.raises(DataError, match="image .* not found in .*src"):
+        convert_coco(root / ANN, root, tmp_path / "out")
+    Image.new("RGB", (8, 8)).save(root / "x.jpg")
+    convert_coco(root / ANN, root, tmp_path / "out")
+    document = json.loads((tmp_path / "out" / "train" / ANN).read_text())
+    assert document["images"][0]["file_name"] == "x.jpg"
+    assert (tmp_path / "out" / "train" / "x.jpg").samefile(root / "x.jpg")

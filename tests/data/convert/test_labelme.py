@@ -142,3 +142,30 @@ def test_labelme_missing_image_and_foreign_json(tmp_path):
     (tmp_path / "lm" / "a.json").write_text('{"images": []}')
     with pytest.raises(DataError, match="not a LabelMe file"):
         convert_labelme(tmp_path / "lm", tmp_path / "out")
+
+
+@pytest.mark.parametrize("where", ["parent", "absolute"])
+def test_image_path_leading_outside_the_source_is_refused(tmp_path, where):
+    """imagePath '../../x.png' once overwrote x.png outside OUT and listed that name;
+    an absolute one pulled any image into the dataset."""
+    outside = tmp_path / "x.png"
+    Image.new("RGB", (60, 40), "red").save(outside)
+    before = outside.read_bytes()
+    stated = "../x.png" if where == "parent" else str(outside)
+    write_one(tmp_path / "lm", [poly("x", [[1, 1], [5, 5], [1, 5]])], imagePath=stated)
+    with pytest.raises(DataError, match=r"a.json: field 'imagePath' .* leads outside") as error:
+        convert_labelme(tmp_path / "lm", tmp_path / "deep" / "out")
+    assert "\n" not in str(error.value) and not (tmp_path / "deep").exists()
+    assert outside.read_bytes() == before
+
+
+def test_image_path_with_dots_inside_the_source_is_kept_inside(tmp_path):
+    (tmp_path / "lm").mkdir()
+    write_one(tmp_path / "lm" / "labels", [poly("x", [[1, 1], [5, 5], [1, 5]])],
+              imagePath="../images/a.png")
+    (tmp_path / "lm" / "images").mkdir()
+    (tmp_path / "lm" / "labels" / "a.png").rename(tmp_path / "lm" / "images" / "a.png")
+    convert_labelme(tmp_path / "lm", tmp_path / "out")
+    document = json.loads((tmp_path / "out" / "train" / ANN).read_text())
+    assert [i["file_name"] for i in document["images"]] == ["images/a.png"]
+    assert (tmp_path / "out" / "train" / "images" / "a.png").is_file()

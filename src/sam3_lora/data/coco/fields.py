@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from sam3_lora.data.records import Problem
+from sam3_lora.values import is_int, is_number
 
 MAX_ID = 2**63 - 1
 """Ids end up in int64 tensors and in pycocotools, so larger ones cannot be used."""
@@ -71,15 +72,6 @@ class Reporter:
             image_id=self.image_id,
             annotation_id=self.annotation_id,
         ))
-
-
-def is_int(value: Any) -> bool:
-    """A JSON integer (``true``/``false`` are not)."""
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 def describe(value: Any) -> str:

@@ -24,7 +24,7 @@ from sam3_lora.data.coco.fields import (
     get_size,
     get_text,
 )
-from sam3_lora.data.images import check_decodes, image_size
+from sam3_lora.data.images import MAX_PIXELS, check_decodes, image_size
 from sam3_lora.data.records import ImageRecord
 from sam3_lora.errors import DataError
 from sam3_lora.files import is_inside
@@ -104,13 +104,18 @@ def _parse_image(entry: dict, image_id: int, root: Path, category_ids: set[int],
 
 
 def _actual_size(path: Path, say: Reporter, full_decode: bool) -> tuple[int, int] | None:
-    """(width, height) of the file as shown, or None with a missing/unreadable error."""
+    """(width, height) of the file as shown, or None with a missing/unreadable/too-large error."""
     if not os.path.isfile(path):  # unlike Path.is_file, never raises (too-long names)
         say.error("missing_image", f"no file at {path}; add the image or remove its entry "
                   "(and its annotations)")
         return None
     try:
         size = image_size(path)
+        if size[0] * size[1] > MAX_PIXELS:   # from the header: never decoded
+            say.error("image_too_large", f"{size[0]} x {size[1]} is {size[0] * size[1] / 1e6:.1f} "
+                      f"MP, over the {MAX_PIXELS / 1e6:g} MP limit; downscale the image (and its "
+                      "annotations) or leave it out", file=str(path))
+            return None
         if full_decode:
             check_decodes(path)
     except DataError as error:

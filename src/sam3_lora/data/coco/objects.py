@@ -21,11 +21,10 @@ from sam3_lora.data.coco.fields import (
     get_box,
     get_coordinates,
     get_id,
-    is_int,
-    is_number,
 )
 from sam3_lora.data.records import ImageRecord, ObjectRecord
 from sam3_lora.data.rle import as_compressed
+from sam3_lora.values import is_int, is_number
 
 BOX_TOLERANCE = 1.0
 """Pixels a box may stick out of the image and be clipped without a warning: exporters

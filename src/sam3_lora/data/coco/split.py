@@ -53,6 +53,8 @@ unsafe_path              error    ``file_name`` absolute or with ``..``: refused
                                   opened nor tested for existence
 missing_image            error    no file at ``file_name``
 unreadable_image         error    PIL cannot read the file (``Problem.file`` is the image)
+image_too_large          error    over ``data.images.MAX_PIXELS`` (25 MP, the app's limit),
+                                  read from the header: never decoded
 image_size_mismatch      warning  JSON width/height differ from the file's (after EXIF)
 unknown_image            error    an annotation's ``image_id`` is not in ``images``
 unknown_category         error    an annotation's ``category_id`` is not in ``categories``
@@ -91,11 +93,12 @@ import os
 from pathlib import Path
 from typing import Any
 
-from sam3_lora.data.coco.fields import Findings, Invalid, describe, get_id, get_text, is_int
+from sam3_lora.data.coco.fields import Findings, Invalid, describe, get_id, get_text
 from sam3_lora.data.coco.images import parse_images
 from sam3_lora.data.coco.objects import Catalog, parse_object
 from sam3_lora.data.records import CocoSplit, ImageRecord
 from sam3_lora.errors import DataError
+from sam3_lora.values import is_int
 
 DEFAULT_ANNOTATION_FILE = "_annotations.coco.json"
 
@@ -164,21 +167,30 @@ def read_annotation_file(path: Path) -> dict[str, Any]:
     if not os.path.isfile(path):
         raise DataError(f"annotation file not found: {path}; put the split's COCO export "
                         "there, or set data.annotation_file to your file's name")
+    data = read_json(path, "the annotations")
+    check_top_level(data, str(path))
+    return data
+
+
+def read_json(path: Path, what: str, empty: Any = ...) -> Any:
+    """The parsed JSON of the file at ``path``: UTF-8 (a BOM ignored), complete, parseable.
+    ``what`` (e.g. "the annotations") is what messages ask to re-export. A blank file gives
+    ``empty`` when one is given, else is an error. Every failure is one ``DataError`` line."""
     try:
         text = path.read_bytes().decode("utf-8-sig")
     except OSError as error:
         raise DataError(f"cannot read {path}: {error.strerror}; check its permissions") from None
     except UnicodeDecodeError as error:
         raise DataError(f"{path} is not UTF-8 text (bad byte at offset {error.start}); "
-                        "re-export the annotations as COCO JSON") from None
-    data = _parse_json(text, path)
-    _check_top_level(data, path)
-    return data
+                        f"re-export {what} as JSON") from None
+    if empty is not ... and not text.strip():
+        return empty
+    return _parse_json(text, path, what)
 
 
-def _parse_json(text: str, path: Path) -> Any:
+def _parse_json(text: str, path: Path, what: str) -> Any:
     if not text.strip():
-        raise DataError(f"{path} is empty; re-export or re-download the annotations")
+        raise DataError(f"{path} is empty; re-export or re-download {what}")
     try:
         return json.loads(text)
     except json.JSONDecodeError as error:
@@ -187,24 +199,33 @@ def _parse_json(text: str, path: Path) -> Any:
         raise DataError(
             f"{path} is not valid JSON ({error.msg} at line {error.lineno} column "
             f"{error.colno}){'; it looks truncated' if truncated else ''}; re-export or "
-            "re-download the annotations") from None
+            f"re-download {what}") from None
     except (ValueError, RecursionError) as error:  # e.g. a 5000-digit number, deep nesting
-        raise DataError(f"{path} cannot be read as JSON ({str(error)[:80]}); re-export the "
-                        "annotations") from None
+        raise DataError(f"{path} cannot be read as JSON ({str(error)[:80]}); re-export "
+                        f"{what}") from None
 
 
-def _check_top_level(data: Any, path: Path) -> None:
+def check_top_level(data: Any, name: str) -> None:
+    """``DataError`` unless ``data`` is a COCO ground-truth object: top-level ``images`` and
+    ``categories`` lists, ``annotations`` a list or absent (no objects). ``name`` (the file)
+    starts the message. What training reads and what ``evaluate`` scores against."""
+    if isinstance(data, list):
+        raise DataError(f"{name}: is a JSON list (COCO results?), not a COCO ground-truth file: "
+                        "not a COCO object with 'images', 'annotations' and 'categories' lists; "
+                        "give the dataset's annotation file")
     if not isinstance(data, dict):
-        raise DataError(f"{path} holds a JSON {type(data).__name__}, not a COCO object with "
-                        "'images', 'annotations' and 'categories'; is it the right file?")
+        raise DataError(f"{name}: holds a JSON {type(data).__name__}, not a COCO ground-truth "
+                        "file with 'images', 'annotations' and 'categories'; is it the right "
+                        "file?")
     for key in ("images", "categories", "annotations"):
         value = data.get(key)
         if key == "annotations" and value is None:
             continue
         if not isinstance(value, list):
             state = "is missing" if value is None else f"is {describe(value)}, not a list"
-            raise DataError(f"{path}: top-level '{key}' {state}; a COCO file needs 'images', "
-                            "'annotations' and 'categories' lists - is it the right file?")
+            raise DataError(f"{name}: not a COCO ground-truth file (needs top-level 'images' "
+                            f"and 'categories' lists, 'annotations' a list or absent; '{key}' "
+                            f"{state}); is it the right file?")
 
 
 def parse_categories(entries: list, findings: Findings) -> tuple[dict[int, str], set[int]]:

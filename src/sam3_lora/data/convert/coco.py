@@ -30,36 +30,66 @@ def convert_coco(annotation_file: str | Path, images_dir: str | Path, out_dir: s
     check_output_dir(out_dir)
     if split_ratios is None and split not in SPLITS:
         raise DataError(f"split {split!r}: choose one of {', '.join(SPLITS)}")
-    ann_path, root = Path(annotation_file), Path(images_dir)
-    document = read_json(ann_path)
-    if not isinstance(document, dict) or not isinstance(document.get("images"), list):
-        raise DataError(f"{ann_path}: no 'images' list; is this a COCO annotation file?")
-    categories, shift = _coco_categories(document, ann_path)
-    images = _coco_images(document["images"], ann_path, root)
-    _attach_coco_annotations(document.get("annotations", []), images, shift, ann_path)
-    ordered = [images[key] for key in sorted(images)]
+    categories, ordered, info = _read_coco(Path(annotation_file), Path(images_dir))
     splits = {split: ordered} if split_ratios is None else split_by_ratios(
         ordered, split_ratios, seed)
-    return write_layout(out_dir, splits, categories, link=link, info=document.get("info"))
+    return write_layout(out_dir, splits, categories, link=link, info=info)
 
 
 def split_coco(source: str | Path, out_dir: str | Path, *,
-               ratios: tuple[float, float, float] = (0.8, 0.1, 0.1), seed: int = 0,
-               annotation_file: str = ANNOTATION_FILE, link: bool = True) -> LayoutSummary:
+               ratios: tuple[float, float, float] | None = None, seed: int = 0,
+               annotation_file: str = ANNOTATION_FILE, link: bool = True,
+               keep_test: bool = False) -> LayoutSummary:
     """Split one COCO set into train/valid/test by ``ratios`` with ``seed`` (deterministic).
 
     ``source`` is a split folder holding ``annotation_file`` and its images, or a COCO file
-    whose images sit in its own folder. Ids are kept.
+    whose images sit in its own folder. Ids are kept. ``keep_test`` keeps the ``test/``
+    beside that folder as it is (a test set must not change between runs): ``source`` is
+    cut into train/valid only. ``ratios`` default to 0.8 0.1 0.1, or 0.9 0.1 0 with
+    ``keep_test`` (whose test ratio must be 0).
     """
-    path = Path(source)
+    ann_path = _split_annotation_file(Path(source), annotation_file)
+    if ratios is None:
+        ratios = (0.9, 0.1, 0.0) if keep_test else (0.8, 0.1, 0.1)
+    test_ann = ann_path.parent.parent / "test" / annotation_file
+    if keep_test and ratios[2] != 0:
+        raise DataError(f"keep_test keeps test/ as it is, so the test ratio must be 0, e.g. "
+                        f"{ratios[0]:g} {ratios[1] + ratios[2]:g} 0", option="split_ratios")
+    if keep_test and not test_ann.is_file():
+        raise DataError(f"no test/ beside {ann_path.parent} to keep ({test_ann} not found); "
+                        "leave keep_test out to cut a test split from the source")
+    check_output_dir(out_dir)
+    categories, ordered, info = _read_coco(ann_path, ann_path.parent)
+    splits = split_by_ratios(ordered, ratios, seed)
+    if keep_test:
+        test_categories, splits["test"], _ = _read_coco(test_ann, test_ann.parent)
+        if test_categories != categories:
+            raise DataError(f"{test_ann}: its categories differ from {ann_path}'s; give both "
+                            "splits the same categories (ids and names) to keep test/")
+    return write_layout(out_dir, splits, categories, link=link, info=info)
+
+
+def _split_annotation_file(path: Path, annotation_file: str) -> Path:
+    """The COCO file of a split folder, or ``path`` itself when it is the file."""
     ann_path = path if path.is_file() else path / annotation_file
     if not ann_path.is_file():
         raise DataError(
             f"{path}: no {annotation_file} here; give one split folder (e.g. {path}/train) "
             "or the annotation file itself"
         )
-    return convert_coco(ann_path, ann_path.parent, out_dir, split_ratios=ratios, seed=seed,
-                        link=link)
+    return ann_path
+
+
+def _read_coco(ann_path: Path, root: Path) -> tuple[list[dict], list[PendingImage], dict | None]:
+    """(categories, images in id order with their annotations, ``info``) of one COCO file
+    whose images are in ``root``."""
+    document = read_json(ann_path)
+    if not isinstance(document, dict) or not isinstance(document.get("images"), list):
+        raise DataError(f"{ann_path}: no 'images' list; is this a COCO annotation file?")
+    categories, shift = _coco_categories(document, ann_path)
+    images = _coco_images(document["images"], ann_path, root)
+    _attach_coco_annotations(document.get("annotations", []), images, shift, ann_path)
+    return categories, [images[key] for key in sorted(images)], document.get("info")
 
 
 def _coco_categories(document: dict, ann_path: Path) -> tuple[list[dict], int]:

@@ -12,7 +12,7 @@ import json
 import os
 import shutil
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 import numpy as np
@@ -28,6 +28,7 @@ from sam3_lora.data.scaffold import (
     write_annotation_file,
 )
 from sam3_lora.errors import DataError
+from sam3_lora.files import replacing_file
 
 
 @dataclass
@@ -142,16 +143,43 @@ def _allocate(total: int, ratios: tuple[float, ...]) -> list[int]:
     return counts
 
 
-def place_image(source: Path, destination: Path, link: bool) -> None:
-    """Hard-link ``source`` to ``destination`` when allowed (same file system), else copy."""
+def place_image(source: Path, destination: Path, link: bool, inside: Path | None = None) -> None:
+    """Hard-link ``source`` to ``destination`` when allowed (same file system), else copy.
+
+    The name ``destination`` is replaced, never written through: a symlink planted there is
+    replaced and its target left alone. A folder on the way that is a link leading out of
+    ``inside`` (default: ``destination``'s folder) is refused before anything is created."""
+    _check_no_link_out(destination.parent, Path(inside or destination.parent))
     destination.parent.mkdir(parents=True, exist_ok=True)
     if link:
         try:
-            os.link(source, destination)
+            _link_replacing(source, destination)
             return
         except OSError:
             pass  # another file system, or links unsupported: copying is always correct
-    shutil.copyfile(source, destination)
+    with replacing_file(destination) as temporary:
+        shutil.copyfile(source, temporary)
+
+
+def _link_replacing(source: Path, destination: Path) -> None:
+    """Hard-link ``source`` under a temporary name, then rename it onto ``destination``."""
+    temporary = destination.with_name(f".{destination.name}.{os.getpid()}.link")
+    temporary.unlink(missing_ok=True)
+    os.link(source, temporary)
+    try:
+        os.replace(temporary, destination)
+    except OSError:
+        temporary.unlink(missing_ok=True)
+        raise
+
+
+def _check_no_link_out(folder: Path, inside: Path) -> None:
+    """``DataError`` when the deepest existing part of ``folder`` resolves outside ``inside``
+    (a symbolic link planted in the output folder)."""
+    existing = next(p for p in (folder, *folder.parents) if p.exists() or p == Path("."))
+    if not existing.resolve().is_relative_to(inside.resolve()):
+        raise DataError(f"{folder}: leads outside {inside} through a symbolic link; outputs are "
+                        "never written through links: remove it and run again")
 
 
 def write_layout(out_dir: str | Path, splits: dict[str, list[PendingImage]],
@@ -170,7 +198,7 @@ def write_layout(out_dir: str | Path, splits: dict[str, list[PendingImage]],
         next_id = max(given_ids, default=0) + 1  # new ids never collide with kept ones
         for index, image in enumerate(images):
             image_id = image.image_id if image.image_id is not None else index + 1
-            place_image(image.source, out / split / image.file_name, link)
+            place_image(image.source, out / split / image.file_name, link, inside=out / split)
             coco_images.append({"id": image_id, "file_name": image.file_name,
                                 "width": image.width, "height": image.height, **image.extra})
             for annotation in image.annotations:
@@ -188,6 +216,10 @@ def write_layout(out_dir: str | Path, splits: dict[str, list[PendingImage]],
 def _check_unique_names(split: str, images: list[PendingImage]) -> None:
     seen: dict[str, Path] = {}
     for image in images:
+        name = PurePosixPath(image.file_name)
+        if name.is_absolute() or ".." in name.parts or not name.parts:
+            raise DataError(f"{image.source}: output name {image.file_name!r} leads outside the "
+                            f"split folder {split}/; give a path relative to it, without '..'")
         if image.file_name in seen:
             raise DataError(
                 f"{image.source}: same output name {image.file_name!r} as {seen[image.file_name]}"

@@ -34,6 +34,7 @@ from __future__ import annotations
 import base64
 import io
 import math
+import os
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -112,7 +113,7 @@ def _label(shape: dict, path: Path, index: int) -> str:
 def _read_document(path: Path, document: dict, root: Path,
                    category_ids: dict[str, int]) -> tuple[PendingImage, int]:
     """The image of one JSON with its annotations, and how many shapes were skipped."""
-    image_path = _find_image(path, document)
+    image_path = _find_image(path, document, root)
     width, height = read_image_size(image_path)
     for field, actual in (("imageWidth", width), ("imageHeight", height)):
         stated = document.get(field)
@@ -147,15 +148,23 @@ def _read_document(path: Path, document: dict, root: Path,
             raise DataError(f"{where}: unknown shape_type; use polygon, rectangle, circle or mask")
     for (category_id, _), polygons in groups.items():
         annotations.append(polygon_annotation(polygons, category_id, width, height))
-    name = image_path.relative_to(root).as_posix() if image_path.is_relative_to(root) else (
-        image_path.name)
+    name = Path(os.path.abspath(image_path)).relative_to(os.path.abspath(root)).as_posix()
     return PendingImage(image_path, name, width, height, annotations), skipped
 
 
-def _find_image(path: Path, document: dict) -> Path:
+def _find_image(path: Path, document: dict, root: Path) -> Path:
+    """The image ``path`` labels: its ``imagePath`` (relative to the JSON's folder), else the
+    file beside the JSON with its stem. An ``imagePath`` leading outside ``root`` (``..``
+    parts, an absolute path) is refused: it would pull any file into the dataset, and its
+    name would lead the output outside OUT."""
     stated = document.get("imagePath")
     if isinstance(stated, str) and stated:
-        candidate = path.parent / PurePosixPath(stated.replace("\\", "/"))
+        candidate = Path(os.path.normpath(path.parent / PurePosixPath(stated.replace("\\", "/"))))
+        if not Path(os.path.abspath(candidate)).is_relative_to(os.path.abspath(root)):
+            raise DataError(
+                f"{path}: field 'imagePath' {stated!r} leads outside {root}; keep the images "
+                "inside the source folder and give their path relative to the JSON"
+            )
         if candidate.is_file():
             return candidate
     for candidate in sorted(path.parent.glob(f"{path.stem}.*")):

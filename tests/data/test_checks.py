@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from sam3_lora.data.validate import format_report, validate_dataset
+from sam3_lora.data.checks import format_report, validate_dataset
 from sam3_lora.errors import DataError
 
 ANNOTATION_FILE = "_annotations.coco.json"
@@ -197,3 +197,54 @@ def test_skip_invalid_is_suggested_only_where_it_can_help(tmp_path):
     root = write_clean_export(tmp_path / "b")
     write_export_split(root / "valid", ["v0.jpg"], [box(0, 0, 1, bbox=(1, 1, 0, 1))])
     assert "data.skip_invalid=true" in format_report(validate_dataset(root)).splitlines()[-1]
+
+
+def test_an_image_over_the_pixel_limit_is_reported_from_its_header_and_training_refuses_it(
+        tmp_path, monkeypatch):
+    """A 100-megapixel PNG (the app refuses over 25 MP); bilevel, so the file stays small.
+    Only its header is read: decoding it would take 100 MB and seconds."""
+    from sam3_lora.data.coco import images as coco_images
+    from sam3_lora.data.coco.split import check_split, load_coco_split
+
+    root = write_clean_export(tmp_path)
+    Image.new("1", (10_000, 10_000)).save(root / "train" / "big.png")
+    document = json.loads((root / "train" / ANNOTATION_FILE).read_text())
+    document["images"].append({"id": 9, "file_name": "big.png", "width": 10_000, "height": 10_000})
+    (root / "train" / ANNOTATION_FILE).write_text(json.dumps(document))
+
+    decoded = []
+    original = coco_images.check_decodes
+    monkeypatch.setattr(coco_images, "check_decodes",
+                        lambda path: decoded.append(path.name) or original(path))
+    report = validate_dataset(root)
+    assert "big.png" not in decoded and "t0.jpg" in decoded
+    (problem,) = report.errors
+    assert problem.code == "image_too_large" and problem.image_id == 9
+    assert "100.0 MP" in problem.message and "25 MP" in problem.message
+    with pytest.raises(DataError, match="image_too_large|over the 25 MP limit"):
+        check_split(load_coco_split(root / "train"), skip_invalid=False)
+
+
+def test_valid_categories_whose_ids_and_names_disagree_with_train_are_one_error_each(tmp_path):
+    write_clean_export(tmp_path)   # train: 1 crack, 2 hole
+    swapped = [CATEGORIES[0], {"id": 1, "name": "hole", "supercategory": "defects"},
+               {"id": 2, "name": "crack", "supercategory": "defects"},
+               {"id": 5, "name": "dent", "supercategory": "defects"}]
+    write_export_split(tmp_path / "valid", ["v0.jpg"], [box(0, 0, 1)], categories=swapped)
+    report = validate_dataset(tmp_path)
+    lines = [p.message for p in report.errors if p.code == "category_id_mismatch"]
+    assert lines == [
+        ("valid category id 1 is 'hole', but in train id 1 is 'crack' and 'hole' is id 2; "
+        "give each category the same id and name in every split"),
+        ("valid category id 2 is 'crack', but in train id 2 is 'hole' and 'crack' is id 1; "
+        "give each category the same id and name in every split")]
+    assert report.exit_code == 1
+    assert [p.code for p in report.warnings] == ["category_mismatch"]   # 'dent': new, not a clash
+    assert "skipping invalid items cannot help" in format_report(report)
+
+
+def test_a_dataset_without_train_suggests_convert_split(tmp_path):
+    write_export_split(tmp_path / "all", ["a.jpg"], [box(0, 0, 1)])
+    (problem,) = validate_dataset(tmp_path).errors
+    assert problem.code == "missing_split"
+    assert f"sam3-lora data convert split {tmp_path / 'all'} {tmp_path}-split" in problem.message

@@ -16,6 +16,9 @@ unreadable_annotation_file   error    the annotation file is not COCO JSON (the 
 ignored_folder               warning  a folder with an annotation file that is not
                                       train/valid/test (e.g. ``val/``): it is not read
 category_mismatch            warning  a valid/test split has categories train does not
+category_id_mismatch         error    a valid/test category whose id names another
+                                      category in train, or whose name has another id
+                                      there (one line per such category)
 no_masks                     warning  objects, but not one mask in any split: training
                                       learns boxes only (no mask loss) and ``validate``
                                       scores boxes (bbox mAP), not masks
@@ -36,11 +39,12 @@ from pathlib import Path
 from sam3_lora.data.coco.split import DEFAULT_ANNOTATION_FILE, load_coco_split
 from sam3_lora.data.convert.yolo import NAME_FILES as YOLO_NAME_FILES
 from sam3_lora.data.records import CocoSplit, HasProblems, Problem
+from sam3_lora.data.scaffold import missing_train_fix
 from sam3_lora.errors import DataError
 
 SPLIT_NAMES = ("train", "valid", "test")
 UNSKIPPABLE = frozenset({"missing_split", "missing_annotation_file", "unreadable_annotation_file",
-                         "yolo_layout", "empty_split"})
+                         "yolo_layout", "empty_split", "category_id_mismatch"})
 """Error codes about a whole file or split: ``data.skip_invalid`` leaves out bad items, so
 it cannot get training past these."""
 _LISTED_BACKGROUND_IMAGES = 10
@@ -62,6 +66,8 @@ class SplitReport(HasProblems):
     order; categories with no object show 0."""
     images_without_objects: list[str] = field(default_factory=list)
     """File names of usable images with no object (background images; not a problem)."""
+    categories: dict[int, str] = field(default_factory=dict)
+    """Category id -> name, the usable categories in file order."""
     problems: list[Problem] = field(default_factory=list)
 
     @property
@@ -118,10 +124,10 @@ def validate_dataset(root: str | Path, annotation_file: str = DEFAULT_ANNOTATION
         elif name == "train":
             report.problems.append(_dataset_problem(
                 "error", "missing_split", str(root / "train"),
-                f"no train/ folder in {root}; put the training split there (images + "
-                f"{annotation_file})"))
+                f"no train/ folder in {root}; {missing_train_fix(root, annotation_file)}"))
     report.problems.extend(_ignored_folders(root, annotation_file))
     report.problems.extend(_category_mismatches(report))
+    report.problems.extend(_category_id_mismatches(report))
     report.problems.extend(_box_only(report))
     return report
 
@@ -171,6 +177,7 @@ def _fill_counts(report: SplitReport, split: CocoSplit) -> None:
                                    for category_id, name in split.categories.items()}
     report.images_without_objects = [image.file_name for image in split.images
                                      if not image.objects]
+    report.categories = dict(split.categories)
 
 
 def _ignored_folders(root: Path, annotation_file: str) -> list[Problem]:
@@ -205,6 +212,33 @@ def _category_mismatches(report: DatasetReport) -> list[Problem]:
                 "warning", "category_mismatch", str(split.annotation_path),
                 f"{split.name} has categories {extra} that train lacks; they are never "
                 "trained, so their scores measure the base model only"))
+    return problems
+
+
+def _category_id_mismatches(report: DatasetReport) -> list[Problem]:
+    """valid/test categories whose id means another category in train, or whose name has
+    another id there: per-category scores and the ids predictions carry would compare
+    different things. One problem per such category."""
+    train = next((split for split in report.splits if split.name == "train"), None)
+    if train is None:
+        return []
+    train_ids = {name: category_id for category_id, name in train.categories.items()}
+    problems = []
+    for split in report.splits:
+        if split is train:
+            continue
+        for category_id, name in split.categories.items():
+            clashes = []
+            if category_id in train.categories and train.categories[category_id] != name:
+                clashes.append(f"id {category_id} is {train.categories[category_id]!r}")
+            if train_ids.get(name, category_id) != category_id:
+                clashes.append(f"{name!r} is id {train_ids[name]}")
+            if clashes:
+                problems.append(_dataset_problem(
+                    "error", "category_id_mismatch", str(split.annotation_path),
+                    f"{split.name} category id {category_id} is {name!r}, but in train "
+                    f"{' and '.join(clashes)}; give each category the same id and name in "
+                    "every split"))
     return problems
 
 
