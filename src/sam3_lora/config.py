@@ -256,6 +256,25 @@ class DataConfig(Section):
     num_workers: int = Field(default=0, ge=0, le=256)
     """Data-loading worker processes, at most 256; 0 loads in the training process."""
 
+    cache_features: Literal["off", "ram", "disk"] = "off"
+    """Compute each training and validation image's vision-encoder features once and reuse
+    them (the ViT is most of SAM3's compute): ``ram`` in CPU memory, ``disk`` in
+    ``cache_features_dir``, where later runs on the same base reuse them. Only when nothing
+    in the vision encoder trains (``lora.apply_to_vision_encoder: false``, as in the heads
+    and demo presets; refused otherwise). Keyed by the transformed image, so with random
+    augmentation each draw is its own entry, reused only when it comes again (about 17
+    scales with ``random_resize``, x2 with ``horizontal_flip``; refused with
+    ``color_jitter``): for reuse from the second epoch, give up those augmentations. About
+    56 MB per image at 1008 px in bfloat16."""
+
+    cache_features_bytes: int = Field(default=16 * 2**30, gt=0)
+    """Budget of the feature cache in bytes (RAM or disk); once full, further images are
+    encoded each time and the cached ones kept. Default 16 GiB."""
+
+    cache_features_dir: str | None = None
+    """Folder of the ``disk`` feature cache (a subfolder per base and precision);
+    ``None``: ``feature-cache/`` in ``output.dir``."""
+
 
 class TrainingConfig(Section):
     """How ``sam3-lora train`` optimises: steps, optimiser, schedule, precision, checkpoints."""

@@ -61,6 +61,7 @@ from sam3_lora.training.checkpoint import (
     save_checkpoint,
     truncate_log,
 )
+from sam3_lora.training.features import FeatureCache, fingerprint, trunk_problem, with_image_keys
 from sam3_lora.training.optim import lr_lambda, param_groups
 from sam3_lora.training.resources import (
     enable_activation_checkpointing,
@@ -178,10 +179,27 @@ class SAM3LoRATrainer:
             model = apply_lora_to_model(self.loaded.model, cfg.lora, verbose=False)
         self.checkpointed_blocks = enable_activation_checkpointing(model, cfg.training.activation_checkpointing)
         self.peft_model = model
+        self.features = self._feature_cache(model)
         self.parameters = count_parameters(model)
         self._log_text(f"precision: {self.precision.describe()}")
         self._log_text(f"full training: all {self.parameters.trainable:,} parameters" if self.full
                        else format_summary(lora_summary(model), self.parameters))
+
+    def _feature_cache(self, model) -> FeatureCache | None:
+        """The vision features' cache ``data.cache_features`` asks for (None: off), refused in
+        one line where the vision encoder's output is not a function of the image alone."""
+        data = self.config.data
+        if data.cache_features == "off":
+            return None
+        problem = trunk_problem(model, data)
+        if problem:
+            raise ConfigError(f"data.cache_features={data.cache_features}: {problem}; or set data.cache_features=off")
+        folder = None
+        if data.cache_features == "disk":
+            root = Path(data.cache_features_dir) if data.cache_features_dir else self.run_dir / "feature-cache"
+            check_output(root, folder=True, what="data.cache_features_dir")
+            folder = root / fingerprint(model, str(self.precision.autocast))
+        return FeatureCache(data.cache_features_bytes, folder)
 
     def _load_splits(self) -> None:
         """Read and check the train (and valid) annotations; no model or accelerator needed."""
@@ -358,7 +376,8 @@ class SAM3LoRATrainer:
         cfg = self.config.training
         loader = build_dataloader(self.splits["train"], self.config.data, self.image_size, cfg.batch_size,
                                   train=True, seed=cfg.seed, epoch=self.epoch)
-        loader = self.accelerator.prepare_data_loader(loader, device_placement=True)
+        loader = self.accelerator.prepare_data_loader(with_image_keys(loader) if self.features else loader,
+                                                      device_placement=True)
         if self.batches_done:
             loader = self.accelerator.skip_first_batches(loader, self.batches_done)
         return loader
@@ -377,7 +396,9 @@ class SAM3LoRATrainer:
         targets = [{k: v.to(self.accelerator.device) if torch.is_tensor(v) else v for k, v in t.items()}
                    for t in batch["targets"]]
         with self.accelerator.autocast():
-            outputs = self.model(batch["pixel_values"], batch["query_image_index"], input_ids, attention_mask)
+            vision = (self.features.encode(self.peft_model, batch["pixel_values"], batch["image_keys"])
+                      if self.features else None)
+            outputs = self.model(batch["pixel_values"], batch["query_image_index"], input_ids, attention_mask, vision)
         return self.criterion(as_float32(outputs), targets)
 
     def _all_finite(self, loss: torch.Tensor) -> bool:
@@ -415,6 +436,9 @@ class SAM3LoRATrainer:
             **self._throughput(elapsed),
             "peak_memory_mb": round(peak_memory_mb(self.accelerator.device), 1),
         }
+        if self.features:   # images whose vision features came from the cache, and its size
+            record.update(feature_cache_hits=self.features.hits, feature_cache_misses=self.features.misses,
+                          feature_cache_mb=round(self.features.stored_bytes / 2**20, 1))
         progress.set_postfix(loss=f"{record['loss']:.3f}", lr=f"{record['lr']:.2e}",
                              samples_s=record["samples_per_s"])
         self._log_json(record)
@@ -460,6 +484,7 @@ class SAM3LoRATrainer:
         cfg = self.config.training
         loader = build_dataloader(self.splits["valid"], self.config.data, self.image_size, cfg.batch_size,
                                   train=False, seed=cfg.seed)
+        loader = with_image_keys(loader) if self.features else loader
         totals = torch.zeros(2, device=self.accelerator.device)
         for batch in self.accelerator.prepare_data_loader(loader, device_placement=True):
             totals += torch.stack([self._forward_loss(batch)["loss"].detach().float(), totals.new_tensor(1.0)])
