@@ -188,3 +188,45 @@ def test_names_inside_their_folder(tmp_path):
     (tmp_path / "sub" / "inner-link").symlink_to(tmp_path / "model.onnx")
     for name in ("model.onnx", "sub/model.onnx", "sub/inner-link", "a..b", "not-yet-there"):
         assert is_inside(name) and inside_folder(tmp_path, name) == tmp_path / name
+
+
+def test_a_place_where_nothing_can_be_created_is_refused_first():
+    """/proc passes every permission check as root (os.access says yes), yet nothing can be
+    created in it: training loaded the model and then died in a traceback."""
+    with pytest.raises(Sam3LoraError, match=r"output.dir /proc/nope: nothing can be created in /proc \(.+\); "
+                                            "choose a writable place") as error:
+        check_output("/proc/nope", folder=True, what="output.dir")
+    assert "\n" not in str(error.value)
+
+
+def test_the_writability_probe_leaves_nothing_behind(tmp_path):
+    check_output(tmp_path / "run", folder=True, what="output.dir")
+    check_output(tmp_path / "out.json", folder=False, what="--output")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_full_disk_inside_safetensors_is_one_line_and_leaves_nothing(tmp_path):
+    """safetensors reports a full disk with its own SafetensorError, not an OSError: it
+    escaped as a traceback from checkpoints and merged exports."""
+    from safetensors import SafetensorError
+
+    with pytest.raises(Sam3LoraError, match=r"model: could not be written \(No space left on device\); nothing "
+                                            "half-written was left") as error, \
+            atomic_folder(tmp_path / "model") as staging:
+        (staging / "half").write_text("h")
+        raise SafetensorError('Error while serializing: I/O error: No space left on device (os error 28) at '
+                              'path "/x/.tmp1"')
+    assert "\n" not in str(error.value) and not list(tmp_path.iterdir())
+
+
+def test_an_atomic_folder_replaces_a_symlink_never_writes_through_it(tmp_path):
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / "precious").write_text("p")
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "best").symlink_to(elsewhere, target_is_directory=True)
+    with atomic_folder(tmp_path / "run" / "best") as staging:
+        (staging / "weights").write_text("w")
+    assert not (tmp_path / "run" / "best").is_symlink()
+    assert [p.name for p in (tmp_path / "run" / "best").iterdir()] == ["weights"]
+    assert [p.name for p in elsewhere.iterdir()] == ["precious"]

@@ -338,7 +338,14 @@ class TrainingConfig(Section):
 
     eval_every_steps: int | None = Field(default=None, gt=0)
     """Evaluate (validation loss; ``best/`` keeps the lowest) every this many optimiser
-    steps; ``None``: at the end of each epoch."""
+    steps; ``None``: at the ends of epochs, spaced by ``max_evaluations``."""
+
+    max_evaluations: int | None = Field(default=10, gt=0)
+    """With ``eval_every_steps: null``, evaluate at an epoch's end only once 1/this of the
+    run's steps have passed since the last evaluation: about this many evaluations per run
+    (and one after the last step), however short the epochs. A dataset of a few images
+    otherwise ran an evaluation after each of its hundreds of tiny epochs. Epochs longer
+    than that spacing are each evaluated, as before. ``None``: after every epoch."""
 
     save_every_steps: int | None = Field(default=None, gt=0)
     """Write a resumable checkpoint every this many optimiser steps, besides each evaluation

@@ -15,6 +15,8 @@ import threading
 from collections.abc import Iterator
 from pathlib import Path, PurePosixPath, PureWindowsPath
 
+from safetensors import SafetensorError
+
 from sam3_lora.errors import Sam3LoraError
 
 
@@ -48,7 +50,8 @@ def atomic_folder(folder: str | Path):
     """Yields an empty temporary sibling of ``folder`` to write into; on success it replaces
     ``folder`` by a rename, on failure it is deleted. A crash mid-write therefore never
     leaves a half-written folder under the final name. An ``OSError`` while writing (a full
-    disk: ENOSPC) becomes a one-line ``Sam3LoraError`` naming ``folder``.
+    disk: ENOSPC, from the OS or inside safetensors) becomes a one-line ``Sam3LoraError``
+    naming ``folder``. A symlink at ``folder`` is replaced, never written through.
 
     Everything written gets the user's umask before the rename (0644 files under umask 022):
     transformers and onnxruntime write some weight files 0600 (through temporary files),
@@ -64,15 +67,27 @@ def atomic_folder(folder: str | Path):
         staging = Path(tempfile.mkdtemp(prefix=_staging_prefix(folder) + f"{os.getpid()}-", dir=folder.parent))
         yield staging
         apply_umask(staging)
-        if folder.exists():
+        if folder.is_symlink():   # replaced, never written through (nor emptied: rmtree refuses links)
+            folder.unlink()
+        elif folder.exists():
             shutil.rmtree(folder)
         os.replace(staging, folder)
-    except OSError as exc:   # a full disk, a quota, a read-only or vanished place
-        raise Sam3LoraError(f"{folder}: could not be written ({exc.strerror or type(exc).__name__}); nothing "
+    except (OSError, SafetensorError) as exc:   # a full disk, a quota, a read-only or vanished place
+        raise Sam3LoraError(f"{folder}: could not be written ({_write_error_reason(exc)}); nothing "
                             f"half-written was left; free some space or choose a writable place") from None
     finally:
         if staging is not None:
             shutil.rmtree(staging, ignore_errors=True)
+
+
+def _write_error_reason(exc: Exception) -> str:
+    """The system's words for a failed write: ``strerror`` of an ``OSError``; safetensors
+    raises its own ``SafetensorError`` whose text holds them ("I/O error: No space left on
+    device (os error 28) at path ...")."""
+    if isinstance(exc, OSError):
+        return exc.strerror or type(exc).__name__
+    found = re.search(r"I/O error: (.+?) \(os error \d+\)", str(exc))
+    return found[1] if found else type(exc).__name__
 
 
 @contextlib.contextmanager
@@ -93,8 +108,8 @@ def replacing_file(path: str | Path) -> Iterator[Path]:
         temporary.chmod(0o666 & ~current_umask())
         os.replace(temporary, path)
         temporary = None
-    except OSError as exc:
-        raise Sam3LoraError(f"{path}: could not be written ({exc.strerror or type(exc).__name__}); "
+    except (OSError, SafetensorError) as exc:
+        raise Sam3LoraError(f"{path}: could not be written ({_write_error_reason(exc)}); "
                             f"free some space or choose a writable place") from None
     finally:
         if temporary is not None:
@@ -205,8 +220,9 @@ def sigterm_as_exit() -> Iterator[None]:
 def check_output(path: str | Path, *, folder: bool, what: str) -> Path:
     """Refuse, before any work is done, an output that cannot be written: a folder that is a
     file (or a file that is a folder), or a place under a missing-and-uncreatable or
-    read-only parent. ``what`` names the setting in the message (``output.dir``,
-    ``output``...). Creates nothing; returns ``path`` as a ``Path``."""
+    read-only parent, or a place where nothing can be created (``/proc``). ``what`` names the
+    setting in the message (``output.dir``, ``output``...). Leaves nothing behind (a probe
+    folder is created and removed); returns ``path`` as a ``Path``."""
     path = Path(path)
     if path.exists() and path.is_dir() != folder:
         kind = "a file" if folder else "a folder"
@@ -219,4 +235,11 @@ def check_output(path: str | Path, *, folder: bool, what: str) -> Path:
                             f"choose another path")
     if not os.access(existing, os.W_OK | os.X_OK):
         raise Sam3LoraError(f"{what} {path}: {existing} is not writable; choose a writable place")
+    # os.access answers yes to root everywhere, /proc and /sys included, where nothing can
+    # be created: only creating something tells. The probe is removed at once.
+    try:
+        os.rmdir(tempfile.mkdtemp(prefix=".probe-", dir=existing))
+    except OSError as exc:
+        raise Sam3LoraError(f"{what} {path}: nothing can be created in {existing} "
+                            f"({exc.strerror or type(exc).__name__}); choose a writable place") from None
     return path

@@ -71,6 +71,27 @@ def test_export_never_overwrites(tmp_path, adapter, make, message):
     assert (target.read_text() if target.is_file() else (target / "keep.txt").read_text()) in ("x", "mine")
 
 
+def test_a_full_disk_during_a_merged_export_is_one_line_and_leaves_nothing(tmp_path, adapter, monkeypatch):
+    """transformers saves through safetensors, whose full-disk error (SafetensorError, not an
+    OSError) escaped as a traceback."""
+    import transformers.modeling_utils
+    from safetensors import SafetensorError
+
+    from sam3_lora.errors import Sam3LoraError
+
+    def disk_full(tensors, path, *args, **kwargs):
+        raise SafetensorError(f'Error while serializing: I/O error: No space left on device (os error 28) at '
+                              f'path "{path}"')
+
+    monkeypatch.setattr(transformers.modeling_utils, "safe_save_file", disk_full)
+    folder, _ = adapter
+    with pytest.raises(Sam3LoraError, match=r"merged: could not be written \(No space left on device\); "
+                                            "nothing half-written was left") as error:
+        export_merged(folder, tmp_path / "merged", load_config(TINY_CONFIG))
+    assert "\n" not in str(error.value)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["adapter"]
+
+
 def test_export_of_something_that_is_not_an_adapter(tmp_path):
     with pytest.raises(AdapterError, match="not an adapter folder"):
         export_merged(tmp_path, tmp_path / "out")

@@ -1,6 +1,7 @@
 import json
 import math
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -11,7 +12,7 @@ import torch
 
 from sam3_lora.config import TrainingConfig, load_config
 from sam3_lora.data.synth import synthesize
-from sam3_lora.errors import ConfigError, DataError
+from sam3_lora.errors import ConfigError, DataError, Sam3LoraError
 from sam3_lora.recipes.train import SAM3LoRATrainer, TrainingError, lr_lambda
 from tests.conftest import TINY_CONFIG
 
@@ -103,7 +104,7 @@ def test_schedules_with_warmup(kind, values):
 
 def test_seed_changes_weights_and_data_order(shapes, tmp_path):
     covers("seed")
-    a, b = (trainer_for(shapes, tmp_path, f"training.seed={s}") for s in (0, 1))
+    a, b = (trainer_for(shapes, tmp_path / str(s), f"training.seed={s}") for s in (0, 1))
     name = "base_model.model.detr_decoder.layers.0.self_attn.q_proj.base_layer.weight"
     assert not torch.equal(dict(a.peft_model.named_parameters())[name], dict(b.peft_model.named_parameters())[name])
     assert next(iter(a._train_batches()))["image_ids"].tolist() != next(iter(b._train_batches()))["image_ids"].tolist()
@@ -119,7 +120,7 @@ def test_bf16_autocasts_and_fp16_is_refused_on_cpu(shapes, tmp_path):
     handle.remove()
     assert dtypes == [torch.bfloat16]
     with pytest.raises(ConfigError, match="fp16 needs a CUDA GPU"):
-        trainer_for(shapes, tmp_path, "training.mixed_precision=fp16")
+        trainer_for(shapes, tmp_path / "fp16", "training.mixed_precision=fp16")
 
 
 def test_bfloat16_base_trains_float32_lora(shapes, tmp_path, capsys):
@@ -140,7 +141,7 @@ def test_bfloat16_base_trains_float32_lora(shapes, tmp_path, capsys):
     for name in ("best", "last"):
         assert {t.dtype for t in load_file(run / name / "adapter_model.safetensors").values()} == {torch.float32}
 
-    trainer = SAM3LoRATrainer(load_config("demo", argv[3:]), quiet=True).setup()
+    trainer = SAM3LoRATrainer(load_config("demo", argv[3:]), quiet=True, overwrite=True).setup()   # a second run
     params = dict(trainer.peft_model.named_parameters())
     assert {p.dtype for n, p in params.items() if "lora_" not in n} == {torch.bfloat16}
     lora = {n: p for n, p in params.items() if "lora_" in n}
@@ -196,6 +197,18 @@ def test_evaluation_checkpoint_and_log_cadence(shapes, tmp_path):
     assert any((run / "tensorboard").rglob("events.out.tfevents.*"))
     assert {"best", "last", "config.yaml"} <= {p.name for p in run.iterdir()}
     assert load_config(run / "config.yaml").training.save_every_steps == 3
+
+
+def test_max_evaluations_spaces_the_epoch_end_evaluations(shapes, tmp_path):
+    """16 images at batch 8: 2-step epochs. Evaluating after each of a small dataset's tiny
+    epochs ran 75 and 100 validations on real datasets; max_evaluations caps the count."""
+    covers("max_evaluations")
+    counted = {}
+    for value in ("null", "2"):
+        trainer_for(shapes, tmp_path / value, "training.max_steps=8", "training.batch_size=8",
+                    f"training.max_evaluations={value}").train()
+        counted[value] = [r["step"] for r in metrics(tmp_path / value / "run") if "val_loss" in r]
+    assert counted == {"null": [2, 4, 6, 8], "2": [4, 8]}
 
 
 def test_early_stopping(shapes, tmp_path):
@@ -256,6 +269,28 @@ def test_out_of_memory_gives_advice(shapes, tmp_path, monkeypatch):
     monkeypatch.setattr(trainer, "_forward_loss", out_of_memory)
     with pytest.raises(TrainingError, match="out of memory at step 0: lower training.batch_size.*activation_checkpointing"):
         trainer.train()
+
+
+def test_a_resumed_epoch_end_is_evaluated_once(shapes, tmp_path):
+    """A run stopped at an epoch's end (its last step, evaluated and checkpointed) and resumed
+    evaluated that step again: two val_loss records of one step in metrics.jsonl."""
+    run = tmp_path / "run"
+    trainer_for(shapes, tmp_path, "training.max_steps=4").train()   # 16 images at batch 4: one epoch
+    SAM3LoRATrainer(make_config(shapes, run, "training.max_steps=8"), resume=run, quiet=True).train()
+    assert [r["step"] for r in metrics(run) if "val_loss" in r] == [4, 8]
+
+
+def test_a_checkpoint_from_before_last_eval_step_still_resumes(shapes, tmp_path):
+    """Checkpoints written before ``progress.last_eval_step`` existed resume as that version
+    did (the epoch end evaluated again), rather than being refused as damaged."""
+    run = tmp_path / "run"
+    trainer_for(shapes, tmp_path, "training.max_steps=4").train()
+    for state_file in run.glob("checkpoints/*/trainer_state.json"):
+        state = json.loads(state_file.read_text())
+        del state["progress"]["last_eval_step"]
+        state_file.write_text(json.dumps(state))
+    SAM3LoRATrainer(make_config(shapes, run, "training.max_steps=8"), resume=run, quiet=True).train()
+    assert [r["step"] for r in metrics(run) if "val_loss" in r] == [4, 4, 8]
 
 
 def test_without_validation_split_last_is_best(shapes, tmp_path, capsys):
@@ -329,6 +364,7 @@ def model_must_not_load(monkeypatch):
     ("a-file", "output.dir .*a-file: is a file; give a folder there"),
     ("a-file/run", "a-file is a file, so nothing can be written under it"),
     ("read-only/run", "read-only is not writable; choose a writable place"),
+    ("/proc/nope", "output.dir /proc/nope: nothing can be created in /proc"),   # os.access says yes to root
 ])
 def test_unwritable_outputs_are_refused_before_the_model_loads(shapes, tmp_path, monkeypatch, output, message):
     import os
@@ -343,6 +379,62 @@ def test_unwritable_outputs_are_refused_before_the_model_loads(shapes, tmp_path,
     model_must_not_load(monkeypatch)
     with pytest.raises(Sam3LoraError, match=message):
         SAM3LoRATrainer(make_config(shapes, tmp_path / output)).setup()
+
+
+def test_a_used_run_folder_is_refused_unless_resumed_or_overwritten(shapes, tmp_path, monkeypatch, capsys):
+    """A second run into one output.dir replaced best/ and last/, mixed both runs in
+    metrics.jsonl and pruned its own checkpoints while keeping the first run's, so that a
+    later resume continued the first run under the second's config."""
+    from sam3_lora.cli import main
+
+    run = tmp_path / "run"
+    command = ["train", "--config", str(TINY_CONFIG), f"data.root={shapes}", f"output.dir={run}",
+               "training.report_to=[tensorboard]", "training.save_every_steps=1", "training.save_total_limit=null"]
+    assert main([*command, "training.max_steps=2"]) == 0
+    (run / "notes.txt").write_text("the user's")
+    before = {str(p): p.stat().st_mtime_ns for p in run.rglob("*")}
+    capsys.readouterr()
+    with monkeypatch.context() as patch:
+        model_must_not_load(patch)
+        assert main([*command, "training.max_steps=1"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and re.search(
+        r"output.dir .*run: holds an earlier run \(config.yaml, metrics.jsonl, checkpoints/, best/\), which a new "
+        r"run would mix with; continue it \(resume from .*run\), replace it \(overwrite\), or choose another "
+        r"output.dir \(--overwrite\)$", err), err
+    assert {str(p): p.stat().st_mtime_ns for p in run.rglob("*")} == before   # nothing touched
+
+    assert main([*command, "training.max_steps=1", "--overwrite"]) == 0
+    assert [p.name for p in (run / "checkpoints").iterdir()] == ["step-000001"]
+    assert [r["step"] for r in metrics(run) if "precision" in r] == [0]          # one run's records
+    assert load_config(run / "config.yaml").training.max_steps == 1
+    events = list((run / "tensorboard").rglob("events.out.tfevents.*"))
+    assert events and not [p for p in events if str(p) in before]                # the new run's alone
+    assert (run / "notes.txt").read_text() == "the user's"
+
+
+def test_outputs_are_never_written_through_links_planted_in_the_run_folder(shapes, tmp_path):
+    run = tmp_path / "run"
+    victim = tmp_path / "victim"
+    victim.mkdir()
+    (victim / "metrics.jsonl").write_text("precious\n")
+    trainer = trainer_for(shapes, tmp_path, "training.max_steps=1")
+    (run / "best").symlink_to(victim, target_is_directory=True)
+    trainer.train()
+    assert not (run / "best").is_symlink() and (run / "best" / "adapter_model.safetensors").is_file()
+    assert [p.name for p in victim.iterdir()] == ["metrics.jsonl"]
+
+    (run / "metrics.jsonl").unlink()
+    (run / "metrics.jsonl").symlink_to(victim / "metrics.jsonl")
+    (run / "config.yaml").unlink()
+    (run / "config.yaml").symlink_to(victim / "config.yaml")
+    with pytest.raises(Sam3LoraError, match="run/config.yaml: is a symbolic link; output files are never written"):
+        SAM3LoRATrainer(make_config(shapes, run, "training.max_steps=2"), resume=run, quiet=True).setup()
+    overwritten = SAM3LoRATrainer(make_config(shapes, run, "training.max_steps=1"), overwrite=True, quiet=True)
+    overwritten.train()
+    assert not (run / "metrics.jsonl").is_symlink() and not (run / "config.yaml").is_symlink()
+    assert [p.name for p in victim.iterdir()] == ["metrics.jsonl"]
+    assert (victim / "metrics.jsonl").read_text() == "precious\n"
 
 
 def test_data_is_checked_before_the_model_loads(shapes, tmp_path, monkeypatch):
@@ -361,8 +453,8 @@ def test_one_prompt_datasets_warn_that_they_have_no_negatives(shapes, tmp_path):
         trainer_for(shapes, tmp_path, "data.prompt_mode=generic")
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        trainer_for(shapes, tmp_path, "data.prompt_mode=generic", "data.negative_phrases=[dog]")
-        trainer_for(shapes, tmp_path)
+        trainer_for(shapes, tmp_path / "phrases", "data.prompt_mode=generic", "data.negative_phrases=[dog]")
+        trainer_for(shapes, tmp_path / "prompts")
     assert not [w for w in caught if "negative" in str(w.message)]
 
 

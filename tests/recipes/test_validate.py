@@ -179,11 +179,9 @@ def test_every_evaluation_key_has_an_effect(trained, tmp_path, monkeypatch):
     assert all(effects.values()), effects
 
 
-def test_box_only_split_is_scored_on_boxes_and_says_why(trained, tmp_path, capsys):
-    """A split without masks used to get mask mAP against its boxes drawn as masks, silently."""
-    from sam3_lora.cli import main
-
-    config, _ = trained
+def box_only_copy(config, tmp_path):
+    """A copy of ``config``'s data under ``tmp_path`` whose valid split has boxes only, and
+    ``config`` pointed at it: (root, config)."""
     root = tmp_path / "data"
     shutil.copytree(config.data.root, root)
     coco_file = root / "valid" / "_annotations.coco.json"
@@ -191,7 +189,15 @@ def test_box_only_split_is_scored_on_boxes_and_says_why(trained, tmp_path, capsy
     for annotation in coco["annotations"]:
         del annotation["segmentation"]
     coco_file.write_text(json.dumps(coco))
-    boxes = config.model_copy(update={"data": config.data.model_copy(update={"root": str(root)})})
+    return root, config.model_copy(update={"data": config.data.model_copy(update={"root": str(root)})})
+
+
+def test_box_only_split_is_scored_on_boxes_and_says_why(trained, tmp_path, capsys):
+    """A split without masks used to get mask mAP against its boxes drawn as masks, silently."""
+    from sam3_lora.cli import main
+
+    config, _ = trained
+    root, boxes = box_only_copy(config, tmp_path)
     summary = validate(boxes, output=tmp_path / "boxes", compare_base=True)
     assert summary["iou_type"] == "bbox" and "no object of this split has a mask" in summary["iou_type_reason"]
     written = json.loads((tmp_path / "boxes" / "metrics.json").read_text())
@@ -216,17 +222,10 @@ def test_report_examples_of_box_only_data_carry_each_object_box(trained, tmp_pat
     import sam3_lora.recipes.validate as recipe
 
     config, _ = trained
-    root = tmp_path / "data"
-    shutil.copytree(config.data.root, root)
-    coco_file = root / "valid" / "_annotations.coco.json"
-    coco = json.loads(coco_file.read_text())
-    for annotation in coco["annotations"]:
-        del annotation["segmentation"]
-    coco_file.write_text(json.dumps(coco))
+    _, boxes = box_only_copy(config, tmp_path)
     drawn, write_report = {}, recipe.write_report
     monkeypatch.setattr(recipe, "write_report", lambda out, **kwargs: drawn.update(kwargs) or write_report(out, **kwargs))
-    validate(config.model_copy(update={"data": config.data.model_copy(update={"root": str(root)})}),
-             output=tmp_path / "boxes")
+    validate(boxes, output=tmp_path / "boxes")
     assert drawn["examples"]
     for example in drawn["examples"]:
         assert len(example["gt_boxes"]) == len(example["gt_masks"]) > 0 and not example["gt_masks"].any()

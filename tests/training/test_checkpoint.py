@@ -233,6 +233,17 @@ DAMAGE = {
                          "its training state does not load"),
     "scheduler emptied": (edit_state(lambda s: s.update(scheduler={})), "scheduler: keys differ"),
     "NaN weights": (nan_weights, "hold NaN or infinite values"),
+    # A progress beyond what any run, or this one, reaches (10^30 batches was accepted).
+    "huge count": (edit_state(lambda s: s["progress"].update(batches_done=10**30)),
+                   r"trainer_state.json: progress.batches_done is 1.0e\+30, more than any run reaches"),
+    "fractional count": (edit_state(lambda s: s["progress"].update(epoch=0.5)),
+                         "progress.epoch: expected a whole number, found 0.5"),
+    "batches beyond the epoch": (edit_state(lambda s: s["progress"].update(batches_done=9)),
+                                 r"progress.batches_done is 9, more than the batches of an epoch .*\(8\)"),
+    "evaluated after its step": (edit_state(lambda s: s["progress"].update(last_eval_step=3)),
+                                 r"progress.last_eval_step is 3, more than the step \(2\)"),
+    # trainer_state.json is written last: a folder without it was skipped without a word.
+    "deleted training state": (lambda f: (f / STATE_FILE).unlink(), "/trainer_state.json: missing"),
 }
 
 
@@ -303,6 +314,30 @@ def test_disk_full_while_checkpointing_is_one_line_and_leaves_nothing_half_writt
     assert latest_checkpoint(run_dir).name == "step-000001"
 
 
+def test_disk_full_inside_safetensors_while_checkpointing_is_one_line(tmp_path, monkeypatch, tiny):
+    """safetensors raises its own SafetensorError on a full disk (not an OSError): it
+    escaped as a traceback."""
+    from safetensors import SafetensorError
+
+    from sam3_lora.errors import Sam3LoraError
+    from sam3_lora.training import checkpoint
+
+    model = apply_lora_to_model(tiny.model, LoRAConfig(rank=2), verbose=False)
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=0.1)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
+
+    def disk_full(tensors, path, *args, **kwargs):
+        raise SafetensorError(f'Error while serializing: I/O error: No space left on device (os error 28) at '
+                              f'path "{path}"')
+
+    monkeypatch.setattr(checkpoint, "save_file", disk_full)
+    with pytest.raises(Sam3LoraError, match=r"step-000001: could not be written \(No space left on device\); "
+                                            "nothing half-written was left") as error:
+        save_checkpoint(tmp_path / "step-000001", partial(write_adapter, model), optimizer, scheduler, None,
+                        {"step": 1})
+    assert "\n" not in str(error.value) and list(tmp_path.iterdir()) == []
+
+
 def test_a_resumed_run_logs_each_step_once(shapes, tmp_path):
     """Steps replayed after a resume were logged twice in metrics.jsonl."""
     run_dir = tmp_path / "run"
@@ -317,16 +352,18 @@ def test_a_resumed_run_logs_each_step_once(shapes, tmp_path):
 
 def test_disk_full_while_logging_is_one_line(shapes, tmp_path, monkeypatch):
     import errno
+    import io
 
     import sam3_lora.recipes.train as recipe
     from sam3_lora.errors import Sam3LoraError
 
     trainer = resumable_run(shapes, tmp_path / "run", "training.max_steps=2")().setup()
 
-    def full(*args, **kwargs):
-        raise OSError(errno.ENOSPC, "No space left on device")
+    class FullDisk(io.StringIO):
+        def write(self, text):
+            raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(recipe, "open", full, raising=False)
+    monkeypatch.setattr(recipe, "open_for_append", lambda path: FullDisk())
     with pytest.raises(Sam3LoraError, match=r"metrics.jsonl: could not be written \(No space left on device\); "
                                             "free some space, then resume from") as error:
         trainer.train()

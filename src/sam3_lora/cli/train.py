@@ -13,6 +13,7 @@ TRAIN_EPILOG = """\
 examples:
   sam3-lora train --config balanced data.root=data/cracks output.dir=runs/cracks
   sam3-lora train --config runs/cracks/config.yaml --resume runs/cracks
+  sam3-lora train --config balanced data.root=data/cracks output.dir=runs/cracks --overwrite   (a new run there)
   accelerate launch --num_processes 4 -m sam3_lora.cli train --config balanced   (multi-GPU)
 """
 
@@ -36,11 +37,13 @@ def cmd_info(args: argparse.Namespace) -> int:
     from sam3_lora.lora.apply import preview
     from sam3_lora.model.loading import load_sam3_config
     from sam3_lora.model.quantize import size_line
+    from sam3_lora.training.schedule import describe_evaluation
 
     config = config_from_args(args)
     print(preview(config))
     print(size_line(load_sam3_config(config.model.source, config.model.revision, config.model.image_size),
                     config.model.quantize))
+    print(describe_evaluation(config.training))
     return 0
 
 
@@ -50,7 +53,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     if args.skip_invalid:
         args.overrides.append("data.skip_invalid=true")
-    trainer = SAM3LoRATrainer(config_from_args(args), resume=args.resume)
+    trainer = SAM3LoRATrainer(config_from_args(args), resume=args.resume, overwrite=args.overwrite)
     try:
         summary = trainer.train()
     except TrainingInterrupted as stop:
@@ -72,5 +75,8 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
                         epilog=TRAIN_EPILOG)
     train.add_argument("--resume", metavar="RUN_DIR|auto", default=None,
                        help="continue a run exactly where it stopped (auto: output.dir's newest checkpoint)")
+    train.add_argument("--overwrite", action="store_true",
+                       help="replace an earlier run in output.dir (without it, or --resume, a used output.dir "
+                            "is refused)")
     train.add_argument("--skip-invalid", action="store_true",
                        help="train despite dataset errors, skipping (and listing) every bad item")

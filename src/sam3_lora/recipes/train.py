@@ -17,6 +17,12 @@ Run folder (``output.dir``)::
 
 The weights are an adapter (``lora.adapter``), or with ``training.method: full`` a whole model
 folder (``model.folders.write_model``) that ``model.source`` can name.
+
+A run folder holds one run (``training.run_folder``): a new run refuses a folder holding an
+earlier one unless it resumes it (``resume``) or replaces it (``overwrite=True``). Every
+file is written by replacing it (``files.write_file``, ``atomic_folder``) or appended without
+following a link (``files.open_for_append``): a symlink planted in the folder is never
+written through.
 """
 
 from __future__ import annotations
@@ -45,7 +51,7 @@ from sam3_lora.data.collate import build_dataloader
 from sam3_lora.data.dataset import ConceptDataset
 from sam3_lora.errors import ConfigError, Sam3LoraError
 from sam3_lora.evaluation.runner import SplitRunner, score
-from sam3_lora.files import atomic_folder, check_output
+from sam3_lora.files import atomic_folder, check_output, open_for_append, write_file
 from sam3_lora.lora.adapter import load_lora_weights, write_adapter
 from sam3_lora.lora.apply import apply_lora_to_model, count_parameters, format_summary, lora_summary
 from sam3_lora.loss.criterion import build_criterion
@@ -71,6 +77,13 @@ from sam3_lora.training.resources import (
     peak_memory_mb,
     peak_tflops,
 )
+from sam3_lora.training.run_folder import check_run_folder, remove_earlier_run
+from sam3_lora.training.schedule import epoch_end_evaluation_due
+
+PROGRESS_ADDED = {"last_eval_step": 0}
+"""Progress keys newer than some checkpoints, with the value that resumes such a checkpoint
+as the sam3-lora that wrote it did (``last_eval_step`` 0: no evaluation recorded, so the
+epoch-end evaluation of the checkpoint's step is run again on resume)."""
 
 
 class TrainingError(Sam3LoraError):
@@ -90,19 +103,25 @@ class SAM3LoRATrainer:
 
     ``peft_model`` is the model being trained: PEFT-wrapped with LoRA, or with
     ``training.method: full`` the bare SAM3 with every weight trainable.
+
+    ``resume``: a run folder or checkpoint to continue (``auto``: ``output.dir``'s newest).
+    ``overwrite``: replace an earlier run in ``output.dir`` (its config, metrics, checkpoints,
+    ``best/``, ``last/`` and tracker logs are deleted once the model has loaded); without it,
+    and without resuming that run, a used ``output.dir`` is refused before anything loads.
     """
 
     def __init__(self, config: Config | str | Path, overrides: list[str] | None = None,
-                 resume: str | Path | None = None, quiet: bool = False):
+                 resume: str | Path | None = None, quiet: bool = False, overwrite: bool = False):
         self.config = config if isinstance(config, Config) else load_config(config, overrides)
         self.run_dir = Path(self.config.output.dir)
         self.resume = resume
+        self.overwrite = overwrite
         self.quiet = quiet
         self.step = self.epoch = self.batches_done = 0
         self.best_value: float | None = None
         self.evals_without_improvement = 0
         self.stop_signal: int | None = None
-        self.last_eval_step = -1
+        self.last_eval_step = 0   # the step of the latest evaluation; 0: none yet (step 0 is never evaluated)
         self._text_cache: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
         self.flops_per_batch: int | None = None
 
@@ -112,6 +131,7 @@ class SAM3LoRATrainer:
         # What the user can get wrong is checked before the model loads (minutes at full size).
         check_output(self.run_dir, folder=True, what="output.dir")
         checkpoints = self._find_checkpoints()
+        check_run_folder(self.run_dir, continuing=self._continues_own_run(checkpoints), overwrite=self.overwrite)
         self._load_splits()
         self._setup_accelerator()
         self._setup_model()
@@ -121,13 +141,22 @@ class SAM3LoRATrainer:
         if checkpoints:
             self._restore(checkpoints)
         if self.accelerator.is_main_process:
+            if self.overwrite:
+                removed = remove_earlier_run(self.run_dir)
+                if removed:
+                    self._log_text(f"overwrite: removed the earlier run's {', '.join(removed)} from {self.run_dir}")
             self.run_dir.mkdir(parents=True, exist_ok=True)
-            self.config.save(self.run_dir / "config.yaml")
+            write_file(self.run_dir / "config.yaml", self.config.to_yaml())
             if checkpoints:   # the steps after the checkpoint are replayed: log each once
                 truncate_log(self.run_dir / "metrics.jsonl", self.step)
+        self._start_trackers()
         # What `auto` became on this device: the first record of each (re)start.
         self._log_json({"step": self.step, "precision": self.precision.record()})
         return self
+
+    def _continues_own_run(self, checkpoints: list[Path]) -> bool:
+        """Whether ``checkpoints`` (to resume from) are those of the run in ``output.dir``."""
+        return bool(checkpoints) and checkpoints[0].resolve().is_relative_to(self.run_dir.resolve())
 
     def _find_checkpoints(self) -> list[Path]:
         """The checkpoints ``resume`` names, newest first ([] without ``resume``)."""
@@ -148,21 +177,25 @@ class SAM3LoRATrainer:
         # One process may build several trainers (tests, the demo); Accelerate keeps its
         # settings in a singleton that must be cleared between them.
         AcceleratorState._reset_state()
-        trackers = [t for t in cfg.report_to if _tracker_available(t)]
+        self.trackers = [t for t in cfg.report_to if _tracker_available(t)]
         self.accelerator = Accelerator(
             # cpu=True lets `torchrun`/`accelerate launch` run several CPU processes (gloo).
             cpu=not torch.cuda.is_available(),
             mixed_precision=self.precision.autocast,
             gradient_accumulation_steps=cfg.gradient_accumulation_steps,
-            log_with=trackers or None,
+            log_with=self.trackers or None,
             project_dir=str(self.run_dir),
             # LoRA on a component the batch does not use (the geometry encoder without box
             # prompts) leaves parameters without gradients, which DDP must be told about.
             kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)],
         )
         set_seed(cfg.seed)
-        if trackers:
-            self.accelerator.init_trackers("tensorboard" if trackers == ["tensorboard"] else "sam3-lora",
+
+    def _start_trackers(self) -> None:
+        """The trackers' logs, in ``tensorboard/`` (``sam3-lora/`` with several): started once
+        the run folder is ready (an earlier run's logs removed with ``overwrite``)."""
+        if self.trackers:
+            self.accelerator.init_trackers("tensorboard" if self.trackers == ["tensorboard"] else "sam3-lora",
                                            config=_flat(self.config.model_dump(mode="json")))
 
     def _setup_model(self) -> None:
@@ -236,10 +269,11 @@ class SAM3LoRATrainer:
         self.prompts = sorted({prompt for name, split in self.splits.items() for prompt in
                                ConceptDataset(split, self.config.data, self.image_size, train=name == "train")
                                .prompt_vocabulary()})
-        per_process = math.ceil(len(self.splits["train"].images) / self.config.training.batch_size
-                                / self.accelerator.num_processes)
+        # Micro-batches each process takes per epoch.
+        self.batches_per_epoch = math.ceil(len(self.splits["train"].images) / self.config.training.batch_size
+                                           / self.accelerator.num_processes)
         # Accelerate steps at the end of an epoch even mid-accumulation: round up.
-        self.steps_per_epoch = math.ceil(per_process / self.config.training.gradient_accumulation_steps)
+        self.steps_per_epoch = math.ceil(self.batches_per_epoch / self.config.training.gradient_accumulation_steps)
         cfg = self.config.training
         self.total_steps = cfg.max_steps or cfg.num_epochs * self.steps_per_epoch
 
@@ -261,6 +295,7 @@ class SAM3LoRATrainer:
         self.step, self.epoch, self.batches_done = progress["step"], progress["epoch"], progress["batches_done"]
         self.best_value = progress["best_value"]
         self.evals_without_improvement = progress["evals_without_improvement"]
+        self.last_eval_step = progress["last_eval_step"]
         self._log_text(f"resumed from {folder} at step {self.step}")
 
     def _restore_from(self, folder: Path) -> dict:
@@ -270,7 +305,20 @@ class SAM3LoRATrainer:
         else:
             load_lora_weights(self.peft_model, folder)
         return load_checkpoint(folder, self.optimizer.optimizer, self.scheduler, self.accelerator.scaler,
-                               progress_like=self._progress())
+                               progress_like=self._progress(), progress_check=self._progress_problem,
+                               progress_added=PROGRESS_ADDED)
+
+    def _progress_problem(self, progress: dict) -> str | None:
+        """What in a checkpoint's progress this run cannot have reached, or None: counts of
+        evaluations beyond the step count (one at most per step), a position in the epoch
+        beyond its batches. (Every count is also at most ``checkpoint.MAX_COUNT``.)"""
+        step = progress["step"]
+        limits = {"evals_without_improvement": (step, "the step count"), "last_eval_step": (step, "the step"),
+                  "batches_done": (self.batches_per_epoch, "the batches of an epoch of this training split")}
+        for key, (limit, what) in limits.items():
+            if progress[key] > limit:
+                return f"progress.{key} is {progress[key]}, more than {what} ({limit})"
+        return None
 
     # ---- the loop ----------------------------------------------------------------
 
@@ -334,8 +382,8 @@ class SAM3LoRATrainer:
                 if self.step >= self.total_steps:
                     return
             self.epoch, self.batches_done = self.epoch + 1, 0
-            epoch_eval = self.config.training.eval_every_steps is None and self.step < self.total_steps
-            if epoch_eval and self._evaluate_and_save():
+            due = epoch_end_evaluation_due(self.config.training, self.step, self.last_eval_step, self.total_steps)
+            if due and self._evaluate_and_save():
                 return
 
     def _report_device_memory(self, device: torch.device) -> None:
@@ -535,7 +583,8 @@ class SAM3LoRATrainer:
     def _progress(self) -> dict:
         """Where training stands: what a checkpoint restores besides weights and optimiser."""
         return {"step": self.step, "epoch": self.epoch, "batches_done": self.batches_done,
-                "best_value": self.best_value, "evals_without_improvement": self.evals_without_improvement}
+                "best_value": self.best_value, "evals_without_improvement": self.evals_without_improvement,
+                "last_eval_step": self.last_eval_step}
 
     def write_weights(self, folder: Path) -> None:
         """The trained weights into the existing ``folder``: the adapter, or the whole model."""
@@ -566,7 +615,7 @@ class SAM3LoRATrainer:
         path = self.run_dir / "metrics.jsonl"
         try:
             self.run_dir.mkdir(parents=True, exist_ok=True)
-            with open(path, "a") as file:
+            with open_for_append(path) as file:
                 file.write(json.dumps(record) + "\n")
         except OSError as exc:   # a full disk: say so in one line, the checkpoints are intact
             raise TrainingError(f"{path}: could not be written ({exc.strerror or type(exc).__name__}); free some "
@@ -594,7 +643,8 @@ class SAM3LoRATrainer:
             "peak_memory_mb": round(peak_memory_mb(self.accelerator.device), 1),
         }
         if not (self.run_dir / "best").exists() and (self.run_dir / "last").exists():
-            shutil.copytree(self.run_dir / "last", self.run_dir / "best")
+            with atomic_folder(self.run_dir / "best") as staging:
+                shutil.copytree(self.run_dir / "last", staging, dirs_exist_ok=True)
         self.accelerator.end_training()
         self._log_text(
             f"done: {self.step} steps in {seconds:.0f} s, best {self.config.training.best_metric} "

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import random
 import re
 import shutil
@@ -33,7 +32,7 @@ import torch
 from safetensors.torch import save_file
 
 from sam3_lora.errors import Sam3LoraError
-from sam3_lora.files import atomic_folder
+from sam3_lora.files import atomic_folder, write_file
 from sam3_lora.model.tensor_files import read_tensors
 
 T = TypeVar("T")
@@ -41,6 +40,9 @@ T = TypeVar("T")
 STATE_FILE = "trainer_state.json"
 OPTIMIZER_FILE = "optimizer.safetensors"
 STEP_FOLDER = re.compile(r"^step-(\d+)$")
+MAX_COUNT = 10**9
+"""The largest step, epoch or batch count a checkpoint may hold: no run takes a billion
+optimiser steps, and a larger count (10^30 was accepted) is damage."""
 
 
 def _split_optimizer_state(state_dict: dict) -> tuple[dict[str, torch.Tensor], dict]:
@@ -110,21 +112,31 @@ def save_checkpoint(folder: Path, write_weights: Callable[[Path], None], optimiz
     return folder
 
 
-def load_checkpoint(folder: Path, optimizer, scheduler, scaler, progress_like: dict | None = None) -> dict:
+def load_checkpoint(folder: Path, optimizer, scheduler, scaler, progress_like: dict | None = None,
+                    progress_check: Callable[[dict], str | None] | None = None,
+                    progress_added: dict | None = None) -> dict:
     """Restore optimiser, scheduler, scaler and RNG states; returns the progress dict.
 
     Everything is read and checked first against the structure this process would write
     itself (same keys, list lengths and kinds of values, finite numbers, optimiser tensors
-    shaped like their parameters; ``progress_like``: a progress dict of the expected form),
+    shaped like their parameters; ``progress_like``: a progress dict of the expected form,
+    whose whole numbers must be whole numbers from 0 to ``MAX_COUNT`` here too;
+    ``progress_check(progress)``: what else is wrong with it for the run resuming, or None),
     so that a damaged checkpoint raises ``CheckpointError`` (one line) before any state is
-    touched. The weights are loaded separately (``adapter.load_lora_weights``,
+    touched. ``progress_added``: progress keys newer than some checkpoints, with the value
+    that means what the versions before them did; a checkpoint without such a key gets it,
+    so that runs written by an older sam3-lora still resume. The weights are loaded separately (``adapter.load_lora_weights``,
     ``model.load_model_weights``).
     """
     folder = Path(folder)
     state = _read_state(folder)
+    if isinstance(state.get("progress"), dict):
+        state["progress"] = {**(progress_added or {}), **state["progress"]}
     tensors = read_tensors(folder / OPTIMIZER_FILE, CheckpointError)
     problem = (_state_problem(state, optimizer, scheduler, scaler, progress_like)
-               or _optimizer_tensor_problem(tensors, optimizer) or _progress_problem(folder, state["progress"]))
+               or _optimizer_tensor_problem(tensors, optimizer)
+               or _progress_problem(folder, state["progress"], progress_like)
+               or _checked(progress_check, state["progress"]))
     if problem:
         raise CheckpointError(f"{folder}: {problem}; the checkpoint is damaged")
     try:
@@ -142,6 +154,8 @@ def load_checkpoint(folder: Path, optimizer, scheduler, scaler, progress_like: d
 def _read_state(folder: Path) -> dict:
     """``trainer_state.json`` as a mapping, or ``CheckpointError``."""
     path = folder / STATE_FILE
+    if not path.is_file() and STEP_FOLDER.match(folder.name):   # written last: deleted since
+        raise CheckpointError(f"{path}: missing")
     if not path.is_file():
         raise CheckpointError(f"{folder}: not a resumable checkpoint (no {STATE_FILE}); "
                               f"give a run folder or one of its checkpoints/step-N folders")
@@ -230,18 +244,36 @@ def _optimizer_tensor_problem(tensors: dict[str, torch.Tensor], optimizer) -> st
     return None
 
 
-def _progress_problem(folder: Path, progress: Any) -> str | None:
-    """Counts in the progress must be at least 0, and a ``step-N`` folder must hold step N."""
+def _progress_problem(folder: Path, progress: Any, progress_like: dict | None = None) -> str | None:
+    """Counts in the progress must be at least 0 (and whole numbers up to ``MAX_COUNT`` where
+    ``progress_like`` has whole numbers), and a ``step-N`` folder must hold step N."""
     if not isinstance(progress, dict):
         return None
     negative = [key for key, value in progress.items() if _kind(value) == "number" and isinstance(value, int)
                 and value < 0]
     if negative:
         return f"{STATE_FILE}: progress.{str(negative[0])[:30]} is negative"
+    for key, like in (progress_like or {}).items():
+        value = progress.get(key)
+        if _kind(like) == "number" and isinstance(like, int) and not isinstance(value, int):
+            return f"{STATE_FILE}: progress.{key}: expected a whole number, found {str(value)[:20]}"
+        if isinstance(like, int) and isinstance(value, int) and value > MAX_COUNT:
+            return f"{STATE_FILE}: progress.{key} is {_shown(value)}, more than any run reaches ({MAX_COUNT:.0e})"
     match = STEP_FOLDER.match(folder.name)
     if match and "step" in progress and progress["step"] != int(match[1]):
         return f"{STATE_FILE}: progress.step is {str(progress['step'])[:20]}, but the folder is step {int(match[1])}"
     return None
+
+
+def _checked(progress_check: Callable[[dict], str | None] | None, progress: dict) -> str | None:
+    """``progress_check``'s verdict, in the words of the other problems (naming the file)."""
+    problem = progress_check(progress) if progress_check else None
+    return f"{STATE_FILE}: {problem}" if problem else None
+
+
+def _shown(count: int) -> str:
+    """A count for a message: as it is, or in scientific notation when long (10^30)."""
+    return str(count) if count < 10**12 else f"{count:.1e}"
 
 
 def _first_line(exc: BaseException) -> str:
@@ -251,15 +283,17 @@ def _first_line(exc: BaseException) -> str:
 
 def resume_candidates(path: str | Path) -> list[Path]:
     """The checkpoints to resume from, newest first: a checkpoint folder then the older ones
-    beside it, or a run folder's checkpoints; [] if there are none."""
+    beside it, or a run folder's checkpoints; [] if there are none. Step folders whose
+    ``trainer_state.json`` is gone are included: ``restore_newest`` says they are damaged
+    (skipping them silently resumed from an older step without a word)."""
     path = Path(path)
-    if not (path / STATE_FILE).is_file():
-        return step_checkpoints(path)[::-1]
     match = STEP_FOLDER.match(path.name)
-    if not match or path.parent.name != "checkpoints":
+    if match and path.parent.name == "checkpoints" and path.is_dir():
+        older = [p for p in step_folders(path.parent.parent) if int(STEP_FOLDER.match(p.name)[1]) < int(match[1])]
+        return [path, *older[::-1]]
+    if (path / STATE_FILE).is_file():
         return [path]
-    older = [p for p in step_checkpoints(path.parent.parent) if int(STEP_FOLDER.match(p.name)[1]) < int(match[1])]
-    return [path, *older[::-1]]
+    return step_folders(path)[::-1]
 
 
 def restore_newest(candidates: list[Path], restore: Callable[[Path], T]) -> tuple[Path, T, list[tuple[Path, str]]]:
@@ -291,9 +325,7 @@ def truncate_log(path: Path, step: int) -> None:
     kept = [line for line in lines if _before(line, step)]
     if kept == lines:
         return
-    staging = path.with_name(f".{path.name}.tmp")
-    staging.write_text("".join(kept), encoding="utf-8")
-    os.replace(staging, path)
+    write_file(path, "".join(kept))   # replaced, never written through a link
 
 
 def _before(line: str, step: int) -> bool:
@@ -307,13 +339,18 @@ def _before(line: str, step: int) -> bool:
     return record["step"] < step or (record["step"] == step and "nonfinite_steps" not in record)
 
 
-def step_checkpoints(run_dir: Path) -> list[Path]:
-    """Complete checkpoints of a run, oldest first."""
+def step_folders(run_dir: Path) -> list[Path]:
+    """The ``checkpoints/step-N`` folders of a run, complete or not, oldest first."""
     folder = Path(run_dir) / "checkpoints"
     if not folder.is_dir():
         return []
-    found = [(int(m[1]), p) for p in folder.iterdir() if (m := STEP_FOLDER.match(p.name)) and (p / STATE_FILE).is_file()]
+    found = [(int(m[1]), p) for p in folder.iterdir() if (m := STEP_FOLDER.match(p.name)) and p.is_dir()]
     return [path for _, path in sorted(found)]
+
+
+def step_checkpoints(run_dir: Path) -> list[Path]:
+    """Complete checkpoints of a run (with their ``trainer_state.json``), oldest first."""
+    return [path for path in step_folders(run_dir) if (path / STATE_FILE).is_file()]
 
 
 def latest_checkpoint(run_dir_or_checkpoint: str | Path) -> Path | None:
