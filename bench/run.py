@@ -114,7 +114,7 @@ BENCHMARKS = [
         "gpu": [],
     }),
     ("bench_small_gpu", "bench_small_gpu.py", WRITE, {
-        "tiny": ["--train-images", "8", "--epochs", "2", "--steps", "4", "--test-images", "8"],
+        "tiny": ["--train-images", "8", "--epochs", "2", "--repeats", "1", "--steps", "4", "--test-images", "8"],
         "cpu-full": [],   # the bundled tiny base is what it measures: the defaults (minutes)
         "gpu": [],
     }),

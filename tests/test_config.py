@@ -22,6 +22,7 @@ def test_preset_choices_match_their_descriptions():
     assert balanced.rank == 16 and balanced.components() == ["vision_encoder", "mask_decoder"]
     assert full.rank == 32 and "text_encoder" not in full.components() and len(full.components()) == 5
     assert load_config("demo").model.source == "sam3-tiny-shapes"
+    assert load_config("demo").data.cache_features == "ram"   # its vision encoder is frozen
     base = load_config("base")
     assert base.training.method == "full" and base.model.source == "sam3-tiny"
     heads = load_config("heads").lora

@@ -143,7 +143,7 @@ class ModelConfig(Section):
     trained on top (QLoRA): ``nf4`` or ``fp4`` (4-bit, 3.1 -> 0.6 GiB for SAM3), ``int8``
     (1.0 GiB); ``none`` keeps ``model.dtype``. They compute in ``model.dtype``; the adapter
     stays float32 and also loads onto an unquantized base (and the reverse; BENCHMARKS.md,
-    "Quantized bases", gives the accuracy cost). Applies wherever the model runs; a merged
+    "Small GPUs": about 0.01 mAP on the bundled base). Applies wherever the model runs; a merged
     export dequantizes first. Not with ``training.method=full``."""
 
 

@@ -13,7 +13,7 @@ bfloat16 ``model.dtype``), 0.97 GiB with int8 (``sam3-lora info`` prints it for 
 
 An adapter is a set of LoRA matrices keyed by layer name, the same with and without
 quantization, so one trained on a quantized base loads onto a float32 or bfloat16 one and the
-reverse (BENCHMARKS.md, "Quantized bases", measures what that costs). A merged export of a
+reverse (BENCHMARKS.md, "Small GPUs", measures what that costs). A merged export of a
 quantized run dequantizes the base first (``dequantize_linears``): the LoRA product is added
 to the weights the adapter was trained against, in float32, never re-quantized.
 
