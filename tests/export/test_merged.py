@@ -71,6 +71,15 @@ def test_export_never_overwrites(tmp_path, adapter, make, message):
     assert (target.read_text() if target.is_file() else (target / "keep.txt").read_text()) in ("x", "mine")
 
 
+@pytest.mark.parametrize("export", [export_adapter, export_merged])
+def test_an_empty_output_path_is_refused_not_read_as_the_current_folder(tmp_path, adapter, export, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    before = sorted(tmp_path.rglob("*"))
+    with pytest.raises(ExportError, match="the output folder's path is empty"):
+        export(adapter[0], "")
+    assert sorted(tmp_path.rglob("*")) == before
+
+
 def test_a_full_disk_during_a_merged_export_is_one_line_and_leaves_nothing(tmp_path, adapter, monkeypatch):
     """transformers saves through safetensors, whose full-disk error (SafetensorError, not an
     OSError) escaped as a traceback."""

@@ -318,6 +318,11 @@ def test_data_errors_are_refused_unless_skipped(shapes, tmp_path):
 def test_missing_data_root_names_the_key(tmp_path):
     with pytest.raises(ConfigError, match="data.root=.*no train/ folder"):
         trainer_for(tmp_path / "nowhere", tmp_path)
+    # One COCO folder where train/ should be: the split command that makes train/valid/test of it.
+    (tmp_path / "export").mkdir()
+    (tmp_path / "export" / "_annotations.coco.json").write_text("{}")
+    with pytest.raises(ConfigError, match=r"no train/ folder.*`sam3-lora data convert split .*export "):
+        trainer_for(tmp_path, tmp_path / "run")
 
 
 def test_nonfinite_outputs_are_skipped_like_a_nonfinite_loss(shapes, tmp_path):

@@ -32,7 +32,10 @@ class ExportError(Sam3LoraError):
 
 
 def empty_target(out: str | Path) -> Path:
-    """``out`` as a ``Path`` if it is new or an empty folder; anything else is refused."""
+    """``out`` as a ``Path`` if it is new or an empty folder; anything else is refused, an
+    empty path too (``Path("")`` would be the current folder)."""
+    if not str(out).strip():
+        raise ExportError("the output folder's path is empty; give the new folder to write the export to")
     out = Path(out)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise ExportError(f"{out}: exists and is {'a file' if not out.is_dir() else 'not empty'}; "

@@ -299,13 +299,6 @@ def check_quantize(quantize: str | None) -> None:
                               f"encoders) or none", option="quantize")
 
 
-def check_out(out: str | Path) -> str | Path:
-    """``out`` itself; an empty path (which would mean the current folder) is one line."""
-    if not str(out).strip():
-        raise OnnxExportError("the output folder's path is empty; give the new folder to write the export to")
-    return out
-
-
 # ---- export ----------------------------------------------------------------------------------------
 
 def export_onnx(weights: str | Path, out: str | Path, config: Config | None = None, *, opset: int = DEFAULT_OPSET,
@@ -323,7 +316,7 @@ def export_onnx(weights: str | Path, out: str | Path, config: Config | None = No
     """
     versions = check_onnx_tools(opset)
     check_quantize(quantize)
-    out = empty_target(check_out(out))
+    out = empty_target(out)
     if (Path(weights) / CONFIG_FILE).is_file():   # an ONNX export already: it can be quantized (checked there)
         if not quantize:
             raise OnnxExportError(f"{weights}: is an ONNX export already; to make an INT8 copy of it, ask for "
@@ -348,7 +341,7 @@ def export_sam3_onnx(model, tokenizer, out: str | Path, *, opset: int = DEFAULT_
     versions = versions or check_onnx_tools(opset)
     check_quantize(quantize)
     model = _plain_sam3(model)
-    out = empty_target(check_out(out))
+    out = empty_target(out)
     say = progress or (lambda line: None)
     with sigterm_as_exit(), atomic_folder(out) as work:
         started = time.perf_counter()

@@ -49,6 +49,7 @@ from sam3_lora.config import Config, check_together, load_config
 from sam3_lora.data.coco.split import check_split, load_coco_split
 from sam3_lora.data.collate import build_dataloader
 from sam3_lora.data.dataset import ConceptDataset
+from sam3_lora.data.scaffold import missing_train_fix
 from sam3_lora.errors import ConfigError, Sam3LoraError
 from sam3_lora.evaluation.runner import SplitRunner, score
 from sam3_lora.files import atomic_folder, check_output, open_for_append, write_file
@@ -239,7 +240,8 @@ class SAM3LoRATrainer:
         root = Path(self.config.data.root)
         if not (root / "train").is_dir():
             raise ConfigError(f"data.root={root}: no train/ folder there; point data.root at the folder "
-                              f"holding train/ (and valid/), or create one with `sam3-lora data create`")
+                              f"holding train/ (and valid/), or "
+                              f"{missing_train_fix(root, self.config.data.annotation_file)}")
         self.splits = {}
         for name in ("train", "valid"):
             if (root / name).is_dir():
