@@ -56,7 +56,8 @@ def study_config(data: Path, run: Path, steps: int, overrides: list[str]):
     lora = [f"lora.{key}={json.dumps(value)}" for name in presets
             for key, value in load_config(name).lora.model_dump(mode="json").items()]
     rest = [o for o in overrides if not o.startswith("preset=")]
-    return load_config("demo", [f"data.root={data / 'target'}", f"output.dir={run}",
+    # No feature cache: most variants train the vision encoder, and their speeds are compared.
+    return load_config("demo", [f"data.root={data / 'target'}", f"output.dir={run}", "data.cache_features=off",
                                 f"training.max_steps={steps}", *lora, *rest])
 
 

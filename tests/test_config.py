@@ -22,8 +22,12 @@ def test_preset_choices_match_their_descriptions():
     assert balanced.rank == 16 and balanced.components() == ["vision_encoder", "mask_decoder"]
     assert full.rank == 32 and "text_encoder" not in full.components() and len(full.components()) == 5
     assert load_config("demo").model.source == "sam3-tiny-shapes"
+    assert load_config("demo").data.cache_features == "ram"   # its vision encoder is frozen
     base = load_config("base")
     assert base.training.method == "full" and base.model.source == "sam3-tiny"
+    heads = load_config("heads").lora
+    assert heads.components() == ["geometry_encoder", "detr_encoder", "detr_decoder", "mask_decoder"]
+    assert heads.target_modules == ["all"]
 
 
 @pytest.mark.parametrize("text, message", [
@@ -73,7 +77,7 @@ def test_effective_config_round_trips(tmp_path):
 
 
 def test_unknown_config_path_lists_presets():
-    with pytest.raises(ConfigError, match="no such config file; .* presets? \\(balanced, base, demo, full, minimal"):
+    with pytest.raises(ConfigError, match="no such config file; .* presets? \\(balanced, base, demo, full, heads, minimal"):
         resolve_config_path("nope.yaml")
 
 

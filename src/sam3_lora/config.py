@@ -148,6 +148,15 @@ class ModelConfig(Section):
     its dtype; LoRA weights, their gradients, the optimiser state and saved adapters stay
     float32. ``float16`` needs a CUDA GPU."""
 
+    quantize: Literal["none", "nf4", "fp4", "int8"] = "none"
+    """Store the frozen base's Linear layers (92% of SAM3's weights) quantized, through
+    bitsandbytes (``pip install 'sam3-lora[quantize]'``), as the model loads, with LoRA
+    trained on top (QLoRA): ``nf4`` or ``fp4`` (4-bit, 3.1 -> 0.6 GiB for SAM3), ``int8``
+    (1.0 GiB); ``none`` keeps ``model.dtype``. They compute in ``model.dtype``; the adapter
+    stays float32 and also loads onto an unquantized base (and the reverse; BENCHMARKS.md,
+    "Small GPUs": about 0.01 mAP on the bundled base). Applies wherever the model runs; a merged
+    export dequantizes first. Not with ``training.method=full``."""
+
 
 class LoRAConfig(Section):
     """Where LoRA goes and how big it is. Also the seed API's ``LoRAConfig(...)``."""
@@ -270,6 +279,25 @@ class DataConfig(Section):
 
     num_workers: int = Field(default=0, ge=0, le=256)
     """Data-loading worker processes, at most 256; 0 loads in the training process."""
+
+    cache_features: Literal["off", "ram", "disk"] = "off"
+    """Compute each training and validation image's vision-encoder features once and reuse
+    them (the ViT is most of SAM3's compute): ``ram`` in CPU memory, ``disk`` in
+    ``cache_features_dir``, where later runs on the same base reuse them. Only when nothing
+    in the vision encoder trains (``lora.apply_to_vision_encoder: false``, as in the heads
+    and demo presets; refused otherwise). Keyed by the transformed image, so with random
+    augmentation each draw is its own entry, reused only when it comes again (about 17
+    scales with ``random_resize``, x2 with ``horizontal_flip``; refused with
+    ``color_jitter``): for reuse from the second epoch, give up those augmentations. About
+    56 MB per image at 1008 px in bfloat16."""
+
+    cache_features_bytes: int = Field(default=16 * 2**30, gt=0)
+    """Budget of the feature cache in bytes (RAM or disk); once full, further images are
+    encoded each time and the cached ones kept. Default 16 GiB."""
+
+    cache_features_dir: str | None = None
+    """Folder of the ``disk`` feature cache (a subfolder per base and precision);
+    ``None``: ``feature-cache/`` in ``output.dir``."""
 
 
 class TrainingConfig(Section):
@@ -647,9 +675,25 @@ def validate_config(raw: dict[str, Any], where: str = "config",
     ``overridden``: the keys (as tuples of names) the command line set, so that their errors
     say they came from there rather than from ``where``."""
     try:
-        return Config.model_validate(raw)
+        config = Config.model_validate(raw)
     except ValidationError as exc:
         raise ConfigError(_describe(exc, where, overridden or [])) from None
+    check_together(config, where)
+    return config
+
+
+def check_together(config: Config, where: str = "config") -> None:
+    """Keys that are each valid but cannot go together."""
+    if config.model.quantize != "none" and config.training.method == "full":
+        raise ConfigError(f"{where}: model.quantize={config.model.quantize} cannot be trained with "
+                          f"training.method=full (quantized weights take no gradients); set "
+                          f"model.quantize=none, or training.method=lora to train LoRA on the quantized base")
+    if config.model.task == "interactive":   # the tracker's loading and loop have neither yet
+        for key, value, off in (("model.quantize", config.model.quantize, "none"),
+                                ("data.cache_features", config.data.cache_features, "off")):
+            if value != off:
+                raise ConfigError(f"{where}: {key}={value} is not available with model.task=interactive yet; "
+                                  f"set {key}={off}")
 
 
 def _apply_override(raw: dict[str, Any], item: str) -> tuple[str, ...]:

@@ -219,3 +219,17 @@ def test_merged_export_of_a_whole_model_folder(tmp_path, predict, differ):
     out = export_merged(tmp_path / "full", tmp_path / "merged")
     assert differ(predict(Sam3Model.from_pretrained(out).eval()), predict(tiny.model)) < 1e-6
     assert (out / "processor_config.json").is_file()
+
+
+def test_merged_export_of_a_quantized_run_dequantizes_first(tmp_path, adapter, predict, differ):
+    """The adapter was trained against the nf4 weights: the export adds it to those, in
+    float32, and so answers as the quantized model did; onto the float32 base it would not."""
+    pytest.importorskip("bitsandbytes", reason="model.quantize needs bitsandbytes: pip install 'sam3-lora[quantize]'")
+    folder, on_plain = adapter
+    config = load_config(TINY_CONFIG, ["model.quantize=nf4"])
+    on_nf4 = load_adapter(load_sam3("sam3-tiny", seed=0, quantize="nf4", device="cpu").model, folder)
+    out = export_merged(folder, tmp_path / "merged", config)
+    merged = Sam3Model.from_pretrained(out).eval()
+    assert {type(m).__name__ for m in merged.modules() if isinstance(m, torch.nn.Linear)} == {"Linear"}
+    assert differ(predict(merged), predict(on_nf4)) < 1e-5
+    assert differ(predict(merged), predict(on_plain)) > 1e-3

@@ -229,3 +229,20 @@ def test_peft_deprecation_warnings_stay_inside(tmp_path, tiny):
         save_adapter(trained_adapter(tiny.model), tmp_path / "a")
         load_adapter(fresh_base(), tmp_path / "a")
     assert not [w for w in caught if "is_gradient_checkpointing" in str(w.message)]
+
+
+@pytest.mark.parametrize("trained_on, loaded_on", [("nf4", "none"), ("none", "nf4"), ("int8", "none")])
+def test_an_adapter_crosses_between_quantized_and_plain_bases(tmp_path, trained_on, loaded_on, predict, differ):
+    """The LoRA tensors are the same whatever the base's storage: they load unchanged, and
+    the outputs differ from those on the training base by the quantization alone."""
+    pytest.importorskip("bitsandbytes", reason="model.quantize needs bitsandbytes: pip install 'sam3-lora[quantize]'")
+    trained = trained_adapter(load_sam3("sam3-tiny", seed=0, quantize=trained_on, device="cpu").model)
+    folder = save_adapter(trained, tmp_path / "adapter", base_source="sam3-tiny")
+    loaded = load_adapter(load_sam3("sam3-tiny", seed=0, quantize=loaded_on, device="cpu").model, folder)
+    for (name, mine), (_, theirs) in zip(trained.named_parameters(), loaded.named_parameters()):
+        if "lora_" in name:
+            assert torch.equal(mine, theirs), name
+    # The same adapter on the same two bases' storage: the whole difference is quantization.
+    same_storage = load_adapter(load_sam3("sam3-tiny", seed=0, quantize=trained_on, device="cpu").model, folder)
+    assert differ(predict(same_storage), predict(trained)) == 0
+    assert 0 < differ(predict(loaded), predict(trained)) < 0.05

@@ -212,3 +212,27 @@ def test_tracker_lora_trains_through_a_click():
     trained = [n for n, p in model.named_parameters() if p.requires_grad]
     assert trained and all("lora_" in n for n in trained)
     assert all(p.grad is not None for n, p in model.named_parameters() if "mask_embed.conv1.lora_B" in n)
+
+
+def test_the_heads_preset_runs_nothing_backward_through_the_image_and_text_encoders(tiny, tiny_inputs):
+    """heads: LoRA on the four heads only; the ViT's output needs no gradient, so autograd
+    keeps none of its activations, while every head gets LoRA gradients."""
+    from sam3_lora.config import load_config
+
+    model = apply_lora_to_model(tiny.model, load_config("heads").lora, verbose=False)
+    trainable = {name.removeprefix("base_model.model.").split(".", 1)[0]
+                 for name, parameter in model.named_parameters() if parameter.requires_grad}
+    assert trainable == {"geometry_encoder", "detr_encoder", "detr_decoder", "mask_decoder"}
+    seen = {}
+
+    def record(module, args, output):
+        seen["vision"] = output.last_hidden_state.requires_grad
+
+    model.base_model.model.vision_encoder.register_forward_hook(record)
+    boxes = {"input_boxes": torch.tensor([[[0.5, 0.5, 0.4, 0.4]]] * 2), "input_boxes_labels": torch.ones(2, 1, dtype=torch.long)}
+    outputs = model(**tiny_inputs, **boxes)
+    (outputs.pred_logits.sum() + outputs.pred_masks.mean()).backward()
+    assert seen == {"vision": False}
+    grads = {name.split(".", 3)[2] for name, parameter in model.named_parameters()
+             if "lora_B" in name and parameter.grad is not None and parameter.grad.abs().sum() > 0}
+    assert grads == trainable

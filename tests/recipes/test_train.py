@@ -595,3 +595,23 @@ def test_full_method_trains_every_weight_saves_models_and_resumes(shapes, tmp_pa
     a = load_file(tmp_path / "run" / "last" / "model.safetensors")
     b = load_file(tmp_path / "b" / "run" / "last" / "model.safetensors")
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_qlora_trains_lora_on_a_4bit_base_and_refuses_full_training(shapes, tmp_path):
+    """model.quantize=nf4: the base's Linear layers are 4-bit as training starts, the loss
+    falls, the adapter is float32; a Config built in Python cannot train a 4-bit base fully."""
+    pytest.importorskip("bitsandbytes", reason="model.quantize needs bitsandbytes: pip install 'sam3-lora[quantize]'")
+    from safetensors.torch import load_file
+
+    trainer = trainer_for(shapes, tmp_path, "model.quantize=nf4", "training.max_steps=8", "training.log_every_steps=1")
+    kinds = {type(m.base_layer).__name__ for m in trainer.peft_model.modules() if hasattr(m, "lora_A")}
+    assert kinds == {"Linear4bit"}
+    before = trainer.evaluate()["val_loss"]
+    summary = trainer.train()
+    assert summary["best_value"] < before
+    assert {t.dtype for t in load_file(tmp_path / "run" / "last" / "adapter_model.safetensors").values()} == {
+        torch.float32}
+    config = make_config(shapes, tmp_path / "full", "training.method=full")
+    config.model.quantize = "nf4"   # assignment is checked key by key, not against training.method
+    with pytest.raises(ConfigError, match="model.quantize=nf4 cannot be trained with training.method=full"):
+        SAM3LoRATrainer(config, quiet=True).setup()

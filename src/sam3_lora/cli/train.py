@@ -35,10 +35,14 @@ def cmd_info(args: argparse.Namespace) -> int:
         print(explain(args.explain or None, config_from_args(args) if given else None))
         return 0
     from sam3_lora.lora.apply import preview
+    from sam3_lora.model.loading import load_sam3_config
+    from sam3_lora.model.quantize import size_line
     from sam3_lora.training.schedule import describe_evaluation
 
     config = config_from_args(args)
     print(preview(config))
+    print(size_line(load_sam3_config(config.model.source, config.model.revision, config.model.image_size),
+                    config.model.quantize))
     print(describe_evaluation(config.training))
     return 0
 

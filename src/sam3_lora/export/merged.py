@@ -24,6 +24,7 @@ from sam3_lora.lora.adapter import METADATA_FILE, PEFT_FILES, load_adapter, read
 from sam3_lora.model.folders import is_model_folder
 from sam3_lora.model.precision import DTYPES
 from sam3_lora.model.processing import save_processor_config
+from sam3_lora.model.quantize import dequantize_linears
 
 
 class ExportError(Sam3LoraError):
@@ -55,8 +56,9 @@ def export_adapter(weights: str | Path, out: str | Path) -> Path:
 
 def load_merged(weights: str | Path, config: Config | None = None):
     """The model in ``weights`` as one plain ``Sam3Model`` (eval mode, on the CPU) with its
-    processor (``LoadedSam3``): an adapter is merged into its base (``merge_and_unload``);
-    a whole-model folder (``training.method: full``) is loaded as it is.
+    processor (``LoadedSam3``): an adapter is merged into its base (``merge_and_unload``), a
+    base quantized as ``config.model.quantize`` says dequantized first; a whole-model folder
+    (``training.method: full``) is loaded as it is.
 
     The base of an adapter is ``config.model.source`` when a config is given, else the base
     the adapter records. (Random-weight presets also need the config: their weights follow
@@ -73,7 +75,11 @@ def load_merged(weights: str | Path, config: Config | None = None):
     if not source or source == "unknown":
         raise ExportError(f"{weights}: the adapter does not record its base model; give a config whose "
                           f"model.source is the base it was trained on", option="config")
-    loaded = load_sam3(source, **sizes)
+    quantize = config.model.quantize if config else "none"
+    loaded = load_sam3(source, **sizes, quantize=quantize, device="cpu")
+    # A quantized base: the LoRA product goes onto the weights it was trained against, in
+    # float32 (PEFT would merge into the 4-bit weights and round it away).
+    dequantize_linears(loaded.model)
     loaded.model = load_adapter(loaded.model, weights).merge_and_unload().eval()
     return loaded
 

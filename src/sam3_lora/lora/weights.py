@@ -37,6 +37,18 @@ def adapter_disabled(model: nn.Module, disabled: bool = True) -> Iterator[None]:
         yield
 
 
+def load_base(config: Config, source: str, dtype: torch.dtype, device: torch.device | str | None = None):
+    """The model ``config.model.task`` trains, from ``source``, with its processor: SAM3's
+    tracker (``model.tracker.load_tracker``) for the interactive task, else SAM3 itself
+    (``load_sam3``, quantized as ``model.quantize`` says, for ``device``)."""
+    model = config.model
+    if model.task == "interactive":
+        return load_tracker(source, revision=model.revision, image_size=model.image_size,
+                            seed=config.training.seed, dtype=dtype)
+    return load_sam3(source, revision=model.revision, image_size=model.image_size, seed=config.training.seed,
+                     dtype=dtype, quantize=model.quantize, device=device)
+
+
 def load_finetuned(config: Config, weights: str | Path | None = None, no_lora: bool = False,
                    device: torch.device | str | None = None) -> tuple[nn.Module, Sam3InputProcessor, Path | None]:
     """(model in eval mode, processor, weights folder or None): the base with the adapter
@@ -56,8 +68,6 @@ def load_finetuned(config: Config, weights: str | Path | None = None, no_lora: b
     device = torch.device(device) if device is not None else default_device()
     precision = resolve_precision(config.model.dtype, None, device)
     enable_tf32(precision)
-    load = load_tracker if config.model.task == "interactive" else load_sam3
-    loaded = load(str(chosen) if whole else config.model.source, revision=config.model.revision,
-                  image_size=config.model.image_size, seed=config.training.seed, dtype=precision.dtype)
+    loaded = load_base(config, str(chosen) if whole else config.model.source, precision.dtype, device)
     model = loaded.model if chosen is None or whole else load_adapter(loaded.model, chosen)
     return model.to(device).eval(), loaded.processor, chosen

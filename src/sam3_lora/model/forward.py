@@ -94,9 +94,11 @@ class QueryModel(nn.Module):
         self.model = model
 
     def forward(self, pixel_values: torch.Tensor, image_index: torch.Tensor, input_ids: torch.Tensor,
-                attention_mask: torch.Tensor) -> dict:
-        return forward_queries(self.model, image_index, pixel_values=pixel_values, input_ids=input_ids,
-                               attention_mask=attention_mask, aux_outputs=True)
+                attention_mask: torch.Tensor, vision: Sam3VisionEncoderOutput | None = None) -> dict:
+        """``vision``: the images' features when they were computed already (a feature
+        cache); ``pixel_values`` are then not encoded again."""
+        return forward_queries(self.model, image_index, pixel_values=pixel_values if vision is None else None,
+                               vision=vision, input_ids=input_ids, attention_mask=attention_mask, aux_outputs=True)
 
 
 @contextlib.contextmanager

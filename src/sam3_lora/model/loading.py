@@ -53,7 +53,9 @@ from sam3_lora.model.folders import (
     check_safetensors_weights,
     quiet_progress,
 )
+from sam3_lora.model.precision import default_device
 from sam3_lora.model.processing import Sam3InputProcessor
+from sam3_lora.model.quantize import quantize_linears
 from sam3_lora.model.roi_align import install_fallback
 from sam3_lora.model.tokenizer import VOCAB_SIZE, build_byte_tokenizer
 
@@ -156,14 +158,17 @@ def _read_config(location: str, source: str, revision: str | None, token: str | 
 
 def load_sam3(source: str = "facebook/sam3", *, revision: str | None = None,
               image_size: int | None = None, token: str | None = None, seed: int = 0,
-              dtype: torch.dtype = torch.float32) -> LoadedSam3:
+              dtype: torch.dtype = torch.float32, quantize: str = "none",
+              device: torch.device | str | None = None) -> LoadedSam3:
     """Load SAM3 and its input processor from a preset, a local folder or a hub id.
 
     ``seed`` fixes the random weights of presets. ``image_size`` overrides the input size
     (a multiple of 14). ``token`` defaults to ``HF_TOKEN`` or the stored hub login.
     ``dtype`` is that of the weights (``model.precision.resolve_precision`` picks it), whatever
     the checkpoint stores; presets draw their random weights in float32 first, so every dtype
-    holds the same weights, rounded.
+    holds the same weights, rounded. ``quantize`` (``model.quantize``: nf4, fp4, int8) turns
+    the Linear layers into bitsandbytes ones computing in ``dtype`` (``model.quantize``),
+    quantized on ``device`` (default: the GPU when there is one), where they then already are.
     """
     install_fallback()
     if source in PRESETS:
@@ -188,6 +193,8 @@ def load_sam3(source: str = "facebook/sam3", *, revision: str | None = None,
         check_finite_model(model, source)
         tokenizer = _from_pretrained(AutoTokenizer, location, source, **hub)
         _check_tokenizer(tokenizer, config, source)
+    if quantize != "none":
+        quantize_linears(model, quantize, dtype, device or default_device())
     processor = Sam3InputProcessor(
         tokenizer=tokenizer,
         image_size=config.vision_config.backbone_config.image_size,

@@ -47,7 +47,7 @@ from accelerate.utils import DistributedDataParallelKwargs, set_seed
 from torch.utils.flop_counter import FlopCounterMode
 from tqdm.auto import tqdm
 
-from sam3_lora.config import Config, load_config
+from sam3_lora.config import Config, check_together, load_config
 from sam3_lora.data.coco.split import check_split, load_coco_split
 from sam3_lora.data.scaffold import missing_train_fix
 from sam3_lora.errors import ConfigError, Sam3LoraError
@@ -55,10 +55,9 @@ from sam3_lora.evaluation.runner import SplitRunner, score
 from sam3_lora.files import atomic_folder, check_output, open_for_append, write_file
 from sam3_lora.lora.adapter import load_lora_weights, write_adapter
 from sam3_lora.lora.apply import apply_lora_to_model, count_parameters, format_summary, lora_summary
+from sam3_lora.lora.weights import load_base
 from sam3_lora.model.folders import load_model_weights, write_model
-from sam3_lora.model.loading import load_sam3
 from sam3_lora.model.precision import default_device, enable_tf32, resolve_precision
-from sam3_lora.model.tracker import load_tracker
 from sam3_lora.training.checkpoint import (
     load_checkpoint,
     prune_checkpoints,
@@ -67,6 +66,7 @@ from sam3_lora.training.checkpoint import (
     save_checkpoint,
     truncate_log,
 )
+from sam3_lora.training.features import FeatureCache, fingerprint, trunk_problem
 from sam3_lora.training.optim import lr_lambda, param_groups
 from sam3_lora.training.resources import (
     enable_activation_checkpointing,
@@ -135,7 +135,8 @@ class SAM3LoRATrainer:
         self._load_splits()
         self._setup_accelerator()
         self._setup_model()
-        self.task: Task = build_task(self.config, self.image_size, self.loaded.processor.text)
+        vision_features = partial(self.features.encode, self.peft_model) if self.features is not None else None
+        self.task: Task = build_task(self.config, self.image_size, self.loaded.processor.text, vision_features)
         self._setup_data()
         self._setup_optimizer()
         if checkpoints:
@@ -216,9 +217,8 @@ class SAM3LoRATrainer:
 
     def _setup_model(self) -> None:
         cfg = self.config
-        load = load_tracker if cfg.model.task == "interactive" else load_sam3
-        self.loaded = load(cfg.model.source, revision=cfg.model.revision, image_size=cfg.model.image_size,
-                           seed=cfg.training.seed, dtype=self.precision.dtype)
+        check_together(cfg)   # a Config built in Python skipped load_config's checks
+        self.loaded = load_base(cfg, cfg.model.source, self.precision.dtype, self.accelerator.device)
         self.image_size = self.loaded.processor.image_size
         self.full = cfg.training.method == "full"
         if self.full:
@@ -227,10 +227,27 @@ class SAM3LoRATrainer:
             model = apply_lora_to_model(self.loaded.model, cfg.lora, verbose=False)
         self.checkpointed_blocks = enable_activation_checkpointing(model, cfg.training.activation_checkpointing)
         self.peft_model = model
+        self.features = self._feature_cache(model)
         self.parameters = count_parameters(model)
         self._log_text(f"precision: {self.precision.describe()}")
         self._log_text(f"full training: all {self.parameters.trainable:,} parameters" if self.full
                        else format_summary(lora_summary(model), self.parameters))
+
+    def _feature_cache(self, model) -> FeatureCache | None:
+        """The vision features' cache ``data.cache_features`` asks for (None: off), refused in
+        one line where the vision encoder's output is not a function of the image alone."""
+        data = self.config.data
+        if data.cache_features == "off":
+            return None
+        problem = trunk_problem(model, data)
+        if problem:
+            raise ConfigError(f"data.cache_features={data.cache_features}: {problem}; or set data.cache_features=off")
+        folder = None
+        if data.cache_features == "disk":
+            root = Path(data.cache_features_dir) if data.cache_features_dir else self.run_dir / "feature-cache"
+            check_output(root, folder=True, what="data.cache_features_dir")
+            folder = root / fingerprint(model, str(self.precision.autocast))
+        return FeatureCache(data.cache_features_bytes, folder)
 
     def _load_splits(self) -> None:
         """Read and check the train (and valid) annotations; no model or accelerator needed."""
@@ -467,6 +484,9 @@ class SAM3LoRATrainer:
             **self._throughput(elapsed),
             "peak_memory_mb": round(peak_memory_mb(self.accelerator.device), 1),
         }
+        if self.features is not None:   # images whose vision features came from the cache, and its size
+            record.update(feature_cache_hits=self.features.hits, feature_cache_misses=self.features.misses,
+                          feature_cache_mb=round(self.features.stored_bytes / 2**20, 1))
         progress.set_postfix(loss=f"{record['loss']:.3f}", lr=f"{record['lr']:.2e}",
                              samples_s=record["samples_per_s"])
         self._log_json(record)

@@ -19,6 +19,7 @@ drawn from the previous round's errors (``data.prompts``), every round supervise
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, Protocol
 
 import torch
@@ -35,6 +36,10 @@ from sam3_lora.data.records import CocoSplit
 from sam3_lora.loss.criterion import build_criterion
 from sam3_lora.loss.tracker import TrackerCriterion
 from sam3_lora.model.forward import QueryModel, as_float32
+from sam3_lora.training.features import with_image_keys
+
+VisionFeatures = Callable[[torch.Tensor, list[str]], Any]
+"""(pixel_values (B, 3, S, S), their image keys) -> the vision encoder's output for them."""
 
 
 class Task(Protocol):
@@ -50,19 +55,23 @@ class Task(Protocol):
     def batch_record(self, batch: dict) -> dict: ...
 
 
-def build_task(config: Config, image_size: int, tokenize=None) -> Task:
-    """The task ``config.model.task`` names. ``tokenize`` (the concept task's): prompts ->
-    (input_ids, attention_mask), the model's processor's ``text``."""
+def build_task(config: Config, image_size: int, tokenize=None, vision_features: VisionFeatures | None = None) -> Task:
+    """The task ``config.model.task`` names. The concept task's ``tokenize``: prompts ->
+    (input_ids, attention_mask), the model's processor's ``text``; ``vision_features``: where
+    its images' vision features come from when they are cached (``data.cache_features``)."""
     if config.model.task == "interactive":
         return InteractiveTask(config, image_size)
-    return ConceptTask(config, image_size, tokenize)
+    return ConceptTask(config, image_size, tokenize, vision_features)
 
 
 class ConceptTask:
-    """SAM3's detector: images with concept queries, ``Sam3Criterion``."""
+    """SAM3's detector: images with concept queries, ``Sam3Criterion``. With
+    ``vision_features`` (a feature cache's ``encode``), batches carry their images' keys and
+    the vision encoder's output is looked up instead of computed."""
 
-    def __init__(self, config: Config, image_size: int, tokenize):
+    def __init__(self, config: Config, image_size: int, tokenize, vision_features: VisionFeatures | None = None):
         self.config, self.image_size, self.tokenize = config, image_size, tokenize
+        self.vision_features = vision_features
         self.criterion = build_criterion(config.loss)
         self._text_cache: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
 
@@ -77,8 +86,9 @@ class ConceptTask:
 
     def loader(self, split: CocoSplit, train: bool, epoch: int) -> DataLoader:
         cfg = self.config.training
-        return build_dataloader(split, self.config.data, self.image_size, cfg.batch_size, train=train,
-                                seed=cfg.seed, epoch=epoch)
+        loader = build_dataloader(split, self.config.data, self.image_size, cfg.batch_size, train=train,
+                                  seed=cfg.seed, epoch=epoch)
+        return with_image_keys(loader) if self.vision_features else loader
 
     def wrap(self, model: nn.Module) -> nn.Module:
         return QueryModel(model)
@@ -87,10 +97,14 @@ class ConceptTask:
         input_ids, attention_mask = self._tokens(batch["prompts"], device)
         targets = [{k: v.to(device) if torch.is_tensor(v) else v for k, v in t.items()} for t in batch["targets"]]
         return {"pixel_values": batch["pixel_values"], "image_index": batch["query_image_index"],
-                "input_ids": input_ids, "attention_mask": attention_mask, "targets": targets}
+                "input_ids": input_ids, "attention_mask": attention_mask, "targets": targets,
+                "image_keys": batch.get("image_keys")}
 
     def forward(self, model: nn.Module, inputs: dict) -> dict:
-        return model(inputs["pixel_values"], inputs["image_index"], inputs["input_ids"], inputs["attention_mask"])
+        vision = (self.vision_features(inputs["pixel_values"], inputs["image_keys"])
+                  if self.vision_features else None)
+        return model(inputs["pixel_values"], inputs["image_index"], inputs["input_ids"], inputs["attention_mask"],
+                     vision)
 
     def loss(self, outputs: dict, inputs: dict) -> dict[str, torch.Tensor]:
         return self.criterion(as_float32(outputs), inputs["targets"])

@@ -1,0 +1,150 @@
+"""Small GPUs and fast heads: cached image features and quantized bases, on the bundled base.
+
+    python bench/bench_small_gpu.py [--part steps quantize] [--train-images 48] [--epochs 4]
+        [--repeats 3] [--steps 150] [--test-images 40] [--write]
+
+``steps``: the demo preset (LoRA on the text encoder and heads of ``sam3-tiny-shapes``, the
+vision encoder frozen) trained on the demo's synthetic target data with
+``data.cache_features`` off and ram, for one epoch and for ``--epochs`` epochs (same seed);
+the steady-state seconds per step are the difference of the two runs over the extra steps
+(so the data preparation, the first epoch's encodings and the final validation cancel).
+
+``quantize``: held-out mAP of the bundled base itself on the base concepts' test images with
+``model.quantize`` none, nf4, fp4 and int8; then a demo adapter trained ``--steps`` steps on
+the float32 base and one trained on the nf4 base, each scored on the target test images on
+both bases (what loading an adapter across quantized and plain bases costs).
+
+Prints Markdown tables; ``--write`` appends them, with the machine and the command, under
+"## Small GPUs: quantized bases and cached features" in BENCHMARKS.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import shlex
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from machine import append_entry, machine  # bench/machine.py (scripts run from bench/)
+
+from sam3_lora.config import load_config
+from sam3_lora.recipes.demo import Budget, make_data
+from sam3_lora.recipes.train import SAM3LoRATrainer
+from sam3_lora.recipes.validate import validate
+
+HEADING = "## Small GPUs: quantized bases and cached features"
+METHODS = ("none", "nf4", "fp4", "int8")
+
+
+def demo_config(data: Path, run: Path, *overrides: str):
+    return load_config("demo", [f"data.root={data / 'target'}", f"output.dir={run}", "training.report_to=[]",
+                                "training.log_every_steps=1000", *overrides])
+
+
+def timed_training(data: Path, run: Path, steps: int, cache: str) -> tuple[float, dict]:
+    """Seconds of ``steps`` demo steps (setup excluded, final validation included) and the
+    cache's counts."""
+    trainer = SAM3LoRATrainer(demo_config(data, run, f"training.max_steps={steps}",
+                                          f"training.eval_every_steps={10 * steps}",
+                                          f"data.cache_features={cache}"), quiet=True).setup()
+    started = time.perf_counter()
+    trainer.train()
+    seconds = time.perf_counter() - started
+    counts = {"hits": trainer.features.hits, "misses": trainer.features.misses} if trainer.features else {}
+    return seconds, counts
+
+
+def measure_steps(folder: Path, train_images: int, epochs: int, repeats: int) -> str:
+    budget = Budget(train_images=train_images, test_images=8, steps=0, replay_images=train_images)
+    make_data(folder / "data", budget, seed=0)
+    per_epoch = -(-2 * train_images // load_config("demo").training.batch_size)
+    runs = {"off": [], "ram": []}
+    for repeat in range(repeats):   # alternating, so that a busy spell of a shared CPU hits both
+        for cache, found in runs.items():
+            one, _ = timed_training(folder / "data", folder / f"one-{cache}-{repeat}", per_epoch, cache)
+            many, counts = timed_training(folder / "data", folder / f"many-{cache}-{repeat}", epochs * per_epoch,
+                                          cache)
+            found.append((one, many, counts))
+    rows = []
+    for cache, found in runs.items():   # the fastest of the repeats: the least disturbed
+        one = min(run[0] for run in found)
+        many = min(run[1] for run in found)
+        counts = found[0][2]
+        steady = (many - one) / ((epochs - 1) * per_epoch)
+        hit_rate = f"{counts['hits'] / (counts['hits'] + counts['misses']):.0%}" if counts else "-"
+        rows.append(f"| {cache} | {one / per_epoch:.3f} | {steady:.3f} | {many:.1f} | {hit_rate} |")
+        print(rows[-1], flush=True)
+    return "\n".join([
+        (f"Demo preset on `sam3-tiny-shapes` (112 px, batch 8), {2 * train_images} training images "
+         f"({per_epoch} steps per epoch), {epochs} epochs, the fastest of {repeats} alternating runs:"), "",
+        "| data.cache_features | s/step, epoch 1 | s/step after epoch 1 | total s | images from the cache |",
+        "|---|---:|---:|---:|---:|", *rows])
+
+
+def held_out_map(config, **kwargs) -> float:
+    return validate(config, **kwargs)["mAP"]
+
+
+def measure_quantize(folder: Path, steps: int, test_images: int) -> str:
+    budget = Budget(train_images=150, test_images=test_images, steps=steps, replay_images=150)
+    data = folder / "data"
+    make_data(data, budget, seed=0)
+    lines = [("Held-out mAP of the bundled base on its own concepts "
+              f"({test_images} test images of base concepts), by `model.quantize`:"), "",
+             "| model.quantize | mAP | weights (MiB, float32 rest) |", "|---|---:|---:|"]
+    from sam3_lora.model.loading import load_sam3
+    from sam3_lora.model.quantize import stored_bytes
+
+    for method in METHODS:
+        config = load_config("demo", [f"data.root={data / 'base-concepts'}", f"model.quantize={method}",
+                                      f"output.dir={folder / 'base' / method}"])
+        value = held_out_map(config, no_lora=True, split="test", output=folder / "base" / method / "eval")
+        size = stored_bytes(load_sam3("sam3-tiny-shapes", quantize=method, device="cpu").model) / 2**20
+        lines.append(f"| {method} | {value:.4f} | {size:.2f} |")
+        print(lines[-1], flush=True)
+    lines += ["", (f"A demo adapter ({steps} steps) trained on one base and scored on the target test "
+                   f"images ({test_images}) on each base (mAP):"), "",
+              "| trained on | scored on none | scored on nf4 |", "|---|---:|---:|"]
+    for trained_on in ("none", "nf4"):
+        run = folder / f"train-{trained_on}"
+        SAM3LoRATrainer(demo_config(data, run, f"training.max_steps={steps}", f"model.quantize={trained_on}",
+                                    f"training.eval_every_steps={10 * steps}"), quiet=True).train()
+        scores = []
+        for scored_on in ("none", "nf4"):
+            config = demo_config(data, run, f"model.quantize={scored_on}")
+            scores.append(held_out_map(config, split="test", output=run / f"eval-{scored_on}"))
+        lines.append(f"| {trained_on} | {scores[0]:.4f} | {scores[1]:.4f} |")
+        print(lines[-1], flush=True)
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--part", nargs="+", choices=("steps", "quantize"), default=["steps", "quantize"])
+    parser.add_argument("--train-images", type=int, default=48, help="target images (as many replayed)")
+    parser.add_argument("--epochs", type=int, default=4)
+    parser.add_argument("--repeats", type=int, default=3, help="alternating runs of each setting (fastest kept)")
+    parser.add_argument("--steps", type=int, default=150, help="training steps of the cross-loading adapters")
+    parser.add_argument("--test-images", type=int, default=40)
+    parser.add_argument("--write", action="store_true", help="append the tables to BENCHMARKS.md")
+    args = parser.parse_args()
+    if args.epochs < 2:
+        parser.error("--epochs must be at least 2 (the steady state is measured after the first)")
+    parts = []
+    with tempfile.TemporaryDirectory() as folder:
+        if "steps" in args.part:
+            parts.append(measure_steps(Path(folder) / "steps", args.train_images, args.epochs, args.repeats))
+        if "quantize" in args.part:
+            parts.append(measure_quantize(Path(folder) / "quantize", args.steps, args.test_images))
+    body = "\n\n".join(parts)
+    print(body)
+    if args.write:
+        command = "python bench/bench_small_gpu.py " + shlex.join(sys.argv[1:])
+        append_entry(HEADING, f"\n### {datetime.date.today()}: {machine()}\n\n`{command}`\n\n{body}\n")
+
+
+if __name__ == "__main__":
+    main()
