@@ -106,9 +106,9 @@ def test_hundreds_of_detections_are_fast():
     size = (640, 480)
     res = [result(f"p{i}", boxes[i::3], size=size) for i in range(3)]
     image = grey(size=size)
-    start = time.perf_counter()
+    start = time.process_time()   # CPU time: another job on the machine must not fail this
     out = draw_overlay(image, res)
-    assert time.perf_counter() - start < 1.0
+    assert time.process_time() - start < 1.0
     assert out.size == size
 
 
