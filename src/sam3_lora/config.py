@@ -590,6 +590,14 @@ LEGACY_FLAGS = {
 }
 
 
+def preset_names() -> list[str]:
+    """The bundled presets (``configs/*.yaml``), in the order the README presents them:
+    the three LoRA sizes first, then the rest by name."""
+    first = ["minimal", "balanced", "full"]
+    names = sorted(p.stem for p in PRESET_DIR.glob("*.yaml"))
+    return [n for n in first if n in names] + [n for n in names if n not in first]
+
+
 def resolve_config_path(name_or_path: str | Path) -> Path:
     """A config path, or the name of a bundled preset (``minimal``, ``demo``, ...)."""
     path = Path(name_or_path)
@@ -598,8 +606,8 @@ def resolve_config_path(name_or_path: str | Path) -> Path:
     preset = PRESET_DIR / f"{path.stem}.yaml"
     if path.suffix in ("", ".yaml") and path.parent == Path(".") and preset.is_file():
         return preset
-    names = ", ".join(sorted(p.stem for p in PRESET_DIR.glob("*.yaml")))
-    raise ConfigError(f"{name_or_path}: no such config file; give a YAML path or a preset ({names})")
+    raise ConfigError(f"{name_or_path}: no such config file; give a YAML path or a preset "
+                      f"({', '.join(preset_names())})")
 
 
 def load_config(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from sam3_lora.config import LEGACY_FLAGS, Config, load_config
+from sam3_lora.config import LEGACY_FLAGS, Config, load_config, preset_names
 
 
 class HelpFormatter(argparse.RawDescriptionHelpFormatter):
@@ -23,7 +23,7 @@ class HelpFormatter(argparse.RawDescriptionHelpFormatter):
 def add_config_args(parser: argparse.ArgumentParser) -> None:
     """``--config``, ``section.key=value`` overrides and the legacy flags."""
     parser.add_argument("--config", default=None, metavar="FILE",
-                        help="YAML config, or a preset name: minimal, balanced, full, demo, base")
+                        help=f"YAML config, or a preset name: {', '.join(preset_names())}")
     parser.add_argument("overrides", nargs="*", metavar="section.key=value",
                         help="override any config key, e.g. lora.rank=8 training.max_steps=100")
     for flag, key in LEGACY_FLAGS.items():   # --lora-rank; the original tool's --lora_rank works too

@@ -18,6 +18,7 @@ import warnings
 
 from sam3_lora import __version__
 from sam3_lora.cli import app, data, demo, evaluate, export, predict, train, validate
+from sam3_lora.config import preset_names
 from sam3_lora.cpu import share_cpu
 from sam3_lora.errors import Sam3LoraError, Sam3LoraWarning
 
@@ -30,7 +31,7 @@ examples:
   sam3-lora data validate data/my_dataset              check a dataset before training
   sam3-lora train --config demo data.root=data/shapes output.dir=runs/shapes   LoRA on the tiny base, CPU
   sam3-lora validate --config runs/shapes/config.yaml  mAP, cgF1 and a report of the best adapter
-presets: minimal, balanced, full, demo, base (see configs/); flags take - or _ alike (--lora-rank, --lora_rank)
+presets: {presets} (see configs/); flags take - or _ alike (--lora-rank, --lora_rank)
 """
 # What a process killed by SIGPIPE returns in a shell (128 + 13), as `yes | head` leaves it.
 BROKEN_PIPE_STATUS = 141
@@ -100,7 +101,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="sam3-lora",
         description="LoRA fine-tuning of SAM3 on your own COCO data.",
-        epilog=EPILOG,
+        epilog=EPILOG.format(presets=", ".join(preset_names())),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"sam3-lora {__version__}")
