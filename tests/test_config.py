@@ -77,7 +77,7 @@ def test_effective_config_round_trips(tmp_path):
 
 
 def test_unknown_config_path_lists_presets():
-    with pytest.raises(ConfigError, match="no such config file; .* presets? \\(balanced, base, demo, full, heads, minimal"):
+    with pytest.raises(ConfigError, match="no such config file; .* presets? \\(minimal, balanced, full, base, demo, heads"):
         resolve_config_path("nope.yaml")
 
 

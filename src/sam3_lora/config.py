@@ -696,12 +696,9 @@ def check_together(config: Config, where: str = "config") -> None:
         raise ConfigError(f"{where}: model.quantize={config.model.quantize} cannot be trained with "
                           f"training.method=full (quantized weights take no gradients); set "
                           f"model.quantize=none, or training.method=lora to train LoRA on the quantized base")
-    if config.model.task == "interactive":   # the tracker's loading and loop have neither yet
-        for key, value, off in (("model.quantize", config.model.quantize, "none"),
-                                ("data.cache_features", config.data.cache_features, "off")):
-            if value != off:
-                raise ConfigError(f"{where}: {key}={value} is not available with model.task=interactive yet; "
-                                  f"set {key}={off}")
+    if config.model.task == "interactive" and config.model.quantize != "none":   # the tracker's loading has none yet
+        raise ConfigError(f"{where}: model.quantize={config.model.quantize} is not available with "
+                          f"model.task=interactive yet; set model.quantize=none")
 
 
 def _apply_override(raw: dict[str, Any], item: str) -> tuple[str, ...]:

@@ -17,7 +17,10 @@ def test_help_lists_the_commands(capsys):
     text = capsys.readouterr().out
     for command in ("info", "train", "validate", "evaluate", "predict", "export", "data"):
         assert f"    {command} " in text
-    assert "presets: minimal, balanced, full, demo" in text
+    from sam3_lora.config import preset_names
+
+    assert f"presets: {', '.join(preset_names())} (see configs/)" in text
+    assert preset_names()[:3] == ["minimal", "balanced", "full"] and "heads" in preset_names()
 
 
 def test_info_on_the_full_architecture(capsys):

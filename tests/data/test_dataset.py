@@ -245,7 +245,9 @@ def test_every_data_key_changes_the_output(tmp_path, key, base, changed):
 def test_key_table_covers_every_consumed_key():
     not_read_here = {"root", "annotation_file", "skip_invalid",  # the reader's and the CLI's
                      # the trainer's feature cache: tests/training/test_features.py
-                     "cache_features", "cache_features_bytes", "cache_features_dir"}
+                     "cache_features", "cache_features_bytes", "cache_features_dir",
+                     # the interactive task's samples: tests/data/test_interactive.py
+                     "mask_prompt_probability"}
     assert {case[0] for case in KEY_CASES} == set(DataConfig.model_fields) - not_read_here
 
 

@@ -365,7 +365,7 @@ def model_must_not_load(monkeypatch):
     def refuse(*args, **kwargs):
         raise AssertionError("the model was loaded before the error")
 
-    monkeypatch.setattr(recipe, "load_sam3", refuse)
+    monkeypatch.setattr(recipe, "load_base", refuse)
 
 
 @pytest.mark.parametrize("output, message", [

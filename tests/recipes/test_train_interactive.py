@@ -101,3 +101,11 @@ def test_detection_metrics_are_refused_in_one_line(shapes, tmp_path):
     with pytest.raises(ConfigError, match="best_metric=val_loss") as error:
         trainer(shapes, tmp_path / "run", "training.best_metric=mAP").setup()
     assert "\n" not in str(error.value)
+
+
+def test_what_the_tracker_cannot_do_yet_is_one_line(shapes, tmp_path):
+    """Cached features and a 4-bit base exist for the detector only: refused, never ignored."""
+    with pytest.raises(ConfigError, match="data.cache_features=ram: not available with model.task=interactive"):
+        trainer(shapes, tmp_path / "cache", "data.cache_features=ram").setup()
+    with pytest.raises(ConfigError, match="model.quantize=nf4 is not available with model.task=interactive"):
+        trainer(shapes, tmp_path / "nf4", "model.quantize=nf4")

@@ -60,7 +60,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     pairs = output_paths(images, args.output)
     boxes = parse_json_boxes(args.bboxes, "--bboxes")
     negative = parse_json_boxes(args.negative_bboxes, "--negative-bboxes")
-    points, labels = parse_points(args.points)
+    points, labels = parse_points(args.points, option="points")
     if not args.prompt and boxes is None and points is None:
         raise PredictInputError("no prompt: give --prompt text, --bboxes, or both (--points with the tracker)")
     if args.onnx and points is not None:

@@ -239,6 +239,9 @@ class SAM3LoRATrainer:
         data = self.config.data
         if data.cache_features == "off":
             return None
+        if self.config.model.task == "interactive":   # only the concept task reads cached features yet
+            raise ConfigError(f"data.cache_features={data.cache_features}: not available with model.task=interactive "
+                              f"yet; set data.cache_features=off")
         problem = trunk_problem(model, data)
         if problem:
             raise ConfigError(f"data.cache_features={data.cache_features}: {problem}; or set data.cache_features=off")

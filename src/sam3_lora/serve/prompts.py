@@ -73,9 +73,9 @@ def parse_json_boxes(text: str | None, what: str):
         raise PromptError(f"{what} {text!r}: not JSON; write boxes as '[[x1, y1, x2, y2], ...]' in pixels") from None
 
 
-def parse_points(values: list[str] | None) -> tuple[np.ndarray | None, np.ndarray | None]:
-    """``["X,Y", "X,Y,LABEL", ...]`` (the command line's ``--points``) -> ((K, 2), (K,)), a
-    missing label meaning 1 (the object); (None, None) for none."""
+def parse_points(values: list[str] | None, option: str | None = None) -> tuple[np.ndarray | None, np.ndarray | None]:
+    """``["X,Y", "X,Y,LABEL", ...]`` -> ((K, 2), (K,)), a missing label meaning 1 (the
+    object); (None, None) for none. ``option`` names where they came from in messages."""
     if not values:
         return None, None
     points, labels = [], []
@@ -86,7 +86,8 @@ def parse_points(values: list[str] | None) -> tuple[np.ndarray | None, np.ndarra
         except ValueError:
             numbers = []
         if len(numbers) not in (2, 3) or (len(numbers) == 3 and numbers[2] not in (0, 1)):
-            raise PromptError(f"--points: {value[:40]!r} is not X,Y or X,Y,LABEL (pixels; LABEL 1 object, 0 not it)")
+            raise PromptError(f"point {value[:40]!r} is not X,Y or X,Y,LABEL (pixels; LABEL 1 object, 0 not it)",
+                              option=option)
         points.append(numbers[:2])
         labels.append(int(numbers[2]) if len(numbers) == 3 else 1)
     return np.array(points), np.array(labels)
