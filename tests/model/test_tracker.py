@@ -1,12 +1,14 @@
 import json
+import shutil
 
 import pytest
 import torch
+from safetensors.torch import load_file
 from transformers import Sam3TrackerConfig
 
 from sam3_lora.errors import ModelLoadError
-from sam3_lora.model.loading import load_sam3
-from sam3_lora.model.tracker import load_tracker, load_tracker_config
+from sam3_lora.model.loading import BUNDLED, load_sam3
+from sam3_lora.model.tracker import BUNDLED_TRACKER, load_tracker, load_tracker_config
 
 
 def _click_forward(model, size: int):
@@ -73,10 +75,27 @@ def test_detector_folder_gives_the_tracker_its_vit(tmp_path):
     assert not _same_vision(load_tracker("sam3-tiny", seed=0).model, detector.model)   # copied, not drawn
 
 
-def test_bundled_base_shares_its_pretrained_vit():
+def test_bundled_base_loads_its_trained_tracker():
     loaded = load_tracker("sam3-tiny-shapes")
-    assert _same_vision(loaded.model, load_sam3("sam3-tiny-shapes").model)
+    shipped = load_file(BUNDLED["sam3-tiny-shapes"] / BUNDLED_TRACKER / "model.safetensors")
+    # transformers writes the tracker under SAM3's checkpoint names (tracker_model.*): compare
+    # the tensors themselves, by their sums.
+    def sums(tensors):
+        return sorted(float(t.double().sum()) for t in tensors)
+
+    assert shipped and sums(shipped.values()) == sums(loaded.model.state_dict().values())
     assert _click_forward(loaded.model, 112).pred_masks.shape == (1, 1, 3, 32, 32)
+    # Its own ViT: the detector's, fine-tuned for clicks (configs/base-tracker.yaml).
+    assert not _same_vision(loaded.model, load_sam3("sam3-tiny-shapes").model)
+
+
+def test_bundled_base_without_its_tracker_is_one_line(tmp_path, monkeypatch):
+    folder = tmp_path / "sam3-tiny-shapes"
+    shutil.copytree(BUNDLED["sam3-tiny-shapes"], folder, ignore=shutil.ignore_patterns(BUNDLED_TRACKER))
+    monkeypatch.setitem(BUNDLED, "sam3-tiny-shapes", folder)
+    with pytest.raises(ModelLoadError, match="bundled tracker's weights are missing.*reinstall") as error:
+        load_tracker("sam3-tiny-shapes")
+    assert "\n" not in str(error.value)
 
 
 def test_folder_of_another_model_is_one_line(tmp_path):

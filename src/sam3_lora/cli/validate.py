@@ -27,7 +27,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
         from sam3_lora.recipes.validate_interactive import format_interactive
 
         print(format_interactive(summary))
-        print(f"wrote {summary['output']}/metrics.json")
+        print(f"wrote {summary['output']}/metrics.json and report.md")
         return 0
     print(format_table(summary, summary.get("base")))
     if summary.get("val_loss") is not None:

@@ -155,6 +155,11 @@ def summarize(per_object: Sequence[np.ndarray], max_clicks: int = MAX_CLICKS) ->
     return metrics
 
 
+def mean_iou_by_clicks(per_object: Sequence[np.ndarray], max_clicks: int = MAX_CLICKS) -> list[float]:
+    """Mean IoU after 1 .. ``max_clicks`` clicks over objects (the IoU-vs-clicks curve)."""
+    return [float(np.mean([iou_after(ious, k) for ious in per_object])) for k in range(1, max_clicks + 1)]
+
+
 def summarize_by_category(results: Iterable[tuple[str, np.ndarray]], max_clicks: int = MAX_CLICKS
                           ) -> tuple[dict[str, float], dict[str, dict[str, float]]]:
     """(category, per-click IoUs) pairs -> (metrics over all objects, {category: metrics})."""

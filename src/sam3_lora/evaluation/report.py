@@ -30,6 +30,8 @@ MAX_PNG_BYTES = 150_000
 DPI = 100
 SUMMARY_KEYS = ("mAP", "mAP50", "mAP75", "cgF1", "cgF1_50", "cgF1_75", "pmF1", "IL_MCC")
 CATEGORY_KEYS = ("AP", "AP50", "AP75", "cgF1")
+CLICK_SUMMARY_KEYS = ("mIoU_1", "mIoU_3", "mIoU_5", "NoC_85", "NoC_90", "over_max_85", "over_max_90", "box_mIoU")
+"""The summary of a tracker's report (``model.task: interactive``, ``evaluation.interactive``)."""
 EXAMPLES_NOTE = ("Ground truth left, predictions with scores right; colours are per instance, "
                  "not matched across panels.")
 # Example rows are laid out in pixels (DPI of them = 1 inch): a gap, and the height of the
@@ -253,6 +255,28 @@ def plot_per_category_ap(per_category: dict[str, dict], out_png: Path,
     ax.grid(axis="x", alpha=0.3)
     if compare:
         ax.legend(fontsize=8, loc="lower right")
+    fig.tight_layout()
+    return _save(fig, out_png)
+
+
+CLICKS_NOTE = ("Each object segmented by a simulated user: every click at the centre of the largest "
+               "error region (RITM's protocol); the mean IoU after each click, over all objects.")
+
+
+def plot_iou_by_clicks(curves: dict[str, Sequence[float]], out_png: Path) -> Path:
+    """Mean IoU after 1, 2, ... clicks, one line per model, with the 85% and 90% levels that
+    NoC counts clicks to."""
+    fig = Figure(figsize=(6, 3.6))
+    ax = fig.subplots()
+    for (name, values), marker in zip(curves.items(), "os^v", strict=False):
+        ax.plot(np.arange(1, len(values) + 1), values, marker=marker, markersize=3.5, label=name)
+    for level in (0.85, 0.90):
+        ax.axhline(level, color="0.6", linewidth=0.8, linestyle="--")
+    longest = max(len(v) for v in curves.values())
+    ax.set(xlabel="clicks", ylabel="mean IoU", ylim=(0, 1), xlim=(0.5, longest + 0.5),
+           xticks=range(1, longest + 1, 2 if longest > 10 else 1), title="IoU by clicks")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="lower right")
     fig.tight_layout()
     return _save(fig, out_png)
 
@@ -517,11 +541,11 @@ def _table(header: Sequence[str], rows: list[Sequence[str]]) -> list[str]:
     return lines + ["| " + " | ".join(row) + " |" for row in rows] + [""]
 
 
-def _summary(metrics: dict, base: dict | None) -> list[str]:
+def _summary(metrics: dict, base: dict | None, summary_keys: Sequence[str] = SUMMARY_KEYS) -> list[str]:
     # The standard metrics first, then any other scalar the evaluator added (kept, not lost).
-    extra = [k for k, v in metrics.items() if k not in SUMMARY_KEYS and
+    extra = [k for k, v in metrics.items() if k not in summary_keys and
              (v is None or isinstance(v, Real)) and not isinstance(v, bool)]
-    keys = list(SUMMARY_KEYS) + extra
+    keys = list(summary_keys) + extra
     if base is None:
         return _table(["Metric", "Value"], [[k, _cell(metrics, k)] for k in keys])
     return _table(["Metric", "Base", "Fine-tuned", "Δ"],
@@ -529,18 +553,19 @@ def _summary(metrics: dict, base: dict | None) -> list[str]:
                    for k in keys])
 
 
-def _per_category(per_category: dict, base: dict | None) -> list[str]:
+def _per_category(per_category: dict, base: dict | None, compared: str = "AP") -> list[str]:
+    """One row per category, best ``compared`` first, with the base's beside it if given."""
     keys = [k for k in CATEGORY_KEYS if any(k in v for v in per_category.values())]
     keys += sorted({k for v in per_category.values() for k in v} - set(keys))
-    names = sorted(per_category, key=lambda n: (-np.nan_to_num(_num(per_category[n].get("AP")),
+    names = sorted(per_category, key=lambda n: (-np.nan_to_num(_num(per_category[n].get(compared)),
                                                                nan=-1.0), n))
-    header = ["Category", *keys] + (["base AP", "ΔAP"] if base is not None else [])
+    header = ["Category", *keys] + ([f"base {compared}", f"Δ{compared}"] if base is not None else [])
     rows = []
     for name in names:
         row = [name] + [_cell(per_category[name], k) for k in keys]
         if base is not None:
-            row += [_cell(base.get(name), "AP"),
-                    _diff(per_category[name].get("AP"), (base.get(name) or {}).get("AP"))]
+            row += [_cell(base.get(name), compared),
+                    _diff(per_category[name].get(compared), (base.get(name) or {}).get(compared))]
         rows.append(row)
     return _table(header, rows)
 
@@ -559,7 +584,8 @@ def _forgetting(forgetting: dict) -> list[str]:
 
 def _figures(out_dir: Path, metrics: dict, base_metrics: dict | None, curves: dict | None,
              category_names: list[str] | None, run_metrics_jsonl: Path | None,
-             examples: list[dict] | None) -> list[tuple[str, str, Callable[[], Path | None]]]:
+             examples: list[dict] | None, iou_by_clicks: dict[str, Sequence[float]] | None = None,
+             ) -> list[tuple[str, str, Callable[[], Path | None]]]:
     """(heading, note, draw) for each figure whose data was given; draw() writes the PNG."""
     per_category = metrics.get("per_category") or {}
     figures = []
@@ -575,7 +601,10 @@ def _figures(out_dir: Path, metrics: dict, base_metrics: dict | None, curves: di
             return plot_pr_curves(precision, recall, category_names or list(per_category),
                                   out_dir / "pr_curves.png", COCO_IOUS if ious is None else ious)
         figures.append(("Precision-recall", "Area all, most detections per image.", draw_pr))
-    if per_category:
+    if iou_by_clicks:
+        figures.append(("IoU by clicks", CLICKS_NOTE, lambda: plot_iou_by_clicks(
+            iou_by_clicks, out_dir / "iou_by_clicks.png")))
+    if per_category and any("AP" in v for v in per_category.values()):
         base = (base_metrics or {}).get("per_category")
         figures.append(("AP per category", "", lambda: plot_per_category_ap(
             per_category, out_dir / "ap_per_category.png", base)))
@@ -589,27 +618,32 @@ def write_report(out_dir: Path, *, metrics: dict, base_metrics: dict | None = No
                  curves: dict | None = None, category_names: list[str] | None = None,
                  run_metrics_jsonl: Path | None = None, examples: list[dict] | None = None,
                  forgetting: dict | None = None, title: str = "Evaluation report",
-                 notes: list[str] | None = None) -> Path:
+                 notes: list[str] | None = None, summary_keys: Sequence[str] = SUMMARY_KEYS,
+                 iou_by_clicks: dict[str, Sequence[float]] | None = None) -> Path:
     """Write ``out_dir/report.md`` and its figures (PNG, beside it); returns the report path.
 
     ``metrics``: flat scalars (mAP, cgF1, ... None where undefined) and ``per_category``
     {name: {AP, AP50, AP75, cgF1}}. ``curves``: {"precision": COCOeval array (T, R, K, A, M),
     "recall_thresholds": [R], "iou_thresholds": [T]}. Figures appear only for given data.
     ``notes``: sentences shown above the summary table (what was scored, and why).
+    ``summary_keys``: the metrics the summary shows first (``CLICK_SUMMARY_KEYS`` for a
+    tracker, whose per-category tables then compare ``mIoU_1``). ``iou_by_clicks``: {model
+    name: mean IoU after 1, 2, ... clicks}, drawn as one curve each.
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     per_category = metrics.get("per_category") or {}
     base_per_category = (base_metrics or {}).get("per_category")
     lines = [f"# {title}", "", "## Summary", ""] + [f"{note}\n" for note in notes or []]
-    lines += _summary(metrics, base_metrics)
+    lines += _summary(metrics, base_metrics, summary_keys)
     if per_category:
-        lines += ["## Per category", ""] + _per_category(per_category, base_per_category)
+        compared = "AP" if summary_keys == SUMMARY_KEYS else summary_keys[0]
+        lines += ["## Per category", ""] + _per_category(per_category, base_per_category, compared)
     if forgetting:
         lines += ["## Forgetting", "", "Fine-tuned vs base model on retain prompts "
                   + "(concepts not trained on).", ""] + _forgetting(forgetting)
     for heading, note, draw in _figures(out_dir, metrics, base_metrics, curves, category_names,
-                                        run_metrics_jsonl, examples):
+                                        run_metrics_jsonl, examples, iou_by_clicks):
         try:   # a figure that fails must not cost the tables of a long evaluation
             path = draw()
         except Exception as error:   # noqa: BLE001 - reported in the report itself

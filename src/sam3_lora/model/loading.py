@@ -131,7 +131,7 @@ def load_sam3_config(source: str, revision: str | None = None, image_size: int |
     network at all for presets, bundled bases, folders and KNOWN_HUB_ARCHITECTURES)."""
     config = _built_config(source, revision)
     if config is None:
-        location, cache_only = _locate(source, revision, token)
+        location, cache_only = locate(source, revision, token)
         config = _read_config(location, source, revision, token, cache_only)
     return set_image_size(config, image_size) if image_size else config
 
@@ -173,11 +173,11 @@ def load_sam3(source: str = "facebook/sam3", *, revision: str | None = None,
     install_fallback()
     if source in PRESETS:
         config = load_sam3_config(source, revision, image_size, token)
-        with _seeded(seed):
+        with seeded(seed):
             model = Sam3Model(config).to(dtype)
         tokenizer = build_byte_tokenizer(config.text_config.max_position_embeddings)
     else:
-        location, cache_only = _locate(source, revision, token)
+        location, cache_only = locate(source, revision, token)
         # The checkpoint's own config.json, even for a known architecture: it is the one its weights were saved with.
         config = _read_config(location, source, revision, token, cache_only)
         if image_size:
@@ -188,10 +188,10 @@ def load_sam3(source: str = "facebook/sam3", *, revision: str | None = None,
         with quiet_progress() if source in BUNDLED else contextlib.nullcontext():
             # An explicit dtype: transformers would otherwise keep the checkpoint's own. Never
             # pickle (pytorch_model.bin), from a folder or the hub: unpickling can run code.
-            model = _from_pretrained(Sam3Model, location, source, config=config, dtype=dtype,
+            model = load_pretrained(Sam3Model, location, source, config=config, dtype=dtype,
                                      use_safetensors=True, **hub)
         check_finite_model(model, source)
-        tokenizer = _from_pretrained(AutoTokenizer, location, source, **hub)
+        tokenizer = load_pretrained(AutoTokenizer, location, source, **hub)
         _check_tokenizer(tokenizer, config, source)
     if quantize != "none":
         quantize_linears(model, quantize, dtype, device or default_device())
@@ -203,24 +203,24 @@ def load_sam3(source: str = "facebook/sam3", *, revision: str | None = None,
     return LoadedSam3(model=model.eval(), processor=processor, source=source)
 
 
-def _locate(source: str, revision: str | None, token: str | None) -> tuple[str, bool]:
+def locate(source: str, revision: str | None, token: str | None) -> tuple[str, bool]:
     """Where ``source``'s files are (a folder, or the hub id) and whether to read them from the
     hub cache alone (offline mode, or a hub that cannot be reached)."""
-    folder = _bundled(source) or _local_folder(source)
+    folder = bundled_folder(source) or local_folder(source)
     if folder:
         return folder, False
-    return source, _probe_hub(source, revision, token)
+    return source, probe_hub(source, revision, token)
 
 
 @contextlib.contextmanager
-def _seeded(seed: int):
+def seeded(seed: int):
     """Seed torch for random-init weights without disturbing the caller's RNG."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         yield
 
 
-def _bundled(source: str) -> str | None:
+def bundled_folder(source: str) -> str | None:
     """The package's folder of a bundled model, or None if ``source`` is not one."""
     if source not in BUNDLED:
         return None
@@ -233,7 +233,7 @@ def _bundled(source: str) -> str | None:
 
 def bundled_concepts(source: str) -> list[str]:
     """The concepts a bundled base was trained on (its ``sam3_lora.json`` prompts)."""
-    return json.loads((Path(_bundled(source)) / METADATA_FILE).read_text())["prompts"]
+    return json.loads((Path(bundled_folder(source)) / METADATA_FILE).read_text())["prompts"]
 
 
 def _is_hub_id(source: str) -> bool:
@@ -241,7 +241,7 @@ def _is_hub_id(source: str) -> bool:
     return source.count("/") == 1 and not source.startswith((".", "/", "~")) and not source.endswith("/")
 
 
-def _local_folder(source: str) -> str | None:
+def local_folder(source: str) -> str | None:
     """The folder ``source`` names, or None if it has the form of a hub id and is no folder."""
     path = Path(source).expanduser()
     if path.is_dir():
@@ -261,7 +261,7 @@ def _local_folder(source: str) -> str | None:
     return None
 
 
-def _probe_hub(repo_id: str, revision: str | None, token: str | None) -> bool:
+def probe_hub(repo_id: str, revision: str | None, token: str | None) -> bool:
     """Ask the hub once for the repo's config.json, turning each failure into one clear line.
 
     Returns True where the files are to be read from the hub cache alone: offline mode, or a
@@ -368,7 +368,7 @@ def _check_tokenizer(tokenizer, config: Sam3Config, source: str) -> None:
         )
 
 
-def _from_pretrained(cls, location: str, source: str, **kwargs):
+def load_pretrained(cls, location: str, source: str, **kwargs):
     """``cls.from_pretrained`` with failures turned into one line naming the source."""
     try:
         return cls.from_pretrained(location, **kwargs)

@@ -6,10 +6,9 @@ into its ``pixel_values`` (``model.task: interactive``). It takes every source
 
 - a preset (``sam3-tiny``, ``sam3-small``, ``sam3``): random weights, the tracker built
   from the preset detector's vision config (``tracker_config``).
-- the bundled base ``sam3-tiny-shapes``: its pretrained ViT (and FPN neck) shared with a
-  tracker whose prompt encoder and mask decoder are random. The bundled base was trained
-  as a detector only; a bundled tracker base trained on its shapes is future work, so
-  fine-tune it with the mask decoder adapted (or ``training.method: full``).
+- the bundled base ``sam3-tiny-shapes``: its own trained tracker (``tracker/`` in the
+  bundled folder, ``configs/base-tracker.yaml``: the detector's ViT fine-tuned with new
+  heads on the same shapes, clicks and boxes in; a folder of ``save_pretrained`` format).
 - a ``save_pretrained`` folder: one holding a tracker config (``model_type`` ``sam3_tracker``)
   loads as it is; one holding a SAM3 detector (``sam3``) gives its ViT to a new tracker as
   the bundled base does.
@@ -50,18 +49,19 @@ from sam3_lora.model.folders import check_finite_model, quiet_progress
 from sam3_lora.model.loading import (
     BUNDLED,
     PRESETS,
-    _bundled,
-    _from_pretrained,
-    _local_folder,
-    _probe_hub,
-    _seeded,
+    bundled_folder,
+    load_pretrained,
     load_sam3,
     load_sam3_config,
+    locate,
+    seeded,
     set_image_size,
 )
 from sam3_lora.model.processing import Sam3InputProcessor
 
 TRACKER_MODEL_TYPE = "sam3_tracker"
+BUNDLED_TRACKER = "tracker"
+"""The folder, inside a bundled base's, of the tracker trained with it."""
 HEAD_WIDTH = 32
 """Width of one attention head of the tracker's mask decoder (SAM's: 256 / 8 heads)."""
 MLP_RATIO = 8
@@ -117,12 +117,12 @@ def tracker_image_size(config: Sam3TrackerConfig) -> int:
 def load_tracker_config(source: str, revision: str | None = None, image_size: int | None = None,
                         token: str | None = None) -> Sam3TrackerConfig:
     """The tracker architecture of ``source`` without its weights."""
-    if source in PRESETS or source in BUNDLED or _source_model_type(source, revision, token) == "sam3":
+    if source in PRESETS or _source_model_type(source, revision, token) == "sam3":
         config = tracker_config(load_sam3_config(source, revision, None, token))
     else:
-        location = _bundled(source) or _local_folder(source) or source
+        location, cache_only = _locate_tracker(source, revision, token)
         try:
-            config = AutoConfig.from_pretrained(location, revision=revision, token=token)
+            config = AutoConfig.from_pretrained(location, revision=revision, token=token, local_files_only=cache_only)
         except (OSError, ValueError) as exc:
             raise ModelLoadError(f"model.source {source!r}: config.json cannot be read ({type(exc).__name__}); "
                                  f"give a folder written by save_pretrained") from None
@@ -141,14 +141,16 @@ def load_tracker(source: str = "facebook/sam3", *, revision: str | None = None, 
     ``seed`` also fixes the random heads of a tracker built on a detector's ViT."""
     config = load_tracker_config(source, revision, image_size, token)
     if source in PRESETS:
-        with _seeded(seed):
+        with seeded(seed):
             model = Sam3TrackerModel(config).to(dtype)
-    elif source in BUNDLED or _source_model_type(source, revision, token) == "sam3":
+    elif _source_model_type(source, revision, token) == "sam3":
         model = _on_detector_vit(source, config, revision, token, seed, dtype)
     else:
-        location = _bundled(source) or _local_folder(source) or source
-        model = _from_pretrained(Sam3TrackerModel, location, source, config=config, revision=revision,
-                                 token=token, dtype=dtype)
+        location, cache_only = _locate_tracker(source, revision, token)
+        with quiet_progress() if source in BUNDLED else contextlib.nullcontext():
+            # Never pickle (pytorch_model.bin): unpickling can run code (as loading.load_sam3).
+            model = load_pretrained(Sam3TrackerModel, location, source, config=config, revision=revision,
+                                    token=token, dtype=dtype, use_safetensors=True, local_files_only=cache_only)
         check_finite_model(model, source)
     processor = Sam3InputProcessor(tokenizer=None, image_size=tracker_image_size(config))
     return LoadedTracker(model=model.eval(), processor=processor, source=source)
@@ -159,21 +161,34 @@ def _on_detector_vit(source: str, config: Sam3TrackerConfig, revision: str | Non
     """A tracker with random heads (seeded) and the ViT of the SAM3 detector at ``source``."""
     detector: Sam3Model = load_sam3(source, revision=revision, image_size=tracker_image_size(config),
                                     token=token, dtype=dtype).model
-    with _seeded(seed):
+    with seeded(seed):
         model = Sam3TrackerModel(config).to(dtype)
     # Same module, same keys (Sam3VisionModel in both): the whole ViT and FPN neck carry over.
     model.vision_encoder.load_state_dict(detector.vision_encoder.state_dict())
     return model
 
 
+def _locate_tracker(source: str, revision: str | None, token: str | None) -> tuple[str, bool]:
+    """``loading.locate`` for the tracker: a bundled base's trained tracker (``BUNDLED_TRACKER``)
+    in place of its detector."""
+    if source not in BUNDLED:
+        return locate(source, revision, token)
+    folder = Path(bundled_folder(source)) / BUNDLED_TRACKER
+    if not (folder / "model.safetensors").is_file():
+        raise ModelLoadError(f"model.source {source!r}: the bundled tracker's weights are missing from {folder}; "
+                             f"reinstall sam3-lora (pip install -e .)")
+    return str(folder), False
+
+
 def _source_model_type(source: str, revision: str | None, token: str | None) -> str | None:
     """``model_type`` in the config.json of a folder or hub source (None for presets)."""
     if source in PRESETS:
         return None
-    location = _bundled(source) or _local_folder(source) or _probe_hub(source, revision, token)
+    location, cache_only = _locate_tracker(source, revision, token)
     with quiet_progress() if source in BUNDLED else contextlib.nullcontext():
         try:
-            raw, _ = PretrainedConfig.get_config_dict(location, revision=revision, token=token)
+            raw, _ = PretrainedConfig.get_config_dict(location, revision=revision, token=token,
+                                                      local_files_only=cache_only)
         except (OSError, ValueError) as exc:
             raise ModelLoadError(f"model.source {source!r}: its config.json cannot be read ({type(exc).__name__}); "
                                  f"give a folder written by save_pretrained") from None

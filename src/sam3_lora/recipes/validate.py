@@ -63,13 +63,13 @@ def validate(config: Config, *, weights: str | Path | None = None, split: str | 
 
     Returns metrics.json's content plus "output", the folder written. With
     ``model.task: interactive`` the tracker is scored by simulated clicks instead
-    (``validate_interactive``: metrics.json only)."""
+    (``validate_interactive``: metrics.json and report.md)."""
     split_name = split or config.evaluation.split
     out_dir = Path(output) if output else Path(config.output.dir) / f"eval-{split_name}"
     if config.model.task == "interactive":
         check_output(out_dir, folder=True, what="output" if output else "output.dir")
         return validate_interactive(config, load_split(config, split_name), out_dir, weights=weights,
-                                    num_samples=num_samples, no_lora=no_lora)
+                                    num_samples=num_samples, no_lora=no_lora, compare_base=compare_base)
     if config.data.prompt_mode == "generic":
         raise EvaluationError("data.prompt_mode=generic: validate prompts each category by its name; "
                               "class-agnostic evaluation is not supported yet, use category mode")

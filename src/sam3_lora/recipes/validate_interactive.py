@@ -10,8 +10,12 @@ object's tight box alone. At the original image resolution. metrics.json holds::
     NoC_85, NoC_90               mean clicks to reach IoU 85% / 90% (20 if never)
     over_max_85, over_max_90     objects that never did
     box_mIoU                     mean IoU of the prediction from the tight box
+    mIoU_by_clicks               mean IoU after 1, 2, ..., 20 clicks
     per_category                 the click metrics per category
+    base                         the same for the base model (``compare_base``, an adapter)
     objects, split, weights
+
+and report.md: the tables (base beside fine-tuned) and the IoU-vs-clicks plot.
 """
 
 from __future__ import annotations
@@ -30,29 +34,66 @@ from sam3_lora.data.masks import mask_to_box
 from sam3_lora.data.records import CocoSplit
 from sam3_lora.data.rle import decode, to_rle
 from sam3_lora.errors import Sam3LoraError
-from sam3_lora.evaluation.interactive import click_ious, mask_iou, summarize_by_category
+from sam3_lora.evaluation.interactive import (
+    click_ious,
+    mask_iou,
+    mean_iou_by_clicks,
+    summarize_by_category,
+)
+from sam3_lora.evaluation.report import CLICK_SUMMARY_KEYS, write_report
 from sam3_lora.files import write_file
-from sam3_lora.lora.weights import load_finetuned
+from sam3_lora.lora.weights import adapter_disabled, has_adapter, load_finetuned
 from sam3_lora.model.tracker import ObjectPredictor
 
 
 def validate_interactive(config: Config, data: CocoSplit, out_dir: Path, *, weights: str | Path | None = None,
-                         num_samples: int | None = None, no_lora: bool = False) -> dict:
-    """Score the tracker on ``data`` (its first ``num_samples`` images); writes
-    ``out_dir/metrics.json`` and returns its content plus "output"."""
+                         num_samples: int | None = None, no_lora: bool = False, compare_base: bool = False) -> dict:
+    """Score the tracker on ``data`` (its first ``num_samples`` images), and the base model
+    beside it with ``compare_base`` when an adapter is on; writes ``out_dir/metrics.json``
+    and ``report.md`` and returns metrics.json's content plus "output"."""
     model, processor, chosen = load_finetuned(config, weights, no_lora)
+    objects = _objects_by_image(data, num_samples)
+    metrics = score_clicks(model, processor, data, objects)
+    base = None
+    if compare_base and has_adapter(model):
+        with adapter_disabled(model):
+            base = score_clicks(model, processor, data, objects)
+    summary = {**metrics, **({"base": base} if base else {}), "split": data.name,
+               "weights": str(chosen or "base model")}
+    curves = {"fine-tuned": metrics["mIoU_by_clicks"], "base": base["mIoU_by_clicks"]} if base else {
+        summary["weights"]: metrics["mIoU_by_clicks"]}
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        write_file(out_dir / "metrics.json", json.dumps(summary, indent=2) + "\n")
+        write_report(out_dir, metrics=summary, base_metrics=base, summary_keys=CLICK_SUMMARY_KEYS,
+                     iou_by_clicks=curves, title=f"sam3-lora validation (clicks): {data.name} split, "
+                                                 f"{summary['weights']}")
+    except OSError as error:
+        raise Sam3LoraError(f"{out_dir}: cannot write the results ({error.strerror}); choose another output "
+                            f"folder", option="output") from None
+    return {**summary, "output": str(out_dir)}
+
+
+def _objects_by_image(data: CocoSplit, num_samples: int | None) -> dict[int, list]:
+    """{image index: its objects with a mask}, over the first ``num_samples`` images."""
     images = set(range(len(data.images))[:num_samples] if num_samples else range(len(data.images)))
     by_image: dict[int, list] = {}
     for image_index, obj in object_index(data):
         if image_index in images:
             by_image.setdefault(image_index, []).append(obj)
+    return by_image
+
+
+def score_clicks(model, processor, data: CocoSplit, objects: dict[int, list]) -> dict:
+    """The click metrics (overall, ``per_category``, ``mIoU_by_clicks``), ``box_mIoU`` and
+    ``objects`` of ``model`` on ``objects`` ({image index: objects} of ``data``)."""
     results, box_ious = [], []
     device, dtype = next(model.parameters()).device, next(model.parameters()).dtype
-    for image_index, objects in tqdm(sorted(by_image.items()), desc="validate", unit="image", leave=False):
+    for image_index, image_objects in tqdm(sorted(objects.items()), desc="validate", unit="image", leave=False):
         record = data.images[image_index]
         pixels = processor.images([open_image(record.path)]).to(device, dtype)
         predictor = ObjectPredictor(model, pixels, (record.height, record.width))
-        for obj in objects:
+        for obj in image_objects:
             gt = decode(to_rle(obj.segmentation, record.height, record.width)).astype(bool)
             if not gt.any():   # a degenerate polygon: nothing to click on
                 continue
@@ -66,15 +107,9 @@ def validate_interactive(config: Config, data: CocoSplit, out_dir: Path, *, weig
         raise Sam3LoraError(f"{data.annotation_path}: no object with a mask to click on; "
                             f"model.task=interactive is scored on segmentation masks")
     overall, per_category = summarize_by_category(results)
-    summary = {**overall, "box_mIoU": float(np.mean(box_ious)), "per_category": per_category,
-               "objects": len(results), "split": data.name, "weights": str(chosen or "base model")}
-    try:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        write_file(out_dir / "metrics.json", json.dumps(summary, indent=2) + "\n")
-    except OSError as error:
-        raise Sam3LoraError(f"{out_dir}: cannot write the results ({error.strerror}); choose another output "
-                            f"folder", option="output") from None
-    return {**summary, "output": str(out_dir)}
+    return {**overall, "box_mIoU": float(np.mean(box_ious)),
+            "mIoU_by_clicks": mean_iou_by_clicks([ious for _, ious in results]),
+            "per_category": per_category, "objects": len(results)}
 
 
 def _as_numpy(predictor: ObjectPredictor):
@@ -83,11 +118,14 @@ def _as_numpy(predictor: ObjectPredictor):
 
 
 def format_interactive(summary: dict) -> str:
-    """The printed table of ``validate_interactive``'s metrics: overall, then per category."""
-    columns = ("mIoU_1", "mIoU_3", "mIoU_5", "NoC_85", "NoC_90")
+    """The printed table of ``validate_interactive``'s metrics: overall (the base's beside it
+    when scored), then per category."""
+    columns = ("mIoU_1", "mIoU_3", "mIoU_5", "NoC_85", "NoC_90", "box_mIoU")
+    base = summary.get("base")
+    rows = ([("base model", base), ("fine-tuned", summary)] if base else [("all objects", summary)])
+    rows += [(f"  {name}", metrics) for name, metrics in sorted(summary["per_category"].items())]
     lines = [f"{'':<20}" + "".join(f"{name:>9}" for name in columns)]
-    rows = [("all objects", summary), *sorted(summary["per_category"].items())]
-    lines += [f"{name[:20]:<20}" + "".join(f"{metrics[c]:>9.3f}" for c in columns) for name, metrics in rows]
-    lines.append(f"box_mIoU {summary['box_mIoU']:.3f} over {summary['objects']} objects "
-                 f"({summary['over_max_90']} never reach IoU 90% in 20 clicks)")
+    lines += [f"{name[:20]:<20}" + "".join(f"{metrics[c]:>9.3f}" if c in metrics else f"{'':>9}" for c in columns)
+              for name, metrics in rows]
+    lines.append(f"{summary['objects']} objects; {summary['over_max_90']} never reach IoU 90% in 20 clicks")
     return "\n".join(lines)
