@@ -87,9 +87,10 @@ def run_demo(output: str | Path = "runs/demo", *, quick: bool = False, overwrite
     ``overrides`` change the demo's config (``section.key=value``), e.g. to check that
     ``training.learning_rate=0`` shows no gain. ``target`` (``synthesize`` arguments) and
     ``budget`` replace the target domain and the budget (``bench/demo_choices.py``).
+    The tracker's demo is ``recipes.demo_interactive.run_interactive_demo``.
     """
     started = time.perf_counter()
-    out = _prepare(Path(output), overwrite)
+    out = prepare_output(Path(output), overwrite)
     budget = budget or BUDGETS["quick" if quick else "full"]
     target = target or TARGET
     config = load_config("demo", [f"data.root={out / 'data' / 'target'}", f"output.dir={out / 'run'}",
@@ -124,7 +125,7 @@ def run_demo(output: str | Path = "runs/demo", *, quick: bool = False, overwrite
     return summary
 
 
-def _prepare(out: Path, overwrite: bool) -> Path:
+def prepare_output(out: Path, overwrite: bool) -> Path:
     """An empty output folder; an earlier demo's folder only with ``overwrite``."""
     if out.exists() and any(out.iterdir()):
         if not (out / "summary.json").exists() and not (out / "run").exists():

@@ -172,6 +172,32 @@ def draw_overlay(image: Image.Image, results: list[dict], show_boxes: bool = Tru
     return _draw_legend(rgb, entries, [b for b, _ in parsed], font, font_size)
 
 
+CLICK_COLORS = {1: (40, 200, 60), 0: (230, 40, 40)}   # positive green, negative red
+
+
+def draw_clicks(image: Image.Image, points, labels, mask: np.ndarray | None = None,
+                color: tuple[int, int, int] = PALETTE[0]) -> Image.Image:
+    """A new RGB copy of ``image`` with one object's ``mask`` (H, W) bool tinted in ``color``
+    and its clicks on top: ``points`` (K, 2) x, y in pixels, ``labels`` (K,) 1 / 0, drawn as
+    a green "+" (the object) or a red "-" (not it) in a white-rimmed disc."""
+    rgb = image.convert("RGB")
+    short = min(rgb.size)
+    if mask is not None:
+        canvas = np.asarray(rgb, dtype=np.float32).copy()
+        _draw_masks(canvas, np.asarray(mask, dtype=bool)[None], color, max(1, short // 300))
+        rgb = Image.fromarray(np.clip(canvas + 0.5, 0, 255).astype(np.uint8))
+    draw = ImageDraw.Draw(rgb)
+    radius = max(4, short // 40)
+    for (x, y), label in zip(np.asarray(points, dtype=float).reshape(-1, 2), np.asarray(labels).reshape(-1)):
+        draw.ellipse([x - radius, y - radius, x + radius, y + radius], fill=CLICK_COLORS[int(label)],
+                     outline="white", width=max(1, radius // 4))
+        arm = radius * 0.6
+        draw.line([x - arm, y, x + arm, y], fill="white", width=max(1, radius // 3))
+        if label:
+            draw.line([x, y - arm, x, y + arm], fill="white", width=max(1, radius // 3))
+    return rgb
+
+
 def save_overlay(image: Image.Image, results: list[dict], path: str | Path,
                  source: str | Path | None = None, **kwargs) -> Path:
     """Write ``draw_overlay(image, results, **kwargs)`` to ``path`` as PNG and return the path.
