@@ -198,7 +198,7 @@ def _sizes_problem(metadata: dict) -> str | None:
     task = metadata.get("task", "concept")
     graphs, (_, graph_io) = metadata["graphs"], TASKS[task]
     if list(graphs) != list(graph_io):
-        return (f"graphs: {list(graphs)[:8]}, a {task} export has {list(graph_io)}; the folder is damaged: "
+        return (f"graphs: {list(graphs)[:8]}, but task {task} exports have {list(graph_io)}; the folder is damaged: "
                 f"export again")
     part = "text" if task == "concept" else "tracker"
     if metadata.get(part) is None:

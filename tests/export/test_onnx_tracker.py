@@ -199,7 +199,7 @@ def test_predict_onnx_points_writes_pytorchs_mask(shapes, tmp_path):
 
 def test_int8_copy_of_a_tracker_export_runs(shapes, tmp_path):
     """``--quantize int8`` on a tracker export: the image encoder in INT8, the decoder float32."""
-    loaded, out = shapes
+    _, out = shapes
     assert main(["export", "--weights", str(out), "--onnx", str(tmp_path / "int8"), "--quantize", "int8"]) == 0
     metadata = json.loads((tmp_path / "int8" / "sam3_onnx.json").read_text())
     assert metadata["quantization"]["graphs"] == ["image_encoder"]
@@ -301,7 +301,7 @@ def test_tracker_patches_restore_the_model(tiny):
 
 def test_a_concept_export_refuses_points(tmp_path, capsys, monkeypatch):
     """--points on a concept export: one line, before any graph loads."""
-    import sam3_lora.serve.onnx_engine as onnx_engine
+    from sam3_lora.serve import onnx_engine
 
     monkeypatch.setattr(onnx_engine, "read_export", lambda folder, task=None: {"task": "concept"})
     image = tmp_path / "img.png"

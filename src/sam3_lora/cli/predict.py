@@ -123,7 +123,8 @@ def _segment(engine, picture, prompts, boxes, negative, points, labels) -> list[
     if prompts or negative is not None or (boxes is not None and len(boxes) > 1):
         raise PredictInputError("the tracker (model.task=interactive) takes --points and at most one box in "
                                 "--bboxes, not --prompt or --negative-bboxes")
-    from sam3_lora.serve.prompts import as_prediction   # torch-free: the ONNX tracker runs without torch
+    # serve.prompts, not serve.tracker: torch-free, as the ONNX tracker runs without torch
+    from sam3_lora.serve.prompts import as_prediction
 
     box = boxes[0] if boxes is not None and len(boxes) else None
     return [as_prediction(engine.segment(picture, points, labels, box))]

@@ -580,6 +580,7 @@ def _metadata(model, versions: dict, opset: int, text: dict, seconds: dict) -> d
     levels = {f"fpn_{i}": [scale * grid, scale * grid] for i, scale in enumerate((4, 2, 1))}
     return {
         "format": FORMAT,
+        "task": "concept",
         "sam3_lora_version": __version__,
         "exported_with": versions,
         "opset": opset,
