@@ -20,13 +20,9 @@ import torch.nn.functional as F
 from PIL import Image
 
 from sam3_lora.data.collate import mask_size_for
-from sam3_lora.serve.prompts import (  # noqa: F401 - as_prediction and check_points re-exported
-    PromptError,
-    as_prediction,
-    check_mask,
-    check_object_prompt,
-    check_points,
-)
+# The checks and the answer's ``predict`` form live in serve.prompts, torch-free, shared with
+# the ONNX tracker (serve.onnx_tracker).
+from sam3_lora.serve.prompts import check_mask, check_object_prompt
 
 
 def segment_object(model, processor, image: Image.Image, points=None, labels=None, box=None,
