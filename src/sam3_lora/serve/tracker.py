@@ -9,7 +9,9 @@ The prompt, in pixels of the image (W x H)::
     mask     (H, W) bool          a mask of it (e.g. an earlier answer) to refine
 
 The answer is a dict: ``mask`` (H, W) bool, ``score`` the predicted IoU of that mask,
-``object_score`` the probability that the object is there at all.
+``object_score`` the probability that the object is there at all. The prompt's checks and
+the answer's ``predict`` form (``as_prediction``) are in ``serve.prompts``: torch-free, shared
+with the ONNX tracker (``serve.onnx_tracker``).
 """
 
 from __future__ import annotations
@@ -20,8 +22,6 @@ import torch.nn.functional as F
 from PIL import Image
 
 from sam3_lora.data.collate import mask_size_for
-# The checks and the answer's ``predict`` form live in serve.prompts, torch-free, shared with
-# the ONNX tracker (serve.onnx_tracker).
 from sam3_lora.serve.prompts import check_mask, check_object_prompt
 
 
