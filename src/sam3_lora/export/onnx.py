@@ -21,6 +21,8 @@ merged into its base first; a whole-model folder is used as it is) and writes th
 dynamic; one image encoding serves all K prompts, as in PyTorch. S and T are fixed by the
 model (its position ids). Graphs whose weights pass 1 GiB keep them in ``GRAPH.onnx.data``.
 ``serve.onnx_engine.SAM3OnnxInference`` runs the folder with numpy, PIL and ``tokenizers``.
+``sam3_onnx.json`` says ``"task": "concept"``; SAM3's tracker (``model.task: interactive``)
+exports as two other graphs through ``export.onnx_tracker``.
 
 What the export had to work around (transformers 5.23, torch 2.13), each patch living only
 inside ``export_patches`` and undone on exit:
