@@ -248,7 +248,7 @@ def test_each_engine_refuses_the_other_tasks_export(tiny, tmp_path, capsys):
     concept.mkdir()
     metadata = json.loads((out / "sam3_onnx.json").read_text())
     (concept / "sam3_onnx.json").write_text(json.dumps({**metadata, "task": "concept"}))
-    with pytest.raises(OnnxEngineError, match=r"graphs: \['image_encoder', 'mask_decoder'\], a concept export has"):
+    with pytest.raises(OnnxEngineError, match=r"graphs: \['image_encoder', 'mask_decoder'\], but task concept exports have"):
         SAM3OnnxTracker(concept)
     image = tmp_path / "img.png"
     picture().save(image)
