@@ -12,8 +12,11 @@ without it.
 - every file it names (the graphs, their ``.data`` files, the tokenizer) must lie inside the
   folder, by its text and through symbolic links (``files.inside_folder``): a name is
   refused before anything opens, quantizes or deletes it;
+- its graphs must be those of its ``task`` (``TASKS``: a concept export, the default, or
+  the tracker's ``interactive`` one);
 - the sizes it states must agree with each other (``image.size`` with the vision encoder's
-  input, ``text.max_length`` with the text encoder's) and, once onnxruntime has loaded each
+  input, ``text.max_length`` with the text encoder's, ``tracker.mask_size`` with the mask
+  decoder's mask input) and, once onnxruntime has loaded each
   graph, with the graph's own inputs and outputs (``check_graph``): graphs swapped between
   file names, or an edited size, are refused before any image runs.
 """
@@ -23,7 +26,7 @@ from __future__ import annotations
 import json
 import reprlib
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -42,6 +45,17 @@ GRAPH_IO = {
                         "input_boxes_labels"), ("pred_logits", "pred_boxes", "pred_masks", "presence_logits")),
 }
 """Each graph's input and output names, in order: what the engine feeds and reads."""
+TRACKER_GRAPH_FILES = {"image_encoder": "image_encoder.onnx", "mask_decoder": "mask_decoder.onnx"}
+"""``task: interactive`` (SAM3's tracker, SAM's split): the image encoded once, then one
+mask-decoder run per click."""
+TRACKER_GRAPH_IO = {
+    "image_encoder": (("pixel_values",), ("image_embeddings", "high_res_features_0", "high_res_features_1")),
+    "mask_decoder": (("image_embeddings", "high_res_features_0", "high_res_features_1", "point_coords",
+                      "point_labels", "mask_input", "has_mask_input"), ("masks", "iou_scores", "object_score_logits")),
+}
+TASKS = {"concept": (GRAPH_FILES, GRAPH_IO), "interactive": (TRACKER_GRAPH_FILES, TRACKER_GRAPH_IO)}
+"""``sam3_onnx.json``'s ``task`` -> its graphs' file names and input / output names. A folder
+without ``task`` (exported before the tracker could be) is a concept export."""
 INSTALL_HINT = "pip install 'sam3-lora[onnx]'"
 MAX_METADATA_BYTES = 1_000_000
 """A written ``sam3_onnx.json`` is a few kB."""
@@ -72,12 +86,6 @@ class GraphSpec(_Part):
     outputs: dict[str, list[Dimension]]
 
 
-class Graphs(_Part):
-    vision_encoder: GraphSpec
-    text_encoder: GraphSpec
-    prompt_decoder: GraphSpec
-
-
 class ImageSpec(_Part):
     size: Annotated[int, Field(ge=14, le=MAX_SIZE)]
     """Side of the square the image is resized to, px (one 14 px patch at least)."""
@@ -97,13 +105,31 @@ class TextSpec(_Part):
     exports made before it was recorded)."""
 
 
+class TrackerSpec(_Part):
+    """How the engine turns the mask decoder's outputs into one answer (``task: interactive``)."""
+
+    mask_size: Size
+    """Side m of the mask logits (and of the mask input), 4x the patch grid."""
+    mask_tokens: Annotated[int, Field(ge=1, le=16)]
+    """Masks the decoder returns: token 0 the single-mask answer, 1.. the multimask ones."""
+    dynamic_multimask_via_stability: bool
+    """Without multimask output, fall back to the best multimask answer when mask 0 is unstable."""
+    stability_delta: Finite
+    stability_thresh: Finite
+
+
 class Metadata(_Part):
     format: str
+    task: Literal["concept", "interactive"] = "concept"
     exported_with: dict[str, str]
     opset: Annotated[int, Field(ge=1, le=1000)]
     image: ImageSpec
-    text: TextSpec
-    graphs: Graphs
+    text: TextSpec | None = None
+    """The tokenizer: concept exports only (the tracker reads no text)."""
+    tracker: TrackerSpec | None = None
+    """Interactive exports only."""
+    graphs: dict[str, GraphSpec]
+    """Graph name -> its file and shapes; the names are ``TASKS[task]``'s (checked after the schema)."""
     quantization: dict[str, Any] | None = None
 
 
@@ -169,15 +195,28 @@ def _schema_problem(exc: ValidationError) -> str:
 def _sizes_problem(metadata: dict) -> str | None:
     """Where the metadata contradicts itself: the graphs' names, the image size or the
     prompt length against the graphs' stated shapes."""
-    graphs = metadata["graphs"]
-    for name, (inputs, outputs) in GRAPH_IO.items():
+    task = metadata.get("task", "concept")
+    graphs, (_, graph_io) = metadata["graphs"], TASKS[task]
+    if list(graphs) != list(graph_io):
+        return (f"graphs: {list(graphs)[:8]}, but task {task} exports have {list(graph_io)}; the folder is damaged: "
+                f"export again")
+    part = "text" if task == "concept" else "tracker"
+    if metadata.get(part) is None:
+        return f"{part}: missing, which every {task} export states; the folder is damaged: export again"
+    for name, (inputs, outputs) in graph_io.items():
         stated = (tuple(graphs[name]["inputs"]), tuple(graphs[name]["outputs"]))
         if stated != (inputs, outputs):
             return (f"graphs.{name} has inputs {list(stated[0])} and outputs {list(stated[1])}, not {list(inputs)} "
                     f"and {list(outputs)}; the folder is damaged: export again")
-    size, pixels = metadata["image"]["size"], graphs["vision_encoder"]["inputs"]["pixel_values"]
+    encoder = next(iter(graph_io))   # the graph that reads the image
+    size, pixels = metadata["image"]["size"], graphs[encoder]["inputs"]["pixel_values"]
     if pixels[-2:] != [size, size]:
-        return f"image.size {size} disagrees with the vision encoder's input {pixels}; export again"
+        return f"image.size {size} disagrees with the {encoder.replace('_', ' ')}'s input {pixels}; export again"
+    if task == "interactive":
+        side, masks = metadata["tracker"]["mask_size"], graphs["mask_decoder"]["inputs"]["mask_input"]
+        if masks[-2:] != [side, side]:
+            return f"tracker.mask_size {side} disagrees with the mask decoder's mask_input {masks}; export again"
+        return None
     length, ids = metadata["text"]["max_length"], graphs["text_encoder"]["inputs"]["input_ids"]
     if ids[-1:] != [length]:
         return f"text.max_length {length} disagrees with the text encoder's input {ids}; export again"
@@ -187,7 +226,7 @@ def _sizes_problem(metadata: dict) -> str | None:
 def named_files(metadata: dict) -> dict[str, str]:
     """Every file the metadata names, by the field naming it: each graph and the tokenizer."""
     files = {f"graphs.{name}.file": spec["file"] for name, spec in metadata["graphs"].items()}
-    return {**files, "text.file": metadata["text"]["file"]}
+    return {**files, "text.file": metadata["text"]["file"]} if metadata.get("text") else files
 
 
 def _outside_problem(folder: Path, metadata: dict) -> str | None:

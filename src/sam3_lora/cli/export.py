@@ -14,9 +14,12 @@ examples:
   sam3-lora export --weights runs/cracks/best --onnx cracks-onnx         # onnxruntime, no torch to run it
   sam3-lora export --weights runs/cracks/best --onnx cracks-int8 --quantize int8
   sam3-lora export --weights cracks-onnx --onnx cracks-int8 --quantize int8   # INT8 copy of an ONNX export
+  sam3-lora export --config tracker.yaml --weights runs/clicks/best --onnx clicks-onnx   # model.task: interactive
 
 --onnx needs the onnx extra: pip install 'sam3-lora[onnx]'. Run the result with
-`sam3-lora predict --onnx OUT --image ... --prompt ...` or sam3_lora.SAM3OnnxInference(OUT).
+`sam3-lora predict --onnx OUT --image ... --prompt ...` or sam3_lora.SAM3OnnxInference(OUT); a
+tracker export (two graphs: encode the image once, decode each click) with `--points ...` or
+sam3_lora.serve.onnx_tracker.SAM3OnnxTracker(OUT).
 """
 
 
@@ -32,11 +35,15 @@ def cmd_export(args: argparse.Namespace) -> int:
         raise ExportError("--dtype applies to --merged exports only; add --merged OUT or drop --dtype")
     if args.onnx is not None:   # '' too: export_onnx refuses an empty path in one line
         from sam3_lora.export.onnx import DEFAULT_OPSET, export_onnx
+        from sam3_lora.export.onnx_tracker import export_tracker_onnx_from
 
-        out = export_onnx(args.weights, args.onnx, config_from_args(args) if args.config else None,
-                          opset=DEFAULT_OPSET if args.opset is None else args.opset, quantize=args.quantize,
-                          progress=lambda line: print(line, flush=True))
-        print(f"ONNX export in {out}: run it with `sam3-lora predict --onnx {out} --image IMAGE --prompt TEXT`")
+        config = config_from_args(args) if args.config or args.overrides else None
+        tracker = config is not None and config.model.task == "interactive"
+        export = export_tracker_onnx_from if tracker else export_onnx
+        out = export(args.weights, args.onnx, config, opset=DEFAULT_OPSET if args.opset is None else args.opset,
+                     quantize=args.quantize, progress=lambda line: print(line, flush=True))
+        prompt = "--points X,Y" if tracker else "--prompt TEXT"
+        print(f"ONNX export in {out}: run it with `sam3-lora predict --onnx {out} --image IMAGE {prompt}`")
     elif args.merged:
         out = export_merged(args.weights, args.merged, config_from_args(args) if args.config else None,
                             dtype=args.dtype)
@@ -61,5 +68,5 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     export.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default="float32",
                         help="with --merged: dtype of the written weights (merged in float32 first)")
     export.add_argument("--quantize", choices=["int8"], help="with --onnx: dynamic INT8 of the vision and text "
-                        "encoders (faster on CPU; its accuracy cost is in BENCHMARKS.md)")
+                        "encoders (the tracker's image encoder) (faster on CPU; its accuracy cost is in BENCHMARKS.md)")
     export.add_argument("--opset", type=int, metavar="N", help="with --onnx: ONNX opset (default 18)")

@@ -26,6 +26,7 @@ examples:
   sam3-lora predict --config balanced --no-lora --image shelf.png --bboxes '[[10, 20, 200, 180]]'
   sam3-lora predict --onnx cracks-onnx --image wall.jpg --prompt "concrete crack"   # onnxruntime, no torch
   sam3-lora predict --config tracker.yaml --image wall.jpg --points 120,80 300,40,0   # model.task: interactive
+  sam3-lora predict --onnx clicks-onnx --image wall.jpg --points 120,80   # a tracker export, no torch
 
 writes, per image NAME: NAME.png (overlay: a colour per prompt, scores, legend) and NAME.json,
 COCO results (image_id = the image's index, category_id = the prompt's index + 1, with
@@ -63,13 +64,14 @@ def cmd_predict(args: argparse.Namespace) -> int:
     points, labels = parse_points(args.points, option="points")
     if not args.prompt and boxes is None and points is None:
         raise PredictInputError("no prompt: give --prompt text, --bboxes, or both (--points with the tracker)")
-    if args.onnx and points is not None:
-        raise PredictInputError("--points does not apply with --onnx (the export holds the concept model); drop it")
-    tracker = False   # the ONNX export is the concept model
     if args.onnx:
-        from sam3_lora.serve.onnx_engine import SAM3OnnxInference
+        from sam3_lora.serve.onnx_engine import read_export
 
-        engine = SAM3OnnxInference(args.onnx, detection_threshold=args.threshold)
+        tracker = read_export(args.onnx).get("task", "concept") == "interactive"
+        if points is not None and not tracker:   # before the graphs load
+            raise PredictInputError(f"--points needs SAM3's tracker: {args.onnx} is a concept export; export a run "
+                                    f"with model.task=interactive, or drop --points")
+        engine = _onnx_engine(args.onnx, tracker, args.threshold)
     else:
         from sam3_lora.serve.inference import SAM3LoRAInference
 
@@ -104,13 +106,25 @@ def cmd_predict(args: argparse.Namespace) -> int:
     return 0
 
 
+def _onnx_engine(folder: str, tracker: bool, threshold: float):
+    """The onnxruntime engine for the export in ``folder``: the tracker's or the concept model's."""
+    if tracker:
+        from sam3_lora.serve.onnx_tracker import SAM3OnnxTracker
+
+        return SAM3OnnxTracker(folder)
+    from sam3_lora.serve.onnx_engine import SAM3OnnxInference
+
+    return SAM3OnnxInference(folder, detection_threshold=threshold)
+
+
 def _segment(engine, picture, prompts, boxes, negative, points, labels) -> list[dict]:
     """``model.task: interactive``: one object from --points and / or one --bboxes box, in
     ``predict``'s form; text and negative boxes do not apply to the tracker."""
     if prompts or negative is not None or (boxes is not None and len(boxes) > 1):
         raise PredictInputError("the tracker (model.task=interactive) takes --points and at most one box in "
                                 "--bboxes, not --prompt or --negative-bboxes")
-    from sam3_lora.serve.tracker import as_prediction
+    # serve.prompts, not serve.tracker: torch-free, as the ONNX tracker runs without torch
+    from sam3_lora.serve.prompts import as_prediction
 
     box = boxes[0] if boxes is not None and len(boxes) else None
     return [as_prediction(engine.segment(picture, points, labels, box))]

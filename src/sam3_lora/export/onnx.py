@@ -21,6 +21,8 @@ merged into its base first; a whole-model folder is used as it is) and writes th
 dynamic; one image encoding serves all K prompts, as in PyTorch. S and T are fixed by the
 model (its position ids). Graphs whose weights pass 1 GiB keep them in ``GRAPH.onnx.data``.
 ``serve.onnx_engine.SAM3OnnxInference`` runs the folder with numpy, PIL and ``tokenizers``.
+``sam3_onnx.json`` says ``"task": "concept"``; SAM3's tracker (``model.task: interactive``)
+exports as two other graphs through ``export.onnx_tracker``.
 
 What the export had to work around (transformers 5.23, torch 2.13), each patch living only
 inside ``export_patches`` and undone on exit:
@@ -189,26 +191,36 @@ def _transformers_quiet() -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def export_patches(model) -> Iterator[None]:
-    """Make ``model`` (a ``Sam3Model``) exportable; all is restored on exit, also after an
-    error: eval mode, eager attention, the batched ``_encode_boxes`` and the no-box hook.
-    Inside, the wrappers below compute what the graphs compute: the export's reference."""
-    geometry = model.geometry_encoder
+def eager_eval(model) -> Iterator[None]:
+    """Inside, ``model`` is in eval mode with "eager" attention (MatMul + Softmax: what the
+    exporter handles, and what INT8 quantization wants); both restored on exit."""
     was_training = model.training
     attention = model.config._attn_implementation
-    hook = geometry.register_forward_hook(_drop_geometry_without_boxes, with_kwargs=True)
-    geometry._encode_boxes = types.MethodType(_encode_boxes_batched, geometry)
     try:
         with _transformers_quiet():
             model.set_attn_implementation("eager")
         model.eval()
         yield
     finally:
-        hook.remove()
-        del geometry._encode_boxes   # the class's method shows through again
         with _transformers_quiet():
             model.set_attn_implementation(attention)
         model.train(was_training)
+
+
+@contextlib.contextmanager
+def export_patches(model) -> Iterator[None]:
+    """Make ``model`` (a ``Sam3Model``) exportable; all is restored on exit, also after an
+    error: eval mode, eager attention, the batched ``_encode_boxes`` and the no-box hook.
+    Inside, the wrappers below compute what the graphs compute: the export's reference."""
+    geometry = model.geometry_encoder
+    hook = geometry.register_forward_hook(_drop_geometry_without_boxes, with_kwargs=True)
+    geometry._encode_boxes = types.MethodType(_encode_boxes_batched, geometry)
+    try:
+        with eager_eval(model):
+            yield
+    finally:
+        hook.remove()
+        del geometry._encode_boxes   # the class's method shows through again
 
 
 # ---- the three graphs as modules --------------------------------------------------------------
@@ -309,7 +321,8 @@ def export_onnx(weights: str | Path, out: str | Path, config: Config | None = No
     exporting again (minutes and gigabytes saved at full size).
 
     ``config`` names the adapter's base (default: the base the adapter records), as for
-    ``export_merged``. ``quantize="int8"``: dynamic INT8 of the vision and text encoders
+    ``export_merged`` (``model.task: interactive``, the tracker, is
+    ``export.onnx_tracker.export_tracker_onnx_from``). ``quantize="int8"``: dynamic INT8 of the vision and text encoders
     (``export.quantize``). ``progress`` receives one line per step. Everything is checked
     before the model loads: the tools, ``opset``, ``quantize``, and that ``out`` is new or
     an empty folder.
@@ -322,6 +335,10 @@ def export_onnx(weights: str | Path, out: str | Path, config: Config | None = No
             raise OnnxExportError(f"{weights}: is an ONNX export already; to make an INT8 copy of it, ask for "
                                   f"int8 quantization", option="quantize")
         return quantize_export(weights, out, progress)
+    if config is not None and config.model.task == "interactive":
+        raise OnnxExportError("model.task=interactive: the tracker exports through "
+                              "export.onnx_tracker.export_tracker_onnx_from (sam3-lora export --onnx chooses it)",
+                              option="config")
     loaded = load_merged(weights, config)
     loaded.model.float()   # a folder saved in bfloat16 loads as such; the graphs compute in float32
     return export_sam3_onnx(loaded.model, loaded.tokenizer, out, opset=opset, quantize=quantize,
@@ -487,9 +504,6 @@ def _check_graphs(model, inputs: tuple, work: Path, say: Progress) -> None:
     """Each graph in onnxruntime at shapes other than the traced ones (B = 1, K = 4, n = 3,
     rows with boxes, with a negative box, and without) against the patched PyTorch modules;
     a graph onnxruntime cannot run, or whose answers differ, fails the export."""
-    import numpy as np
-    import onnxruntime as ort
-
     pixel_values, input_ids, attention_mask, boxes, _ = inputs
     ids, mask = torch.cat([input_ids, input_ids[:1]]), torch.cat([attention_mask, attention_mask[:1]])
     boxes4 = torch.cat([boxes, boxes[:1]])[:, [0, 1, 0]].contiguous()
@@ -505,21 +519,32 @@ def _check_graphs(model, inputs: tuple, work: Path, say: Progress) -> None:
                             "text_mask": mask, "input_boxes": boxes4, "input_boxes_labels": labels4}, decoded),
     }
     for name, (feeds, expected) in cases.items():
-        try:
-            got = ort_session(work / GRAPH_FILES[name]).run(None, {k: v.numpy() for k, v in feeds.items()})
-        except Exception as exc:  # noqa: BLE001 - onnxruntime raises several unrelated classes
-            first = next((line.strip() for line in str(exc).splitlines() if line.strip()), type(exc).__name__)
-            raise OnnxExportError(f"{name}: onnxruntime {ort.__version__} cannot run the exported graph "
-                                  f"({first[:200]}); export with opset {DEFAULT_OPSET} (the default) or upgrade "
-                                  f"onnxruntime", option="opset") from None
-        for array, reference in zip(got, expected, strict=True):
-            reference = reference.numpy()
-            error = float(np.abs(array - reference).max()) / max(float(np.abs(reference).max()), 1.0)
-            if array.shape != reference.shape or not error < CHECK_TOLERANCE:
-                raise OnnxExportError(f"{name}: onnxruntime disagrees with PyTorch (shape {array.shape} vs "
-                                      f"{reference.shape}, relative error {error:.1e}); the export is unusable: "
-                                      f"please report it with the versions of torch and onnxruntime")
-        say(f"checked {name} in onnxruntime {ort.__version__}")
+        check_in_onnxruntime(work / GRAPH_FILES[name], name, feeds, expected, say)
+
+
+def check_in_onnxruntime(path: Path, name: str, feeds: dict[str, torch.Tensor], expected: Sequence[torch.Tensor],
+                         say: Progress) -> None:
+    """Run graph ``name`` (the file ``path``) in onnxruntime on ``feeds`` and compare each
+    output with PyTorch's ``expected`` (relative error < ``CHECK_TOLERANCE``); a graph that
+    cannot run, or answers otherwise, is one line."""
+    import numpy as np
+    import onnxruntime as ort
+
+    try:
+        got = ort_session(path).run(None, {k: v.numpy() for k, v in feeds.items()})
+    except Exception as exc:  # noqa: BLE001 - onnxruntime raises several unrelated classes
+        first = next((line.strip() for line in str(exc).splitlines() if line.strip()), type(exc).__name__)
+        raise OnnxExportError(f"{name}: onnxruntime {ort.__version__} cannot run the exported graph "
+                              f"({first[:200]}); export with opset {DEFAULT_OPSET} (the default) or upgrade "
+                              f"onnxruntime", option="opset") from None
+    for array, reference in zip(got, expected, strict=True):
+        reference = reference.numpy()
+        error = float(np.abs(array - reference).max()) / max(float(np.abs(reference).max()), 1.0)
+        if array.shape != reference.shape or not error < CHECK_TOLERANCE:
+            raise OnnxExportError(f"{name}: onnxruntime disagrees with PyTorch (shape {array.shape} vs "
+                                  f"{reference.shape}, relative error {error:.1e}); the export is unusable: "
+                                  f"please report it with the versions of torch and onnxruntime")
+    say(f"checked {name} in onnxruntime {ort.__version__}")
 
 
 def _tokenizer_spec(tokenizer, work: Path, max_length: int) -> dict:
@@ -557,6 +582,7 @@ def _metadata(model, versions: dict, opset: int, text: dict, seconds: dict) -> d
     levels = {f"fpn_{i}": [scale * grid, scale * grid] for i, scale in enumerate((4, 2, 1))}
     return {
         "format": FORMAT,
+        "task": "concept",
         "sam3_lora_version": __version__,
         "exported_with": versions,
         "opset": opset,

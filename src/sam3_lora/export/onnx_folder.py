@@ -11,9 +11,18 @@ import json
 from pathlib import Path
 
 from sam3_lora.files import write_file
-from sam3_lora.onnx_format import CONFIG_FILE, FORMAT, GRAPH_FILES, INSTALL_HINT, read_metadata
+from sam3_lora.onnx_format import (
+    CONFIG_FILE,
+    FORMAT,
+    GRAPH_FILES,
+    INSTALL_HINT,
+    TRACKER_GRAPH_FILES,
+    TRACKER_GRAPH_IO,
+    read_metadata,
+)
 
-__all__ = ["CONFIG_FILE", "FORMAT", "GRAPH_FILES", "INSTALL_HINT", "read_metadata", "write_metadata"]
+__all__ = ["CONFIG_FILE", "FORMAT", "GRAPH_FILES", "INSTALL_HINT", "TRACKER_GRAPH_FILES", "TRACKER_GRAPH_IO",
+           "read_metadata", "write_metadata"]
 
 
 def write_metadata(folder: Path, metadata: dict) -> None:

@@ -1,7 +1,7 @@
 """INT8 for an ONNX export, through onnxruntime's quantization tools. No torch.
 
-``--quantize int8`` is *dynamic* quantization of the two encoders: the weights of every
-MatMul of the vision and text encoders become int8 (symmetric, one scale per tensor), and
+``--quantize int8`` is *dynamic* quantization of the encoders: the weights of every
+MatMul of the vision and text encoders (the tracker's image encoder) become int8 (symmetric, one scale per tensor), and
 activations are quantized on the fly at each call, so no calibration data is needed. The
 prompt decoder stays float32.
 
@@ -32,7 +32,8 @@ from sam3_lora.errors import Sam3LoraError
 from sam3_lora.export.onnx_folder import CONFIG_FILE, INSTALL_HINT, read_metadata, write_metadata
 from sam3_lora.files import atomic_folder, inside_folder, sigterm_as_exit
 
-QUANTIZED_GRAPHS = ("vision_encoder", "text_encoder")
+QUANTIZED_GRAPHS = {"concept": ("vision_encoder", "text_encoder"), "interactive": ("image_encoder",)}
+"""Per export task, the encoders made INT8 (the decoders stay float32, see above)."""
 METHOD = "int8"
 
 
@@ -67,7 +68,8 @@ def quantize_folder(folder: Path, metadata: dict, progress: Callable[[str], None
         raise QuantizeError(f"INT8 quantization needs onnxruntime and onnx: {INSTALL_HINT}") from None
     say = progress or (lambda line: None)
     seconds = {}
-    for name in QUANTIZED_GRAPHS:
+    graphs = QUANTIZED_GRAPHS[metadata.get("task", "concept")]
+    for name in graphs:
         source = folder / metadata["graphs"][name]["file"]
         target = folder / f"{name}_int8.onnx"
         data = source.with_name(source.name + ".data")
@@ -87,7 +89,7 @@ def quantize_folder(folder: Path, metadata: dict, progress: Callable[[str], None
         seconds[name] = round(time.perf_counter() - started, 1)
     import onnxruntime
 
-    return {"method": METHOD, "graphs": list(QUANTIZED_GRAPHS), "op_types": ["MatMul"],
+    return {"method": METHOD, "graphs": list(graphs), "op_types": ["MatMul"],
             "weights": "int8, symmetric, per tensor", "activations": "uint8, quantized at each call (dynamic)",
             "onnxruntime": onnxruntime.__version__, "seconds": seconds}
 

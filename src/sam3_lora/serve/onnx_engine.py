@@ -185,13 +185,23 @@ def postprocess_query(pred_logits: np.ndarray, presence_logit: np.ndarray, pred_
 
 # ---- the export folder ------------------------------------------------------------------------
 
-def read_export(folder: str | Path) -> dict:
+TASK_ENGINES = {"concept": "SAM3OnnxInference (predict --onnx DIR --prompt ...)",
+                "interactive": "SAM3OnnxTracker (predict --onnx DIR --points ...)"}
+"""What runs an export of each ``task``: named in the error when a folder reaches the other."""
+
+
+def read_export(folder: str | Path, task: str | None = None) -> dict:
     """``sam3_onnx.json`` of an export folder, checked (``onnx_format.read_metadata``: its
-    schema, its sizes, and every file it names present and inside the folder)."""
+    schema, its sizes, and every file it names present and inside the folder), and of
+    ``task`` when given (``concept``, the detector; ``interactive``, the tracker)."""
     folder = Path(folder)
     metadata = read_metadata(folder, OnnxEngineError)
     if metadata is None:
         raise OnnxEngineError(f"{folder}: no {CONFIG_FILE}; give a folder written by `sam3-lora export --onnx`")
+    found = metadata.get("task", "concept")
+    if task is not None and found != task:
+        raise OnnxEngineError(f"{folder}: an export of model.task={found}, not {task}; run it with "
+                              f"{TASK_ENGINES[found]}")
     return metadata
 
 
@@ -296,7 +306,7 @@ class SAM3OnnxInference(ImagePredictor):
             raise OnnxEngineError(f"the ONNX engine needs tokenizers: {INSTALL_HINT}") from None
 
         self.folder = Path(onnx_dir)
-        self.metadata = read_export(self.folder)
+        self.metadata = read_export(self.folder, "concept")
         self.threshold = check_threshold(detection_threshold)
         self.mask_nms_iou = mask_nms_iou
         self.tokenizer = load_tokenizer(self.folder / self.metadata["text"]["file"], self.metadata["text"])

@@ -61,6 +61,68 @@ def check_boxes(boxes, size: tuple[int, int], what: str = "boxes") -> np.ndarray
     return array
 
 
+def check_points(points, labels, size: tuple[int, int]) -> tuple[np.ndarray | None, np.ndarray | None]:
+    """(K, 2) finite clicks inside an image of ``size`` (W, H) and their (K,) 1 / 0 labels
+    (all positive when None), or a clear error; (None, None) without points."""
+    if points is None or len(points) == 0:
+        if labels is not None and len(labels):
+            raise PromptError("labels: given without points; give one label per point")
+        return None, None
+    try:
+        array = np.asarray(points, dtype=float).reshape(-1, 2)
+    except (TypeError, ValueError):
+        raise PromptError("points: each point needs 2 numbers [x, y] in pixels") from None
+    width, height = size
+    if not np.isfinite(array).all() or (array < 0).any() or (array[:, 0] >= width).any() or (array[:, 1] >= height).any():
+        raise PromptError(f"points: every point must lie inside the {width}x{height} image (0 <= x < {width}, "
+                          f"0 <= y < {height})")
+    marks = np.ones(len(array), dtype=int) if labels is None else np.asarray(labels).reshape(-1)
+    if len(marks) != len(array) or not np.isin(marks, (0, 1)).all():
+        raise PromptError(f"labels: give one label per point ({len(array)}), each 1 (object) or 0 (not it)")
+    return array, marks.astype(int)
+
+
+def check_object_prompt(points, labels, box, mask, size: tuple[int, int]
+                        ) -> tuple[np.ndarray | None, np.ndarray | None, np.ndarray | None]:
+    """The tracker's prompt for one object on an image of ``size`` (W, H), checked as both
+    engines check it: (points (K, 2), labels (K,), box (1, 4)), each None when not given;
+    nothing at all is refused (``mask`` is checked against the image where it is used)."""
+    points, labels = check_points(points, labels, size)
+    box_array = check_boxes(box, size, what="box") if box is not None else None
+    if box_array is not None and len(box_array) != 1:
+        raise PromptError("box: give one box [x1, y1, x2, y2] for the one object")
+    if points is None and box_array is None and mask is None:
+        raise PromptError("segment: give points, a box or a mask of the object")
+    return points, labels, box_array
+
+
+def check_mask(mask, size: tuple[int, int]) -> np.ndarray:
+    """A mask prompt of an image of ``size`` (W, H) as (H, W) float32 in [0, 1] units, or a
+    clear error."""
+    array = np.asarray(mask)
+    if array.shape != (size[1], size[0]):
+        raise PromptError(f"mask: shape {array.shape} for a {size[0]}x{size[1]} image; give an (H, W) = "
+                          f"({size[1]}, {size[0]}) mask")
+    return array.astype(np.float32)
+
+
+def mask_box(mask: np.ndarray) -> np.ndarray:
+    """(H, W) bool -> (4,) float32 x1, y1, x2, y2 in pixels, x2 / y2 exclusive, all zeros when
+    empty: ``data.masks.mask_to_box`` without torch (a test keeps them equal)."""
+    rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
+    if not len(rows):
+        return np.zeros(4, dtype=np.float32)
+    return np.array([cols[0], rows[0], cols[-1] + 1, rows[-1] + 1], dtype=np.float32)
+
+
+def as_prediction(answer: dict, name: str = "object") -> dict:
+    """A tracker's ``segment`` answer in ``predict``'s form (one detection), for the overlay
+    and the COCO results that ``predict`` writes."""
+    mask = answer["mask"]
+    return {"prompt": name, "num_detections": 1, "boxes": mask_box(mask)[None],
+            "scores": np.array([answer["score"]]), "masks": mask[None], "presence": answer["object_score"]}
+
+
 def parse_json_boxes(text: str | None, what: str):
     """Boxes written as JSON, ``'[[x1, y1, x2, y2], ...]'`` in pixels (``predict --bboxes``),
     as parsed lists (``check_boxes`` checks them against each image); None stays None.

@@ -9,7 +9,9 @@ The prompt, in pixels of the image (W x H)::
     mask     (H, W) bool          a mask of it (e.g. an earlier answer) to refine
 
 The answer is a dict: ``mask`` (H, W) bool, ``score`` the predicted IoU of that mask,
-``object_score`` the probability that the object is there at all.
+``object_score`` the probability that the object is there at all. The prompt's checks and
+the answer's ``predict`` form (``as_prediction``) are in ``serve.prompts``: torch-free, shared
+with the ONNX tracker (``serve.onnx_tracker``).
 """
 
 from __future__ import annotations
@@ -20,41 +22,14 @@ import torch.nn.functional as F
 from PIL import Image
 
 from sam3_lora.data.collate import mask_size_for
-from sam3_lora.data.masks import mask_to_box
-from sam3_lora.serve.prompts import PromptError, check_boxes
-
-
-def check_points(points, labels, size: tuple[int, int]) -> tuple[np.ndarray | None, np.ndarray | None]:
-    """(K, 2) finite clicks inside an image of ``size`` (W, H) and their (K,) 1 / 0 labels
-    (all positive when None), or a clear error; (None, None) without points."""
-    if points is None or len(points) == 0:
-        if labels is not None and len(labels):
-            raise PromptError("labels: given without points; give one label per point")
-        return None, None
-    try:
-        array = np.asarray(points, dtype=float).reshape(-1, 2)
-    except (TypeError, ValueError):
-        raise PromptError("points: each point needs 2 numbers [x, y] in pixels") from None
-    width, height = size
-    if not np.isfinite(array).all() or (array < 0).any() or (array[:, 0] >= width).any() or (array[:, 1] >= height).any():
-        raise PromptError(f"points: every point must lie inside the {width}x{height} image (0 <= x < {width}, "
-                          f"0 <= y < {height})")
-    marks = np.ones(len(array), dtype=int) if labels is None else np.asarray(labels).reshape(-1)
-    if len(marks) != len(array) or not np.isin(marks, (0, 1)).all():
-        raise PromptError(f"labels: give one label per point ({len(array)}), each 1 (object) or 0 (not it)")
-    return array, marks.astype(int)
+from sam3_lora.serve.prompts import check_mask, check_object_prompt
 
 
 def segment_object(model, processor, image: Image.Image, points=None, labels=None, box=None,
                    mask=None) -> dict:
     """The tracker's answer to one prompt on ``image`` (see the module docstring)."""
     size = image.size
-    points, labels = check_points(points, labels, size)
-    box_array = check_boxes(box, size, what="box") if box is not None else None
-    if box_array is not None and len(box_array) != 1:
-        raise PromptError("box: give one box [x1, y1, x2, y2] for the one object")
-    if points is None and box_array is None and mask is None:
-        raise PromptError("segment: give points, a box or a mask of the object")
+    points, labels, box_array = check_object_prompt(points, labels, box, mask, size)
     parameter = next(model.parameters())
     side = processor.image_size
     scale = np.array([side / size[0], side / size[1]])
@@ -79,17 +54,5 @@ def segment_object(model, processor, image: Image.Image, points=None, labels=Non
 
 def _mask_input(mask, size: tuple[int, int], side: int) -> torch.Tensor:
     """(H, W) mask of the image -> (1, 1, side, side) float in [0, 1], as training feeds one."""
-    array = np.asarray(mask)
-    if array.shape != (size[1], size[0]):
-        raise PromptError(f"mask: shape {array.shape} for a {size[0]}x{size[1]} image; give an (H, W) = "
-                          f"({size[1]}, {size[0]}) mask")
-    tensor = torch.from_numpy(array.astype(np.float32))[None, None]
+    tensor = torch.from_numpy(check_mask(mask, size))[None, None]
     return F.interpolate(tensor, size=(side, side), mode="bilinear", antialias=True)
-
-
-def as_prediction(answer: dict, name: str = "object") -> dict:
-    """A ``segment`` answer in ``predict``'s form (one detection), for the overlay and the
-    COCO results that ``predict`` writes."""
-    mask = answer["mask"]
-    return {"prompt": name, "num_detections": 1, "boxes": mask_to_box(mask)[None].numpy(),
-            "scores": np.array([answer["score"]]), "masks": mask[None], "presence": answer["object_score"]}
