@@ -32,11 +32,9 @@ CLICKS = [[200, 40], [60, 180], [250, 200], [30, 30]]
 LABELS = [1, 0, 1, 0]
 
 
-@pytest.fixture(scope="module")
-def app(tmp_path_factory):
-    """The tracker app with one adapter (``best``) whose LoRA B matrices are random, so it
-    answers differently from the base."""
-    root = tmp_path_factory.mktemp("clicks")
+def make_tracker_app(root: Path, **limits) -> AdapterApp:
+    """The tracker app with one adapter (``best``, under ``root``) whose LoRA B matrices are
+    random, so it answers differently from the base."""
     config = load_config(None, [f"model.source={SOURCE}", "model.task=interactive",
                                 f"output.dir={root / 'run'}", *LORA])
     tracker = load_tracker(SOURCE, seed=config.training.seed).model
@@ -48,7 +46,12 @@ def app(tmp_path_factory):
                 if "lora_B" in name:
                     parameter.copy_(torch.randn(parameter.shape) * 0.5)
     save_adapter(adapted.eval(), root / "run" / "best", base_source=SOURCE)
-    return AdapterApp(config, max_upload_mb=1)
+    return AdapterApp(config, **limits)
+
+
+@pytest.fixture(scope="module")
+def app(tmp_path_factory):
+    return make_tracker_app(tmp_path_factory.mktemp("clicks"), max_upload_mb=1)
 
 
 @pytest.fixture(scope="module")
