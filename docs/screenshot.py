@@ -33,7 +33,7 @@ from test_app_browser import (
     free_port,
     set_threshold,
 )
-from test_app_clicks_browser import CLIENT_POINT
+from test_app_clicks_browser import click_at
 
 
 def main(demo: Path) -> None:
@@ -101,12 +101,12 @@ def clicks(config_path: Path, image: Path, points: list[str]) -> None:
         page.get_by_text("ready").first.wait_for()
         if "best" in app.choices:
             choose(page, "adapter", "best")
+            page.get_by_text("no clicks").first.wait_for()   # the adapter's answer
             page.locator("#side-by-side input").check()
         for count, ((x, y), label) in enumerate(zip(xy, labels, strict=True), start=1):
             page.get_by_label("positive: the object" if label else "negative: not it").check()
-            page.locator("#overlay img").wait_for()
             before = page.locator("#downloads a").first.get_attribute("href") if count > 1 else None
-            page.mouse.click(*page.evaluate(CLIENT_POINT, [float(x), float(y)]))
+            click_at(page, float(x), float(y))
             # Each answer is new files: wait for the new download link.
             page.wait_for_function("(old) => { const a = document.querySelector('#downloads a'); "
                                    "return a && a.getAttribute('href') !== old; }", arg=before)

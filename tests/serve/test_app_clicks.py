@@ -272,6 +272,8 @@ def test_the_page_is_picked_by_the_task(app):
     assert clicks["add_click"] == [("overlay", "select")] and clicks["add_click_1"] == [("base-overlay", "select")]
     assert clicks["undo_click"] == [("undo", "click")] and clicks["clear_clicks"] == [("clear", "click")]
     assert clicks["segment"] == [("run", "click")] and "run" not in clicks
+    assert [clicks[f"segment_{n}"] for n in (1, 2, 3)] == [
+        [("adapter", "input")], [("side-by-side", "input")], [("boxes", "submit")]]
     concept = SimpleNamespace(task="concept", choices=["best", BASE], max_upload_mb=1,
                               config=load_config(None, []), engine=SimpleNamespace(
                                   processor=SimpleNamespace(image_size=112)))

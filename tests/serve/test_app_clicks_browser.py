@@ -59,8 +59,9 @@ def page(tmp_path_factory):
 
 
 def click_at(page, x: int, y: int) -> None:
-    """Click natural pixel (x, y) of the picture shown in #overlay."""
-    page.locator("#overlay img").wait_for()
+    """Click natural pixel (x, y) of the picture shown in #overlay, once it has loaded."""
+    page.wait_for_function("() => { const img = document.querySelector('#overlay img'); "
+                           "return img && img.complete && img.naturalWidth > 0; }")
     page.mouse.click(*page.evaluate(CLIENT_POINT, [x, y]))
 
 
@@ -86,6 +87,8 @@ def test_clicks_on_the_picture_become_points_at_its_pixels(page, tmp_path):
     status_contains(page, "uploaded image: 320x240 px, ready")
     page.locator("#adapter input").click()
     page.get_by_role("option", name="best").click()
+    status_contains(page, "no clicks: click on the object")   # the new adapter answered
+    page.wait_for_function("() => !document.querySelector('.pending, .generating')")
     click_at(page, 200, 40)
     status_contains(page, "best: mask of ")
     shows(page, "detections", "predicted IoU")

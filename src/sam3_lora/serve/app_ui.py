@@ -8,10 +8,11 @@ PNG and COCO-results JSON per model, as ``sam3-lora predict`` writes them).
 
 With ``model.task: interactive`` (SAM3's tracker) the page is the click page instead: the
 image itself is clicked (``Image.select`` gives the click in pixels of the file shown, which is
-the image at full size), a radio chooses whether a click marks the object or not it, "undo last
-click" and "clear clicks" edit the clicks, an optional box goes with them, and each click
-answers at once: the mask with the clicks drawn on it (green +, red -), the predicted IoU,
-object score and mask area, and the same downloads. The clicks live in the browser tab's state.
+the image at full size), a radio chooses whether a click marks the object or not it, "undo
+last click" and "clear clicks" edit the clicks, an optional box goes with them (Enter, or
+"segment again", applies it), and each click, or another adapter, answers at once: the mask
+with the clicks drawn on it (green +, red -), the predicted IoU, object score and mask area,
+and the same downloads. The clicks live in the browser tab's state.
 
 Every handler catches our errors and shows their one-line message in the status line; an
 unexpected error is logged on the server and shown as one generic line, never as a trace.
@@ -350,8 +351,7 @@ def _click_page(gr, app: AdapterApp, handlers: Handlers, image, adapters: list[s
                                   elem_id="adapter")
             side_by_side = gr.Checkbox(label="Side by side with the base model",
                                        interactive=bool(adapters), elem_id="side-by-side")
-            run = gr.Button("Segment again (after changing the box or the adapter)",
-                            elem_id="run")
+            run = gr.Button("Segment again", elem_id="run")
         with gr.Column(scale=3, min_width=420):
             status = gr.Markdown("Upload an image or pick an example, then click on an object.",
                                  elem_id="status")
@@ -375,7 +375,8 @@ def _click_page(gr, app: AdapterApp, handlers: Handlers, image, adapters: list[s
     model = {"concurrency_limit": 1, "concurrency_id": "model"}
     upload.upload(handlers.click_upload, upload,
                   [image, clicks, overlay, base_overlay, table, status, downloads, upload])
-    upload.clear(lambda: (None, [], None, ""), None, [image, clicks, overlay, status])
+    upload.clear(lambda: (None, [], None, gr.update(value=None, visible=False), None, "", None), None,
+                 [image, clicks, overlay, base_overlay, table, status, downloads])
     example.input(handlers.click_example, example,
                   [image, clicks, overlay, base_overlay, table, status, downloads])
     settings = [box, adapter, side_by_side]
@@ -384,6 +385,10 @@ def _click_page(gr, app: AdapterApp, handlers: Handlers, image, adapters: list[s
     undo.click(handlers.undo_click, [image, clicks, *settings], answer, **model)
     clear.click(handlers.clear_clicks, [image, *settings], answer, **model)
     run.click(handlers.segment, [image, clicks, *settings], answer, **model)
+    # Another model, or the base beside it, answers the same clicks at once.
+    for setting in (adapter, side_by_side):
+        setting.input(handlers.segment, [image, clicks, *settings], answer, **model)
+    box.submit(handlers.segment, [image, clicks, *settings], answer, **model)
 
 
 def launch(app: AdapterApp, host: str = "127.0.0.1", port: int = 7860, *,
