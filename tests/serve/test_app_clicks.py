@@ -118,6 +118,25 @@ def test_each_click_runs_the_decoder_once_on_an_image_encoded_once(app, example,
     assert calls == ["decode"] * 3
 
 
+def test_a_replay_cut_short_by_an_error_is_resumed_from_what_it_finished(app, example, monkeypatch):
+    app._encoded.clear()
+    clean = mask(app.segment(example, CLICKS, LABELS))
+    app._encoded.clear()
+    app.segment(example, CLICKS[:1], LABELS[:1])
+    real, runs = sam3_lora.serve.app._Recorded.__call__, []
+
+    def failing(self, **inputs):   # the second new click fails (e.g. out of memory)
+        runs.append(1)
+        if len(runs) == 2:
+            raise RuntimeError("out of memory")
+        return real(self, **inputs)
+
+    monkeypatch.setattr(sam3_lora.serve.app._Recorded, "__call__", failing)
+    with pytest.raises(RuntimeError):
+        app.segment(example, CLICKS, LABELS)
+    np.testing.assert_array_equal(mask(app.segment(example, CLICKS, LABELS)), clean)
+
+
 def test_encodings_are_kept_per_image_and_model_up_to_the_cap(app, example, calls):
     app._encoded.clear()
     others = [Image.new("RGB", (320, 240), color) for color in ("red", "green", "blue", "white")]

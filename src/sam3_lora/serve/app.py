@@ -347,11 +347,12 @@ class _Encoded:
     logits: list = field(default_factory=list)
 
     def shared(self, box: tuple | None, clicks: list[tuple]) -> int:
-        """How many leading ``clicks`` (with the same ``box``) were replayed already."""
+        """How many leading ``clicks`` (with the same ``box``) were replayed already (and have
+        their logits: a replay cut short by an error keeps only the steps it finished)."""
         if box != self.box:
             return 0
         count = 0
-        for old, new in zip(self.clicks, clicks):
+        for old, new in zip(self.clicks[:len(self.logits)], clicks):
             if old != new:
                 break
             count += 1
