@@ -2,6 +2,11 @@
 
     sam3-lora demo                      # first: the bundled base and a trained demo adapter
     python docs/screenshot.py [runs/demo]
+    python docs/screenshot.py --clicks CONFIG IMAGE X,Y[,LABEL]...   # the click page: docs/app-clicks.png
+
+With ``--clicks``, serves the click page for CONFIG (``model.task: interactive``), uploads
+IMAGE, clicks each X,Y (pixels of IMAGE; LABEL 0 a negative click) with the run's ``best``
+adapter beside the base model when there is one, and saves the page.
 
 Serves ``sam3-lora app`` for the demo's run on a free localhost port, uploads a target-domain
 test image, prompts it with its concepts, runs the adapter side by side with the base model,
@@ -28,6 +33,7 @@ from test_app_browser import (
     free_port,
     set_threshold,
 )
+from test_app_clicks_browser import click_at
 
 
 def main(demo: Path) -> None:
@@ -76,5 +82,44 @@ def _overlap(a: list[float], b: list[float]) -> float:
     return max(width, 0) * max(height, 0)
 
 
+def clicks(config_path: Path, image: Path, points: list[str]) -> None:
+    """The click page (``model.task: interactive``) after ``points`` on ``image``."""
+    from sam3_lora.serve.prompts import parse_points
+
+    config = load_config(config_path)
+    xy, labels = parse_points(points, option="points")
+    port = free_port()
+    app = AdapterApp(config)
+    server = launch(app, "127.0.0.1", port, prevent_thread_lock=True, quiet=True)
+    api = browser_tools()
+    with api.sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        page = browser.new_page(viewport={"width": 1280, "height": 900})
+        page.goto(f"http://127.0.0.1:{port}/")
+        page.locator("#undo").wait_for()
+        page.locator("#upload input[type=file]").set_input_files(image)
+        page.get_by_text("ready").first.wait_for()
+        if "best" in app.choices:
+            choose(page, "adapter", "best")
+            page.get_by_text("no clicks").first.wait_for()   # the adapter's answer
+            page.locator("#side-by-side input").check()
+        for count, ((x, y), label) in enumerate(zip(xy, labels, strict=True), start=1):
+            page.get_by_label("positive: the object" if label else "negative: not it").check()
+            before = page.locator("#downloads a").first.get_attribute("href") if count > 1 else None
+            click_at(page, float(x), float(y))
+            # Each answer is new files: wait for the new download link.
+            page.wait_for_function("(old) => { const a = document.querySelector('#downloads a'); "
+                                   "return a && a.getAttribute('href') !== old; }", arg=before)
+        page.wait_for_timeout(800)
+        page.evaluate("window.scrollTo(0, 0)")
+        page.screenshot(path=ROOT / "docs" / "app-clicks.png")
+        browser.close()
+    server.close()
+    print(f"wrote {ROOT / 'docs' / 'app-clicks.png'} ({image.name}: {' '.join(points)})")
+
+
 if __name__ == "__main__":
-    main(Path(sys.argv[1] if len(sys.argv) > 1 else "runs/demo"))
+    if sys.argv[1:2] == ["--clicks"]:
+        clicks(Path(sys.argv[2]), Path(sys.argv[3]), sys.argv[4:])
+    else:
+        main(Path(sys.argv[1] if len(sys.argv) > 1 else "runs/demo"))

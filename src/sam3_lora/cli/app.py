@@ -14,10 +14,13 @@ examples:
   sam3-lora app --config runs/cracks/config.yaml                 best/ and last/ of the run
   sam3-lora app --config balanced --weights cracks-lora other-lora
   sam3-lora app --config runs/cracks/config.yaml --host 0.0.0.0   reachable from other machines
+  sam3-lora app --config runs/cells-tracker/config.yaml           model.task=interactive: clicks
 
 serves http://HOST:PORT: upload an image or pick an example, type prompts (and boxes), pick
 an adapter or the base model, see the overlay, the detections and the time taken, side by
 side with the base model if asked; download the overlay PNG and the COCO-results JSON.
+With model.task=interactive (SAM3's tracker) the page takes clicks instead: click on an
+object (positive or negative), undo or clear clicks, add a box; the mask follows each click.
 Listens on 127.0.0.1 only unless --host says otherwise. Needs gradio: pip install "sam3-lora[app]".
 """
 

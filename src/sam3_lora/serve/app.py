@@ -11,10 +11,18 @@ Uploads arrive as bytes, never as paths: they are checked for size, decoded only
 JPEG, WebP, BMP or TIFF, and refused unread when their header announces more pixels than
 ``max_pixels`` (a decompression bomb). Every refusal is an ``AppError`` whose one-line message
 the page shows as it is. The page itself is in ``serve.app_ui``; this module needs no gradio.
+
+With ``model.task: interactive`` (SAM3's tracker) the app answers clicks instead of text:
+``segment`` takes every click so far on one object (and an optional box) and answers with
+that object's mask. The clicks are replayed through ``model.tracker.ObjectPredictor``, as
+``validate`` runs its click protocol: each click refines the previous click's mask logits.
+The image is encoded once per model (adapter or base) and kept for the next clicks
+(``CACHED_ENCODINGS`` of them), so a click costs mask-decoder passes, not a ViT pass.
 """
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import math
@@ -22,11 +30,13 @@ import re
 import tempfile
 import threading
 import time
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
+import torch
+from PIL import Image, ImageDraw
 
 from sam3_lora.config import DEFAULT_SCORE_THRESHOLD, Config
 from sam3_lora.data.images import to_rgb, upright
@@ -34,9 +44,11 @@ from sam3_lora.data.results import prediction_entries
 from sam3_lora.data.synth import synthesize
 from sam3_lora.errors import Sam3LoraError
 from sam3_lora.files import write_file
+from sam3_lora.model.tracker import ObjectPredictor
 from sam3_lora.serve.inference import SAM3LoRAInference
 from sam3_lora.serve.limits import (
     MAX_BOXES,
+    MAX_CLICKS,
     MAX_DETECTIONS,
     MAX_PIXELS,
     MAX_PROMPT_PIXELS,
@@ -47,10 +59,18 @@ from sam3_lora.serve.limits import (
 )
 from sam3_lora.serve.overlay import draw_overlay, write_png
 from sam3_lora.serve.prompts import check_boxes
+from sam3_lora.serve.tracker import as_prediction, check_points
 
 BASE = "base model"   # the adapter choice that runs SAM3 with no adapter
 LOCAL_HOSTS = {"127.0.0.1", "localhost", "::1"}
 TABLE_HEADERS = ["model", "prompt", "score", "box (x1, y1, x2, y2)", "area (px)"]
+CLICK_HEADERS = ["model", "predicted IoU", "object score", "mask area (px)", "clicks"]
+CACHED_ENCODINGS = 4
+"""Encoded images kept for the next clicks, one per (image, model): the current image with
+an adapter and the base side by side, and the previous image's. One SAM3 image at 1008 px is
+21 MB of features in float32 (32 x 288², 64 x 144², 256 x 72²), plus 330 kB of mask logits
+per click replayed on it; for the tiny bundled base (112 px), 32 kB and 4 kB."""
+POSITIVE_COLOR, NEGATIVE_COLOR = (0, 200, 0), (230, 0, 0)   # the clicks drawn on the overlay
 
 
 class AppError(Sam3LoraError):
@@ -133,6 +153,28 @@ def parse_boxes(text: str | None, size: tuple[int, int]) -> np.ndarray | None:
         raise AppError(f"box prompts: {len(boxes)} given, at most {MAX_BOXES} per request; "
                        f"remove some")
     return check_boxes(boxes, size, what="box prompts") if boxes else None
+
+
+def parse_box(text: str | None, size: tuple[int, int]) -> np.ndarray | None:
+    """The one box around the clicked object, written ``x1,y1,x2,y2`` in pixels -> (4,), or
+    None when the text is empty."""
+    boxes = parse_boxes(text, size)
+    if boxes is None:
+        return None
+    if len(boxes) != 1:
+        raise AppError(f"box prompts: {len(boxes)} boxes given; the tracker takes one box around "
+                       f"the one object: keep one line")
+    return boxes[0]
+
+
+def parse_clicks(points, labels, size: tuple[int, int]) -> tuple[np.ndarray | None, np.ndarray | None]:
+    """Clicks (K, 2) x, y in pixels of an image of ``size`` (W, H) and their (K,) labels, 1
+    the object / 0 not it: at most ``MAX_CLICKS``, inside the image, or an error."""
+    count = 0 if points is None else len(points)
+    if count > MAX_CLICKS:
+        raise AppError(f"clicks: {count} on one object, at most {MAX_CLICKS}; undo some or clear "
+                       f"them and start again")
+    return check_points(points, labels, size)
 
 
 def check_budget(prompts: int, size: tuple[int, int], answers: int = 1) -> None:
@@ -218,6 +260,31 @@ class ModelAnswer:
         """COCO results entries exactly as ``sam3-lora predict`` writes them (image_id 0)."""
         return prediction_entries(self.predictions, image_id=0)
 
+    def describe(self) -> str:
+        """One line: the model, its detections and the time taken."""
+        count = len(self.rows())
+        return f"{self.model}: {count} detection{'s' * (count != 1)} in {self.seconds:.2f} s"
+
+
+@dataclass
+class ClickAnswer(ModelAnswer):
+    """One model's answer to clicks on one object: ``predictions`` holds that object as one
+    detection (``serve.tracker.as_prediction``: its score is the predicted IoU, ``presence``
+    the object score), the overlay shows it with the clicks."""
+
+    clicks: int = 0
+
+    def rows(self) -> list[list]:
+        """The table: model, predicted IoU, object score, mask area in pixels, clicks."""
+        found = self.predictions[0]
+        return [[self.model, round(float(found["scores"][0]), 3), round(float(found["presence"]), 3),
+                 int(found["masks"][0].sum()), self.clicks]]
+
+    def describe(self) -> str:
+        found = self.predictions[0]
+        return (f"{self.model}: mask of {int(found['masks'][0].sum()):,} px (predicted IoU "
+                f"{float(found['scores'][0]):.2f}) in {self.seconds:.2f} s")
+
 
 @dataclass
 class AppResult:
@@ -230,9 +297,8 @@ class AppResult:
         return [row for answer in self.answers for row in answer.rows()]
 
     def summary(self) -> str:
-        """One line: detections and time per model."""
-        return " · ".join(f"{a.model}: {len(a.rows())} detection{'s' * (len(a.rows()) != 1)} "
-                          f"in {a.seconds:.2f} s" for a in self.answers)
+        """One line: what each model found and the time it took."""
+        return " · ".join(answer.describe() for answer in self.answers)
 
     def save(self, folder: str | Path) -> list[Path]:
         """Overlay PNG and COCO-results JSON of each model into ``folder`` (new files: nothing
@@ -247,6 +313,62 @@ class AppResult:
             paths += [write_png(answer.overlay, folder / f"{stem}-overlay.png"),
                       write_file(folder / f"{stem}-detections.json", json.dumps(answer.coco()))]
         return paths
+
+
+def draw_clicks(image: Image.Image, points: np.ndarray | None, labels: np.ndarray | None,
+                box: np.ndarray | None = None) -> Image.Image:
+    """``image`` (drawn on in place, and returned) with the prompt where it was given: each
+    click a green + for the object or a red - for not it, the box a white frame; outlined so
+    they read on any colour, sized to the image."""
+    draw = ImageDraw.Draw(image)
+    arm = max(4, min(image.size) // 40)   # half a mark's width, in pixels
+    line = max(2, arm // 3)
+    if box is not None:
+        draw.rectangle([float(v) for v in box], outline=(0, 0, 0), width=line + 2)
+        draw.rectangle([float(v) for v in box], outline=(255, 255, 255), width=line)
+    for (x, y), label in zip([] if points is None else points, [] if labels is None else labels, strict=True):
+        strokes = [(x - arm, y, x + arm, y)] + ([(x, y - arm, x, y + arm)] if label else [])
+        for stroke in strokes:
+            draw.line(stroke, fill=(255, 255, 255), width=line + 2)
+        for stroke in strokes:
+            draw.line(stroke, fill=POSITIVE_COLOR if label else NEGATIVE_COLOR, width=line)
+    return image
+
+
+@dataclass
+class _Encoded:
+    """One image encoded for one model, and the clicks last replayed on it: after click i,
+    ``logits[i]`` is the mask (logits, (1, 1, m, m)) fed back to click i + 1. The next request resumes after the clicks it shares with these (one click added: one
+    decoder pass; one undone: one pass)."""
+
+    predictor: ObjectPredictor
+    box: tuple | None = None
+    clicks: list[tuple] = field(default_factory=list)
+    logits: list = field(default_factory=list)
+
+    def shared(self, box: tuple | None, clicks: list[tuple]) -> int:
+        """How many leading ``clicks`` (with the same ``box``) were replayed already (and have
+        their logits: a replay cut short by an error keeps only the steps it finished)."""
+        if box != self.box:
+            return 0
+        count = 0
+        for old, new in zip(self.clicks[:len(self.logits)], clicks):
+            if old != new:
+                break
+            count += 1
+        return count
+
+
+class _Recorded:
+    """A model that remembers its last output: ``ObjectPredictor`` answers with a mask only,
+    the app also shows the predicted IoU and the object score of that mask."""
+
+    def __init__(self, model):
+        self.model, self.output = model, None
+
+    def __call__(self, **inputs):
+        self.output = self.model(**inputs)
+        return self.output
 
 
 # ---- the model --------------------------------------------------------------------------
@@ -268,6 +390,13 @@ class AdapterApp:
             self.engine.load_adapter(folder, peft_name)
             self._peft_names[name] = peft_name
         self._lock = threading.Lock()
+        # (image fingerprint, model) -> the tracker with that image encoded, newest last
+        self._encoded: OrderedDict[tuple[str, str], _Encoded] = OrderedDict()
+
+    @property
+    def task(self) -> str:
+        """``concept`` (text and box prompts, the detector) or ``interactive`` (clicks)."""
+        return self.config.model.task
 
     @property
     def choices(self) -> list[str]:
@@ -283,21 +412,17 @@ class AdapterApp:
         """Run the prompts on ``image`` (an RGB image, or uploaded bytes) with ``adapter``, and
         with the base model beside it when ``side_by_side``. Inputs are checked before the
         model is touched; each check fails with an ``AppError`` naming the field."""
-        if image is None:
-            raise AppError("no image: upload one or pick an example")
-        picture = image.convert("RGB") if isinstance(image, Image.Image) else self.read_image(image)
+        if self.task == "interactive":
+            raise AppError("this app serves SAM3's tracker (model.task=interactive): click on the "
+                           "object; text prompts need a config with model.task=concept")
+        picture = self._picture(image)
         prompts = parse_prompts(prompts_text)
         boxes = parse_boxes(boxes_text, picture.size)
         if not prompts and boxes is None:
             raise AppError("no prompt: type a text prompt (e.g. red circle) or a box x1,y1,x2,y2")
-        if adapter not in self.choices:
-            raise AppError(f"adapter {adapter!r} is not loaded; choose one of: "
-                           f"{', '.join(self.choices)}")
+        self._check_models(adapter, side_by_side)
         if not 0.0 <= float(threshold) <= 1.0:   # also refuses NaN
             raise AppError(f"threshold {threshold}: must be between 0 and 1")
-        if side_by_side and adapter == BASE:
-            raise AppError("side by side compares an adapter with the base model; "
-                           "choose an adapter")
         check_budget(len(prompts) or 1, picture.size, 2 if side_by_side else 1)
         answers = []
         with self._lock:
@@ -310,3 +435,96 @@ class AdapterApp:
         # Drawing needs no model: outside the lock, so the next request can start.
         return AppResult([ModelAnswer(name, draw_overlay(picture, found), found, seconds)
                           for name, found, seconds in answers])
+
+    def segment(self, image: Image.Image | bytes | None, points=None, labels=None, box_text: str = "",
+                adapter: str = BASE, side_by_side: bool = False) -> AppResult:
+        """One object of ``image`` from clicks (``points`` (K, 2) x, y in pixels of the image,
+        ``labels`` (K,) 1 the object / 0 not it, in the order they were made) and / or one box
+        (``box_text`` ``x1,y1,x2,y2``), with ``adapter``, and with the base model beside it when
+        ``side_by_side``. ``model.task: interactive`` only; inputs are checked before the model
+        is touched, each failing with an ``AppError`` naming the field."""
+        if self.task != "interactive":
+            raise AppError("clicks need SAM3's tracker: start the app with a config whose "
+                           "model.task is interactive (this one detects concepts from text)")
+        picture = self._picture(image)
+        points, labels = parse_clicks(points, labels, picture.size)
+        box = parse_box(box_text, picture.size)
+        if points is None and box is None:
+            raise AppError("no prompt: click on the object, or give a box x1,y1,x2,y2")
+        self._check_models(adapter, side_by_side)
+        key = self._fingerprint(picture)
+        answers = []
+        with self._lock:
+            for name in [adapter, BASE] if side_by_side else [adapter]:
+                start = time.perf_counter()
+                with self.engine.using(self._peft_names.get(name)):
+                    found = self._replay(self._predictor(key, name, picture), points, labels, box)
+                answers.append((name, found, time.perf_counter() - start))
+        clicks = 0 if points is None else len(points)
+        # The overlay is what ``sam3-lora predict --points`` writes, with the prompt drawn on it.
+        return AppResult([ClickAnswer(name, draw_clicks(draw_overlay(picture, [found]), points, labels, box),
+                                      [found], seconds, clicks)
+                          for name, found, seconds in answers])
+
+    # ---- checks and clicks ---------------------------------------------------------------
+
+    def _picture(self, image: Image.Image | bytes | None) -> Image.Image:
+        """The request's image as RGB: given as one, or decoded from uploaded bytes."""
+        if image is None:
+            raise AppError("no image: upload one or pick an example")
+        return image.convert("RGB") if isinstance(image, Image.Image) else self.read_image(image)
+
+    def _check_models(self, adapter: str, side_by_side: bool) -> None:
+        if adapter not in self.choices:
+            raise AppError(f"adapter {adapter!r} is not loaded; choose one of: "
+                           f"{', '.join(self.choices)}")
+        if side_by_side and adapter == BASE:
+            raise AppError("side by side compares an adapter with the base model; "
+                           "choose an adapter")
+
+    @staticmethod
+    def _fingerprint(picture: Image.Image) -> str:
+        """Names an image by its pixels: the same picture sent again finds its encoding."""
+        digest = hashlib.blake2b(picture.tobytes(), digest_size=16)
+        digest.update(repr(picture.size).encode())
+        return digest.hexdigest()
+
+    def _predictor(self, key: str, model: str, picture: Image.Image) -> _Encoded:
+        """The tracker on ``picture`` for ``model`` (an adapter or ``BASE``, already active),
+        encoded at its first click and kept for the next ones (``CACHED_ENCODINGS``)."""
+        if (key, model) in self._encoded:
+            self._encoded.move_to_end((key, model))
+            return self._encoded[key, model]
+        parameter = next(self.engine.model.parameters())
+        pixels = self.engine.processor.images([picture]).to(parameter.device, parameter.dtype)
+        predictor = ObjectPredictor(_Recorded(self.engine.model), pixels, (picture.height, picture.width))
+        self._encoded[key, model] = _Encoded(predictor)
+        while len(self._encoded) > CACHED_ENCODINGS:
+            self._encoded.popitem(last=False)
+        return self._encoded[key, model]
+
+    @staticmethod
+    def _replay(encoded: _Encoded, points: np.ndarray | None, labels: np.ndarray | None,
+                box: np.ndarray | None) -> dict:
+        """The object after every click in order, each refining the previous click's mask
+        (``validate``'s click protocol), as one detection (``serve.tracker.as_prediction``).
+
+        The answer depends on the clicks alone, as if replayed from the first (undoing a click
+        gives back the mask shown before it); the clicks already replayed on this image are
+        resumed from their stored mask logits, so only the new ones run the decoder."""
+        clicks = [] if points is None else [(*map(float, p), int(m)) for p, m in zip(points, labels, strict=True)]
+        frame = None if box is None else tuple(map(float, box))
+        # The last click always runs: it gives the full-size mask.
+        done = min(encoded.shared(frame, clicks), max(len(clicks) - 1, 0))
+        predictor = encoded.predictor
+        predictor.previous = encoded.logits[done - 1] if done else None
+        encoded.box, encoded.clicks = frame, clicks
+        del encoded.logits[done:]
+        for step in range(done + 1, len(clicks) + 1) if clicks else [None]:
+            mask = predictor(None if step is None else points[:step],
+                             None if step is None else labels[:step], box)
+            encoded.logits.append(predictor.previous)
+        output = predictor.model.output
+        answer = {"mask": mask.numpy(), "score": float(output.iou_scores[0, 0].float().max()),
+                  "object_score": float(torch.sigmoid(output.object_score_logits.float()).flatten()[0])}
+        return as_prediction(answer)

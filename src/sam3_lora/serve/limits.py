@@ -18,6 +18,10 @@ MAX_PROMPT_TEXT = 2000
 """Characters in the prompts box, and in the box-prompts box: what the page lets one type.
 Checked again on the server, where a script can send anything (a 300,000-character prompt
 held the app's one model queue for 25 s). SAM3 reads 32 tokens of a prompt anyway."""
+MAX_CLICKS = 64
+"""Clicks on one object in the app (``model.task: interactive``). Each request replays them
+all through the tracker's mask decoder (one pass per click, the image encoded once), so
+this bounds a request's work; SAM's click protocols stop at 20."""
 MAX_DETECTIONS = 20
 """Detections kept per prompt, best first (SAM3 proposes 200). Masks are kept at the image's
 size, a byte a pixel each, so this bounds a request's masks whatever the threshold (at
