@@ -751,7 +751,12 @@ def check_together(config: Config, where: str = "config") -> None:
 
 def check_method_keys(lora: LoRAConfig, where: str = "config") -> None:
     """Refuse a ``lora`` key that ``lora.method`` does not read (e.g. ``use_dora`` with loha):
-    it would silently do nothing."""
+    it would silently do nothing; and an AdaLoRA that starts below where it ends."""
+    init_rank = lora.adalora_init_rank
+    if lora.method == "adalora" and init_rank is not None and init_rank <= lora.rank:
+        raise ConfigError(f"{where}: lora.adalora_init_rank={init_rank} is not above lora.rank={lora.rank}: AdaLoRA "
+                          f"starts at the first and removes rank down to the second; raise lora.adalora_init_rank "
+                          f"or lower lora.rank")
     key = lora.foreign_key()
     if key is not None:
         readers = [method for method, keys in METHOD_KEYS.items() if key in keys]

@@ -6,7 +6,7 @@ import torch
 
 from sam3_lora.config import METHODS, LoRAConfig, load_config
 from sam3_lora.errors import AdapterError, ConfigError
-from sam3_lora.lora.adapter import load_adapter, read_metadata, save_adapter
+from sam3_lora.lora.adapter import load_adapter, load_lora_weights, read_metadata, save_adapter
 from sam3_lora.lora.apply import adapter_ranks, apply_lora_to_model, preview, training_hooks
 from sam3_lora.model.adapter_parameters import is_adapter_parameter
 from sam3_lora.model.loading import load_sam3
@@ -99,6 +99,18 @@ def test_adalora_ranks_move_are_printed_and_saved(tmp_path, tiny_inputs, predict
     assert differ(predict(reloaded), predict(model)) <= RELOAD_TOLERANCE["adalora"]
 
 
+def test_a_pruned_adalora_adapter_resumes_into_its_training_shape(tmp_path, tiny_inputs, predict, differ):
+    """A checkpoint holds only the ranks AdaLoRA kept; resuming (``load_lora_weights`` into the
+    run's freshly applied adapter) puts them back at their places, the dropped ones zero."""
+    config = method_config("adalora", rank=2, adalora_init_rank=6)
+    model = apply_lora_to_model(fresh_base(), config, verbose=False)
+    train(model, tiny_inputs, steps=10)
+    save_adapter(model, tmp_path / "checkpoint")
+    resumed = load_lora_weights(apply_lora_to_model(fresh_base(), config, verbose=False), tmp_path / "checkpoint")
+    assert differ(predict(resumed), predict(model)) == 0.0   # the same tensors as in training
+    assert adapter_ranks(resumed) == adapter_ranks(model)
+
+
 def test_adalora_needs_steps_to_allocate(tiny):
     model = apply_lora_to_model(tiny.model, method_config("adalora"), verbose=False)
     with pytest.raises(ConfigError, match="lora.method=adalora needs at least 2 optimiser steps.*has 1"):
@@ -120,6 +132,11 @@ def test_a_key_the_method_does_not_read_is_one_line(override, message):
     with pytest.raises(ConfigError, match=message) as error:
         load_config(TINY_CONFIG, ["lora.method=loha", override])
     assert "\n" not in str(error.value) and str(TINY_CONFIG) in str(error.value)
+
+
+def test_adalora_must_start_above_its_final_rank():
+    with pytest.raises(ConfigError, match="lora.adalora_init_rank=8 is not above lora.rank=8"):
+        load_config(TINY_CONFIG, ["lora.method=adalora", "lora.adalora_init_rank=8"])
 
 
 def test_a_python_built_config_is_checked_too(tiny):
@@ -146,3 +163,25 @@ def test_info_prints_each_methods_table(method):
     assert f"method {method}" in text
     table = {line.split()[0]: line.split() for line in text.splitlines()[2:]}
     assert int(table["vision_encoder"][1]) > 0 and int(table["total"][2].replace(",", "")) > 0
+
+
+def test_readme_method_table_matches_the_architecture():
+    """The README's trainable counts per method, on the full-size SAM3 (meta device: shapes only)."""
+    import re
+    from pathlib import Path
+
+    from transformers import Sam3Model
+
+    from sam3_lora.lora.apply import count_parameters
+    from sam3_lora.model.loading import load_sam3_config
+
+    readme = (Path(__file__).parents[2] / "README.md").read_text()
+    architecture = load_sam3_config("sam3")
+    for method in METHODS:
+        row = re.search(rf"^\| `{method}` \|.*\| ([\d,]+)[^|]*\|$", readme, re.MULTILINE)
+        assert row, f"README has no table row for {method}"
+        layers = ["lora.target_modules=[q_proj,v_proj,fc2]"] if method == "ia3" else []
+        config = load_config(None, [f"lora.method={method}", *layers]).lora
+        with torch.device("meta"):
+            model = apply_lora_to_model(Sam3Model(architecture), config, verbose=False)
+        assert int(row[1].replace(",", "")) == count_parameters(model).trainable, method

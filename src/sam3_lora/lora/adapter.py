@@ -31,7 +31,7 @@ from sam3_lora.config import MAX_RANK, METHODS, LoRAConfig
 from sam3_lora.errors import AdapterError
 from sam3_lora.files import atomic_folder
 from sam3_lora.lora.apply import adapter_ranks, peft_quietly
-from sam3_lora.model.adapter_parameters import is_adapter_parameter, split_adapter_name
+from sam3_lora.model.adapter_parameters import is_adapter_parameter, is_derived, split_adapter_name
 from sam3_lora.model.folders import METADATA_FILE, PICKLE_SUFFIXES, pickle_refusal
 from sam3_lora.model.tensor_files import read_tensors
 from sam3_lora.values import is_finite
@@ -393,13 +393,42 @@ def load_lora_weights(model: nn.Module, path: str | Path) -> nn.Module:
     if not hasattr(model, "peft_config"):
         raise AdapterError(f"{path}: the model has no LoRA yet; use load_adapter(model, path) for a bare base")
     check_lora_shape(model, path)
-    tensors = read_lora_tensors(model, path, read_peft_config(path))
+    saved_config = read_peft_config(path)
+    tensors = read_lora_tensors(model, path, saved_config)
     with _peft_errors(path):
-        result = set_peft_model_state_dict(model, tensors)
-    missing = [k for k in result.missing_keys if is_adapter_parameter(k)]
+        result = set_peft_model_state_dict(model, _unpruned(tensors, saved_config, path))
+    missing = [k for k in result.missing_keys if is_adapter_parameter(k) and not is_derived(k)]
     if missing:
         raise AdapterError(f"{path}: adapter lacks {len(missing)} LoRA tensors the model has (first: {missing[0]})")
+    if saved_config.get("rank_pattern") and saved_config["peft_type"] == "ADALORA":
+        # AdaLoRA goes on masking to these ranks (a resumed run's allocation restarts its
+        # importance estimates: they are not in the checkpoint)
+        model.peft_config["default"].rank_pattern = saved_config["rank_pattern"]
     return model
+
+
+def _unpruned(tensors: dict[str, torch.Tensor], peft_config: dict, path: str | Path) -> dict[str, torch.Tensor]:
+    """An AdaLoRA adapter's tensors at their ``init_r`` ranks, as training holds them: PEFT
+    saves only the ranks the allocation kept (``rank_pattern``); the dropped ones are zero
+    (masked). Other adapters' tensors as they are."""
+    if peft_config["peft_type"] != "ADALORA" or not peft_config.get("rank_pattern"):
+        return tensors
+    kept = {layer.removesuffix(".lora_E"): torch.tensor(mask) for layer, mask in peft_config["rank_pattern"].items()}
+    full = {}
+    for key, tensor in tensors.items():
+        layer, _, part = key.removeprefix("base_model.model.").rpartition(".")
+        mask = kept.get(layer)
+        if mask is None or part not in ("lora_A", "lora_B", "lora_E"):
+            full[key] = tensor
+            continue
+        dim = 1 if part == "lora_B" else 0
+        if tensor.shape[dim] != int(mask.sum()):
+            raise AdapterError(f"{path}: {key[:100]} holds {tensor.shape[dim]} ranks but rank_pattern keeps "
+                               f"{int(mask.sum())}; the adapter's files do not belong together")
+        shape = list(tensor.shape)
+        shape[dim] = len(mask)
+        full[key] = tensor.new_zeros(shape).index_copy_(dim, mask.nonzero().squeeze(1), tensor)
+    return full
 
 
 def _describe(arch: dict) -> str:

@@ -41,3 +41,10 @@ def split_adapter_name(name: str) -> tuple[str, str] | None:
 def is_adapter_parameter(name: str) -> bool:
     """Whether the parameter, module or state-dict key ``name`` belongs to an adapter."""
     return split_adapter_name(name) is not None
+
+
+def is_derived(name: str) -> bool:
+    """Whether the adapter tensor ``name`` follows from the adapter's config and is not saved
+    (AdaLoRA's ``ranknum``)."""
+    split = split_adapter_name(name)
+    return split is not None and split[1].split(".", 1)[0] in EXTRA_NAMES
