@@ -184,10 +184,14 @@ def adalora_config(config: LoRAConfig, targets: list[str]):
     until ``training_hooks`` fits the schedule to the run."""
     from peft import AdaLoraConfig
 
-    init_rank = config.adalora_init_rank or math.ceil(1.5 * config.rank)
-    return AdaLoraConfig(target_r=config.rank, init_r=init_rank, lora_alpha=config.alpha,
+    return AdaLoraConfig(target_r=config.rank, init_r=adalora_init_rank(config), lora_alpha=config.alpha,
                          lora_dropout=config.dropout, target_modules=targets, deltaT=1,
                          **adalora_schedule(PLANNED_STEPS))
+
+
+def adalora_init_rank(config: LoRAConfig) -> int:
+    """The rank every layer starts at: ``lora.adalora_init_rank``, by default 1.5 x ``lora.rank``."""
+    return config.adalora_init_rank or math.ceil(1.5 * config.rank)
 
 
 def adalora_schedule(total_steps: int) -> dict[str, int]:
@@ -329,12 +333,15 @@ def format_summary(summary: dict[str, tuple[int, int]], count: ParameterCount) -
 
 
 def describe_method(config: LoRAConfig) -> str:
-    """The method and the keys it reads, e.g. 'method loha, rank 8, alpha 16'."""
-    shown = {"rank": "rank", "alpha": "alpha", "dropout": "dropout", "adalora_init_rank": "initial rank"}
-    keys = [key for key in METHOD_KEYS[config.method] if key in shown
-            and (key not in ("dropout", "adalora_init_rank") or getattr(config, key))]
+    """The method and the keys it reads, e.g. 'method loha, rank 8, alpha 16', or for AdaLoRA
+    'method adalora, rank 12 -> 8 on average, alpha 16'."""
+    values = {"rank": f"rank {config.rank}", "alpha": f"alpha {config.alpha:g}",
+              "dropout": f"dropout {config.dropout:g}" if config.dropout else None}
+    if config.method == "adalora":
+        values["rank"] = f"rank {adalora_init_rank(config)} -> {config.rank} on average"
+    shown = [values[key] for key in METHOD_KEYS[config.method] if values.get(key)]
     flags = [key for key in ("use_rslora", "use_dora") if getattr(config, key)]
-    return ", ".join([f"method {config.method}", *(f"{shown[k]} {getattr(config, k):g}" for k in keys), *flags])
+    return ", ".join([f"method {config.method}", *shown, *flags])
 
 
 def lora_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
