@@ -144,6 +144,16 @@ def test_a_python_built_config_is_checked_too(tiny):
         apply_lora_to_model(tiny.model, LoRAConfig(method="ia3", rank=4), verbose=False)
 
 
+def test_a_layer_the_method_cannot_adapt_is_one_line():
+    """VeRA adapts Linear layers only; the tracker's prompt encoder has convolutions alone."""
+    from sam3_lora.model.tracker import load_tracker
+
+    config = LoRAConfig(method="vera", target_modules=["all"], apply_to_vision_encoder=False,
+                        apply_to_prompt_encoder=True)
+    with pytest.raises(ConfigError, match="lora.method=vera: PEFT cannot adapt the selected layers .No layers types"):
+        apply_lora_to_model(load_tracker("sam3-tiny").model, config, verbose=False)
+
+
 def test_configs_without_a_method_stay_lora():
     assert load_config(TINY_CONFIG).lora.method == "lora"
 

@@ -1,4 +1,9 @@
-"""LoRA on chosen parts of SAM3 (or any torch model), with PEFT as the engine.
+"""LoRA (or another ``lora.method``) on chosen parts of SAM3 (or any torch model), with PEFT
+as the engine.
+
+``peft_config`` is the one place the ``lora`` section becomes a method's PEFT config;
+``training_hooks`` is what a method adds to the training loop (AdaLoRA: its per-step rank
+allocation), and ``adapter_ranks`` the ranks it ended with.
 
 We compute the exact set of Linear layers to adapt from the ``lora`` config (components x
 layer names) and hand PEFT that list, so a selection can never silently match nothing. (PEFT
