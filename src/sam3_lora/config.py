@@ -181,7 +181,8 @@ class LoRAConfig(Section):
     update is the Hadamard product of two rank-``rank`` products); ``lokr`` (a Kronecker
     product with a rank-``rank`` factor); ``adalora`` (LoRA in SVD form whose rank per layer is
     re-allocated during training, from ``adalora_init_rank`` down to ``rank`` on average:
-    the final ranks are printed, logged and saved with the adapter); ``vera`` (one pair of
+    the final ranks are printed, logged and saved with the adapter; PEFT's orthogonality
+    penalty is not added, as SAM3's loss is computed outside the model); ``vera`` (one pair of
     frozen random projections of rank ``rank`` shared by every layer, with two trained scaling
     vectors per layer: the fewest parameters of the low-rank methods); ``ia3`` (one trained
     scale per feature of each layer's output, of the input of ``fc2``-type layers: no rank).

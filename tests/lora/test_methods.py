@@ -7,7 +7,13 @@ import torch
 from sam3_lora.config import METHODS, LoRAConfig, load_config
 from sam3_lora.errors import AdapterError, ConfigError
 from sam3_lora.lora.adapter import load_adapter, load_lora_weights, read_metadata, save_adapter
-from sam3_lora.lora.apply import adapter_ranks, apply_lora_to_model, preview, training_hooks
+from sam3_lora.lora.apply import (
+    adapter_ranks,
+    apply_lora_to_model,
+    format_ranks,
+    preview,
+    training_hooks,
+)
 from sam3_lora.model.adapter_parameters import is_adapter_parameter
 from sam3_lora.model.loading import load_sam3
 from tests.conftest import TINY_CONFIG
@@ -92,6 +98,8 @@ def test_adalora_ranks_move_are_printed_and_saved(tmp_path, tiny_inputs, predict
     ranks = adapter_ranks(model)
     assert len(set(ranks.values())) > 1, ranks   # the allocation moved rank between layers
     assert sum(ranks.values()) == 2 * len(ranks)   # to the budget: lora.rank on average
+    vit = [rank for layer, rank in ranks.items() if layer.startswith("vision_encoder.")]
+    assert format_ranks(ranks).startswith(f"ranks: vision_encoder {sum(vit)} over {len(vit)} layers (mean ")
     save_adapter(model, tmp_path / "a", base_source="sam3-tiny")
     assert read_metadata(tmp_path / "a")["ranks"] == ranks
     reloaded = load_adapter(fresh_base(), tmp_path / "a")
