@@ -158,19 +158,50 @@ class ModelConfig(Section):
     export dequantizes first. Not with ``training.method=full``."""
 
 
+# The adapter methods ``lora.method`` chooses among, each PEFT's (0.21) of the same name.
+Method = Literal["lora", "loha", "lokr", "adalora", "vera", "ia3"]
+METHODS: tuple[str, ...] = typing.get_args(Method)
+# The ``lora`` keys each method reads; the others keep their defaults under it (``check_together``).
+# The component switches and ``target_modules`` apply to every method.
+METHOD_KEYS = {
+    "lora": ("rank", "alpha", "dropout", "use_rslora", "use_dora"),
+    "loha": ("rank", "alpha"),
+    "lokr": ("rank", "alpha"),
+    "adalora": ("rank", "alpha", "dropout", "adalora_init_rank"),
+    "vera": ("rank", "dropout"),
+    "ia3": (),
+}
+
+
 class LoRAConfig(Section):
     """Where LoRA goes and how big it is. Also the seed API's ``LoRAConfig(...)``."""
 
+    method: Method = "lora"
+    """The adapter method (PEFT's): ``lora`` (W + B A, scaled by alpha / rank); ``loha`` (the
+    update is the Hadamard product of two rank-``rank`` products); ``lokr`` (a Kronecker
+    product with a rank-``rank`` factor); ``adalora`` (LoRA in SVD form whose rank per layer is
+    re-allocated during training, from ``adalora_init_rank`` down to ``rank`` on average:
+    the final ranks are printed, logged and saved with the adapter; PEFT's orthogonality
+    penalty is not added, as SAM3's loss is computed outside the model); ``vera`` (one pair of
+    frozen random projections of rank ``rank`` shared by every layer, with two trained scaling
+    vectors per layer: the fewest parameters of the low-rank methods); ``ia3`` (one trained
+    scale per feature of each layer's output, of the input of ``fc2``-type layers: no rank).
+    Each reads only some keys of this section (``rank``, ``alpha``, ``dropout``, ...: each key
+    says which); a key another method reads, set with one that does not, is refused. Every
+    method merges into the base (``export --merged``)."""
     rank: int = Field(default=8, gt=0, le=MAX_RANK)
     """LoRA rank r: the inner dimension of each low-rank update, 1 to 1024 (SAM3's widest
-    layer side: a higher rank adds nothing). Trainable parameters grow linearly with it."""
+    layer side: a higher rank adds nothing). Trainable parameters grow linearly with it.
+    Methods: lora, loha, lokr (their factors' rank), adalora (the average rank it ends with),
+    vera (the shared projections' rank: grows only those frozen buffers)."""
 
     alpha: float = Field(default=16.0, gt=0)
     """LoRA scaling numerator: updates are scaled by alpha / rank (alpha / sqrt(rank) with
-    ``use_rslora``). Twice the rank is the usual choice."""
+    ``use_rslora``). Twice the rank is the usual choice. Methods: lora, loha, lokr, adalora."""
 
     dropout: float = Field(default=0.0, ge=0.0, lt=1.0)
-    """Dropout on the LoRA branch input during training; 0 disables it."""
+    """Dropout on the LoRA branch input during training; 0 disables it. Methods: lora,
+    adalora, vera."""
 
     target_modules: list[str] = Field(default_factory=lambda: ["q_proj", "v_proj"])
     """Layer names to adapt inside the chosen components: ``q_proj``, ``k_proj``, ``v_proj``,
@@ -207,10 +238,18 @@ class LoRAConfig(Section):
     object-score heads'); ``all`` adds those heads' middle layers."""
 
     use_rslora: bool = False
-    """Rank-stabilised LoRA: scale by alpha / sqrt(rank), which keeps high ranks trainable."""
+    """Rank-stabilised LoRA: scale by alpha / sqrt(rank), which keeps high ranks trainable.
+    Method: lora."""
 
     use_dora: bool = False
-    """DoRA: learn a magnitude per output feature besides the low-rank direction (slower)."""
+    """DoRA: learn a magnitude per output feature besides the low-rank direction (slower).
+    Method: lora."""
+
+    adalora_init_rank: int | None = Field(default=None, gt=0, le=MAX_RANK)
+    """AdaLoRA's rank per layer at the start, before its allocation moves rank to the layers
+    that matter (each layer ends between 0 and this; on average at ``rank``). None: 1.5 x
+    ``rank``, rounded up. Its schedule follows the run's steps: ranks stay for the first 10%,
+    are re-allocated every step until the last 20%, then fixed. Method: adalora."""
 
     @field_validator("target_modules")
     @classmethod
@@ -222,6 +261,15 @@ class LoRAConfig(Section):
     def components(self) -> list[str]:
         """The components switched on, in pipeline order."""
         return [name for name in COMPONENTS if getattr(self, f"apply_to_{name}")]
+
+    def foreign_key(self) -> str | None:
+        """The first key set away from its default that ``method`` does not read, or None."""
+        read = METHOD_KEYS[self.method]
+        for name in dict.fromkeys(key for keys in METHOD_KEYS.values() for key in keys):
+            if name not in read and getattr(self, name) != type(self).model_fields[name].get_default(
+                    call_default_factory=True):
+                return name
+        return None
 
 
 class DataConfig(Section):
@@ -692,6 +740,7 @@ def validate_config(raw: dict[str, Any], where: str = "config",
 
 def check_together(config: Config, where: str = "config") -> None:
     """Keys that are each valid but cannot go together."""
+    check_method_keys(config.lora, where)
     if config.model.quantize != "none" and config.training.method == "full":
         raise ConfigError(f"{where}: model.quantize={config.model.quantize} cannot be trained with "
                           f"training.method=full (quantized weights take no gradients); set "
@@ -699,6 +748,21 @@ def check_together(config: Config, where: str = "config") -> None:
     if config.model.task == "interactive" and config.model.quantize != "none":   # the tracker's loading has none yet
         raise ConfigError(f"{where}: model.quantize={config.model.quantize} is not available with "
                           f"model.task=interactive yet; set model.quantize=none")
+
+
+def check_method_keys(lora: LoRAConfig, where: str = "config") -> None:
+    """Refuse a ``lora`` key that ``lora.method`` does not read (e.g. ``use_dora`` with loha):
+    it would silently do nothing; and an AdaLoRA that starts below where it ends."""
+    init_rank = lora.adalora_init_rank
+    if lora.method == "adalora" and init_rank is not None and init_rank <= lora.rank:
+        raise ConfigError(f"{where}: lora.adalora_init_rank={init_rank} is not above lora.rank={lora.rank}: AdaLoRA "
+                          f"starts at the first and removes rank down to the second; raise lora.adalora_init_rank "
+                          f"or lower lora.rank")
+    key = lora.foreign_key()
+    if key is not None:
+        readers = [method for method, keys in METHOD_KEYS.items() if key in keys]
+        raise ConfigError(f"{where}: lora.{key}={getattr(lora, key)} does not apply to lora.method={lora.method} "
+                          f"(only to {', '.join(readers)}); remove lora.{key}, or choose one of those methods")
 
 
 def _apply_override(raw: dict[str, Any], item: str) -> tuple[str, ...]:

@@ -35,6 +35,28 @@ def test_merged_export_loads_with_plain_transformers(tmp_path, adapter, predict,
     assert not any(p.name.startswith("adapter_") for p in out.iterdir())
 
 
+@pytest.mark.parametrize("method", ["loha", "lokr", "adalora", "vera", "ia3"])
+def test_every_method_exports_merged(method, tmp_path, tiny, predict, differ):
+    """Every ``lora.method`` merges into the base (none needs a refusal in PEFT 0.21)."""
+    from sam3_lora.lora.adapter import save_adapter
+    from sam3_lora.model.adapter_parameters import is_adapter_parameter
+
+    rank = {} if method == "ia3" else {"rank": 4}
+    model = apply_lora_to_model(tiny.model, LoRAConfig(method=method, target_modules=["q_proj", "v_proj", "fc2"],
+                                                       **rank), verbose=False)
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():   # non-zero adapter weights, standing in for a trained adapter
+        for name, parameter in model.named_parameters():
+            if is_adapter_parameter(name) and parameter.requires_grad:
+                parameter.add_(torch.randn(parameter.shape, generator=generator) * 0.5)
+    folder = save_adapter(model.eval(), tmp_path / "adapter", base_source="sam3-tiny")
+    out = export_merged(folder, tmp_path / "merged")
+    plain = Sam3Model.from_pretrained(out).eval()
+    # the adapter is in (IA3's scales move the random tiny model's outputs least: 3e-5)
+    assert differ(predict(plain), predict(load_sam3("sam3-tiny", seed=0).model)) > 1e-5
+    assert differ(predict(plain), predict(model)) < 1e-6   # folded in float32
+
+
 def test_merged_export_takes_its_base_from_the_adapter(tmp_path, adapter, predict, differ):
     folder, adapted = adapter
     out = export_merged(folder, tmp_path / "merged")          # no config: sam3-tiny from sam3_lora.json

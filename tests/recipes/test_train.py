@@ -60,6 +60,23 @@ def test_lowers_training_and_held_out_loss(shapes, tmp_path):
     assert summary["best_value"] < 0.75 * before, (before, summary["best_value"])
 
 
+def test_adalora_allocates_through_the_loops_hook_and_logs_its_final_ranks(shapes, tmp_path):
+    """The loop runs the method's after-step hooks (AdaLoRA's allocation, its schedule fitted to
+    the run's 6 steps); the final ranks are logged and saved with the adapter."""
+    from sam3_lora.lora.adapter import read_metadata
+    from sam3_lora.lora.apply import component_ranks
+
+    trainer = trainer_for(shapes, tmp_path, "lora.method=adalora", "lora.rank=2", "training.max_steps=6",
+                          "training.eval_every_steps=6")
+    assert len(trainer.after_optimizer_step) == 1
+    trainer.train()
+    saved = read_metadata(tmp_path / "run" / "last")
+    assert saved["method"] == "adalora" and len(set(saved["ranks"].values())) > 1   # the ranks moved
+    logged = [r for r in metrics(tmp_path / "run") if "adapter_ranks" in r]
+    assert logged == [{"step": 6, "adapter_ranks": component_ranks(saved["ranks"])}]
+    assert sum(info["total"] for info in logged[0]["adapter_ranks"].values()) == 2 * len(saved["ranks"])
+
+
 # ---- every training key has an effect -----------------------------------------------------
 
 COVERED = set()

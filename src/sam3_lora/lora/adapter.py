@@ -5,12 +5,14 @@ An adapter folder holds PEFT's ``adapter_config.json`` and ``adapter_model.safet
 
     format         "sam3-lora-adapter/1"
     base_model     {"source": ..., "architecture": {...}}   what the adapter was trained on
+    method         the adapter's method (``lora.method``: lora, loha, lokr, adalora, vera, ia3)
     lora           the ``lora`` config section that selected the layers
+    ranks          AdaLoRA only: adapted layer -> its rank after training's allocation
     prompts        the prompt vocabulary the training used
     sam3_lora_version
 
-Loading checks the files' form, the base's architecture, the LoRA shapes and that every
-value is finite before any tensor is copied, and fails with one line naming what is wrong
+Loading checks the files' form, the base's architecture, the LoRA shapes (for the other
+methods: that each tensor adapts a layer of the base) and that every value is finite before any tensor is copied, and fails with one line naming what is wrong
 (for a misfit, both sides). Nothing is read with pickle.
 """
 
@@ -25,16 +27,24 @@ from pydantic import ValidationError
 from torch import nn
 
 from sam3_lora import __version__
-from sam3_lora.config import MAX_RANK, LoRAConfig
+from sam3_lora.config import MAX_RANK, METHODS, LoRAConfig
 from sam3_lora.errors import AdapterError
 from sam3_lora.files import atomic_folder
-from sam3_lora.lora.apply import peft_quietly
+from sam3_lora.lora.apply import adapter_ranks, peft_quietly
+from sam3_lora.model.adapter_parameters import is_adapter_parameter, is_derived, split_adapter_name
 from sam3_lora.model.folders import METADATA_FILE, PICKLE_SUFFIXES, pickle_refusal
 from sam3_lora.model.tensor_files import read_tensors
 from sam3_lora.values import is_finite
 
 FORMAT = "sam3-lora-adapter/1"
 PEFT_FILES = ("adapter_config.json", "adapter_model.safetensors")
+PEFT_TYPES = {method.upper(): method for method in METHODS}
+"""PEFT's ``peft_type`` of each ``lora.method`` (``LOHA`` -> loha)."""
+RANK_KEYS = {"LORA": ("r",), "LOHA": ("r",), "LOKR": ("r",), "VERA": ("r",), "ADALORA": ("init_r", "target_r"),
+             "IA3": ()}
+"""The ranks each method's ``adapter_config.json`` holds, each checked to be 1 to ``MAX_RANK``."""
+VERA_PROJECTIONS = ("base_model.vera_A", "base_model.vera_B")
+"""VeRA's shared random projections, saved once for the whole model (frozen buffers)."""
 
 
 def architecture(config) -> dict:
@@ -61,7 +71,7 @@ def _base_architecture(model: nn.Module) -> dict:
 
 def save_adapter(model: nn.Module, folder: str | Path, *, base_source: str = "unknown",
                  prompts: list[str] | None = None, adapter_name: str = "default") -> Path:
-    """Write ``model``'s LoRA adapter to ``folder`` atomically; returns the folder."""
+    """Write ``model``'s adapter (any ``lora.method``) to ``folder`` atomically; returns the folder."""
     folder = Path(folder)
     if folder.exists() and not folder.is_dir():
         raise AdapterError(f"{folder}: is a file; give a folder path for the adapter")
@@ -74,14 +84,18 @@ def write_adapter(model: nn.Module, folder: Path, *, base_source: str = "unknown
                   prompts: list[str] | None = None, adapter_name: str = "default") -> None:
     """PEFT's adapter files plus ``sam3_lora.json``, into the existing folder ``folder``."""
     config = getattr(model, "sam3_lora_config", None)
+    ranks = adapter_ranks(model, adapter_name)
     metadata = {
         "format": FORMAT,
         "base_model": {"source": base_source, "architecture": _base_architecture(model)},
+        "method": PEFT_TYPES.get(str(model.peft_config[adapter_name].peft_type.value), "lora"),
         "lora": config.model_dump(mode="json") if isinstance(config, LoRAConfig) else None,
+        **({"ranks": ranks} if ranks is not None else {}),
         "prompts": sorted(set(prompts or [])),
         "sam3_lora_version": __version__,
     }
-    model.save_pretrained(folder, selected_adapters=[adapter_name])
+    with peft_quietly():
+        model.save_pretrained(folder, selected_adapters=[adapter_name])
     if adapter_name != "default":   # PEFT writes a named adapter into a subfolder
         for path in (folder / adapter_name).iterdir():
             path.rename(folder / path.name)
@@ -149,6 +163,11 @@ def _metadata_problem(metadata) -> str | None:
     prompts = metadata.get("prompts", [])
     if not isinstance(prompts, list) or not all(isinstance(p, str) for p in prompts):
         return "prompts: expected a list of texts"
+    if metadata.get("method", "lora") not in METHODS:
+        return f"method: {_short(metadata.get('method'))} is none of {', '.join(METHODS)}"
+    ranks = metadata.get("ranks", {})
+    if not isinstance(ranks, dict) or not all(_is_int(r) and 0 <= r <= MAX_RANK for r in ranks.values()):
+        return f"ranks: expected an object of layer ranks from 0 to {MAX_RANK}"
     if metadata.get("lora") is not None:
         try:
             LoRAConfig.model_validate(metadata["lora"])
@@ -161,27 +180,33 @@ def _metadata_problem(metadata) -> str | None:
 
 def read_peft_config(folder: str | Path) -> dict:
     """PEFT's ``adapter_config.json``, checked where a bad value would make loading allocate
-    without bound or change the base model: a LoRA config, rank 1 to ``MAX_RANK``, finite
-    alpha, no layer replication, plain initialisation."""
+    without bound or change the base model: the config of one of ``lora.method``'s methods,
+    ranks 1 to ``MAX_RANK``, finite alpha, no layer replication, plain initialisation."""
     path = Path(folder) / "adapter_config.json"
     config = _read_json(path)
     problem = _peft_config_problem(config)
     if problem:
-        raise AdapterError(f"{path}: {problem}; it is not a LoRA adapter config sam3-lora can load")
+        raise AdapterError(f"{path}: {problem}; it is not an adapter config sam3-lora can load")
     return config
 
 
 def _peft_config_problem(config) -> str | None:
     if not isinstance(config, dict):
         return f"expected a JSON object, found {type(config).__name__}"
-    if config.get("peft_type") != "LORA":
-        return f"peft_type is {_short(config.get('peft_type'))}, not LORA"
-    ranks = [("r", config.get("r"))]
-    alphas = [("lora_alpha", config.get("lora_alpha", 8))]
+    peft_type = config.get("peft_type")
+    if peft_type not in PEFT_TYPES:
+        return f"peft_type is {_short(peft_type)}, none of {', '.join(PEFT_TYPES)}"
+    ranks = [(key, config.get(key)) for key in RANK_KEYS[peft_type]]
+    alphas = [(key, config[key]) for key in ("lora_alpha", "alpha") if key in config]
     for key, pairs in (("rank_pattern", ranks), ("alpha_pattern", alphas)):
         pattern = config.get(key) or {}
         if not isinstance(pattern, dict):
             return f"{key}: expected an object"
+        if key == "rank_pattern" and peft_type == "ADALORA":   # layer -> which of init_r ranks it kept
+            if not all(isinstance(kept, list) and len(kept) == config.get("init_r")
+                       and all(isinstance(k, bool) for k in kept) for kept in pattern.values()):
+                return "rank_pattern: expected, per layer, init_r true/false values"
+            continue
         pairs += [(f"{key}.{name[:40]}", value) for name, value in pattern.items()]
     for key, rank in ranks:
         if not _is_int(rank) or not 1 <= rank <= MAX_RANK:
@@ -206,12 +231,16 @@ def _is_int(value) -> bool:
 
 
 def read_lora_tensors(model: nn.Module, folder: str | Path, peft_config: dict) -> dict[str, torch.Tensor]:
-    """The adapter's tensors, each finite and shaped for the layer of ``model`` it adapts
-    (``lora_A`` (r, in), ``lora_B`` (out, r), both present, r as ``adapter_config.json`` says);
-    checked before PEFT allocates or copies anything."""
+    """The adapter's tensors, each finite and adapting a layer of ``model``; LoRA's shaped for
+    it (``lora_A`` (r, in), ``lora_B`` (out, r), both present, r as ``adapter_config.json``
+    says); checked before PEFT allocates or copies anything. (The other methods' shapes follow
+    from their config; PEFT refuses a misfit, which ``load_adapter`` reports in one line.)"""
     path = Path(folder) / "adapter_model.safetensors"
     tensors = read_tensors(path, AdapterError)
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    if peft_config.get("peft_type") != "LORA":
+        _check_adapted_layers(base, path, tensors)
+        return tensors
     ranks: dict[str, dict[str, int]] = {}
     for key, tensor in tensors.items():
         module_path, found, rest = key.removeprefix("base_model.model.").partition(".lora_")
@@ -230,6 +259,25 @@ def read_lora_tensors(model: nn.Module, folder: str | Path, peft_config: dict) -
             raise AdapterError(f"{path}: {module_path[:100]} has rank {rank['A']} but adapter_config.json says "
                                f"r={peft_config['r']}; the adapter's files do not belong together")
     return tensors
+
+
+def _check_adapted_layers(base: nn.Module, path: Path, tensors: dict[str, torch.Tensor]) -> None:
+    """Raise unless every tensor is an adapter's, on a Linear or Conv2d layer of ``base``."""
+    for key in tensors:
+        if key.startswith(VERA_PROJECTIONS):
+            continue
+        split = split_adapter_name(key.removeprefix("base_model.model."))
+        problem = "not an adapter tensor" if split is None else None
+        if split is not None:
+            try:
+                layer = base.get_submodule(split[0])
+            except AttributeError:
+                layer, problem = None, "the model has no such layer"
+            layer = getattr(layer, "base_layer", layer)
+            if problem is None and not isinstance(layer, (nn.Linear, nn.Conv2d)):
+                problem = f"adapts a {type(layer).__name__}, not a Linear layer"
+        if problem:
+            raise AdapterError(f"{path}: {key[:100]}: {problem}; the adapter does not fit this base model")
 
 
 def _lora_tensor_problem(base: nn.Module, module_path: str, which: str, tensor: torch.Tensor) -> str | None:
@@ -281,10 +329,11 @@ def check_lora_shape(model: nn.Module, folder: str | Path) -> None:
     if peft_config is None:
         return
     saved_config = read_peft_config(folder)
-    for key in ("r", "target_modules", "use_dora"):
+    for key in ("peft_type", "r", "init_r", "target_modules", "use_dora"):
         mine, theirs = peft_config.to_dict().get(key), saved_config.get(key)
         if isinstance(mine, (list, set)) or isinstance(theirs, (list, set)):
             mine, theirs = sorted(mine or []), sorted(theirs or [])
+        mine = getattr(mine, "value", mine)   # PeftType.LOHA -> "LOHA"
         if mine != theirs:
             raise AdapterError(
                 f"{folder}: adapter has {key}={_short(theirs)} but the model's LoRA has "
@@ -304,7 +353,10 @@ def load_adapter(model: nn.Module, folder: str | Path, *, adapter_name: str = "d
 
     metadata = read_metadata(folder)
     check_base(model, folder, metadata)
-    read_lora_tensors(model, folder, read_peft_config(folder))
+    peft_config = read_peft_config(folder)
+    read_lora_tensors(model, folder, peft_config)
+    if isinstance(model, PeftModel):
+        check_same_method(model, folder, peft_config)
     with _peft_errors(folder):
         if isinstance(model, PeftModel):
             model.load_adapter(str(folder), adapter_name=adapter_name, is_trainable=is_trainable)
@@ -314,6 +366,16 @@ def load_adapter(model: nn.Module, folder: str | Path, *, adapter_name: str = "d
     if metadata.get("lora"):
         peft_model.sam3_lora_config = LoRAConfig.model_validate(metadata["lora"])
     return peft_model
+
+
+def check_same_method(model: nn.Module, folder: str | Path, peft_config: dict) -> None:
+    """Raise if the adapter in ``folder`` is of another method than the adapters ``model``
+    carries (PEFT switches by name only between adapters of one method)."""
+    theirs = PEFT_TYPES[peft_config["peft_type"]]
+    mine = PEFT_TYPES.get(str(getattr(model.peft_type, "value", model.peft_type)), "lora")
+    if theirs != mine:
+        raise AdapterError(f"{folder}: a {theirs} adapter cannot join this model's {mine} adapters (PEFT switches "
+                           f"between adapters of one method); load it onto its own base model")
 
 
 def save_lora_weights(model: nn.Module, path: str | Path, **metadata) -> Path:
@@ -331,13 +393,42 @@ def load_lora_weights(model: nn.Module, path: str | Path) -> nn.Module:
     if not hasattr(model, "peft_config"):
         raise AdapterError(f"{path}: the model has no LoRA yet; use load_adapter(model, path) for a bare base")
     check_lora_shape(model, path)
-    tensors = read_lora_tensors(model, path, read_peft_config(path))
+    saved_config = read_peft_config(path)
+    tensors = read_lora_tensors(model, path, saved_config)
     with _peft_errors(path):
-        result = set_peft_model_state_dict(model, tensors)
-    missing = [k for k in result.missing_keys if "lora_" in k]
+        result = set_peft_model_state_dict(model, _unpruned(tensors, saved_config, path))
+    missing = [k for k in result.missing_keys if is_adapter_parameter(k) and not is_derived(k)]
     if missing:
         raise AdapterError(f"{path}: adapter lacks {len(missing)} LoRA tensors the model has (first: {missing[0]})")
+    if saved_config.get("rank_pattern") and saved_config["peft_type"] == "ADALORA":
+        # AdaLoRA goes on masking to these ranks (a resumed run's allocation restarts its
+        # importance estimates: they are not in the checkpoint)
+        model.peft_config["default"].rank_pattern = saved_config["rank_pattern"]
     return model
+
+
+def _unpruned(tensors: dict[str, torch.Tensor], peft_config: dict, path: str | Path) -> dict[str, torch.Tensor]:
+    """An AdaLoRA adapter's tensors at their ``init_r`` ranks, as training holds them: PEFT
+    saves only the ranks the allocation kept (``rank_pattern``); the dropped ones are zero
+    (masked). Other adapters' tensors as they are."""
+    if peft_config["peft_type"] != "ADALORA" or not peft_config.get("rank_pattern"):
+        return tensors
+    kept = {layer.removesuffix(".lora_E"): torch.tensor(mask) for layer, mask in peft_config["rank_pattern"].items()}
+    full = {}
+    for key, tensor in tensors.items():
+        layer, _, part = key.removeprefix("base_model.model.").rpartition(".")
+        mask = kept.get(layer)
+        if mask is None or part not in ("lora_A", "lora_B", "lora_E"):
+            full[key] = tensor
+            continue
+        dim = 1 if part == "lora_B" else 0
+        if tensor.shape[dim] != int(mask.sum()):
+            raise AdapterError(f"{path}: {key[:100]} holds {tensor.shape[dim]} ranks but rank_pattern keeps "
+                               f"{int(mask.sum())}; the adapter's files do not belong together")
+        shape = list(tensor.shape)
+        shape[dim] = len(mask)
+        full[key] = tensor.new_zeros(shape).index_copy_(dim, mask.nonzero().squeeze(1), tensor)
+    return full
 
 
 def _describe(arch: dict) -> str:

@@ -1,4 +1,9 @@
-"""LoRA on chosen parts of SAM3 (or any torch model), with PEFT as the engine.
+"""LoRA (or another ``lora.method``) on chosen parts of SAM3 (or any torch model), with PEFT
+as the engine.
+
+``peft_config`` is the one place the ``lora`` section becomes a method's PEFT config;
+``training_hooks`` is what a method adds to the training loop (AdaLoRA: its per-step rank
+allocation), and ``adapter_ranks`` the ranks it ended with.
 
 We compute the exact set of Linear layers to adapt from the ``lora`` config (components x
 layer names) and hand PEFT that list, so a selection can never silently match nothing. (PEFT
@@ -21,16 +26,19 @@ Names from Meta's original SAM3 code map to these: ``qkv`` -> q_proj, k_proj, v_
 from __future__ import annotations
 
 import contextlib
+import math
 import warnings
 from collections import defaultdict
+from collections.abc import Callable
 from typing import NamedTuple
 
 import torch
 from torch import nn
 from transformers import Sam3Model, Sam3TrackerModel
 
-from sam3_lora.config import COMPONENTS, Config, LoRAConfig
+from sam3_lora.config import COMPONENTS, METHOD_KEYS, Config, LoRAConfig, check_method_keys
 from sam3_lora.errors import ConfigError
+from sam3_lora.model.adapter_parameters import split_adapter_name
 from sam3_lora.model.loading import load_sam3_config
 from sam3_lora.model.roi_align import install_fallback
 from sam3_lora.model.tracker import load_tracker_config
@@ -139,24 +147,74 @@ def _linear_names(model: nn.Module, components: list[str]) -> list[str]:
     return sorted({n.rsplit(".", 1)[-1] for r in roots for n, m in r.named_modules() if isinstance(m, nn.Linear)})
 
 
-def peft_config(config: LoRAConfig, target_names: list[str]):
-    """PEFT's ``LoraConfig`` for exactly ``target_names``."""
-    from peft import LoraConfig as PeftLoraConfig
+ADALORA_WARMUP = 0.1
+"""AdaLoRA's schedule, as shares of the run's optimiser steps: ranks stay as they start for
+the first 10% (``tinit``), are re-allocated every step until the last 20% (``tfinal``), in
+which they stay fixed."""
+ADALORA_FINAL = 0.2
+PLANNED_STEPS = 100
+"""The step count an AdaLoRA schedule assumes until a run fits it to its own
+(``training_hooks``): where no run decides it (``preview``, the seed API)."""
+FEEDFORWARD_ENDINGS = ("fc2", "proj_out")
+"""The MLPs' second layers: IA3 scales their input (the MLP's hidden features), and the
+output of every other layer it adapts (as in the IA3 paper)."""
 
-    return PeftLoraConfig(
-        r=config.rank,
-        lora_alpha=config.alpha,
-        lora_dropout=config.dropout,
-        target_modules=sorted(target_names),
-        use_rslora=config.use_rslora,
-        use_dora=config.use_dora,
-        bias="none",
-    )
+
+def peft_config(config: LoRAConfig, target_names: list[str]):
+    """PEFT's config of ``config.method`` for exactly ``target_names``: the one place the
+    ``lora`` section becomes a method's settings."""
+    import peft
+
+    check_method_keys(config, "lora")   # a LoRAConfig built in Python skipped check_together
+    targets = sorted(target_names)
+    if config.method == "lora":
+        return peft.LoraConfig(r=config.rank, lora_alpha=config.alpha, lora_dropout=config.dropout,
+                               target_modules=targets, use_rslora=config.use_rslora, use_dora=config.use_dora,
+                               bias="none")
+    if config.method == "loha":
+        return peft.LoHaConfig(r=config.rank, alpha=config.alpha, target_modules=targets)
+    if config.method == "lokr":
+        return peft.LoKrConfig(r=config.rank, alpha=config.alpha, target_modules=targets)
+    if config.method == "adalora":
+        return adalora_config(config, targets)
+    if config.method == "vera":
+        return peft.VeraConfig(r=config.rank, vera_dropout=config.dropout, target_modules=targets,
+                               save_projection=True)
+    feedforward = [name for name in targets if name.rsplit(".", 1)[-1] in FEEDFORWARD_ENDINGS]
+    return peft.IA3Config(target_modules=targets, feedforward_modules=feedforward)
+
+
+def adalora_config(config: LoRAConfig, targets: list[str]):
+    """AdaLoRA from ``init_r`` to an average of ``rank``, scheduled over ``PLANNED_STEPS``
+    until ``training_hooks`` fits the schedule to the run."""
+    from peft import AdaLoraConfig
+
+    return AdaLoraConfig(target_r=config.rank, init_r=adalora_init_rank(config), lora_alpha=config.alpha,
+                         lora_dropout=config.dropout, target_modules=targets, deltaT=1,
+                         **adalora_schedule(PLANNED_STEPS))
+
+
+def adalora_init_rank(config: LoRAConfig) -> int:
+    """The rank every layer starts at: ``lora.adalora_init_rank``, by default 1.5 x ``lora.rank``."""
+    return config.adalora_init_rank or math.ceil(1.5 * config.rank)
+
+
+def adalora_schedule(total_steps: int) -> dict[str, int]:
+    """AdaLoRA's phases over ``total_steps`` optimiser steps (``ADALORA_WARMUP``,
+    ``ADALORA_FINAL``): ``{"total_step", "tinit", "tfinal"}``."""
+    final = max(1, round(total_steps * ADALORA_FINAL))
+    warmup = round(total_steps * ADALORA_WARMUP)
+    if warmup >= total_steps - final:
+        raise ConfigError(f"lora.method=adalora needs at least 2 optimiser steps to move its ranks, the run has "
+                          f"{total_steps}; raise training.max_steps (or num_epochs), or choose another lora.method")
+    return {"total_step": total_steps, "tinit": warmup, "tfinal": final}
 
 
 def apply_lora_to_model(model: nn.Module, config: LoRAConfig | None = None, verbose: bool = True,
                         adapter_name: str = "default"):
-    """Freeze ``model`` and add LoRA to the layers ``config`` selects; returns a PEFT model.
+    """Freeze ``model`` and add the adapter of ``config.method`` (LoRA by default) to the
+    layers ``config`` selects; returns a PEFT model. (A training loop also runs the method's
+    ``training_hooks``.)
 
     Works on SAM3 (component switches apply) and on any torch model (layer names are
     matched everywhere). Prints the per-component summary unless ``verbose`` is False.
@@ -166,34 +224,103 @@ def apply_lora_to_model(model: nn.Module, config: LoRAConfig | None = None, verb
     config = config or LoRAConfig()
     targets = resolve_targets(model, config)
     names = [name for component_names in targets.values() for name in component_names]
-    with peft_quietly():
-        peft_model = get_peft_model(model, peft_config(config, names), adapter_name=adapter_name)
+    method_config = peft_config(config, names)
+    try:
+        with peft_quietly():
+            peft_model = get_peft_model(model, method_config, adapter_name=adapter_name)
+    except (ValueError, TypeError) as exc:   # PEFT's refusal of a layer the method cannot adapt
+        text = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__
+        raise ConfigError(f"lora.method={config.method}: PEFT cannot adapt the selected layers ({text}); "
+                          f"choose other lora.target_modules or another method") from None
     peft_model.sam3_lora_config = config
     if verbose:
         print(format_summary(lora_summary(peft_model), count_parameters(peft_model)))
     return peft_model
 
 
+def _rank_allocation(model: nn.Module) -> Callable[[int], None] | None:
+    """The adapter's per-step rank allocation (AdaLoRA's ``update_and_allocate``), or None
+    for methods whose ranks are fixed."""
+    allocate = getattr(getattr(model, "base_model", None), "update_and_allocate", None)
+    return allocate if callable(allocate) else None
+
+
+def training_hooks(model: nn.Module, total_steps: int) -> list[Callable[[int], None]]:
+    """What the adapter's method does after each optimiser step of a run of ``total_steps``,
+    given the step (0-based), before the gradients are cleared: AdaLoRA's rank allocation
+    (which reads them), its schedule fitted to the run. Empty for the other methods, and for
+    a model without adapter (full training)."""
+    allocate = _rank_allocation(model)
+    if allocate is None:
+        return []
+    schedule = adalora_schedule(total_steps)
+    for config in model.peft_config.values():   # the allocator reads this very object
+        for key, value in schedule.items():
+            setattr(config, key, value)
+    return [allocate]
+
+
+def adapter_ranks(model: nn.Module, adapter_name: str = "default") -> dict[str, int] | None:
+    """Adapted layer -> its rank now, for a method that moves ranks during training (AdaLoRA:
+    the ranks its allocation kept); None for the others, whose rank is ``lora.rank``."""
+    if _rank_allocation(model) is None:
+        return None
+    # AdaLoRA's rank_pattern: "[base_model.model.]<layer>.lora_E[.<adapter>]" -> which of its
+    # init_r ranks are kept
+    pattern = {split_adapter_name(key.removeprefix("base_model.model."))[0]: int(sum(kept))
+               for key, kept in (model.peft_config[adapter_name].rank_pattern or {}).items()}
+    ranks = {}
+    for name, module in model.named_modules():
+        if adapter_name in getattr(module, "r", {}):
+            path = name.removeprefix("base_model.model.")
+            ranks[path] = pattern.get(path, int(module.r[adapter_name]))
+    return ranks
+
+
+def component_ranks(ranks: dict[str, int]) -> dict[str, dict[str, float]]:
+    """Component -> {"layers", "total", "mean", "min", "max"} of the per-layer ``ranks``."""
+    grouped: dict[str, list[int]] = defaultdict(list)
+    for path, rank in ranks.items():
+        first = path.split(".", 1)[0]
+        grouped[first if first in COMPONENTS else WHOLE_MODEL].append(rank)
+    return {component: {"layers": len(values), "total": sum(values), "mean": round(sum(values) / len(values), 2),
+                        "min": min(values), "max": max(values)} for component, values in grouped.items()}
+
+
+def format_ranks(ranks: dict[str, int]) -> str:
+    """One line: each component's rank after allocation, e.g. 'ranks: vision_encoder 40 over
+    4 layers (mean 10.0, 3 to 12)'."""
+    parts = [f"{component} {info['total']} over {info['layers']} layers (mean {info['mean']:g}, "
+             f"{info['min']} to {info['max']})" for component, info in component_ranks(ranks).items()]
+    return "ranks: " + "; ".join(parts)
+
+
 @contextlib.contextmanager
 def peft_quietly():
     """Around PEFT calls that wrap a model: PEFT 0.21 reads ``is_gradient_checkpointing``,
-    which transformers 5 deprecated, and the FutureWarning says nothing to our users."""
+    which transformers 5 deprecated, and the FutureWarning says nothing to our users. AdaLoRA
+    adapters, whose allocation gave some layers rank 0, make PEFT warn of unsharded
+    DeepSpeed/FSDP saves and of ``rank_pattern`` keys it matches as LoRA's (AdaLoRA's own
+    loading applies them: the reload is bit-exact): neither is true of them."""
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated",
                                 category=FutureWarning)
+        warnings.filterwarnings("ignore", message=r"Adapter .* LoRA tensor\(s\) have invalid shape")
+        warnings.filterwarnings("ignore", message="The following rank_pattern keys did not match")
         yield
 
 
 def lora_summary(model: nn.Module) -> dict[str, tuple[int, int]]:
-    """Component -> (modules adapted, trainable LoRA parameters), from the model itself."""
+    """Component -> (modules adapted, trainable adapter parameters), from the model itself."""
     modules: dict[str, set[str]] = defaultdict(set)
     params: dict[str, int] = defaultdict(int)
     for name, parameter in model.named_parameters():
-        if "lora_" not in name or not parameter.requires_grad:
+        split = split_adapter_name(name.removeprefix("base_model.model."))
+        if split is None or not parameter.requires_grad:
             continue
-        path = name.removeprefix("base_model.model.")
+        path = split[0]
         component = path.split(".", 1)[0] if path.split(".", 1)[0] in COMPONENTS else WHOLE_MODEL
-        modules[component].add(path.split(".lora_", 1)[0])
+        modules[component].add(path)
         params[component] += parameter.numel()
     order = [*COMPONENTS, WHOLE_MODEL]
     return {c: (len(modules[c]), params[c]) for c in sorted(modules, key=order.index)}
@@ -208,6 +335,18 @@ def format_summary(summary: dict[str, tuple[int, int]], count: ParameterCount) -
         f"  of {count.total:,} parameters ({count.percent:.3f}% trainable)"
     )
     return "\n".join(lines)
+
+
+def describe_method(config: LoRAConfig) -> str:
+    """The method and the keys it reads, e.g. 'method loha, rank 8, alpha 16', or for AdaLoRA
+    'method adalora, rank 12 -> 8 on average, alpha 16'."""
+    values = {"rank": f"rank {config.rank}", "alpha": f"alpha {config.alpha:g}",
+              "dropout": f"dropout {config.dropout:g}" if config.dropout else None}
+    if config.method == "adalora":
+        values["rank"] = f"rank {adalora_init_rank(config)} -> {config.rank} on average"
+    shown = [values[key] for key in METHOD_KEYS[config.method] if values.get(key)]
+    flags = [key for key in ("use_rslora", "use_dora") if getattr(config, key)]
+    return ", ".join([f"method {config.method}", *shown, *flags])
 
 
 def lora_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -233,6 +372,6 @@ def preview(config: Config) -> str:
     size = model_config.vision_config.backbone_config.image_size
     return "\n".join([
         f"model:   {config.model.source} ({size} px{task})",
-        f"lora:    rank {config.lora.rank}, alpha {config.lora.alpha:g}, layers {', '.join(config.lora.target_modules)}",
+        f"lora:    {describe_method(config.lora)}, layers {', '.join(config.lora.target_modules)}",
         format_summary(lora_summary(model), count_parameters(model)),
     ])

@@ -29,6 +29,7 @@ import torch
 from torch import nn
 
 from sam3_lora.errors import ConfigError
+from sam3_lora.model.adapter_parameters import is_adapter_parameter
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 # training.mixed_precision value <-> the autocast dtype it stands for
@@ -143,9 +144,9 @@ def enable_tf32(precision: Precision) -> None:
 
 
 def weights_dtype(model: nn.Module) -> torch.dtype:
-    """The dtype of ``model``'s base weights (LoRA's own float32 weights left out)."""
+    """The dtype of ``model``'s base weights (the adapter's own float32 weights left out)."""
     for name, parameter in model.named_parameters():
-        if "lora_" not in name and parameter.is_floating_point():
+        if not is_adapter_parameter(name) and parameter.is_floating_point():
             return parameter.dtype
     return torch.float32
 

@@ -54,7 +54,16 @@ from sam3_lora.errors import ConfigError, Sam3LoraError
 from sam3_lora.evaluation.runner import SplitRunner, score
 from sam3_lora.files import atomic_folder, check_output, open_for_append, write_file
 from sam3_lora.lora.adapter import load_lora_weights, write_adapter
-from sam3_lora.lora.apply import apply_lora_to_model, count_parameters, format_summary, lora_summary
+from sam3_lora.lora.apply import (
+    adapter_ranks,
+    apply_lora_to_model,
+    component_ranks,
+    count_parameters,
+    format_ranks,
+    format_summary,
+    lora_summary,
+    training_hooks,
+)
 from sam3_lora.lora.weights import load_base
 from sam3_lora.model.folders import load_model_weights, write_model
 from sam3_lora.model.precision import default_device, enable_tf32, resolve_precision
@@ -304,6 +313,8 @@ class SAM3LoRATrainer:
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             optimizer, partial(lr_lambda, kind=cfg.lr_scheduler, warmup=cfg.warmup_steps, total=self.total_steps))
         self.model, self.optimizer = self.accelerator.prepare(self.task.wrap(self.peft_model), optimizer)
+        # What the adapter's method does after each optimiser step (AdaLoRA: rank allocation).
+        self.after_optimizer_step = training_hooks(self.peft_model, self.total_steps)
 
     def _restore(self, checkpoints: list[Path]) -> None:
         """Resume from the newest of ``checkpoints`` that is intact, saying which were not."""
@@ -364,6 +375,7 @@ class SAM3LoRATrainer:
                 signal.signal(number, handler)
         if self.last_eval_step != self.step:
             self._evaluate_and_save(final=True)
+        self._report_ranks()
         return self._summary(time.perf_counter() - started)
 
     def _loop(self, progress, started: float) -> None:
@@ -404,6 +416,14 @@ class SAM3LoRATrainer:
             if due and self._evaluate_and_save():
                 return
 
+    def _report_ranks(self) -> None:
+        """The ranks the adapter's method ended with, for a method that moves them (AdaLoRA),
+        printed and logged; the adapter's ``sam3_lora.json`` holds them per layer."""
+        ranks = adapter_ranks(self.peft_model)
+        if ranks is not None:
+            self._log_text(format_ranks(ranks))
+            self._log_json({"step": self.step, "adapter_ranks": component_ranks(ranks)})
+
     def _report_device_memory(self, device: torch.device) -> None:
         """On CUDA, before the first step: the free memory, and what to change where the
         measured table says a step of this configuration needs more."""
@@ -435,6 +455,8 @@ class SAM3LoRATrainer:
         if max_norm > 0:
             self.accelerator.clip_grad_norm_(self.model.parameters(), max_norm)
         self.optimizer.step()
+        for hook in self.after_optimizer_step:   # before zero_grad: they may read the gradients
+            hook(self.step)
         self.scheduler.step()
         self.optimizer.zero_grad()
 

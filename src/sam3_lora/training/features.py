@@ -39,6 +39,7 @@ from transformers.models.sam3.modeling_sam3 import Sam3VisionEncoderOutput
 
 from sam3_lora.config import DataConfig
 from sam3_lora.files import write_file
+from sam3_lora.model.adapter_parameters import is_adapter_parameter
 from sam3_lora.model.forward import encode_images
 
 KEY_BYTES = 16   # BLAKE2b digest size of an image key: 128 bits, collisions out of reach
@@ -52,7 +53,8 @@ def trunk_problem(model: nn.Module, data: DataConfig) -> str | None:
     encoder = getattr(base, "vision_encoder", None)
     if encoder is None:
         return "the model has no vision_encoder"
-    if any(p.requires_grad for p in encoder.parameters()) or any("lora_" in n for n, _ in encoder.named_modules()):
+    adapted = any(is_adapter_parameter(name) for name, _ in encoder.named_modules())
+    if adapted or any(p.requires_grad for p in encoder.parameters()):
         return ("the vision encoder trains (LoRA or unfrozen weights there); set lora.apply_to_vision_encoder=false "
                 "(the heads preset) with training.method=lora")
     if any(_drops(module) for module in encoder.modules()):

@@ -1,0 +1,205 @@
+"""Every ``lora.method`` end to end on the tiny model: trains, saves, reloads bit-exact, switches
+by name beside a second adapter, merges; AdaLoRA's ranks move and are saved."""
+
+import pytest
+import torch
+
+from sam3_lora.config import METHODS, LoRAConfig, load_config
+from sam3_lora.errors import AdapterError, ConfigError
+from sam3_lora.lora.adapter import load_adapter, load_lora_weights, read_metadata, save_adapter
+from sam3_lora.lora.apply import (
+    adapter_ranks,
+    apply_lora_to_model,
+    format_ranks,
+    preview,
+    training_hooks,
+)
+from sam3_lora.model.adapter_parameters import is_adapter_parameter
+from sam3_lora.model.loading import load_sam3
+from tests.conftest import TINY_CONFIG
+
+# Attention and the MLPs' second layers (IA3 scales their input) of the ViT and the DETR
+# decoder; every method's keys at their defaults but the rank (IA3 has none).
+TARGETS = {"target_modules": ["q_proj", "v_proj", "fc2"], "apply_to_detr_decoder": True}
+STEPS = 5
+# How far a reloaded adapter's answers may be from the trained model's: none, but AdaLoRA's,
+# whose saved tensors leave out the ranks its allocation dropped (masked to zero in training),
+# so the matmuls' inner size and summation order change: float32 rounding. (Its reloads are
+# bit-exact to each other.)
+RELOAD_TOLERANCE = {method: 0.0 for method in METHODS} | {"adalora": 1e-6}
+
+
+def method_config(method: str, **keys) -> LoRAConfig:
+    rank = {} if method == "ia3" else {"rank": 4}
+    return LoRAConfig(method=method, **TARGETS, **(rank | keys))
+
+
+def fresh_base():
+    return load_sam3("sam3-tiny", seed=0).model
+
+
+def toy_loss(outputs) -> torch.Tensor:
+    """A loss every adapted layer reaches: pushes scores and boxes up (the task does not matter)."""
+    return -(outputs.pred_logits.mean() + outputs.pred_boxes.mean() + outputs.pred_masks.mean())
+
+
+def train(model, inputs, steps: int = STEPS) -> list[float]:
+    """``steps`` AdamW steps on ``toy_loss`` with the method's hooks, as the trainer runs them;
+    the losses, and the model left in eval mode. (VeRA's scales start at zero and move the
+    output slowly: a high learning rate shows each method learning in a few steps.)"""
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=5e-2)
+    hooks = training_hooks(model, steps)
+    losses = []
+    model.train()
+    for step in range(steps):
+        loss = toy_loss(model(**inputs))
+        loss.backward()
+        optimizer.step()
+        for hook in hooks:
+            hook(step)
+        optimizer.zero_grad()
+        losses.append(loss.item())
+    model.eval()
+    return losses
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_each_method_trains_saves_reloads_switches_and_merges(method, tmp_path, tiny_inputs, predict, differ):
+    model = apply_lora_to_model(fresh_base(), method_config(method), verbose=False)
+    assert all(is_adapter_parameter(n) for n, p in model.named_parameters() if p.requires_grad)
+    losses = train(model, tiny_inputs)
+    assert losses[-1] < losses[0] - 1e-4, losses   # it learns (a learning rate of 0 would fail this)
+    trained = predict(model)
+    base = predict(fresh_base())
+    assert differ(trained, base) > 1e-4
+    save_adapter(model, tmp_path / "trained", base_source="sam3-tiny")
+    assert read_metadata(tmp_path / "trained")["method"] == method
+    save_adapter(apply_lora_to_model(fresh_base(), method_config(method), verbose=False), tmp_path / "untrained")
+
+    reloaded = load_adapter(fresh_base(), tmp_path / "trained", adapter_name="trained")
+    assert differ(predict(reloaded), trained) <= RELOAD_TOLERANCE[method]
+    trained = predict(reloaded)
+    assert differ(predict(load_adapter(fresh_base(), tmp_path / "trained")), trained) == 0.0   # bit-exact
+    reloaded = load_adapter(reloaded, tmp_path / "untrained", adapter_name="untrained")
+    reloaded.set_adapter("untrained")
+    assert differ(predict(reloaded), trained) > 1e-4   # the other adapter answers
+    reloaded.set_adapter("trained")
+    assert differ(predict(reloaded), trained) == 0.0
+    merged = reloaded.merge_and_unload()
+    assert not any(is_adapter_parameter(n) for n, _ in merged.named_parameters())
+    assert differ(predict(merged), trained) < 1e-5   # folded into the weights: float32 rounding
+
+
+def test_adalora_ranks_move_are_printed_and_saved(tmp_path, tiny_inputs, predict, differ):
+    config = method_config("adalora", rank=2, adalora_init_rank=6)
+    model = apply_lora_to_model(fresh_base(), config, verbose=False)
+    assert set(adapter_ranks(model).values()) == {6}   # every layer starts at adalora_init_rank
+    train(model, tiny_inputs, steps=10)
+    ranks = adapter_ranks(model)
+    assert len(set(ranks.values())) > 1, ranks   # the allocation moved rank between layers
+    assert sum(ranks.values()) == 2 * len(ranks)   # to the budget: lora.rank on average
+    vit = [rank for layer, rank in ranks.items() if layer.startswith("vision_encoder.")]
+    assert format_ranks(ranks).startswith(f"ranks: vision_encoder {sum(vit)} over {len(vit)} layers (mean ")
+    save_adapter(model, tmp_path / "a", base_source="sam3-tiny")
+    assert read_metadata(tmp_path / "a")["ranks"] == ranks
+    reloaded = load_adapter(fresh_base(), tmp_path / "a")
+    assert adapter_ranks(reloaded) == ranks
+    assert differ(predict(reloaded), predict(model)) <= RELOAD_TOLERANCE["adalora"]
+
+
+def test_a_pruned_adalora_adapter_resumes_into_its_training_shape(tmp_path, tiny_inputs, predict, differ):
+    """A checkpoint holds only the ranks AdaLoRA kept; resuming (``load_lora_weights`` into the
+    run's freshly applied adapter) puts them back at their places, the dropped ones zero."""
+    config = method_config("adalora", rank=2, adalora_init_rank=6)
+    model = apply_lora_to_model(fresh_base(), config, verbose=False)
+    train(model, tiny_inputs, steps=10)
+    save_adapter(model, tmp_path / "checkpoint")
+    resumed = load_lora_weights(apply_lora_to_model(fresh_base(), config, verbose=False), tmp_path / "checkpoint")
+    assert differ(predict(resumed), predict(model)) == 0.0   # the same tensors as in training
+    assert adapter_ranks(resumed) == adapter_ranks(model)
+
+
+def test_adalora_needs_steps_to_allocate(tiny):
+    model = apply_lora_to_model(tiny.model, method_config("adalora"), verbose=False)
+    with pytest.raises(ConfigError, match="lora.method=adalora needs at least 2 optimiser steps.*has 1"):
+        training_hooks(model, 1)
+
+
+@pytest.mark.parametrize("method", [m for m in METHODS if m != "adalora"])
+def test_other_methods_add_no_training_hook(method, tiny):
+    model = apply_lora_to_model(tiny.model, method_config(method), verbose=False)
+    assert training_hooks(model, 10) == [] and adapter_ranks(model) is None
+
+
+@pytest.mark.parametrize(("override", "message"), [
+    ("lora.use_dora=true", "lora.use_dora=True does not apply to lora.method=loha .only to lora."),
+    ("lora.dropout=0.1", "lora.dropout=0.1 does not apply to lora.method=loha .only to lora, adalora, vera."),
+    ("lora.adalora_init_rank=12", "lora.adalora_init_rank=12 does not apply to lora.method=loha"),
+])
+def test_a_key_the_method_does_not_read_is_one_line(override, message):
+    with pytest.raises(ConfigError, match=message) as error:
+        load_config(TINY_CONFIG, ["lora.method=loha", override])
+    assert "\n" not in str(error.value) and str(TINY_CONFIG) in str(error.value)
+
+
+def test_adalora_must_start_above_its_final_rank():
+    with pytest.raises(ConfigError, match="lora.adalora_init_rank=8 is not above lora.rank=8"):
+        load_config(TINY_CONFIG, ["lora.method=adalora", "lora.adalora_init_rank=8"])
+
+
+def test_a_python_built_config_is_checked_too(tiny):
+    with pytest.raises(ConfigError, match="lora.rank=4 does not apply to lora.method=ia3"):
+        apply_lora_to_model(tiny.model, LoRAConfig(method="ia3", rank=4), verbose=False)
+
+
+def test_a_layer_the_method_cannot_adapt_is_one_line():
+    """VeRA adapts Linear layers only; the tracker's prompt encoder has convolutions alone."""
+    from sam3_lora.model.tracker import load_tracker
+
+    config = LoRAConfig(method="vera", target_modules=["all"], apply_to_vision_encoder=False,
+                        apply_to_prompt_encoder=True)
+    with pytest.raises(ConfigError, match="lora.method=vera: PEFT cannot adapt the selected layers .No layers types"):
+        apply_lora_to_model(load_tracker("sam3-tiny").model, config, verbose=False)
+
+
+def test_configs_without_a_method_stay_lora():
+    assert load_config(TINY_CONFIG).lora.method == "lora"
+
+
+def test_an_adapter_of_another_method_cannot_join(tmp_path, tiny):
+    save_adapter(apply_lora_to_model(fresh_base(), method_config("loha"), verbose=False), tmp_path / "loha")
+    model = apply_lora_to_model(tiny.model, method_config("lora"), verbose=False)
+    with pytest.raises(AdapterError, match="a loha adapter cannot join this model's lora adapters"):
+        load_adapter(model, tmp_path / "loha", adapter_name="other")
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_info_prints_each_methods_table(method):
+    rank = [] if method == "ia3" else ["lora.rank=4"]
+    config = load_config(TINY_CONFIG, [f"lora.method={method}", *rank])
+    text = preview(config)
+    assert f"method {method}" in text
+    table = {line.split()[0]: line.split() for line in text.splitlines()[2:]}
+    assert int(table["vision_encoder"][1]) > 0 and int(table["total"][2].replace(",", "")) > 0
+
+
+def test_readme_method_table_matches_the_architecture():
+    """The README's trainable counts per method, on the full-size SAM3 (meta device: shapes only)."""
+    import re
+    from pathlib import Path
+
+    from transformers import Sam3Model
+
+    from sam3_lora.lora.apply import count_parameters
+    from sam3_lora.model.loading import load_sam3_config
+
+    readme = (Path(__file__).parents[2] / "README.md").read_text()
+    architecture = load_sam3_config("sam3")
+    for method in METHODS:
+        row = re.search(rf"^\| `{method}` \|.*\| ([\d,]+)[^|]*\|$", readme, re.MULTILINE)
+        assert row, f"README has no table row for {method}"
+        layers = ["lora.target_modules=[q_proj,v_proj,fc2]"] if method == "ia3" else []
+        config = load_config(None, [f"lora.method={method}", *layers]).lora
+        with torch.device("meta"):
+            model = apply_lora_to_model(Sam3Model(architecture), config, verbose=False)
+        assert int(row[1].replace(",", "")) == count_parameters(model).trainable, method
