@@ -145,3 +145,22 @@ def test_object_predictor_refines_its_previous_mask(monkeypatch):
     predictor.reset()
     predictor(box=[10, 10, 60, 50])
     assert calls[2]["input_masks"] is None and calls[2]["input_boxes"].shape == (1, 1, 4)
+
+
+def test_new_tracker_encodes_clicks_and_image_positions_in_one_basis():
+    """SAM matches a click to the image through one random Fourier basis; transformers draws
+    two (buffers, never trained), so a fresh tracker could not learn where its prompt is."""
+    for model in (load_tracker("sam3-tiny").model, load_tracker("sam3-tiny", seed=4).model):
+        assert torch.equal(model.prompt_encoder.shared_embedding.positional_embedding,
+                           model.shared_image_embedding.positional_embedding)
+
+
+def test_new_tracker_heads_answer_where_the_box_is():
+    """With transformers' N(0, 0.02) weights the tiny tracker's first masks were constant to
+    1e-5 whatever the prompt; from PyTorch's default initialisation (SAM 2's) they are not."""
+    model = load_tracker("sam3-tiny").model
+    pixels = torch.randn(1, 3, 112, 112)
+    with torch.no_grad():
+        first, second = (model(pixel_values=pixels, input_boxes=torch.tensor([[box]]), multimask_output=False)
+                         .pred_masks[0, 0, 0] for box in ([5.0, 5.0, 40.0, 40.0], [60.0, 60.0, 110.0, 110.0]))
+    assert first.std() > 1e-3 and (first - second).abs().max() > 1e-3

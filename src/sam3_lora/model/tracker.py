@@ -141,8 +141,7 @@ def load_tracker(source: str = "facebook/sam3", *, revision: str | None = None, 
     ``seed`` also fixes the random heads of a tracker built on a detector's ViT."""
     config = load_tracker_config(source, revision, image_size, token)
     if source in PRESETS:
-        with seeded(seed):
-            model = Sam3TrackerModel(config).to(dtype)
+        model = new_tracker(config, seed, dtype)
     elif _source_model_type(source, revision, token) == "sam3":
         model = _on_detector_vit(source, config, revision, token, seed, dtype)
     else:
@@ -156,13 +155,43 @@ def load_tracker(source: str = "facebook/sam3", *, revision: str | None = None, 
     return LoadedTracker(model=model.eval(), processor=processor, source=source)
 
 
+def new_tracker(config: Sam3TrackerConfig, seed: int = 0, dtype: torch.dtype = torch.float32) -> Sam3TrackerModel:
+    """A tracker with random weights (seeded) that can learn, with two changes to what
+    transformers builds (both measured on the bundled base's shapes, BENCHMARKS.md "The
+    bundled tracker"):
+
+    The prompt encoder and mask decoder start from PyTorch's default initialisation, as SAM 2
+    builds them (``training/``: plain ``nn.Linear`` / ``nn.Conv2d``). transformers draws
+    every weight from N(0, 0.02), which at a small width shrinks the signal through each of
+    the decoder's layers: the tiny tracker's first masks were constant to 1e-5, whatever the
+    prompt, and it did not learn from them.
+
+    A click or a box corner is encoded by random Fourier features of its position, and so is
+    every position of the image; SAM matches them only if both use one basis (SAM's
+    ``prompt_encoder.shared_embedding`` is the model's ``shared_image_embedding``, and SAM3's
+    checkpoint holds the same matrix in both). transformers builds two independent random
+    matrices, which are never trained (buffers): a tracker built that way learns to ignore
+    where its prompt is (measured: first-click IoU under 0.1 after 1,000 steps on shapes).
+    So the prompt encoder gets the image's basis here."""
+    with seeded(seed):
+        model = Sam3TrackerModel(config)
+        for head in (model.prompt_encoder, model.mask_decoder):
+            for module in head.modules():
+                if module is not head and hasattr(module, "reset_parameters"):
+                    module.reset_parameters()
+    model = model.to(dtype)
+    with torch.no_grad():
+        model.prompt_encoder.shared_embedding.positional_embedding.copy_(
+            model.shared_image_embedding.positional_embedding)
+    return model
+
+
 def _on_detector_vit(source: str, config: Sam3TrackerConfig, revision: str | None, token: str | None,
                      seed: int, dtype: torch.dtype) -> Sam3TrackerModel:
     """A tracker with random heads (seeded) and the ViT of the SAM3 detector at ``source``."""
     detector: Sam3Model = load_sam3(source, revision=revision, image_size=tracker_image_size(config),
                                     token=token, dtype=dtype).model
-    with seeded(seed):
-        model = Sam3TrackerModel(config).to(dtype)
+    model = new_tracker(config, seed, dtype)
     # Same module, same keys (Sam3VisionModel in both): the whole ViT and FPN neck carry over.
     model.vision_encoder.load_state_dict(detector.vision_encoder.state_dict())
     return model
