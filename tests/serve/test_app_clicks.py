@@ -175,10 +175,10 @@ def test_the_overlay_shows_the_mask_and_each_click_in_its_colour(app, example):
     result = app.segment(example, [[100, 60], [220, 180]], [1, 0])
     overlay = np.asarray(result.answers[0].overlay)
     assert overlay.shape == (240, 320, 3)
-    assert tuple(overlay[60, 100]) == sam3_lora.serve.app.POSITIVE_COLOR   # the + at the click
-    assert tuple(overlay[180, 220]) == sam3_lora.serve.app.NEGATIVE_COLOR  # the - at the click
-    assert tuple(overlay[60 - 5, 100]) == sam3_lora.serve.app.POSITIVE_COLOR   # + has an upright
-    assert tuple(overlay[180 - 5, 220]) != sam3_lora.serve.app.NEGATIVE_COLOR  # - has none
+    assert tuple(overlay[60, 100]) == sam3_lora.serve.overlay.POSITIVE_COLOR   # the + at the click
+    assert tuple(overlay[180, 220]) == sam3_lora.serve.overlay.NEGATIVE_COLOR  # the - at the click
+    assert tuple(overlay[60 - 5, 100]) == sam3_lora.serve.overlay.POSITIVE_COLOR   # + has an upright
+    assert tuple(overlay[180 - 5, 220]) != sam3_lora.serve.overlay.NEGATIVE_COLOR  # - has none
 
 
 @pytest.mark.parametrize("points, labels, box, message", [

@@ -80,7 +80,7 @@ def overlay_download(page, previous: str | None = None) -> tuple[np.ndarray, str
 
 
 def test_clicks_on_the_picture_become_points_at_its_pixels(page, tmp_path):
-    from sam3_lora.serve.app import NEGATIVE_COLOR, POSITIVE_COLOR
+    from sam3_lora.serve.overlay import NEGATIVE_COLOR, POSITIVE_COLOR
 
     Image.new("RGB", (320, 240), (40, 80, 220)).save(tmp_path / "blue.png")
     page.locator("#upload input[type=file]").set_input_files(tmp_path / "blue.png")

@@ -147,7 +147,7 @@ def write_click_overlays(config: Config, out: Path, count: int) -> list[Path]:
 
 def click_panel(image: Image.Image, rows: list[tuple[str, list[tuple]]], scale: int = OVERLAY_SCALE) -> Image.Image:
     """One row per model, one column per click: the mask after that click and every click so
-    far (green +: object, red -: not it), enlarged ``scale`` times, titled with the IoU."""
+    far (a green +: the object, a red -: not it), enlarged ``scale`` times, titled with the IoU."""
     big = image.convert("RGB").resize((image.width * scale, image.height * scale), Image.NEAREST)
     header = 16
     width, height = big.width, big.height + header
@@ -157,7 +157,7 @@ def click_panel(image: Image.Image, rows: list[tuple[str, list[tuple]]], scale: 
     for row, (title, steps) in enumerate(rows):
         for column, (points, labels, mask, iou) in enumerate(steps):
             enlarged = np.kron(mask, np.ones((scale, scale), dtype=bool))
-            shown = draw_clicks(big, (np.asarray(points) + 0.5) * scale, labels, enlarged)
+            shown = draw_clicks(big.copy(), (np.asarray(points) + 0.5) * scale, labels, mask=enlarged)
             panel.paste(shown, (column * width, row * height + header))
             draw.text((column * width + 4, row * height + 2),
                       f"{title}, click {column + 1}: IoU {iou:.2f}", fill="black")

@@ -36,7 +36,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, ImageDraw
+from PIL import Image
 
 from sam3_lora.config import DEFAULT_SCORE_THRESHOLD, Config
 from sam3_lora.data.images import to_rgb, upright
@@ -57,9 +57,8 @@ from sam3_lora.serve.limits import (
     MAX_UPLOAD_MB,
     UPLOAD_FORMATS,
 )
-from sam3_lora.serve.overlay import draw_overlay, write_png
-from sam3_lora.serve.prompts import check_boxes
-from sam3_lora.serve.tracker import as_prediction, check_points
+from sam3_lora.serve.overlay import draw_clicks, draw_overlay, write_png
+from sam3_lora.serve.prompts import as_prediction, check_boxes, check_points
 
 BASE = "base model"   # the adapter choice that runs SAM3 with no adapter
 LOCAL_HOSTS = {"127.0.0.1", "localhost", "::1"}
@@ -70,7 +69,6 @@ CACHED_ENCODINGS = 4
 an adapter and the base side by side, and the previous image's. One SAM3 image at 1008 px is
 21 MB of features in float32 (32 x 288², 64 x 144², 256 x 72²), plus 330 kB of mask logits
 per click replayed on it; for the tiny bundled base (112 px), 32 kB and 4 kB."""
-POSITIVE_COLOR, NEGATIVE_COLOR = (0, 200, 0), (230, 0, 0)   # the clicks drawn on the overlay
 
 
 class AppError(Sam3LoraError):
@@ -269,7 +267,7 @@ class ModelAnswer:
 @dataclass
 class ClickAnswer(ModelAnswer):
     """One model's answer to clicks on one object: ``predictions`` holds that object as one
-    detection (``serve.tracker.as_prediction``: its score is the predicted IoU, ``presence``
+    detection (``serve.prompts.as_prediction``: its score is the predicted IoU, ``presence``
     the object score), the overlay shows it with the clicks."""
 
     clicks: int = 0
@@ -313,26 +311,6 @@ class AppResult:
             paths += [write_png(answer.overlay, folder / f"{stem}-overlay.png"),
                       write_file(folder / f"{stem}-detections.json", json.dumps(answer.coco()))]
         return paths
-
-
-def draw_clicks(image: Image.Image, points: np.ndarray | None, labels: np.ndarray | None,
-                box: np.ndarray | None = None) -> Image.Image:
-    """``image`` (drawn on in place, and returned) with the prompt where it was given: each
-    click a green + for the object or a red - for not it, the box a white frame; outlined so
-    they read on any colour, sized to the image."""
-    draw = ImageDraw.Draw(image)
-    arm = max(4, min(image.size) // 40)   # half a mark's width, in pixels
-    line = max(2, arm // 3)
-    if box is not None:
-        draw.rectangle([float(v) for v in box], outline=(0, 0, 0), width=line + 2)
-        draw.rectangle([float(v) for v in box], outline=(255, 255, 255), width=line)
-    for (x, y), label in zip([] if points is None else points, [] if labels is None else labels, strict=True):
-        strokes = [(x - arm, y, x + arm, y)] + ([(x, y - arm, x, y + arm)] if label else [])
-        for stroke in strokes:
-            draw.line(stroke, fill=(255, 255, 255), width=line + 2)
-        for stroke in strokes:
-            draw.line(stroke, fill=POSITIVE_COLOR if label else NEGATIVE_COLOR, width=line)
-    return image
 
 
 @dataclass
@@ -507,7 +485,7 @@ class AdapterApp:
     def _replay(encoded: _Encoded, points: np.ndarray | None, labels: np.ndarray | None,
                 box: np.ndarray | None) -> dict:
         """The object after every click in order, each refining the previous click's mask
-        (``validate``'s click protocol), as one detection (``serve.tracker.as_prediction``).
+        (``validate``'s click protocol), as one detection (``serve.prompts.as_prediction``).
 
         The answer depends on the clicks alone, as if replayed from the first (undoing a click
         gives back the mask shown before it); the clicks already replayed on this image are

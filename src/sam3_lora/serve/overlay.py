@@ -172,30 +172,34 @@ def draw_overlay(image: Image.Image, results: list[dict], show_boxes: bool = Tru
     return _draw_legend(rgb, entries, [b for b, _ in parsed], font, font_size)
 
 
-CLICK_COLORS = {1: (40, 200, 60), 0: (230, 40, 40)}   # positive green, negative red
+POSITIVE_COLOR, NEGATIVE_COLOR = (0, 200, 0), (230, 0, 0)   # clicks on the object / not on it
 
 
-def draw_clicks(image: Image.Image, points, labels, mask: np.ndarray | None = None,
+def draw_clicks(image: Image.Image, points, labels, box=None, mask: np.ndarray | None = None,
                 color: tuple[int, int, int] = PALETTE[0]) -> Image.Image:
-    """A new RGB copy of ``image`` with one object's ``mask`` (H, W) bool tinted in ``color``
-    and its clicks on top: ``points`` (K, 2) x, y in pixels, ``labels`` (K,) 1 / 0, drawn as
-    a green "+" (the object) or a red "-" (not it) in a white-rimmed disc."""
-    rgb = image.convert("RGB")
-    short = min(rgb.size)
+    """``image`` (RGB, drawn on in place, and returned) with one object's prompt where given:
+    ``mask`` (H, W) bool tinted in ``color`` (for images that have no overlay yet), each click
+    (``points`` (K, 2) x, y in pixels, ``labels`` (K,) 1 / 0) a green + for the object or a
+    red - for not it, ``box`` (x1, y1, x2, y2) a white frame; outlined so they read on any
+    colour, sized to the image."""
     if mask is not None:
-        canvas = np.asarray(rgb, dtype=np.float32).copy()
-        _draw_masks(canvas, np.asarray(mask, dtype=bool)[None], color, max(1, short // 300))
-        rgb = Image.fromarray(np.clip(canvas + 0.5, 0, 255).astype(np.uint8))
-    draw = ImageDraw.Draw(rgb)
-    radius = max(4, short // 40)
-    for (x, y), label in zip(np.asarray(points, dtype=float).reshape(-1, 2), np.asarray(labels).reshape(-1)):
-        draw.ellipse([x - radius, y - radius, x + radius, y + radius], fill=CLICK_COLORS[int(label)],
-                     outline="white", width=max(1, radius // 4))
-        arm = radius * 0.6
-        draw.line([x - arm, y, x + arm, y], fill="white", width=max(1, radius // 3))
-        if label:
-            draw.line([x, y - arm, x, y + arm], fill="white", width=max(1, radius // 3))
-    return rgb
+        canvas = np.asarray(image, dtype=np.float32).copy()
+        _draw_masks(canvas, np.asarray(mask, dtype=bool)[None], color, max(1, min(image.size) // 300))
+        image.paste(Image.fromarray(np.clip(canvas + 0.5, 0, 255).astype(np.uint8)))
+    draw = ImageDraw.Draw(image)
+    arm = max(4, min(image.size) // 40)   # half a mark's width, in pixels
+    line = max(2, arm // 3)
+    if box is not None:
+        draw.rectangle([float(v) for v in box], outline=(0, 0, 0), width=line + 2)
+        draw.rectangle([float(v) for v in box], outline=(255, 255, 255), width=line)
+    points = [] if points is None else np.asarray(points, dtype=float).reshape(-1, 2)
+    for (x, y), label in zip(points, [] if labels is None else labels, strict=True):
+        strokes = [(x - arm, y, x + arm, y)] + ([(x, y - arm, x, y + arm)] if label else [])
+        for stroke in strokes:
+            draw.line(stroke, fill=(255, 255, 255), width=line + 2)
+        for stroke in strokes:
+            draw.line(stroke, fill=POSITIVE_COLOR if label else NEGATIVE_COLOR, width=line)
+    return image
 
 
 def save_overlay(image: Image.Image, results: list[dict], path: str | Path,
