@@ -112,3 +112,20 @@ def test_what_the_tracker_cannot_do_yet_is_one_line(shapes, tmp_path):
         trainer(shapes, tmp_path / "cache", "data.cache_features=ram").setup()
     with pytest.raises(ConfigError, match="model.quantize=nf4 is not available with model.task=interactive"):
         trainer(shapes, tmp_path / "nf4", "model.quantize=nf4")
+
+
+def test_an_adapter_on_the_prompt_encoders_convolutions_loads_back(shapes, tmp_path):
+    """`all` reaches the prompt encoder's mask convolutions: PEFT's Conv2d LoRA (A the layer's
+    kernel with r outputs, B a 1x1) is checked and loaded like a Linear one."""
+    from sam3_lora.lora.weights import load_finetuned
+
+    run = trainer(shapes, tmp_path / "run", "lora.target_modules=[all]", "lora.apply_to_prompt_encoder=true",
+                  "lora.apply_to_mask_decoder=true", "training.max_steps=1", "training.learning_rate=0.05")
+    run.train()
+    saved = load_file(tmp_path / "run" / "best" / "adapter_model.safetensors")
+    conv = [k for k in saved if "prompt_encoder.mask_embed.conv1.lora_A" in k]
+    assert conv and saved[conv[0]].dim() == 4
+    model, _, _ = load_finetuned(run.config)
+    state = model.state_dict()
+    loaded = next(k for k in state if "prompt_encoder.mask_embed.conv1.lora_A" in k)
+    assert torch.equal(state[loaded], saved[conv[0]])

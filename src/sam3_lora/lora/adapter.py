@@ -287,14 +287,20 @@ def _lora_tensor_problem(base: nn.Module, module_path: str, which: str, tensor: 
     except AttributeError:
         return "the model has no such layer"
     layer = getattr(layer, "base_layer", layer)   # a layer PEFT already wraps
-    if not isinstance(layer, nn.Linear):
-        return f"adapts a {type(layer).__name__}, not a Linear layer"
-    if tensor.dim() != 2:
-        return f"expected a matrix, found shape {tuple(tensor.shape)}"
+    if isinstance(layer, nn.Linear):
+        expected_dims, inputs, outputs, tail_a, tail_b = 2, layer.in_features, layer.out_features, (), ()
+    elif isinstance(layer, nn.Conv2d) and layer.groups == 1:
+        # PEFT's LoRA on a convolution: A is the layer's own kernel with r outputs, B a 1x1.
+        expected_dims, inputs, outputs = 4, layer.in_channels, layer.out_channels
+        tail_a, tail_b = tuple(layer.kernel_size), (1, 1)
+    else:
+        return f"adapts a {type(layer).__name__}, not a Linear or Conv2d layer"
+    if tensor.dim() != expected_dims:
+        return f"expected {expected_dims} dimensions, found shape {tuple(tensor.shape)}"
     rank = tensor.shape[0] if which == "A" else tensor.shape[1]
-    expected = (rank, layer.in_features) if which == "A" else (layer.out_features, rank)
+    expected = (rank, inputs, *tail_a) if which == "A" else (outputs, rank, *tail_b)
     if tuple(tensor.shape) != expected or not 1 <= rank <= MAX_RANK:
-        return f"shape {tuple(tensor.shape)} does not fit the layer ({layer.in_features} in, {layer.out_features} out)"
+        return f"shape {tuple(tensor.shape)} does not fit the layer ({inputs} in, {outputs} out)"
     return None
 
 
