@@ -24,12 +24,14 @@ Output folder (``--output``, default ``runs/demo``)::
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
 from PIL import Image, ImageDraw
 
 from sam3_lora.config import Config, load_config
@@ -74,6 +76,19 @@ BUDGETS = {"full": Budget(train_images=300, test_images=80, steps=500, replay_im
            "quick": Budget(train_images=150, test_images=40, steps=300, replay_images=150)}
 
 
+@contextlib.contextmanager
+def one_thread():
+    """Torch on one thread inside: the bundled tiny model's parallel regions are too small to
+    pay for a second (``demo --quick`` on 2 idle cores: 101 s on one thread, 143 s on two with
+    passive waiting; BENCHMARKS.md "A shared CPU")."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
 class DemoError(Sam3LoraError):
     """The demo cannot run as asked (e.g. its output folder holds something else)."""
 
@@ -89,6 +104,11 @@ def run_demo(output: str | Path = "runs/demo", *, quick: bool = False, overwrite
     ``budget`` replace the target domain and the budget (``bench/demo_choices.py``).
     The tracker's demo is ``recipes.demo_interactive.run_interactive_demo``.
     """
+    with one_thread():
+        return _run_demo(output, quick, overwrite, overrides, seed, say, target, budget)
+
+
+def _run_demo(output, quick, overwrite, overrides, seed, say, target, budget) -> dict:
     started = time.perf_counter()
     out = prepare_output(Path(output), overwrite)
     budget = budget or BUDGETS["quick" if quick else "full"]

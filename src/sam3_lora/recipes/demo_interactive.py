@@ -40,7 +40,7 @@ from sam3_lora.data.rle import decode, to_rle
 from sam3_lora.evaluation.interactive import click_ious
 from sam3_lora.lora.weights import adapter_disabled, load_finetuned
 from sam3_lora.model.tracker import ObjectPredictor
-from sam3_lora.recipes.demo import Budget, make_data, prepare_output
+from sam3_lora.recipes.demo import Budget, make_data, one_thread, prepare_output
 from sam3_lora.recipes.train import SAM3LoRATrainer
 from sam3_lora.recipes.validate import validate
 from sam3_lora.serve.overlay import draw_clicks
@@ -53,7 +53,7 @@ PRESET = "demo-interactive"
 TARGET = {"concepts": ("purple star", "orange cross", "cyan star"), "background": ("checker",)}
 METRICS = ("mIoU_1", "mIoU_3", "mIoU_5", "NoC_85", "NoC_90", "box_mIoU")
 BUDGETS = {"full": Budget(train_images=300, test_images=60, steps=400, replay_images=150),
-           "quick": Budget(train_images=150, test_images=40, steps=150, replay_images=75)}
+           "quick": Budget(train_images=150, test_images=24, steps=150, replay_images=75)}
 SHOWN_CLICKS = 3
 OVERLAY_SCALE = 3   # the images are 112 px: enlarged so that clicks and outlines stay legible
 
@@ -63,6 +63,11 @@ def run_interactive_demo(output: str | Path = "runs/demo-interactive", *, quick:
                          say=lambda line: None, target: dict | None = None, budget: Budget | None = None) -> dict:
     """Run the interactive demo into ``output``; returns the summary (also summary.json).
     Arguments as ``recipes.demo.run_demo``'s."""
+    with one_thread():
+        return _run(output, quick, overwrite, overrides, seed, say, target, budget)
+
+
+def _run(output, quick, overwrite, overrides, seed, say, target, budget) -> dict:
     started = time.perf_counter()
     out = prepare_output(Path(output), overwrite)
     budget = budget or BUDGETS["quick" if quick else "full"]
