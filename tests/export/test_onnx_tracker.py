@@ -45,8 +45,13 @@ object's boundary can fall either side); measured: 0 on these cases."""
 
 
 def picture(seed: int = 0) -> Image.Image:
-    """A random RGB image, not square (the prompt scaling differs per axis)."""
-    return Image.fromarray(np.random.default_rng(seed).integers(0, 255, (HEIGHT, WIDTH, 3), dtype=np.uint8))
+    """A random grey-ish RGB image, not square (the prompt scaling differs per axis), with a
+    red object inside the box of ``PROMPTS`` under its positive clicks: the bundled tracker is
+    trained, and on noise alone its answer to a click can be nothing at all."""
+    rng = np.random.default_rng(seed)
+    pixels = rng.integers(90, 160, (HEIGHT, WIDTH, 3), dtype=np.uint8)
+    pixels[25:75, 15:85] = (220, 40, 40)
+    return Image.fromarray(pixels)
 
 
 def blob(seed: int) -> np.ndarray:

@@ -357,7 +357,9 @@ def export_sam3_onnx(model, tokenizer, out: str | Path, *, opset: int = DEFAULT_
     """
     versions = versions or check_onnx_tools(opset)
     check_quantize(quantize)
-    model = _plain_sam3(model)
+    from transformers import Sam3Model
+
+    model = plain_model(model, Sam3Model)
     out = empty_target(out)
     say = progress or (lambda line: None)
     with sigterm_as_exit(), atomic_folder(out) as work:
@@ -378,17 +380,17 @@ def export_sam3_onnx(model, tokenizer, out: str | Path, *, opset: int = DEFAULT_
     return out
 
 
-def _plain_sam3(model):
-    from transformers import Sam3Model
-
+def plain_model(model, expected: type, what: str = "the model"):
+    """``model`` itself if it can be exported: an ``expected`` transformers model, no adapter
+    left on it, float32 weights; else one line saying what to do."""
     if hasattr(model, "peft_config"):
-        raise OnnxExportError("the model still carries a LoRA adapter: merge it first "
-                              "(model = peft_model.merge_and_unload()), then export")
-    if not isinstance(model, Sam3Model):
-        raise OnnxExportError(f"expected a transformers Sam3Model, got {type(model).__name__}")
+        raise OnnxExportError(f"{what} still carries a LoRA adapter: merge it first "
+                              f"(model = peft_model.merge_and_unload()), then export")
+    if not isinstance(model, expected):
+        raise OnnxExportError(f"expected a transformers {expected.__name__}, got {type(model).__name__}")
     dtypes = {str(p.dtype).removeprefix("torch.") for p in model.parameters()}
     if dtypes != {"float32"}:
-        raise OnnxExportError(f"the model's weights are {', '.join(sorted(dtypes))}; the export computes in float32: "
+        raise OnnxExportError(f"{what}'s weights are {', '.join(sorted(dtypes))}; the export computes in float32: "
                               f"export model.float() (quantize afterwards for a smaller, faster model)")
     return model
 

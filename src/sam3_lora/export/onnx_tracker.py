@@ -48,7 +48,6 @@ from sam3_lora.export.merged import empty_target
 from sam3_lora.export.onnx import (
     DEFAULT_OPSET,
     EXTERNAL_DATA_BYTES,
-    OnnxExportError,
     Progress,
     check_in_onnxruntime,
     check_onnx_tools,
@@ -56,6 +55,7 @@ from sam3_lora.export.onnx import (
     eager_eval,
     export_graph,
     export_onnx,
+    plain_model,
 )
 from sam3_lora.export.onnx_folder import (
     CONFIG_FILE,
@@ -177,7 +177,9 @@ def export_tracker_onnx(model, out: str | Path, *, opset: int = DEFAULT_OPSET, q
     onnxruntime against PyTorch first. ``quantize="int8"``: dynamic INT8 of the image encoder."""
     versions = versions or check_onnx_tools(opset)
     check_quantize(quantize)
-    model = _plain_tracker(model)
+    from transformers import Sam3TrackerModel
+
+    model = plain_model(model, Sam3TrackerModel, "the tracker")
     out = empty_target(out)
     say = progress or (lambda line: None)
     with sigterm_as_exit(), atomic_folder(out) as work:
@@ -194,22 +196,6 @@ def export_tracker_onnx(model, out: str | Path, *, opset: int = DEFAULT_OPSET, q
         write_metadata(work, metadata)
     say(f"wrote {out}")
     return out
-
-
-def _plain_tracker(model):
-    from transformers import Sam3TrackerModel
-
-    if hasattr(model, "peft_config"):
-        raise OnnxExportError("the tracker still carries a LoRA adapter: merge it first "
-                              "(model = peft_model.merge_and_unload()), then export")
-    if not isinstance(model, Sam3TrackerModel):
-        raise OnnxExportError(f"expected a transformers Sam3TrackerModel (model.task=interactive), got "
-                              f"{type(model).__name__}")
-    dtypes = {str(p.dtype).removeprefix("torch.") for p in model.parameters()}
-    if dtypes != {"float32"}:
-        raise OnnxExportError(f"the tracker's weights are {', '.join(sorted(dtypes))}; the export computes in "
-                              f"float32: export model.float()")
-    return model
 
 
 def _sizes(model) -> tuple[int, int]:
