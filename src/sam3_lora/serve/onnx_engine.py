@@ -185,8 +185,8 @@ def postprocess_query(pred_logits: np.ndarray, presence_logit: np.ndarray, pred_
 
 # ---- the export folder ------------------------------------------------------------------------
 
-TASK_ENGINES = {"concept": "SAM3OnnxInference (predict --onnx DIR --prompt ...)",
-                "interactive": "SAM3OnnxTracker (predict --onnx DIR --points ...)"}
+TASK_ENGINES = {"concept": "SAM3OnnxInference (text and box prompts)",
+                "interactive": "SAM3OnnxTracker (clicks, a box or a mask)"}
 """What runs an export of each ``task``: named in the error when a folder reaches the other."""
 
 
