@@ -113,9 +113,7 @@ def _run_demo(output, quick, overwrite, overrides, seed, say, target, budget) ->
     out = prepare_output(Path(output), overwrite)
     budget = budget or BUDGETS["quick" if quick else "full"]
     target = target or TARGET
-    config = load_config("demo", [f"data.root={out / 'data' / 'target'}", f"output.dir={out / 'run'}",
-                                  f"training.max_steps={budget.steps}", f"training.seed={seed}",
-                                  *(overrides or [])])
+    config = demo_config("demo", out, budget, seed, overrides)
     say(f"[1/4] data: target domain ({_describe(target)}) and held-out base concepts, in {out / 'data'}")
     make_data(out / "data", budget, seed, target)
 
@@ -143,6 +141,13 @@ def _run_demo(output, quick, overwrite, overrides, seed, say, target, budget) ->
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     say(format_summary(summary))
     return summary
+
+
+def demo_config(preset: str, out: Path, budget: Budget, seed: int, overrides: list[str] | None) -> Config:
+    """A demo's preset pointed at ``out`` (its target data and run folder), with the budget's
+    steps, the seed and the caller's ``overrides`` last."""
+    return load_config(preset, [f"data.root={out / 'data' / 'target'}", f"output.dir={out / 'run'}",
+                                f"training.max_steps={budget.steps}", f"training.seed={seed}", *(overrides or [])])
 
 
 def prepare_output(out: Path, overwrite: bool) -> Path:

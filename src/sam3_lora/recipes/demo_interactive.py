@@ -32,7 +32,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
-from sam3_lora.config import Config, load_config
+from sam3_lora.config import Config
 from sam3_lora.data.coco.split import load_coco_split
 from sam3_lora.data.images import open_image
 from sam3_lora.data.interactive import object_index
@@ -40,7 +40,7 @@ from sam3_lora.data.rle import decode, to_rle
 from sam3_lora.evaluation.interactive import click_ious
 from sam3_lora.lora.weights import adapter_disabled, load_finetuned
 from sam3_lora.model.tracker import ObjectPredictor
-from sam3_lora.recipes.demo import Budget, make_data, one_thread, prepare_output
+from sam3_lora.recipes.demo import Budget, demo_config, make_data, one_thread, prepare_output
 from sam3_lora.recipes.train import SAM3LoRATrainer
 from sam3_lora.recipes.validate import validate
 from sam3_lora.serve.overlay import draw_clicks
@@ -72,8 +72,7 @@ def _run(output, quick, overwrite, overrides, seed, say, target, budget) -> dict
     out = prepare_output(Path(output), overwrite)
     budget = budget or BUDGETS["quick" if quick else "full"]
     target = target or TARGET
-    config = load_config(PRESET, [f"data.root={out / 'data' / 'target'}", f"output.dir={out / 'run'}",
-                                  f"training.max_steps={budget.steps}", f"training.seed={seed}", *(overrides or [])])
+    config = demo_config(PRESET, out, budget, seed, overrides)
     say(f"[1/4] data: target domain ({', '.join(target['concepts'])} on {'/'.join(target['background'])}) "
         f"and held-out base shapes, in {out / 'data'}")
     make_data(out / "data", budget, seed, target)
