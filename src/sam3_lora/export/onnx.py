@@ -372,12 +372,18 @@ def export_sam3_onnx(model, tokenizer, out: str | Path, *, opset: int = DEFAULT_
                 _check_graphs(model, inputs, work, say)
         tokenizer.save_pretrained(work)
         metadata = _metadata(model, versions, opset, _tokenizer_spec(tokenizer, work, max_length), seconds)
-        if quantize:
-            metadata["quantization"] = quantize_folder(work, metadata, say)
-        metadata["export_seconds"]["total"] = round(time.perf_counter() - started, 1)
-        write_metadata(work, metadata)
+        finish_folder(work, metadata, quantize, started, say)
     say(f"wrote {out}")
     return out
+
+
+def finish_folder(work: Path, metadata: dict, quantize: str | None, started: float, say) -> None:
+    """The last steps of an export into ``work`` (either task): the INT8 copy of its graphs
+    if asked, the total time since ``started`` (``time.perf_counter()``), ``sam3_onnx.json``."""
+    if quantize:
+        metadata["quantization"] = quantize_folder(work, metadata, say)
+    metadata["export_seconds"]["total"] = round(time.perf_counter() - started, 1)
+    write_metadata(work, metadata)
 
 
 def plain_model(model, expected: type, what: str = "the model"):

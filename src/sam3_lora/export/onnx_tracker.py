@@ -55,6 +55,7 @@ from sam3_lora.export.onnx import (
     eager_eval,
     export_graph,
     export_onnx,
+    finish_folder,
     plain_model,
 )
 from sam3_lora.export.onnx_folder import (
@@ -62,9 +63,7 @@ from sam3_lora.export.onnx_folder import (
     FORMAT,
     TRACKER_GRAPH_FILES,
     TRACKER_GRAPH_IO,
-    write_metadata,
 )
-from sam3_lora.export.quantize import quantize_folder
 from sam3_lora.files import atomic_folder, sigterm_as_exit
 from sam3_lora.model.folders import is_model_folder
 from sam3_lora.model.processing import IMAGE_MEAN, IMAGE_STD
@@ -190,10 +189,7 @@ def export_tracker_onnx(model, out: str | Path, *, opset: int = DEFAULT_OPSET, q
             if check:
                 _check_graphs(model, inputs, work, say)
         metadata = tracker_metadata(model, versions, opset, seconds)
-        if quantize:
-            metadata["quantization"] = quantize_folder(work, metadata, say)
-        metadata["export_seconds"]["total"] = round(time.perf_counter() - started, 1)
-        write_metadata(work, metadata)
+        finish_folder(work, metadata, quantize, started, say)
     say(f"wrote {out}")
     return out
 
