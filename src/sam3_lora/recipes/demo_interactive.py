@@ -36,13 +36,13 @@ from sam3_lora.config import Config
 from sam3_lora.data.coco.split import load_coco_split
 from sam3_lora.data.images import open_image
 from sam3_lora.data.interactive import object_index
-from sam3_lora.data.rle import decode, to_rle
 from sam3_lora.evaluation.interactive import click_ious
 from sam3_lora.lora.weights import adapter_disabled, load_finetuned
 from sam3_lora.model.tracker import ObjectPredictor
 from sam3_lora.recipes.demo import Budget, demo_config, make_data, one_thread, prepare_output
 from sam3_lora.recipes.train import SAM3LoRATrainer
 from sam3_lora.recipes.validate import validate
+from sam3_lora.recipes.validate_interactive import object_mask, predictor_for
 from sam3_lora.serve.overlay import draw_clicks
 
 PRESET = "demo-interactive"
@@ -135,13 +135,11 @@ def write_click_overlays(config: Config, out: Path, count: int) -> list[Path]:
     for image_index in sorted(first_objects)[:count]:
         record, obj = split.images[image_index], first_objects[image_index]
         image = open_image(record.path)
-        gt = decode(to_rle(obj.segmentation, record.height, record.width)).astype(bool)
-        parameter = next(model.parameters())
-        pixels = processor.images([image]).to(parameter.device, parameter.dtype)
+        gt = object_mask(record, obj)
         rows = []
         for title, disabled in (("base model", True), ("fine-tuned (LoRA)", False)):
             with adapter_disabled(model, disabled), torch.no_grad():
-                steps = click_sequence(ObjectPredictor(model, pixels, (record.height, record.width)), gt, SHOWN_CLICKS)
+                steps = click_sequence(predictor_for(model, processor, image), gt, SHOWN_CLICKS)
             rows.append((title, steps))
         path = out / "overlays" / f"{Path(record.file_name).stem}-clicks.png"
         click_panel(image, rows).save(path)

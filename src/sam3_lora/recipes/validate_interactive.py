@@ -88,13 +88,11 @@ def score_clicks(model, processor, data: CocoSplit, objects: dict[int, list]) ->
     """The click metrics (overall, ``per_category``, ``mIoU_by_clicks``), ``box_mIoU`` and
     ``objects`` of ``model`` on ``objects`` ({image index: objects} of ``data``)."""
     results, box_ious = [], []
-    device, dtype = next(model.parameters()).device, next(model.parameters()).dtype
     for image_index, image_objects in tqdm(sorted(objects.items()), desc="validate", unit="image", leave=False):
         record = data.images[image_index]
-        pixels = processor.images([open_image(record.path)]).to(device, dtype)
-        predictor = ObjectPredictor(model, pixels, (record.height, record.width))
+        predictor = predictor_for(model, processor, open_image(record.path))
         for obj in image_objects:
-            gt = decode(to_rle(obj.segmentation, record.height, record.width)).astype(bool)
+            gt = object_mask(record, obj)
             if not gt.any():   # a degenerate polygon: nothing to click on
                 continue
             predictor.reset()
@@ -110,6 +108,18 @@ def score_clicks(model, processor, data: CocoSplit, objects: dict[int, list]) ->
     return {**overall, "box_mIoU": float(np.mean(box_ious)),
             "mIoU_by_clicks": mean_iou_by_clicks([ious for _, ious in results]),
             "per_category": per_category, "objects": len(results)}
+
+
+def predictor_for(model, processor, image) -> ObjectPredictor:
+    """An ``ObjectPredictor`` on ``image`` (PIL), its pixels in the model's device and dtype."""
+    parameter = next(model.parameters())
+    pixels = processor.images([image]).to(parameter.device, parameter.dtype)
+    return ObjectPredictor(model, pixels, (image.height, image.width))
+
+
+def object_mask(record, obj) -> np.ndarray:
+    """(H, W) bool mask of ``obj``, one object of the image ``record``."""
+    return decode(to_rle(obj.segmentation, record.height, record.width)).astype(bool)
 
 
 def _as_numpy(predictor: ObjectPredictor):
