@@ -250,6 +250,9 @@ def test_a_bottleneck_adapter_switches_by_name_beside_a_lora_adapter(tmp_path, t
     save_adapter(both, tmp_path / "again", adapter_name="bottleneck")   # saved from the shared layers
     assert read_metadata(tmp_path / "again")["method"] == "adapter"
     assert differ(predict(load_adapter(fresh_base(), tmp_path / "again")), alone["bottleneck"]) == 0.0
+    both.set_adapter("bottleneck")
+    both.delete_adapter("plain")   # from the layers the two shared
+    assert differ(predict(both), alone["bottleneck"]) == 0.0
 
 
 def test_a_bottleneck_adapter_cannot_join_a_layer_lora_holds_first(tmp_path):

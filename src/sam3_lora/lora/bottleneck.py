@@ -74,7 +74,9 @@ class BottleneckLinear(LoraLinear):
 
     def forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
         result = super().forward(x, *args, **kwargs)   # the base, and any active LoRA adapter
-        if self.disable_adapters:
+        if self.disable_adapters or kwargs.get("adapter_names") is not None:
+            # adapter_names (PEFT's adapter per sample) replace the active adapters; PEFT
+            # accepts only LoRA adapters' names there, which LoRA's forward has applied
             return result
         for name in self.active_adapters:
             if name in self.lora_bottleneck_down:
