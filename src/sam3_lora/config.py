@@ -158,9 +158,15 @@ class ModelConfig(Section):
     export dequantizes first. Not with ``training.method=full``."""
 
 
-# The adapter methods ``lora.method`` chooses among, each PEFT's (0.21) of the same name.
-Method = Literal["lora", "loha", "lokr", "adalora", "vera", "ia3"]
+# The adapter methods ``lora.method`` chooses among, each PEFT's (0.21) of the same name but
+# ``adapter``: bottleneck adapters, a custom layer PEFT's LoRA carries (lora/bottleneck.py).
+Method = Literal["lora", "loha", "lokr", "adalora", "vera", "ia3", "adapter"]
 METHODS: tuple[str, ...] = typing.get_args(Method)
+METHOD_PEFT_TYPES = {method: "LORA" if method == "adapter" else method.upper() for method in METHODS}
+"""PEFT's ``peft_type`` of each method: a bottleneck adapter saves, loads and switches as LoRA."""
+MERGE_REFUSALS = {"adapter": "a bottleneck adapter is not linear (a GELU between two Linear layers), so no "
+                             "weight of the base can hold it"}
+"""Why a method cannot merge into the base (``export --merged``, ONNX); the others merge."""
 # The ``lora`` keys each method reads; the others keep their defaults under it (``check_together``).
 # The component switches and ``target_modules`` apply to every method.
 METHOD_KEYS = {
@@ -170,6 +176,7 @@ METHOD_KEYS = {
     "adalora": ("rank", "alpha", "dropout", "adalora_init_rank"),
     "vera": ("rank", "dropout"),
     "ia3": (),
+    "adapter": ("rank", "alpha"),
 }
 
 
@@ -185,19 +192,25 @@ class LoRAConfig(Section):
     penalty is not added, as SAM3's loss is computed outside the model); ``vera`` (one pair of
     frozen random projections of rank ``rank`` shared by every layer, with two trained scaling
     vectors per layer: the fewest parameters of the low-rank methods); ``ia3`` (one trained
-    scale per feature of each layer's output, of the input of ``fc2``-type layers: no rank).
-    Each reads only some keys of this section (``rank``, ``alpha``, ``dropout``, ...: each key
-    says which); a key another method reads, set with one that does not, is refused. Every
-    method merges into the base (``export --merged``)."""
+    scale per feature of each layer's output, of the input of ``fc2``-type layers: no rank);
+    ``adapter`` (SAM-Adapter's bottleneck on each selected Linear layer's output ``y``:
+    ``y + alpha / rank * up(gelu(down(y)))``, ``down`` to ``rank`` features and ``up`` back,
+    ``up`` starting at zero; on ``fc2`` and ``out_proj`` it follows each block's MLP and
+    attention; Linear layers only). Each reads only some keys of this section (``rank``,
+    ``alpha``, ``dropout``, ...: each key says which); a key another method reads, set with one
+    that does not, is refused. Every method but ``adapter`` (not linear) merges into the base
+    (``export --merged``)."""
     rank: int = Field(default=8, gt=0, le=MAX_RANK)
     """LoRA rank r: the inner dimension of each low-rank update, 1 to 1024 (SAM3's widest
     layer side: a higher rank adds nothing). Trainable parameters grow linearly with it.
     Methods: lora, loha, lokr (their factors' rank), adalora (the average rank it ends with),
-    vera (the shared projections' rank: grows only those frozen buffers)."""
+    vera (the shared projections' rank: grows only those frozen buffers), adapter (the
+    bottleneck's width)."""
 
     alpha: float = Field(default=16.0, gt=0)
     """LoRA scaling numerator: updates are scaled by alpha / rank (alpha / sqrt(rank) with
-    ``use_rslora``). Twice the rank is the usual choice. Methods: lora, loha, lokr, adalora."""
+    ``use_rslora``). Twice the rank is the usual choice. Methods: lora, loha, lokr, adalora,
+    adapter (its bottleneck's output is scaled by alpha / rank)."""
 
     dropout: float = Field(default=0.0, ge=0.0, lt=1.0)
     """Dropout on the LoRA branch input during training; 0 disables it. Methods: lora,

@@ -37,7 +37,8 @@ def test_merged_export_loads_with_plain_transformers(tmp_path, adapter, predict,
 
 @pytest.mark.parametrize("method", ["loha", "lokr", "adalora", "vera", "ia3"])
 def test_every_method_exports_merged(method, tmp_path, tiny, predict, differ):
-    """Every ``lora.method`` merges into the base (none needs a refusal in PEFT 0.21)."""
+    """Every PEFT ``lora.method`` merges into the base (none needs a refusal in PEFT 0.21; the
+    bottleneck adapter, ours, is refused: ``test_a_bottleneck_adapter_is_refused_in_one_line``)."""
     from sam3_lora.lora.adapter import save_adapter
     from sam3_lora.model.adapter_parameters import is_adapter_parameter
 
@@ -55,6 +56,20 @@ def test_every_method_exports_merged(method, tmp_path, tiny, predict, differ):
     # the adapter is in (IA3's scales move the random tiny model's outputs least: 3e-5)
     assert differ(predict(plain), predict(load_sam3("sam3-tiny", seed=0).model)) > 1e-5
     assert differ(predict(plain), predict(model)) < 1e-6   # folded in float32
+
+
+def test_a_bottleneck_adapter_is_refused_in_one_line(tmp_path, tiny, monkeypatch):
+    """Its GELU is not linear: no weight holds it. Refused before the base is loaded."""
+    from sam3_lora.lora.adapter import save_adapter
+
+    config = LoRAConfig(method="adapter", rank=4, target_modules=["fc2"])
+    folder = save_adapter(apply_lora_to_model(tiny.model, config, verbose=False), tmp_path / "adapter",
+                          base_source="sam3-tiny")
+    monkeypatch.setattr("sam3_lora.model.loading.load_sam3", lambda *a, **k: pytest.fail("the base was loaded"))
+    with pytest.raises(AdapterError, match="adapter: a bottleneck adapter is not linear .* use the adapter folder "
+                                           "unmerged") as error:
+        export_merged(folder, tmp_path / "merged")
+    assert "\n" not in str(error.value) and not (tmp_path / "merged").exists()
 
 
 def test_merged_export_takes_its_base_from_the_adapter(tmp_path, adapter, predict, differ):

@@ -324,3 +324,18 @@ def test_interactive_config_through_export_onnx_is_refused():
 
     with pytest.raises(OnnxExportError, match="export_tracker_onnx_from"):
         export_onnx(Path("unused"), Path("/nonexistent-parent/new"), load_config(None, TRACKER))
+
+
+def test_a_bottleneck_adapter_is_refused_in_one_line_before_the_base_loads(tmp_path, monkeypatch):
+    """A bottleneck adapter (``lora.method: adapter``) cannot merge, which an ONNX export needs."""
+    from sam3_lora.config import load_config
+    from sam3_lora.errors import AdapterError
+    from sam3_lora.export.onnx_tracker import load_merged_tracker
+
+    config = LoRAConfig(method="adapter", rank=4, target_modules=["fc2"], apply_to_mask_decoder=True)
+    folder = save_adapter(apply_lora_to_model(load_tracker("sam3-tiny").model, config, verbose=False),
+                          tmp_path / "adapter")
+    monkeypatch.setattr("sam3_lora.lora.weights.load_base", lambda *a, **k: pytest.fail("the base was loaded"))
+    with pytest.raises(AdapterError, match="a bottleneck adapter is not linear") as error:
+        load_merged_tracker(folder, load_config(None, ["model.task=interactive", "model.source=sam3-tiny"]))
+    assert "\n" not in str(error.value)

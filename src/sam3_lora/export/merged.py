@@ -20,7 +20,13 @@ from pathlib import Path
 from sam3_lora.config import Config
 from sam3_lora.errors import Sam3LoraError
 from sam3_lora.files import atomic_folder
-from sam3_lora.lora.adapter import METADATA_FILE, PEFT_FILES, load_adapter, read_metadata
+from sam3_lora.lora.adapter import (
+    METADATA_FILE,
+    PEFT_FILES,
+    check_mergeable,
+    load_adapter,
+    read_metadata,
+)
 from sam3_lora.model.folders import is_model_folder
 from sam3_lora.model.precision import DTYPES
 from sam3_lora.model.processing import save_processor_config
@@ -58,7 +64,8 @@ def load_merged(weights: str | Path, config: Config | None = None):
     """The model in ``weights`` as one plain ``Sam3Model`` (eval mode, on the CPU) with its
     processor (``LoadedSam3``): an adapter is merged into its base (``merge_and_unload``), a
     base quantized as ``config.model.quantize`` says dequantized first; a whole-model folder
-    (``training.method: full``) is loaded as it is.
+    (``training.method: full``) is loaded as it is. An adapter of a method that cannot merge
+    (``lora.method: adapter``) is refused in one line before the base is loaded.
 
     The base of an adapter is ``config.model.source`` when a config is given, else the base
     the adapter records. (Random-weight presets also need the config: their weights follow
@@ -71,6 +78,7 @@ def load_merged(weights: str | Path, config: Config | None = None):
     if is_model_folder(weights):
         return load_sam3(str(weights), **sizes)
     metadata = read_metadata(weights)
+    check_mergeable(weights, metadata)
     source = config.model.source if config else metadata.get("base_model", {}).get("source")
     if not source or source == "unknown":
         raise ExportError(f"{weights}: the adapter does not record its base model; give a config whose "

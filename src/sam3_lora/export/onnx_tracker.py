@@ -78,10 +78,12 @@ def load_merged_tracker(weights: str | Path, config: Config):
     """The tracker in ``weights`` as one plain ``Sam3TrackerModel`` (eval, CPU, float32) with
     its processor: an adapter merged into ``config.model.source``'s tracker, or a whole-model
     folder as it is (``lora.weights.load_base`` loads either)."""
-    from sam3_lora.lora.adapter import load_adapter
+    from sam3_lora.lora.adapter import check_mergeable, load_adapter
     from sam3_lora.lora.weights import load_base
 
     whole = is_model_folder(weights)
+    if not whole:
+        check_mergeable(weights)
     loaded = load_base(config, str(weights) if whole else config.model.source, torch.float32, "cpu")
     if not whole:
         loaded.model = load_adapter(loaded.model, weights).merge_and_unload().eval()

@@ -5,7 +5,8 @@ An adapter folder holds PEFT's ``adapter_config.json`` and ``adapter_model.safet
 
     format         "sam3-lora-adapter/1"
     base_model     {"source": ..., "architecture": {...}}   what the adapter was trained on
-    method         the adapter's method (``lora.method``: lora, loha, lokr, adalora, vera, ia3)
+    method         the adapter's method (``lora.method``: lora, loha, lokr, adalora, vera, ia3,
+                   adapter; a bottleneck adapter's ``adapter_config.json`` is LoRA's)
     lora           the ``lora`` config section that selected the layers
     ranks          AdaLoRA only: adapted layer -> its rank after training's allocation
     prompts        the prompt vocabulary the training used
@@ -27,10 +28,10 @@ from pydantic import ValidationError
 from torch import nn
 
 from sam3_lora import __version__
-from sam3_lora.config import MAX_RANK, METHODS, LoRAConfig
+from sam3_lora.config import MAX_RANK, MERGE_REFUSALS, METHOD_PEFT_TYPES, METHODS, LoRAConfig
 from sam3_lora.errors import AdapterError
 from sam3_lora.files import atomic_folder
-from sam3_lora.lora.apply import adapter_ranks, peft_quietly
+from sam3_lora.lora.apply import adapter_ranks, config_method, peft_quietly
 from sam3_lora.model.adapter_parameters import is_adapter_parameter, is_derived, split_adapter_name
 from sam3_lora.model.folders import METADATA_FILE, PICKLE_SUFFIXES, pickle_refusal
 from sam3_lora.model.tensor_files import read_tensors
@@ -38,8 +39,9 @@ from sam3_lora.values import is_finite
 
 FORMAT = "sam3-lora-adapter/1"
 PEFT_FILES = ("adapter_config.json", "adapter_model.safetensors")
-PEFT_TYPES = {method.upper(): method for method in METHODS}
-"""PEFT's ``peft_type`` of each ``lora.method`` (``LOHA`` -> loha)."""
+PEFT_TYPES = {peft_type: method for method, peft_type in METHOD_PEFT_TYPES.items() if peft_type == method.upper()}
+"""The ``lora.method`` of each PEFT ``peft_type`` (``LOHA`` -> loha; ``LORA`` -> lora, or a
+bottleneck adapter where ``sam3_lora.json`` says ``adapter``)."""
 RANK_KEYS = {"LORA": ("r",), "LOHA": ("r",), "LOKR": ("r",), "VERA": ("r",), "ADALORA": ("init_r", "target_r"),
              "IA3": ()}
 """The ranks each method's ``adapter_config.json`` holds, each checked to be 1 to ``MAX_RANK``."""
@@ -88,7 +90,7 @@ def write_adapter(model: nn.Module, folder: Path, *, base_source: str = "unknown
     metadata = {
         "format": FORMAT,
         "base_model": {"source": base_source, "architecture": _base_architecture(model)},
-        "method": PEFT_TYPES.get(str(model.peft_config[adapter_name].peft_type.value), "lora"),
+        "method": config_method(model.peft_config[adapter_name]),
         "lora": config.model_dump(mode="json") if isinstance(config, LoRAConfig) else None,
         **({"ranks": ranks} if ranks is not None else {}),
         "prompts": sorted(set(prompts or [])),
@@ -230,10 +232,12 @@ def _is_int(value) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
-def read_lora_tensors(model: nn.Module, folder: str | Path, peft_config: dict) -> dict[str, torch.Tensor]:
+def read_lora_tensors(model: nn.Module, folder: str | Path, peft_config: dict,
+                      method: str = "lora") -> dict[str, torch.Tensor]:
     """The adapter's tensors, each finite and adapting a layer of ``model``; LoRA's shaped for
     it (``lora_A`` (r, in), ``lora_B`` (out, r), both present, r as ``adapter_config.json``
-    says); checked before PEFT allocates or copies anything. (The other methods' shapes follow
+    says), a bottleneck adapter's likewise (``method`` adapter: ``_bottleneck_tensor_problem``);
+    checked before PEFT allocates or copies anything. (The other methods' shapes follow
     from their config; PEFT refuses a misfit, which ``load_adapter`` reports in one line.)"""
     path = Path(folder) / "adapter_model.safetensors"
     tensors = read_tensors(path, AdapterError)
@@ -244,6 +248,18 @@ def read_lora_tensors(model: nn.Module, folder: str | Path, peft_config: dict) -
     ranks: dict[str, dict[str, int]] = {}
     for key, tensor in tensors.items():
         module_path, found, rest = key.removeprefix("base_model.model.").partition(".lora_")
+        if found and (rest.startswith(BOTTLENECK_PARTS) != (method == "adapter")):
+            raise AdapterError(f"{path}: {key[:100]} is {'not ' if method == 'adapter' else ''}a bottleneck "
+                               f"adapter's tensor, but {METADATA_FILE} says method {method}; the adapter's files "
+                               f"do not belong together")
+        if found and rest.startswith(BOTTLENECK_PARTS):
+            problem = _bottleneck_tensor_problem(base, module_path, rest, tensor)
+            if problem:
+                raise AdapterError(f"{path}: {key[:100]}: {problem}; the adapter does not fit this base model")
+            if rest.endswith(".weight"):   # the width, as LoRA's pair: down (r, out), up (out, r)
+                which = "A" if rest.startswith("bottleneck_down.") else "B"
+                ranks.setdefault(module_path, {})[which] = tensor.shape[0 if which == "A" else 1]
+            continue
         if not found or not rest.startswith(("A.", "B.")):
             continue   # DoRA magnitudes, modules_to_save: PEFT checks those
         which = rest[0]
@@ -278,6 +294,32 @@ def _check_adapted_layers(base: nn.Module, path: Path, tensors: dict[str, torch.
                 problem = f"adapts a {type(layer).__name__}, not a Linear layer"
         if problem:
             raise AdapterError(f"{path}: {key[:100]}: {problem}; the adapter does not fit this base model")
+
+
+BOTTLENECK_PARTS = ("bottleneck_down.", "bottleneck_up.")
+"""A bottleneck adapter's tensors, after ``lora_`` (lora/bottleneck.py)."""
+
+
+def _bottleneck_tensor_problem(base: nn.Module, module_path: str, part: str, tensor: torch.Tensor) -> str | None:
+    """What is wrong with one bottleneck tensor (``part``: ``bottleneck_down.weight`` (r, out),
+    ``bottleneck_down.bias`` (r,), ``bottleneck_up.weight`` (out, r) or ``bottleneck_up.bias``
+    (out,)) for the Linear layer at ``module_path``."""
+    try:
+        layer = base.get_submodule(module_path)
+    except AttributeError:
+        return "the model has no such layer"
+    layer = getattr(layer, "base_layer", layer)   # a layer PEFT already wraps
+    if not isinstance(layer, nn.Linear):
+        return f"adapts a {type(layer).__name__}, not a Linear layer"
+    out = layer.out_features
+    width = None   # r: any size from 1 to MAX_RANK
+    expected = {"bottleneck_down.weight": (width, out), "bottleneck_down.bias": (width,),
+                "bottleneck_up.weight": (out, width), "bottleneck_up.bias": (out,)}.get(part)
+    if expected is None:
+        return "not a tensor of a bottleneck adapter (down and up: weight and bias)"
+    fits = tensor.dim() == len(expected) and all(
+        1 <= size <= MAX_RANK if want is width else size == want for size, want in zip(tensor.shape, expected))
+    return None if fits else f"shape {tuple(tensor.shape)} does not fit the layer ({out} out)"
 
 
 def _lora_tensor_problem(base: nn.Module, module_path: str, which: str, tensor: torch.Tensor) -> str | None:
@@ -329,11 +371,16 @@ def check_base(model: nn.Module, folder: str | Path, metadata: dict) -> None:
         )
 
 
-def check_lora_shape(model: nn.Module, folder: str | Path) -> None:
-    """Raise if ``model``'s own LoRA differs in rank or layers from the adapter in ``folder``."""
+def check_lora_shape(model: nn.Module, folder: str | Path, method: str = "lora") -> None:
+    """Raise if ``model``'s own LoRA differs in method, rank or layers from the adapter (of
+    ``method``) in ``folder``."""
     peft_config = getattr(model, "peft_config", {}).get("default")
     if peft_config is None:
         return
+    if config_method(peft_config) != method:   # a bottleneck adapter's PEFT type is LoRA's
+        raise AdapterError(f"{folder}: adapter has method={method} but the model's adapter has "
+                           f"method={config_method(peft_config)}; apply the adapter's method or load it onto the "
+                           f"bare base")
     saved_config = read_peft_config(folder)
     for key in ("peft_type", "r", "init_r", "target_modules", "use_dora"):
         mine, theirs = peft_config.to_dict().get(key), saved_config.get(key)
@@ -360,28 +407,75 @@ def load_adapter(model: nn.Module, folder: str | Path, *, adapter_name: str = "d
     metadata = read_metadata(folder)
     check_base(model, folder, metadata)
     peft_config = read_peft_config(folder)
-    read_lora_tensors(model, folder, peft_config)
+    method = metadata.get("method", "lora")
+    tensors = read_lora_tensors(model, folder, peft_config, method)
     if isinstance(model, PeftModel):
-        check_same_method(model, folder, peft_config)
+        check_same_method(model, folder, peft_config, method)
     with _peft_errors(folder):
+        # PEFT builds the config from adapter_config.json, which lacks a bottleneck adapter's
+        # custom layer: this one has it, for PEFT to add the adapter with before loading it
+        config = _bottleneck_config(folder, is_trainable) if method == "adapter" else None
         if isinstance(model, PeftModel):
+            if config is not None:
+                _check_free_of_lora(model, folder, tensors)
+                model.add_adapter(adapter_name, config)
+                model.set_requires_grad(adapter_name, requires_grad=is_trainable)
             model.load_adapter(str(folder), adapter_name=adapter_name, is_trainable=is_trainable)
             return model
         peft_model = PeftModel.from_pretrained(model, str(folder), adapter_name=adapter_name,
-                                               is_trainable=is_trainable)
+                                               is_trainable=is_trainable, config=config)
     if metadata.get("lora"):
         peft_model.sam3_lora_config = LoRAConfig.model_validate(metadata["lora"])
     return peft_model
 
 
-def check_same_method(model: nn.Module, folder: str | Path, peft_config: dict) -> None:
-    """Raise if the adapter in ``folder`` is of another method than the adapters ``model``
-    carries (PEFT switches by name only between adapters of one method)."""
-    theirs = PEFT_TYPES[peft_config["peft_type"]]
-    mine = PEFT_TYPES.get(str(getattr(model.peft_type, "value", model.peft_type)), "lora")
-    if theirs != mine:
-        raise AdapterError(f"{folder}: a {theirs} adapter cannot join this model's {mine} adapters (PEFT switches "
-                           f"between adapters of one method); load it onto its own base model")
+def _bottleneck_config(folder: str | Path, is_trainable: bool):
+    """PEFT's config of the bottleneck adapter in ``folder``, its custom layer registered."""
+    from peft import LoraConfig
+
+    from sam3_lora.lora.bottleneck import bottleneck_config
+
+    config = bottleneck_config(LoraConfig.from_pretrained(str(folder)))
+    config.inference_mode = not is_trainable
+    return config
+
+
+def _check_free_of_lora(model: nn.Module, folder: str | Path, tensors: dict[str, torch.Tensor]) -> None:
+    """Raise if a layer the bottleneck adapter in ``folder`` adapts already carries PEFT's plain
+    LoRA layer: PEFT would add the new adapter to it as LoRA, not as a bottleneck. (A LoRA
+    adapter joins a bottleneck adapter's layers, so that order works.)"""
+    from peft.tuners.lora import LoraLayer
+
+    from sam3_lora.lora.bottleneck import BottleneckLinear
+
+    base = model.get_base_model()
+    for key in tensors:
+        path = split_adapter_name(key.removeprefix("base_model.model."))[0]
+        layer = base.get_submodule(path)
+        if isinstance(layer, LoraLayer) and not isinstance(layer, BottleneckLinear):
+            raise AdapterError(f"{folder}: {path[:100]} already carries a LoRA adapter, and PEFT adds a bottleneck "
+                               f"adapter only to a layer that has none yet; load this adapter first, then the LoRA "
+                               f"adapters")
+
+
+def check_same_method(model: nn.Module, folder: str | Path, peft_config: dict, method: str = "lora") -> None:
+    """Raise if the adapter in ``folder`` (of ``method``) is of another PEFT type than the
+    adapters ``model`` carries (PEFT switches by name only between adapters of one type; LoRA
+    and bottleneck adapters share LoRA's)."""
+    mine = sorted({config_method(config) for config in model.peft_config.values()})
+    if all(METHOD_PEFT_TYPES[other] != peft_config["peft_type"] for other in mine):
+        raise AdapterError(f"{folder}: a {method} adapter cannot join this model's {' and '.join(mine)} adapters "
+                           f"(PEFT switches between adapters of one method); load it onto its own base model")
+
+
+def check_mergeable(folder: str | Path, metadata: dict | None = None) -> None:
+    """Raise (one ``AdapterError`` line) if the adapter in ``folder`` is of a method that
+    cannot merge into its base (``MERGE_REFUSALS``): before an export loads the base to merge.
+    ``metadata``: its ``sam3_lora.json``, if already read."""
+    method = (read_metadata(folder) if metadata is None else metadata).get("method", "lora")
+    if method in MERGE_REFUSALS:
+        raise AdapterError(f"{folder}: {MERGE_REFUSALS[method]}; use the adapter folder unmerged (predict, "
+                           f"evaluate, serve and the app load it onto its base)")
 
 
 def save_lora_weights(model: nn.Module, path: str | Path, **metadata) -> Path:
@@ -398,9 +492,9 @@ def load_lora_weights(model: nn.Module, path: str | Path) -> nn.Module:
     check_base(model, path, metadata)
     if not hasattr(model, "peft_config"):
         raise AdapterError(f"{path}: the model has no LoRA yet; use load_adapter(model, path) for a bare base")
-    check_lora_shape(model, path)
+    check_lora_shape(model, path, metadata.get("method", "lora"))
     saved_config = read_peft_config(path)
-    tensors = read_lora_tensors(model, path, saved_config)
+    tensors = read_lora_tensors(model, path, saved_config, metadata.get("method", "lora"))
     with _peft_errors(path):
         result = set_peft_model_state_dict(model, _unpruned(tensors, saved_config, path))
     missing = [k for k in result.missing_keys if is_adapter_parameter(k) and not is_derived(k)]

@@ -36,7 +36,7 @@ import torch
 from torch import nn
 from transformers import Sam3Model, Sam3TrackerModel
 
-from sam3_lora.config import COMPONENTS, METHOD_KEYS, Config, LoRAConfig, check_method_keys
+from sam3_lora.config import COMPONENTS, METHOD_KEYS, METHODS, Config, LoRAConfig, check_method_keys
 from sam3_lora.errors import ConfigError
 from sam3_lora.model.adapter_parameters import split_adapter_name
 from sam3_lora.model.loading import load_sam3_config
@@ -65,6 +65,9 @@ CONV_COMPONENTS = ("prompt_encoder",)
 """Components without Linear layers, whose Conv2d layers ``all`` adapts instead (the
 tracker's prompt encoder: point embeddings and a three-convolution mask embedder)."""
 WHOLE_MODEL = "model"  # the one "component" of a model that has none of SAM3's
+LINEAR_ONLY = ("adapter",)
+"""Methods whose layer adapts Linear layers alone (the bottleneck adapter), which ``all``
+therefore does not extend to convolutions."""
 
 
 class ParameterCount(NamedTuple):
@@ -128,7 +131,8 @@ def resolve_targets(model: nn.Module, config: LoRAConfig) -> dict[str, list[str]
     for component in components:
         root = model if component == WHOLE_MODEL else model.get_submodule(component)
         prefix = "" if component == WHOLE_MODEL else f"{component}."
-        layers = (nn.Linear, nn.Conv2d) if endings is None and component in CONV_COMPONENTS else nn.Linear
+        convolutions = endings is None and component in CONV_COMPONENTS and config.method not in LINEAR_ONLY
+        layers = (nn.Linear, nn.Conv2d) if convolutions else nn.Linear
         targets[component] = [
             prefix + name
             for name, module in root.named_modules()
@@ -180,8 +184,23 @@ def peft_config(config: LoRAConfig, target_names: list[str]):
     if config.method == "vera":
         return peft.VeraConfig(r=config.rank, vera_dropout=config.dropout, target_modules=targets,
                                save_projection=True)
+    if config.method == "adapter":
+        from sam3_lora.lora.bottleneck import bottleneck_config
+
+        return bottleneck_config(peft.LoraConfig(r=config.rank, lora_alpha=config.alpha, target_modules=targets,
+                                                 bias="none"))
     feedforward = [name for name in targets if name.rsplit(".", 1)[-1] in FEEDFORWARD_ENDINGS]
     return peft.IA3Config(target_modules=targets, feedforward_modules=feedforward)
+
+
+def config_method(peft_config) -> str:
+    """The ``lora.method`` of PEFT's config of one adapter (``model.peft_config[name]``)."""
+    from sam3_lora.lora.bottleneck import is_bottleneck
+
+    if is_bottleneck(peft_config):
+        return "adapter"
+    peft_type = str(getattr(peft_config.peft_type, "value", peft_config.peft_type))
+    return next(method for method in METHODS if method.upper() == peft_type)
 
 
 def adalora_config(config: LoRAConfig, targets: list[str]):

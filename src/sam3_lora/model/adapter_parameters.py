@@ -2,8 +2,9 @@
 
 PEFT names every tensor a method adds with that method's prefix (``PeftType`` -> its tuner's
 ``prefix``: ``lora_`` for LoRA and AdaLoRA, ``hada_`` for LoHa, ``lokr_`` for LoKr,
-``vera_lambda_`` for VeRA, ``ia3_`` for IA3), as one part of the dotted name after the
-module it adapts: ``vision_encoder.layers.0.attn.q_proj.hada_w1_a.default``. AdaLoRA adds a
+``vera_lambda_`` for VeRA, ``ia3_`` for IA3; bottleneck adapters are LoRA's custom layers:
+``lora_bottleneck_down``/``_up``), as one part of the dotted name after the module it adapts:
+``vision_encoder.layers.0.attn.q_proj.hada_w1_a.default``. AdaLoRA adds a
 frozen ``ranknum`` beside its tensors. Precision, counts, saving and loading all ask here.
 """
 
@@ -11,7 +12,7 @@ from __future__ import annotations
 
 from functools import cache
 
-from sam3_lora.config import METHODS
+from sam3_lora.config import METHOD_PEFT_TYPES, METHODS
 
 EXTRA_NAMES = ("ranknum",)
 """Adapter tensors named without their method's prefix (AdaLoRA's rank counter)."""
@@ -24,7 +25,7 @@ def adapter_prefixes() -> tuple[str, ...]:
     from peft.mapping import PEFT_TYPE_TO_PREFIX_MAPPING
     from peft.utils import PeftType
 
-    return tuple(dict.fromkeys(PEFT_TYPE_TO_PREFIX_MAPPING[PeftType[method.upper()]] for method in METHODS))
+    return tuple(dict.fromkeys(PEFT_TYPE_TO_PREFIX_MAPPING[PeftType[METHOD_PEFT_TYPES[method]]] for method in METHODS))
 
 
 def split_adapter_name(name: str) -> tuple[str, str] | None:
