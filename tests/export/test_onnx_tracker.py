@@ -186,7 +186,7 @@ def test_export_folder_states_the_tracker(shapes):
     metadata = json.loads((out / "sam3_onnx.json").read_text())
     assert {p.name for p in out.iterdir()} == {"image_encoder.onnx", "mask_decoder.onnx", "sam3_onnx.json"}
     assert metadata["task"] == "interactive" and "text" not in metadata
-    assert metadata["tracker"]["mask_size"] == 32 and metadata["tracker"]["mask_tokens"] == 4
+    assert metadata["tracker"]["mask_size"] == 64 and metadata["tracker"]["mask_tokens"] == 4   # 224 px: 16 x 16 tokens
     assert list(metadata["graphs"]) == ["image_encoder", "mask_decoder"]
 
 

@@ -84,7 +84,9 @@ def test_bundled_base_loads_its_trained_tracker():
         return sorted(float(t.double().sum()) for t in tensors)
 
     assert shipped and sums(shipped.values()) == sums(loaded.model.state_dict().values())
-    assert _click_forward(loaded.model, 112).pred_masks.shape == (1, 1, 3, 32, 32)
+    # It runs at 224 px (16 x 16 ViT tokens, masks at 4x: 64 x 64), its shapes' images at 112.
+    assert loaded.processor.image_size == 224
+    assert _click_forward(loaded.model, 224).pred_masks.shape == (1, 1, 3, 64, 64)
     # Its own ViT: the detector's, fine-tuned for clicks (configs/base-tracker.yaml).
     assert not _same_vision(loaded.model, load_sam3("sam3-tiny-shapes").model)
 

@@ -3,7 +3,7 @@ shapes it never saw from clicks (held-out mIoU_1 and box_mIoU up by measured mar
 more clicks needed) and keeps its own shapes.
 
 Measured with the quick budget (seed 0): the figures beside the floors below, and
-BENCHMARKS.md "The interactive demo"; the floors leave head-room under those. With
+BENCHMARKS.md "The interactive demo". With
 training.learning_rate=0 every change is 0, so the learning test fails, as it must.
 """
 
@@ -19,13 +19,14 @@ from PIL import Image
 from sam3_lora.recipes.demo import DemoError
 from sam3_lora.recipes.demo_interactive import METRICS, SHOWN_CLICKS, run_interactive_demo
 
-# The issue's goals (+0.2 mIoU_1, NoC_85 -2) and floor (+0.15) are NOT reached by the bundled
-# tracker: LoRA brings the target to about the base's level on its own shapes, and that level
-# is the limit (BENCHMARKS.md). These floors test that it learns, with head-room under what
-# was measured.
-MIN_TARGET_MIOU1_GAIN = 0.08    # measured +0.146 (seed 0)
-MIN_TARGET_BOX_GAIN = 0.08      # measured +0.140
-MAX_BASE_SHAPES_MIOU1_DROP = 0.03   # measured 0.016
+# The issue's goals, tested on the quick run: mIoU_1 +0.2, NoC_85 2 clicks fewer (measured
+# +0.539 and -9.06, seed 0). The base shapes' drop is measured on 12 images (about 20 objects)
+# here, so its bound is looser than the issue's 0.02, which the full demo is held to
+# (BENCHMARKS.md, "The interactive demo").
+MIN_TARGET_MIOU1_GAIN = 0.2
+MIN_TARGET_BOX_GAIN = 0.2            # measured +0.503
+MIN_TARGET_NOC85_DROP = 2.0
+MAX_BASE_SHAPES_MIOU1_DROP = 0.06    # measured 0.032
 
 
 @pytest.fixture(scope="module")
@@ -38,7 +39,7 @@ def test_lora_learns_the_target_shapes_from_clicks_and_keeps_the_base_shapes(qui
     base, tuned = quick_demo["base"], quick_demo["finetuned"]
     assert tuned["mIoU_1"] - base["mIoU_1"] >= MIN_TARGET_MIOU1_GAIN, (base, tuned)
     assert tuned["box_mIoU"] - base["box_mIoU"] >= MIN_TARGET_BOX_GAIN, (base, tuned)
-    assert tuned["NoC_85"] <= base["NoC_85"] + 0.5, (base, tuned)   # more clicks never needed
+    assert base["NoC_85"] - tuned["NoC_85"] >= MIN_TARGET_NOC85_DROP, (base, tuned)
     shapes = quick_demo["base_concepts"]
     assert shapes["base"]["mIoU_1"] - shapes["finetuned"]["mIoU_1"] <= MAX_BASE_SHAPES_MIOU1_DROP, shapes
 
