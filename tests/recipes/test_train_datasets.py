@@ -168,3 +168,30 @@ def test_adapters_per_task_need_datasets_and_lora(two_datasets, tmp_path):
         load_config(TINY_CONFIG, ["lora.task_adapters=per_task"])
     with pytest.raises(ConfigError, match="lora.task_adapters=both is not available with lora.method=loha yet"):
         trainer(two_datasets, tmp_path / "run", "lora.task_adapters=both", "lora.method=loha")
+
+
+# ---- the same mechanism for detection metrics and for the tracker ---------------------------
+
+
+def test_detection_metrics_are_per_dataset_and_weighted(two_datasets, tmp_path):
+    """best_metric=mAP: each evaluation scores both datasets as validate does, and keeps their
+    mean weighted 1:3 (cgF1 where defined)."""
+    trainer(two_datasets, tmp_path / "run", "training.max_steps=2", "training.eval_every_steps=2",
+            "training.best_metric=mAP").train()
+    (evaluation,) = [r for r in records(tmp_path / "run") if "mAP" in r]
+    a, b = evaluation["mAP/circles"], evaluation["mAP/squares"]
+    assert evaluation["mAP"] == pytest.approx((a + 3 * b) / 4)
+    assert evaluation["val_loss"] == pytest.approx((evaluation["val_loss/circles"] + 3 * evaluation["val_loss/squares"]) / 4)
+
+
+def test_the_tracker_trains_on_several_datasets_with_an_adapter_each(two_datasets, tmp_path):
+    """model.task=interactive goes through the same seam: batches of objects from each
+    dataset, each through its dataset's adapter."""
+    run = trainer(two_datasets, tmp_path / "run", "model.task=interactive", "training.correction_rounds=1",
+                  "lora.task_adapters=per_task", "training.max_steps=3", "training.eval_every_steps=3")
+    run.train()
+    (evaluation,) = [r for r in records(tmp_path / "run") if "val_loss" in r]
+    assert evaluation["val_loss/circles"] != evaluation["val_loss/squares"]
+    trained = {name for name in ("circles", "squares")
+               if not b_matrices_zero(adapter_tensors(tmp_path / "run" / "last" / name))}
+    assert trained == {[r["dataset"] for r in records(tmp_path / "run") if "loss" in r][i] for i in range(3)}

@@ -289,8 +289,8 @@ def activate_adapters(model: nn.Module, names: list[str], trainable: list[str] |
     """Make ``names`` ``model``'s active adapters: PEFT adds their outputs on every layer they
     share. PEFT also freezes the others; ``trainable`` (all of a run's adapters) keeps their
     ``requires_grad`` as the optimiser and DDP were built with (an inactive adapter simply
-    gets no gradient)."""
-    model.base_model.set_adapter(names if len(names) > 1 else names[0])
+    gets no gradient). Without ``trainable`` (inference) every adapter stays frozen."""
+    model.base_model.set_adapter(names if len(names) > 1 else names[0], inference_mode=not trainable)
     if trainable:
         model.set_requires_grad(trainable, requires_grad=True)
 
