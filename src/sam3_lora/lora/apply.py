@@ -46,7 +46,7 @@ from sam3_lora.config import (
     check_method_keys,
 )
 from sam3_lora.errors import ConfigError
-from sam3_lora.model.adapter_parameters import split_adapter_name
+from sam3_lora.model.adapter_parameters import is_adapter_parameter, is_derived, split_adapter_name
 from sam3_lora.model.loading import load_sam3_config
 from sam3_lora.model.roi_align import install_fallback
 from sam3_lora.model.tracker import load_tracker_config
@@ -407,10 +407,15 @@ def describe_method(config: LoRAConfig) -> str:
 
 
 def lora_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
-    """The trainable LoRA tensors of a PEFT model, keyed as PEFT saves them."""
+    """The trainable LoRA tensors of a PEFT model, keyed as PEFT saves them; of a model with
+    several adapters (``lora.task_adapters``), every adapter's, keyed as the model holds them
+    (with the adapter's name: PEFT's saved keys leave it out)."""
     from peft import get_peft_model_state_dict
 
-    return get_peft_model_state_dict(model)
+    names = list(model.peft_config)
+    if len(names) == 1:
+        return get_peft_model_state_dict(model, adapter_name=names[0])
+    return {k: v for k, v in model.state_dict().items() if is_adapter_parameter(k) and not is_derived(k)}
 
 
 def preview(config: Config) -> str:
