@@ -217,3 +217,14 @@ def test_two_processes_route_each_batch_to_the_same_adapter(two_datasets, tmp_pa
     assert rank0.keys() == rank1.keys() and all(torch.equal(rank0[k], rank1[k]) for k in rank0)
     for name in ("circles", "squares"):
         assert any(t.any() for k, t in rank0.items() if f".lora_B.{name}." in k), name
+
+
+def test_the_app_offers_each_datasets_adapter_by_name(two_datasets, tmp_path):
+    """per_task: the app lists best/NAME and last/NAME (there is no shared best/)."""
+    from sam3_lora.serve.app import adapter_folders
+
+    run = trainer(two_datasets, tmp_path / "run", "lora.task_adapters=per_task", "training.max_steps=1")
+    run.train()
+    offered = adapter_folders(run.config)
+    assert offered == {f"{kind}/{name}": tmp_path / "run" / kind / name
+                       for kind in ("best", "last") for name in ("circles", "squares")}
