@@ -6,6 +6,8 @@ the same code serves one CPU, one GPU, or many processes under ``accelerate laun
 ``torchrun`` (DDP). Every key of the ``training`` section is read here. What a batch becomes
 (model inputs, forward, loss) is the task's (``training.tasks``): SAM3's concept detector, or
 with ``model.task: interactive`` its tracker with SAM 2's correction rounds; the rest is shared.
+Several datasets (``data.datasets``) are one ``training.mixture.Source`` each: every batch
+comes from one of them, drawn by weight, and trains the adapters ``lora.task_adapters`` gives it.
 
 Run folder (``output.dir``)::
 
@@ -16,6 +18,8 @@ Run folder (``output.dir``)::
     checkpoints/step-N/    resumable: weights + optimiser, scheduler, scaler, RNG, progress
     last/                  weights of the latest step
     best/                  weights with the best validation metric (= last/ without valid/)
+    best/NAME/, last/NAME/ with ``lora.task_adapters`` per_task or both: dataset NAME's adapter
+                           (the shared one, if any, in best/ and last/ themselves)
 
 The weights are an adapter (``lora.adapter``), or with ``training.method: full`` a whole model
 folder (``model.folders.write_model``) that ``model.source`` can name.
@@ -47,8 +51,9 @@ from accelerate.utils import DistributedDataParallelKwargs, set_seed
 from torch.utils.flop_counter import FlopCounterMode
 from tqdm.auto import tqdm
 
-from sam3_lora.config import SHARED_ADAPTER, Config, check_together, load_config
+from sam3_lora.config import SHARED_ADAPTER, Config, DataConfig, check_together, load_config
 from sam3_lora.data.coco.split import check_split, load_coco_split
+from sam3_lora.data.records import CocoSplit
 from sam3_lora.data.scaffold import missing_train_fix
 from sam3_lora.errors import ConfigError, Sam3LoraError
 from sam3_lora.evaluation.runner import SplitRunner, score
@@ -281,7 +286,7 @@ class SAM3LoRATrainer:
                 self._warn_without_negatives(source)
 
     @staticmethod
-    def _read_splits(data, key: str) -> dict:
+    def _read_splits(data: DataConfig, key: str) -> dict[str, CocoSplit]:
         """The checked train (and valid) splits of ``data.root``, which the config holds at ``key``."""
         root = Path(data.root)
         if not (root / "train").is_dir():
@@ -318,7 +323,6 @@ class SAM3LoRATrainer:
             # Micro-batches each process takes per pass over the dataset.
             source.batches = math.ceil(source.task.num_samples(source.splits["train"])
                                        / self.config.training.batch_size / self.accelerator.num_processes)
-        for source in self.sources:
             source.prompts = source.task.prompts(source.splits)
         self.prompts = sorted({prompt for source in self.sources for prompt in source.prompts})
         # Micro-batches each process takes per epoch: one pass over every dataset.
