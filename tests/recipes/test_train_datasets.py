@@ -149,7 +149,7 @@ def test_a_task_is_chosen_by_name(two_datasets, tmp_path):
     assert summary["images"] == 4 and summary["weights"] == str(tmp_path / "run" / "best")
     with pytest.raises(ConfigError, match="data.datasets holds circles, squares: name one with --task NAME"):
         validate(config)
-    with pytest.raises(ConfigError, match="'triangles' is not one of them"):
+    with pytest.raises(ConfigError, match=r"task 'triangles': not a dataset of data.datasets \(circles, squares\)"):
         validate(config, task="triangles")
 
 

@@ -65,6 +65,7 @@ def load_finetuned(config: Config, weights: str | Path | None = None, no_lora: b
     resolved for ``device`` (``model.precision``; the adapter stays float32), and the model
     runs under autocast of that dtype wherever ``model.forward`` runs it.
     """
+    check_task(config, task)   # before looking for weights: a misspelt task is the first thing to say
     chosen = None if no_lora else Path(weights) if weights else Path(config.output.dir) / "best"
     if chosen is not None and not chosen.exists():
         raise AdapterError(f"{chosen}: no adapter there; train first (sam3-lora train), give the "
@@ -83,15 +84,21 @@ def load_finetuned(config: Config, weights: str | Path | None = None, no_lora: b
     return model.to(device).eval(), loaded.processor, chosen
 
 
-def task_adapter_folders(config: Config, chosen: Path, task: str | None) -> list[tuple[str, Path]]:
-    """(adapter name, folder) of each adapter to load from the weights folder ``chosen``: the
-    shared one, in ``chosen`` itself, and with ``task`` that task's own, in ``chosen/TASK``
-    (as a run with ``lora.task_adapters`` writes them), of those that exist. ``task`` must be
-    a dataset of ``config.data.datasets`` (so also a plain folder name)."""
+def check_task(config: Config, task: str | None) -> None:
+    """Raise (one line) unless ``task`` is None or a dataset of ``config.data.datasets``."""
     names = [entry.name for entry in config.data.datasets]
     if task is not None and task not in names:
         raise ConfigError(f"task {task[:64]!r}: not a dataset of data.datasets "
                           f"({', '.join(names) or 'there is none'}); name one of them")
+
+
+def task_adapter_folders(config: Config, chosen: Path, task: str | None) -> list[tuple[str, Path]]:
+    """(adapter name, folder) of each adapter to load from the weights folder ``chosen``: the
+    shared one, in ``chosen`` itself, and with ``task`` that task's own, in ``chosen/TASK``
+    (as a run with ``lora.task_adapters`` writes them), of those that exist. ``task`` must be
+    a dataset of ``config.data.datasets`` (``check_task``: so also a plain folder name)."""
+    check_task(config, task)
+    names = [entry.name for entry in config.data.datasets]
     shared = (chosen / ADAPTER_CONFIG).is_file()
     own = [name for name in names if (chosen / name / ADAPTER_CONFIG).is_file()]
     if task is None and not shared and own:

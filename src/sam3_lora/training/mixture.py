@@ -21,6 +21,7 @@ from sam3_lora.config import Config
 from sam3_lora.data.dataset import sample_generator
 from sam3_lora.data.records import CocoSplit
 from sam3_lora.errors import ConfigError
+from sam3_lora.lora.weights import check_task
 
 MIXTURE_STREAM = 3   # the draws' random stream (dataset.py uses 0 and 1, collate.py 2)
 
@@ -61,9 +62,9 @@ def task_config(config: Config, task: str | None) -> Config:
     if not names:
         raise ConfigError(f"task {str(task)[:64]!r}: the config has no data.datasets; drop --task, or give the "
                           f"config of the run that trained on several datasets")
-    if task not in names:
-        given = "name one" if task is None else f"{task[:64]!r} is not one of them"
-        raise ConfigError(f"data.datasets holds {', '.join(names)}: {given} with --task NAME (Python: task=NAME)")
+    check_task(config, task)
+    if task is None:
+        raise ConfigError(f"data.datasets holds {', '.join(names)}: name one with --task NAME (Python: task=NAME)")
     _, _, chosen = next(item for item in dataset_configs(config) if item[0] == task)
     return chosen.model_copy(update={"data": chosen.data.model_copy(update={"datasets": config.data.datasets})})
 
