@@ -822,7 +822,8 @@ def check_datasets(data: DataConfig, accumulation: int = 1, where: str = "config
         return
     if data.root != DEFAULT_DATA_ROOT:
         raise ConfigError(f"{where}: data.root={_shown(data.root)[1:-1]} and data.datasets cannot go together (each "
-                          f"dataset names its root); remove data.root, or data.datasets to train on that one folder")
+                          f"dataset names its root); remove data.root (over a preset that sets it: data.root={DEFAULT_DATA_ROOT}, "
+                          f"its default), or data.datasets to train on that one folder")
     if accumulation > 1:   # a dataset's pass ending mid-epoch would close Accelerate's accumulation early
         raise ConfigError(f"{where}: training.gradient_accumulation_steps={accumulation} is not available with "
                           f"data.datasets yet; set it to 1 and raise training.batch_size instead")
