@@ -22,6 +22,7 @@ from sam3_lora.data.dataset import sample_generator
 from sam3_lora.data.records import CocoSplit
 from sam3_lora.errors import ConfigError
 from sam3_lora.lora.weights import check_task
+from sam3_lora.training.tasks import Task
 
 MIXTURE_STREAM = 3   # the draws' random stream (dataset.py uses 0 and 1, collate.py 2)
 
@@ -36,7 +37,7 @@ class Source:
     weight: float
     config: Config
     splits: dict[str, CocoSplit] = field(default_factory=dict)
-    task: object = None
+    task: Task | None = None
     batches: int = 0
     prompts: list[str] = field(default_factory=list)
 
@@ -80,13 +81,21 @@ def draws(weights: list[float], count: int, seed: int, epoch: int) -> list[int]:
     return chosen.tolist()
 
 
+# (weights, count, seed) -> per epoch e, how many batches each dataset gave before it. A run
+# asks for each epoch in turn: cached, each epoch's draws are made once, not once per later epoch.
+_READ_BEFORE: dict[tuple, list[list[int]]] = {}
+
+
 def batches_read(weights: list[float], count: int, seed: int, epoch: int, done: int) -> list[int]:
     """How many batches each dataset gave before batch ``done`` of ``epoch`` (epochs of
     ``count`` batches each)."""
-    read = [0] * len(weights)
-    for earlier in range(epoch):
-        for index in draws(weights, count, seed, earlier):
+    before = _READ_BEFORE.setdefault((tuple(weights), count, seed), [[0] * len(weights)])
+    while len(before) <= epoch:
+        read = list(before[-1])
+        for index in draws(weights, count, seed, len(before) - 1):
             read[index] += 1
+        before.append(read)
+    read = list(before[epoch])
     for index in draws(weights, count, seed, epoch)[:done]:
         read[index] += 1
     return read
