@@ -1,3 +1,5 @@
+import re
+
 import pytest
 
 from sam3_lora.config import PRESET_DIR, Config, LoRAConfig, load_config, resolve_config_path
@@ -34,7 +36,7 @@ def test_preset_choices_match_their_descriptions():
     ("lora:\n  rnak: 4\n", r"lora.rnak: unknown key; did you mean 'rank'\?"),
     ("trainng:\n  batch_size: 2\n", r"trainng: unknown key; did you mean 'training'\?"),
     ("training:\n  lerning_rate: 1\n", r"did you mean 'learning_rate'\?"),
-    ("data:\n  zzz: 1\n", r"data.zzz: unknown key; valid keys here: root, annotation_file"),
+    ("data:\n  zzz: 1\n", r"data.zzz: unknown key; valid keys here: root, datasets, annotation_file"),
     ("lora:\n  rank: -4\n", r"lora.rank: Input should be greater than 0 \(got -4\)"),
     ("training:\n  batch_size: two\n", r"training.batch_size: Input should be a valid integer"),
     ("lora:\n  target_modules: []\n", r"lora.target_modules: .*must name at least one layer"),
@@ -245,3 +247,30 @@ def test_a_choice_a_yaml_1_1_reader_made_a_boolean_is_taken_back():
     assert validate_config(raw).training.mixed_precision == "no"
     with pytest.raises(ConfigError, match="training.method"):   # no boolean word among its choices
         validate_config({"training": {"method": True}})
+
+
+# ---- several datasets (data.datasets) -------------------------------------------------------
+
+TWO = "data.datasets=[{name: a, root: x}, {name: b, root: y, weight: 2.5}]"
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["data.root=mine", TWO], "data.root=mine and data.datasets cannot go together"),
+    (["data.datasets=[{name: a, root: x}, {name: a, root: y}]"], "data.datasets names a more than once"),
+    (["data.datasets=[{name: a, root: x, weight: 0}]"], "data.datasets.0.weight: Input should be greater than 0"),
+    (["data.datasets=[{name: a, root: x, weight: -1}]"], "data.datasets.0.weight: Input should be greater than 0"),
+    (["data.datasets=[{name: ../up, root: x}]"], "data.datasets.0.name: String should match pattern"),
+    (["data.datasets=[{name: a}]"], "data.datasets.0.root: Field required"),
+    (["data.datasets=[{name: a, root: x, wieght: 2}]"], "data.datasets.0.wieght: unknown key"),
+    ([TWO, "training.gradient_accumulation_steps=2"], "gradient_accumulation_steps=2 is not available with data.datasets"),
+])
+def test_bad_datasets_are_one_line(overrides, message):
+    assert re.search(message, one_line_error(None, overrides))
+
+
+def test_datasets_round_trip_through_the_effective_config(tmp_path):
+    """The effective config writes data.root's default beside data.datasets: it loads back."""
+    config = load_config(None, [TWO])
+    config.save(tmp_path / "config.yaml")
+    assert load_config(tmp_path / "config.yaml") == config
+    assert [(d.name, d.root, d.weight) for d in config.data.datasets] == [("a", "x", 1.0), ("b", "y", 2.5)]

@@ -258,6 +258,17 @@ class LoRAConfig(Section):
     """DoRA: learn a magnitude per output feature besides the low-rank direction (slower).
     Method: lora."""
 
+    task_adapters: Literal["shared", "per_task", "both"] = "shared"
+    """With several datasets (``data.datasets``), which adapters train: ``shared``, one over
+    the mixture; ``per_task``, one per dataset, named after it, on the one frozen base, each
+    batch trained (and each dataset validated) through its dataset's adapter only; ``both``,
+    the shared one plus one per dataset, each batch through the shared one and its dataset's
+    together (PEFT adds active adapters' outputs). ``best/`` and ``last/`` hold the shared
+    adapter in the folder itself and each dataset's in a subfolder of its name; ``validate``,
+    ``predict`` and the app take a dataset by name (``--task NAME``) and load its adapters:
+    the shared one and its own, where they exist. Other than ``shared``: needs
+    ``data.datasets`` and ``method: lora``."""
+
     adalora_init_rank: int | None = Field(default=None, gt=0, le=MAX_RANK)
     """AdaLoRA's rank per layer at the start, before its allocation moves rank to the layers
     that matter (each layer ends between 0 and this; on average at ``rank``). None: 1.5 x
@@ -285,12 +296,50 @@ class LoRAConfig(Section):
         return None
 
 
+class DatasetEntry(Section):
+    """One dataset of a run that trains on several (``data.datasets``)."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
+    """The dataset's name, unique in the run: its validation losses are logged as
+    ``val_loss/NAME``, and with ``lora.task_adapters`` its adapter is named so (a subfolder
+    of ``best/``). Letters, digits, ``_`` and ``-``, at most 64; not ``default`` (PEFT's name
+    of the shared adapter)."""
+
+    root: str
+    """Its folder of splits (``train/``, optional ``valid/``), as ``data.root`` is for one."""
+
+    weight: float = Field(default=1.0, gt=0)
+    """Its share of the training batches: each batch comes from one dataset, drawn with
+    probability weight / (sum of the weights); also its weight in the overall ``val_loss``."""
+
+    prompts: dict[str, str] = Field(default_factory=dict)
+    """Prompt text per category name of this dataset, over ``data.prompts``."""
+
+
+DEFAULT_DATA_ROOT = "data"
+SHARED_ADAPTER = "default"
+"""PEFT's name of a run's shared adapter (the only one unless ``lora.task_adapters`` says)."""
+
+
 class DataConfig(Section):
     """The dataset and how it becomes (image, prompt) queries."""
 
-    root: str = "data"
+    root: str = DEFAULT_DATA_ROOT
     """Folder holding the splits ``train/``, ``valid/``, ``test/``, each with its images and
-    an annotation file (``annotation_file``). ``valid/`` and ``test/`` are optional."""
+    an annotation file (``annotation_file``). ``valid/`` and ``test/`` are optional. Not with
+    ``datasets`` (each names its own root)."""
+
+    datasets: list[DatasetEntry] = Field(default_factory=list)
+    """Several datasets in one run (multi-task), instead of ``root``: a list of ``{name, root,
+    weight, prompts}`` (``name`` unique; ``weight`` > 0, default 1: the dataset's chance of
+    giving each training batch, in proportion to the others'; ``prompts`` over this section's).
+    Every training batch comes from one dataset, drawn by weight in an order fixed by
+    ``training.seed`` (each dataset read in its own shuffled passes); an epoch is as many
+    batches as one pass over every dataset. Each evaluation logs ``val_loss/NAME`` on every
+    dataset's ``valid/`` and, as ``val_loss`` (what ``best/`` keeps the best of), their mean
+    weighted by ``weight``, over the datasets that have one (likewise ``mAP``, ``cgF1``).
+    The other keys of this section apply to every dataset. Not with
+    ``training.gradient_accumulation_steps`` above 1 yet. ``[]``: the one dataset of ``root``."""
 
     annotation_file: str = "_annotations.coco.json"
     """Name of the COCO annotation file inside each split folder (Roboflow's name)."""
@@ -754,6 +803,8 @@ def validate_config(raw: dict[str, Any], where: str = "config",
 def check_together(config: Config, where: str = "config") -> None:
     """Keys that are each valid but cannot go together."""
     check_method_keys(config.lora, where)
+    check_datasets(config.data, config.training.gradient_accumulation_steps, where)
+    check_task_adapters(config, where)
     if config.model.quantize != "none" and config.training.method == "full":
         raise ConfigError(f"{where}: model.quantize={config.model.quantize} cannot be trained with "
                           f"training.method=full (quantized weights take no gradients); set "
@@ -761,6 +812,43 @@ def check_together(config: Config, where: str = "config") -> None:
     if config.model.task == "interactive" and config.model.quantize != "none":   # the tracker's loading has none yet
         raise ConfigError(f"{where}: model.quantize={config.model.quantize} is not available with "
                           f"model.task=interactive yet; set model.quantize=none")
+
+
+def check_datasets(data: DataConfig, accumulation: int = 1, where: str = "config") -> None:
+    """Refuse ``data.datasets`` beside a ``data.root`` of its own (which one would train?),
+    with gradient accumulation (``accumulation`` steps), and two datasets of one name (their
+    logs and adapters would mix)."""
+    if not data.datasets:
+        return
+    if data.root != DEFAULT_DATA_ROOT:
+        raise ConfigError(f"{where}: data.root={_shown(data.root)[1:-1]} and data.datasets cannot go together (each "
+                          f"dataset names its root); remove data.root (over a preset that sets it: data.root={DEFAULT_DATA_ROOT}, "
+                          f"its default), or data.datasets to train on that one folder")
+    if accumulation > 1:   # a dataset's pass ending mid-epoch would close Accelerate's accumulation early
+        raise ConfigError(f"{where}: training.gradient_accumulation_steps={accumulation} is not available with "
+                          f"data.datasets yet; set it to 1 and raise training.batch_size instead")
+    names = [entry.name for entry in data.datasets]
+    if SHARED_ADAPTER in names:
+        raise ConfigError(f"{where}: data.datasets names a dataset {SHARED_ADAPTER}, PEFT's name of the shared "
+                          f"adapter; rename it")
+    repeated = sorted({name for name in names if names.count(name) > 1})
+    if repeated:
+        raise ConfigError(f"{where}: data.datasets names {repeated[0]} more than once; give each dataset its own name")
+
+
+def check_task_adapters(config: Config, where: str = "config") -> None:
+    """Adapters per dataset need datasets, and LoRA (the method whose adapters PEFT trains
+    and activates together by name; others are not tested yet)."""
+    choice = config.lora.task_adapters
+    if choice == "shared":
+        return
+    if not config.data.datasets:
+        raise ConfigError(f"{where}: lora.task_adapters={choice} trains an adapter per dataset of data.datasets, "
+                          f"and there is none; list the datasets in data.datasets, or set lora.task_adapters=shared")
+    if config.lora.method != "lora" or config.training.method == "full":
+        what = f"lora.method={config.lora.method}" if config.lora.method != "lora" else "training.method=full"
+        raise ConfigError(f"{where}: lora.task_adapters={choice} is not available with {what} yet; "
+                          f"set lora.task_adapters=shared")
 
 
 def check_method_keys(lora: LoRAConfig, where: str = "config") -> None:

@@ -179,3 +179,14 @@ def test_bad_points_are_refused_before_the_model_loads(no_model, photos, capsys,
     code = main(["predict", "--config", "demo", "model.source=sam3-tiny", "--image", str(photos), *argv])
     err = capsys.readouterr().err
     assert code == 2 and message in err and err.count("\n") == 1
+
+
+def test_task_names_a_dataset_of_the_config_before_the_model_loads(photos, tmp_path, capsys):
+    """--task chooses a dataset's adapters (lora.task_adapters): one of data.datasets, else one line."""
+    datasets = "data.datasets=[{name: cracks, root: a}, {name: rust, root: b}]"
+    code, err = predict(capsys, "--image", str(photos), "--output", str(tmp_path / "out"), "data.root=data", datasets,
+                        "--task", "nope")
+    assert code == 2 and err == "error: task 'nope': not a dataset of data.datasets (cracks, rust); name one of them\n"
+    code, err = predict(capsys, "--image", str(photos), "--output", str(tmp_path / "out"), "--onnx", str(tmp_path),
+                        "--task", "rust")
+    assert code == 2 and "--config does not apply with --onnx" in err

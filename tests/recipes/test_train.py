@@ -127,7 +127,7 @@ def test_seed_changes_weights_and_data_order(shapes, tmp_path):
     a, b = (trainer_for(shapes, tmp_path / str(s), f"training.seed={s}") for s in (0, 1))
     name = "base_model.model.detr_decoder.layers.0.self_attn.q_proj.base_layer.weight"
     assert not torch.equal(dict(a.peft_model.named_parameters())[name], dict(b.peft_model.named_parameters())[name])
-    assert next(iter(a._train_batches()))["image_ids"].tolist() != next(iter(b._train_batches()))["image_ids"].tolist()
+    assert next(iter(a._train_batches()))[1]["image_ids"].tolist() != next(iter(b._train_batches()))[1]["image_ids"].tolist()
 
 
 def test_bf16_autocasts_and_fp16_is_refused_on_cpu(shapes, tmp_path):
@@ -136,7 +136,7 @@ def test_bf16_autocasts_and_fp16_is_refused_on_cpu(shapes, tmp_path):
     dtypes = []
     layer = trainer.peft_model.base_model.model.detr_decoder.layers[0].self_attn.q_proj
     handle = layer.register_forward_hook(lambda module, args, out: dtypes.append(out.dtype))
-    trainer._forward_loss(next(iter(trainer._train_batches())))
+    trainer._forward_loss(next(iter(trainer._train_batches()))[1])
     handle.remove()
     assert dtypes == [torch.bfloat16]
     with pytest.raises(ConfigError, match="fp16 needs a CUDA GPU"):
@@ -332,7 +332,7 @@ def test_data_errors_are_refused_unless_skipped(shapes, tmp_path):
     with pytest.raises(DataError, match="data.skip_invalid=true"):
         trainer_for(root, tmp_path)
     trainer = trainer_for(root, tmp_path, "data.skip_invalid=true")
-    assert len(trainer.splits["train"].images) == 15
+    assert len(trainer.sources[0].splits["train"].images) == 15
 
 
 def test_missing_data_root_names_the_key(tmp_path):
@@ -574,7 +574,7 @@ def test_annotation_file_name_is_configurable(shapes, tmp_path):
         (root / split / "_annotations.coco.json").rename(root / split / "labels.json")
     with pytest.raises(DataError, match="_annotations.coco.json"):
         trainer_for(root, tmp_path)
-    assert len(trainer_for(root, tmp_path, "data.annotation_file=labels.json").splits["valid"].images) == 8
+    assert len(trainer_for(root, tmp_path, "data.annotation_file=labels.json").sources[0].splits["valid"].images) == 8
 
 
 @pytest.mark.parametrize("keys", [covers("method")])

@@ -38,7 +38,8 @@ def check_onnx_flags(args: argparse.Namespace) -> None:
     """With --onnx the export folder is the whole model: the flags that choose a model or
     its input size cannot apply, and saying so beats ignoring them."""
     given = [flag for flag, value in (("--config", args.config), ("--weights", args.weights),
-                                      ("--no-lora", args.no_lora), ("--resolution", args.resolution),
+                                      ("--no-lora", args.no_lora), ("--task", args.task),
+                                      ("--resolution", args.resolution),
                                       ("section.key=value overrides", args.overrides),
                                       *((f"--{flag.replace('_', '-')}", getattr(args, flag, None)) for flag in LEGACY_FLAGS))
              if value]
@@ -79,7 +80,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
         tracker = config.model.task == "interactive"
         if points is not None and not tracker:   # before the model loads
             raise PredictInputError("--points needs SAM3's tracker: a config with model.task=interactive")
-        engine = SAM3LoRAInference(config=config, weights_path=args.weights, no_lora=args.no_lora,
+        engine = SAM3LoRAInference(config=config, weights_path=args.weights, no_lora=args.no_lora, task=args.task,
                                    detection_threshold=args.threshold, resolution=args.resolution)
     outputs = dict(zip(images, pairs, strict=True))
     skipped = []
@@ -136,6 +137,8 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
                           epilog=PREDICT_EPILOG)
     predict.add_argument("--weights", metavar="DIR", help="adapter folder (default: output.dir/best)")
     predict.add_argument("--no-lora", action="store_true", help="the base model, no adapter")
+    predict.add_argument("--task", metavar="NAME", help="with data.datasets: whose adapters to use "
+                         "(lora.task_adapters)")
     predict.add_argument("--onnx", metavar="DIR", help="run an ONNX export (sam3-lora export --onnx) on "
                          "onnxruntime instead; --config and --weights are then not needed")
     predict.add_argument("--image", required=True, metavar="PATH", help="an image, a folder of images, or a glob")

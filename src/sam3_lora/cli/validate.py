@@ -22,7 +22,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
     summary = validate(config_from_args(args), weights=args.weights, split=args.split,
                        num_samples=args.num_samples, no_lora=args.no_lora, compare_base=args.compare_base,
-                       positives_only=args.positives_only, output=args.output)
+                       positives_only=args.positives_only, output=args.output, task=args.task)
     if "mIoU_1" in summary:   # model.task: interactive, scored by simulated clicks
         from sam3_lora.recipes.validate_interactive import format_interactive
 
@@ -44,6 +44,8 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     check.add_argument("--split", choices=["valid", "test"], help="split to score (default: evaluation.split)")
     check.add_argument("--num-samples", type=int, metavar="N", help="score only the first N images")
     check.add_argument("--no-lora", action="store_true", help="evaluate the base model, no adapter")
+    check.add_argument("--task", metavar="NAME", help="with data.datasets: the dataset to score, through its "
+                       "adapters (lora.task_adapters)")
     check.add_argument("--compare-base", action="store_true",
                        help="also score the base model (adapter switched off) and show both side by side")
     check.add_argument("--positives-only", action="store_true",

@@ -371,10 +371,10 @@ def check_base(model: nn.Module, folder: str | Path, metadata: dict) -> None:
         )
 
 
-def check_lora_shape(model: nn.Module, folder: str | Path, method: str = "lora") -> None:
-    """Raise if ``model``'s own LoRA differs in method, rank or layers from the adapter (of
-    ``method``) in ``folder``."""
-    peft_config = getattr(model, "peft_config", {}).get("default")
+def check_lora_shape(model: nn.Module, folder: str | Path, method: str = "lora", adapter_name: str = "default") -> None:
+    """Raise if ``model``'s own LoRA (its adapter ``adapter_name``) differs in method, rank or
+    layers from the adapter (of ``method``) in ``folder``."""
+    peft_config = getattr(model, "peft_config", {}).get(adapter_name)
     if peft_config is None:
         return
     if config_method(peft_config) != method:   # a bottleneck adapter's PEFT type is LoRA's
@@ -483,27 +483,29 @@ def save_lora_weights(model: nn.Module, path: str | Path, **metadata) -> Path:
     return save_adapter(model, path, **metadata)
 
 
-def load_lora_weights(model: nn.Module, path: str | Path) -> nn.Module:
+def load_lora_weights(model: nn.Module, path: str | Path, adapter_name: str = "default") -> nn.Module:
     """Seed API: load LoRA weights from ``path`` into ``model``, which already has LoRA
-    applied with the same settings (``apply_lora_to_model``). Returns ``model``."""
+    applied with the same settings (``apply_lora_to_model``), into its adapter ``adapter_name``.
+    Returns ``model``."""
     from peft import set_peft_model_state_dict
 
     metadata = read_metadata(path)
     check_base(model, path, metadata)
     if not hasattr(model, "peft_config"):
         raise AdapterError(f"{path}: the model has no LoRA yet; use load_adapter(model, path) for a bare base")
-    check_lora_shape(model, path, metadata.get("method", "lora"))
+    check_lora_shape(model, path, metadata.get("method", "lora"), adapter_name)
     saved_config = read_peft_config(path)
     tensors = read_lora_tensors(model, path, saved_config, metadata.get("method", "lora"))
     with _peft_errors(path):
-        result = set_peft_model_state_dict(model, _unpruned(tensors, saved_config, path))
-    missing = [k for k in result.missing_keys if is_adapter_parameter(k) and not is_derived(k)]
+        result = set_peft_model_state_dict(model, _unpruned(tensors, saved_config, path), adapter_name=adapter_name)
+    missing = [k for k in result.missing_keys if is_adapter_parameter(k) and not is_derived(k)
+               and split_adapter_name(k)[1].split(".")[1:2] == [adapter_name]]   # not the model's other adapters
     if missing:
         raise AdapterError(f"{path}: adapter lacks {len(missing)} LoRA tensors the model has (first: {missing[0]})")
     if saved_config.get("rank_pattern") and saved_config["peft_type"] == "ADALORA":
         # AdaLoRA goes on masking to these ranks (a resumed run's allocation restarts its
         # importance estimates: they are not in the checkpoint)
-        model.peft_config["default"].rank_pattern = saved_config["rank_pattern"]
+        model.peft_config[adapter_name].rank_pattern = saved_config["rank_pattern"]
     return model
 
 

@@ -36,9 +36,17 @@ import torch
 from torch import nn
 from transformers import Sam3Model, Sam3TrackerModel
 
-from sam3_lora.config import COMPONENTS, METHOD_KEYS, METHODS, Config, LoRAConfig, check_method_keys
+from sam3_lora.config import (
+    COMPONENTS,
+    METHOD_KEYS,
+    METHODS,
+    SHARED_ADAPTER,
+    Config,
+    LoRAConfig,
+    check_method_keys,
+)
 from sam3_lora.errors import ConfigError
-from sam3_lora.model.adapter_parameters import split_adapter_name
+from sam3_lora.model.adapter_parameters import is_adapter_parameter, is_derived, split_adapter_name
 from sam3_lora.model.loading import load_sam3_config
 from sam3_lora.model.roi_align import install_fallback
 from sam3_lora.model.tracker import load_tracker_config
@@ -257,6 +265,36 @@ def apply_lora_to_model(model: nn.Module, config: LoRAConfig | None = None, verb
     return peft_model
 
 
+def task_adapter_names(config: LoRAConfig, tasks: list[str]) -> list[str]:
+    """The adapters a run trains (``lora.task_adapters``), the shared one (``SHARED_ADAPTER``)
+    first where there is one, then one per task (dataset) in ``tasks``' order."""
+    shared = [SHARED_ADAPTER] if config.task_adapters in ("shared", "both") else []
+    return shared + (list(tasks) if config.task_adapters != "shared" else [])
+
+
+def apply_adapters(model: nn.Module, config: LoRAConfig, names: list[str]):
+    """``apply_lora_to_model`` with one adapter per name in ``names``, each on the same layers
+    (freshly initialised, from the global RNG in this order), all trainable; the first active.
+    (Each batch then activates its own: ``activate_adapters``.)"""
+    targets = [name for component_names in resolve_targets(model, config).values() for name in component_names]
+    peft_model = apply_lora_to_model(model, config, verbose=False, adapter_name=names[0])
+    with peft_quietly():
+        for name in names[1:]:
+            peft_model.add_adapter(name, peft_config(config, targets))
+    peft_model.set_requires_grad(names, requires_grad=True)
+    return peft_model
+
+
+def activate_adapters(model: nn.Module, names: list[str], trainable: list[str] | None = None) -> None:
+    """Make ``names`` ``model``'s active adapters: PEFT adds their outputs on every layer they
+    share. PEFT also freezes the others; ``trainable`` (all of a run's adapters) keeps their
+    ``requires_grad`` as the optimiser and DDP were built with (an inactive adapter simply
+    gets no gradient). Without ``trainable`` (inference) every adapter stays frozen."""
+    model.base_model.set_adapter(names if len(names) > 1 else names[0], inference_mode=not trainable)
+    if trainable:
+        model.set_requires_grad(trainable, requires_grad=True)
+
+
 def _rank_allocation(model: nn.Module) -> Callable[[int], None] | None:
     """The adapter's per-step rank allocation (AdaLoRA's ``update_and_allocate``), or None
     for methods whose ranks are fixed."""
@@ -369,10 +407,15 @@ def describe_method(config: LoRAConfig) -> str:
 
 
 def lora_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
-    """The trainable LoRA tensors of a PEFT model, keyed as PEFT saves them."""
+    """The trainable LoRA tensors of a PEFT model, keyed as PEFT saves them; of a model with
+    several adapters (``lora.task_adapters``), every adapter's, keyed as the model holds them
+    (with the adapter's name: PEFT's saved keys leave it out)."""
     from peft import get_peft_model_state_dict
 
-    return get_peft_model_state_dict(model)
+    names = list(model.peft_config)
+    if len(names) == 1:
+        return get_peft_model_state_dict(model, adapter_name=names[0])
+    return {k: v for k, v in model.state_dict().items() if is_adapter_parameter(k) and not is_derived(k)}
 
 
 def preview(config: Config) -> str:

@@ -6,6 +6,8 @@ the same code serves one CPU, one GPU, or many processes under ``accelerate laun
 ``torchrun`` (DDP). Every key of the ``training`` section is read here. What a batch becomes
 (model inputs, forward, loss) is the task's (``training.tasks``): SAM3's concept detector, or
 with ``model.task: interactive`` its tracker with SAM 2's correction rounds; the rest is shared.
+Several datasets (``data.datasets``) are one ``training.mixture.Source`` each: every batch
+comes from one of them, drawn by weight, and trains the adapters ``lora.task_adapters`` gives it.
 
 Run folder (``output.dir``)::
 
@@ -16,6 +18,8 @@ Run folder (``output.dir``)::
     checkpoints/step-N/    resumable: weights + optimiser, scheduler, scaler, RNG, progress
     last/                  weights of the latest step
     best/                  weights with the best validation metric (= last/ without valid/)
+    best/NAME/, last/NAME/ with ``lora.task_adapters`` per_task or both: dataset NAME's adapter
+                           (the shared one, if any, in best/ and last/ themselves)
 
 The weights are an adapter (``lora.adapter``), or with ``training.method: full`` a whole model
 folder (``model.folders.write_model``) that ``model.source`` can name.
@@ -47,21 +51,25 @@ from accelerate.utils import DistributedDataParallelKwargs, set_seed
 from torch.utils.flop_counter import FlopCounterMode
 from tqdm.auto import tqdm
 
-from sam3_lora.config import Config, check_together, load_config
+from sam3_lora.config import SHARED_ADAPTER, Config, DataConfig, check_together, load_config
 from sam3_lora.data.coco.split import check_split, load_coco_split
+from sam3_lora.data.records import CocoSplit
 from sam3_lora.data.scaffold import missing_train_fix
 from sam3_lora.errors import ConfigError, Sam3LoraError
 from sam3_lora.evaluation.runner import SplitRunner, score
 from sam3_lora.files import atomic_folder, check_output, open_for_append, write_file
 from sam3_lora.lora.adapter import load_lora_weights, write_adapter
 from sam3_lora.lora.apply import (
+    activate_adapters,
     adapter_ranks,
+    apply_adapters,
     apply_lora_to_model,
     component_ranks,
     count_parameters,
     format_ranks,
     format_summary,
     lora_summary,
+    task_adapter_names,
     training_hooks,
 )
 from sam3_lora.lora.weights import load_base
@@ -76,6 +84,7 @@ from sam3_lora.training.checkpoint import (
     truncate_log,
 )
 from sam3_lora.training.features import FeatureCache, fingerprint, trunk_problem
+from sam3_lora.training.mixture import Source, combine_metrics, dataset_configs, mixed_batches
 from sam3_lora.training.optim import lr_lambda, param_groups
 from sam3_lora.training.resources import (
     enable_activation_checkpointing,
@@ -145,7 +154,9 @@ class SAM3LoRATrainer:
         self._setup_accelerator()
         self._setup_model()
         vision_features = partial(self.features.encode, self.peft_model) if self.features is not None else None
-        self.task: Task = build_task(self.config, self.image_size, self.loaded.processor.text, vision_features)
+        for source in self.sources:   # each reads its own dataset; the first also runs every batch
+            source.task = build_task(source.config, self.image_size, self.loaded.processor.text, vision_features)
+        self.task: Task = self.sources[0].task
         self._setup_data()
         self._setup_optimizer()
         if checkpoints:
@@ -230,10 +241,14 @@ class SAM3LoRATrainer:
         self.loaded = load_base(cfg, cfg.model.source, self.precision.dtype, self.accelerator.device)
         self.image_size = self.loaded.processor.image_size
         self.full = cfg.training.method == "full"
+        # The adapters (lora.task_adapters): the shared one, and/or one per dataset.
+        self.adapter_names = task_adapter_names(cfg.lora, [source.name for source in self.sources])
         if self.full:
             model = self.loaded.model.requires_grad_(True)
+        elif len(self.adapter_names) > 1:
+            model = apply_adapters(self.loaded.model, cfg.lora, self.adapter_names)
         else:
-            model = apply_lora_to_model(self.loaded.model, cfg.lora, verbose=False)
+            model = apply_lora_to_model(self.loaded.model, cfg.lora, verbose=False, adapter_name=self.adapter_names[0])
         self.checkpointed_blocks = enable_activation_checkpointing(model, cfg.training.activation_checkpointing)
         self.peft_model = model
         self.features = self._feature_cache(model)
@@ -262,24 +277,32 @@ class SAM3LoRATrainer:
         return FeatureCache(data.cache_features_bytes, folder)
 
     def _load_splits(self) -> None:
-        """Read and check the train (and valid) annotations; no model or accelerator needed."""
-        root = Path(self.config.data.root)
+        """Read and check every dataset's train (and valid) annotations (``training.mixture``:
+        one ``Source`` per dataset); no model or accelerator needed."""
+        self.sources = [Source(name, weight, config) for name, weight, config in dataset_configs(self.config)]
+        for index, source in enumerate(self.sources):
+            source.splits = self._read_splits(source.config.data, _root_key(self.config, index))
+            if self.config.model.task == "concept":
+                self._warn_without_negatives(source)
+
+    @staticmethod
+    def _read_splits(data: DataConfig, key: str) -> dict[str, CocoSplit]:
+        """The checked train (and valid) splits of ``data.root``, which the config holds at ``key``."""
+        root = Path(data.root)
         if not (root / "train").is_dir():
-            raise ConfigError(f"data.root={root}: no train/ folder there; point data.root at the folder "
-                              f"holding train/ (and valid/), or "
-                              f"{missing_train_fix(root, self.config.data.annotation_file)}")
-        self.splits = {}
+            raise ConfigError(f"{key}={root}: no train/ folder there; point {key} at the folder "
+                              f"holding train/ (and valid/), or {missing_train_fix(root, data.annotation_file)}")
+        splits = {}
         for name in ("train", "valid"):
             if (root / name).is_dir():
-                split = load_coco_split(root / name, self.config.data.annotation_file, name=name)
-                self.splits[name] = check_split(split, self.config.data.skip_invalid)
-        if self.config.model.task == "concept":
-            self._warn_without_negatives()
+                splits[name] = check_split(load_coco_split(root / name, data.annotation_file, name=name),
+                                           data.skip_invalid)
+        return splits
 
-    def _warn_without_negatives(self) -> None:
+    def _warn_without_negatives(self, source: Source) -> None:
         """Negative queries teach the model to refuse; a dataset with one prompt has none to
         draw, unless some of its images show nothing of it (their query is a negative)."""
-        data, train = self.config.data, self.splits["train"]
+        data, train = source.config.data, source.splits["train"]
         prompts = ({data.generic_prompt} if data.prompt_mode == "generic" else
                    {data.prompts.get(name, name) for name in train.categories.values()})
         shows_nothing = any(not any(o.category_id in train.categories for o in record.objects)
@@ -292,13 +315,18 @@ class SAM3LoRATrainer:
 
     def _setup_data(self) -> None:
         """Prompts and the step count, which depend on the model's input size and the processes."""
-        root = Path(self.config.data.root)
-        if "valid" not in self.splits:
-            self._log_text(f"no validation split in {root}: training without evaluation; last/ = best/")
-        self.prompts = self.task.prompts(self.splits)
-        # Micro-batches each process takes per epoch.
-        self.batches_per_epoch = math.ceil(self.task.num_samples(self.splits["train"])
-                                           / self.config.training.batch_size / self.accelerator.num_processes)
+        for source in self.sources:
+            if "valid" not in source.splits:
+                self._log_text(f"no validation split in {source.config.data.root}: "
+                               + ("not evaluated" if self.config.data.datasets else
+                                  "training without evaluation; last/ = best/"))
+            # Micro-batches each process takes per pass over the dataset.
+            source.batches = math.ceil(source.task.num_samples(source.splits["train"])
+                                       / self.config.training.batch_size / self.accelerator.num_processes)
+            source.prompts = source.task.prompts(source.splits)
+        self.prompts = sorted({prompt for source in self.sources for prompt in source.prompts})
+        # Micro-batches each process takes per epoch: one pass over every dataset.
+        self.batches_per_epoch = sum(source.batches for source in self.sources)
         # Accelerate steps at the end of an epoch even mid-accumulation: round up.
         self.steps_per_epoch = math.ceil(self.batches_per_epoch / self.config.training.gradient_accumulation_steps)
         cfg = self.config.training
@@ -331,8 +359,8 @@ class SAM3LoRATrainer:
         """Weights and training state of one checkpoint; raises ``Sam3LoraError`` if damaged."""
         if self.full:
             load_model_weights(self.peft_model, folder)
-        else:
-            load_lora_weights(self.peft_model, folder)
+        for name in [] if self.full else self.adapter_names:
+            load_lora_weights(self.peft_model, self._adapter_folder(folder, name), adapter_name=name)
         return load_checkpoint(folder, self.optimizer.optimizer, self.scheduler, self.accelerator.scaler,
                                progress_like=self._progress(), progress_check=self._progress_problem,
                                progress_added=PROGRESS_ADDED)
@@ -382,7 +410,8 @@ class SAM3LoRATrainer:
         """Epochs of micro-batches; an optimiser step at each accumulation boundary."""
         nonfinite, poisoned = 0, False
         while self.step < self.total_steps:
-            for batch in self._train_batches():
+            for source, batch in self._train_batches():
+                self._route(source)
                 with self.accelerator.accumulate(self.model):
                     with self._flop_counter() as counter:
                         losses = self._forward_loss(batch)
@@ -404,7 +433,7 @@ class SAM3LoRATrainer:
                     self._optimizer_step()
                 self.step += 1
                 progress.update()
-                self._after_step(losses, batch, started, progress)
+                self._after_step(losses, batch, source, started, progress)
                 if self._maybe_evaluate_and_save():
                     return
                 if self.stop_signal is not None:
@@ -461,11 +490,25 @@ class SAM3LoRATrainer:
         self.optimizer.zero_grad()
 
     def _train_batches(self):
-        loader = self.task.loader(self.splits["train"], train=True, epoch=self.epoch)
+        """(source, batch) of the rest of this epoch: each batch from the dataset drawn for it."""
+        return mixed_batches(self.sources, self.config.training.seed, self.epoch, self.batches_done,
+                             self._pass_batches)
+
+    def _pass_batches(self, source: Source, number: int, skip: int):
+        """The batches of ``source``'s pass ``number`` after the first ``skip``, this process's share."""
+        loader = source.task.loader(source.splits["train"], train=True, epoch=number)
         loader = self.accelerator.prepare_data_loader(loader, device_placement=True)
-        if self.batches_done:
-            loader = self.accelerator.skip_first_batches(loader, self.batches_done)
-        return loader
+        return self.accelerator.skip_first_batches(loader, skip) if skip else loader
+
+    def _route(self, source: Source) -> None:
+        """Activate the adapters that ``source``'s batches train and are validated through: with
+        ``lora.task_adapters`` other than shared, its own (and the shared one with ``both``)."""
+        if len(self.adapter_names) > 1:
+            activate_adapters(self.peft_model, self._adapters_of(source.name), trainable=self.adapter_names)
+
+    def _adapters_of(self, task: str) -> list[str]:
+        """The adapters of dataset ``task``: the shared one and its own, of those the run has."""
+        return [name for name in self.adapter_names if name in (SHARED_ADAPTER, task)]
 
     def _forward_loss(self, batch: dict) -> dict[str, torch.Tensor]:
         """The task's loss of one batch; the forward under the run's autocast."""
@@ -491,7 +534,7 @@ class SAM3LoRATrainer:
                 f"checkpoint is in {self.run_dir / 'checkpoints'}"
             )
 
-    def _after_step(self, losses: dict, batch: dict, started: float, progress) -> None:
+    def _after_step(self, losses: dict, batch: dict, source: Source, started: float, progress) -> None:
         cfg = self.config.training
         if self.step % cfg.log_every_steps and self.step != 1:
             return
@@ -506,6 +549,7 @@ class SAM3LoRATrainer:
             "samples_per_s": round(self.step * cfg.batch_size * cfg.gradient_accumulation_steps
                                    * self.accelerator.num_processes / elapsed, 3),
             **self.task.batch_record(batch),
+            **({"dataset": source.name} if self.config.data.datasets else {}),   # the last batch's
             **self._throughput(elapsed),
             "peak_memory_mb": round(peak_memory_mb(self.accelerator.device), 1),
         }
@@ -541,30 +585,39 @@ class SAM3LoRATrainer:
 
     @torch.no_grad()
     def evaluate(self) -> dict[str, float]:
-        """Validation loss, plus mAP and cgF1 when ``best_metric`` asks for them."""
-        if "valid" not in self.splits:
+        """Validation loss, plus mAP and cgF1 when ``best_metric`` asks for them: of the one
+        dataset, or with ``data.datasets`` of each (``val_loss/NAME``, ...) and their mean
+        weighted by sampling weight (``val_loss``, ...)."""
+        judged = [source for source in self.sources if "valid" in source.splits]
+        if not judged:
             return {}
         self.model.eval()
-        if self.config.training.best_metric == "val_loss":
-            metrics = {"val_loss": self._validation_loss()}
-        else:
-            metrics = self._detection_metrics()
+        found = {source.name: self._evaluate_source(source) for source in judged}
         self.model.train()
-        return metrics
+        if not self.config.data.datasets:
+            return found[judged[0].name]
+        return combine_metrics(found, {source.name: source.weight for source in judged})
 
-    def _validation_loss(self) -> float:
+    def _evaluate_source(self, source: Source) -> dict[str, float | None]:
+        """One dataset's validation metrics, through its adapters."""
+        self._route(source)
+        if self.config.training.best_metric == "val_loss":
+            return {"val_loss": self._validation_loss(source)}
+        return self._detection_metrics(source)
+
+    def _validation_loss(self, source: Source) -> float:
         """Mean loss over the validation batches, sharded over and reduced across processes."""
-        loader = self.task.loader(self.splits["valid"], train=False, epoch=0)
+        loader = source.task.loader(source.splits["valid"], train=False, epoch=0)
         totals = torch.zeros(2, device=self.accelerator.device)
         for batch in self.accelerator.prepare_data_loader(loader, device_placement=True):
             totals += torch.stack([self._forward_loss(batch)["loss"].detach().float(), totals.new_tensor(1.0)])
         totals = self.accelerator.reduce(totals, reduction="sum")
         return (totals[0] / totals[1].clamp(min=1)).item()
 
-    def _detection_metrics(self) -> dict[str, float | None]:
+    def _detection_metrics(self, source: Source) -> dict[str, float | None]:
         """Validation loss, mAP and cgF1 from one pass over the split, computed as
         ``sam3-lora validate`` does (each process scores the whole split)."""
-        runner = SplitRunner(self.peft_model, self.loaded.processor, self.splits["valid"], self.config)
+        runner = SplitRunner(self.peft_model, self.loaded.processor, source.splits["valid"], source.config)
         found = runner.predict()
         metrics, _ = score(runner.ground_truth(), found.results, self.config.evaluation.score_threshold)
         return {"val_loss": found.val_loss, **{key: metrics[key] for key in ("mAP", "mAP50", "cgF1")}}
@@ -609,12 +662,26 @@ class SAM3LoRATrainer:
                 "last_eval_step": self.last_eval_step}
 
     def write_weights(self, folder: Path) -> None:
-        """The trained weights into the existing ``folder``: the adapter, or the whole model."""
-        info = {"base_source": self.config.model.source, "prompts": self.prompts}
+        """The trained weights into the existing ``folder``: the adapter, or the whole model.
+        With adapters per dataset (``lora.task_adapters``), the shared one in ``folder`` and
+        each dataset's in ``folder/NAME``, with that dataset's prompts."""
         if self.full:
-            write_model(self.loaded.model, self.loaded.tokenizer, folder, **info)
-        else:
-            write_adapter(self.peft_model, folder, **info)
+            write_model(self.loaded.model, self.loaded.tokenizer, folder, base_source=self.config.model.source,
+                        prompts=self.prompts)
+            return
+        for name in self.adapter_names:
+            where, prompts = self._adapter_folder(folder, name), self.prompts
+            if name != SHARED_ADAPTER:
+                where.mkdir(exist_ok=True)
+                prompts = next(source.prompts for source in self.sources if source.name == name)
+            write_adapter(self.peft_model, where, base_source=self.config.model.source, prompts=prompts,
+                          adapter_name=name)
+
+    @staticmethod
+    def _adapter_folder(folder: Path, name: str) -> Path:
+        """Where adapter ``name`` is in a weights folder: the shared one in it, the others in
+        the subfolder of their name (``lora.weights.task_adapter_folders`` reads them so)."""
+        return folder if name == SHARED_ADAPTER else folder / name
 
     # ---- signals, logs, summary ----------------------------------------------------
 
@@ -682,6 +749,12 @@ def _better_is_higher(metric: str, metrics: dict) -> float | None:
     if value is None or not math.isfinite(value):   # a NaN loss (diverged) is never the best
         return None
     return -value if metric == "val_loss" else value
+
+
+def _root_key(config: Config, index: int) -> str:
+    """The config key that holds the root of dataset ``index`` (``training.mixture``)."""
+    datasets = config.data.datasets
+    return f"data.datasets[{datasets[index].name}].root" if datasets else "data.root"
 
 
 def _tracker_available(name: str) -> bool:

@@ -37,6 +37,7 @@ from sam3_lora.files import check_output
 from sam3_lora.lora.weights import has_adapter, load_finetuned
 from sam3_lora.model.precision import dtype_name, weights_dtype
 from sam3_lora.recipes.validate_interactive import validate_interactive
+from sam3_lora.training.mixture import task_config
 
 BOX_ONLY_REASON = ("no object of this split has a mask, only boxes, so boxes are scored (COCO "
                    "iou_type bbox): mask mAP against boxes used as masks would not measure masks")
@@ -58,23 +59,28 @@ def load_split(config: Config, split_name: str) -> CocoSplit:
 
 def validate(config: Config, *, weights: str | Path | None = None, split: str | None = None,
              num_samples: int | None = None, no_lora: bool = False, compare_base: bool = False,
-             positives_only: bool = False, output: str | Path | None = None) -> dict:
+             positives_only: bool = False, output: str | Path | None = None, task: str | None = None) -> dict:
     """Score the adapted (or base) model on a split; writes metrics, predictions and a report.
 
     Returns metrics.json's content plus "output", the folder written. With
     ``model.task: interactive`` the tracker is scored by simulated clicks instead
-    (``validate_interactive``: metrics.json and report.md)."""
+    (``validate_interactive``: metrics.json and report.md). A run on several datasets
+    (``data.datasets``) is scored one ``task`` (dataset) at a time: its split, through its
+    adapters (``lora.weights.task_adapter_folders``), into ``eval-SPLIT-TASK`` by default."""
     split_name = split or config.evaluation.split
-    out_dir = Path(output) if output else Path(config.output.dir) / f"eval-{split_name}"
+    run_dir = Path(config.output.dir)
+    if config.data.datasets or task is not None:
+        config = task_config(config, task)
+    out_dir = Path(output) if output else run_dir / (f"eval-{split_name}-{task}" if task else f"eval-{split_name}")
     if config.model.task == "interactive":
         check_output(out_dir, folder=True, what="output" if output else "output.dir")
         return validate_interactive(config, load_split(config, split_name), out_dir, weights=weights,
-                                    num_samples=num_samples, no_lora=no_lora, compare_base=compare_base)
+                                    num_samples=num_samples, no_lora=no_lora, compare_base=compare_base, task=task)
     if config.data.prompt_mode == "generic":
         raise EvaluationError("data.prompt_mode=generic: validate prompts each category by its name; "
                               "class-agnostic evaluation is not supported yet, use category mode")
     check_output(out_dir, folder=True, what="output" if output else "output.dir")   # before loading
-    model, processor, chosen = load_finetuned(config, weights, no_lora)
+    model, processor, chosen = load_finetuned(config, weights, no_lora, task=task)
     adapted = has_adapter(model)   # a whole model from method=full has no base to compare
     data = load_split(config, split_name)
     runner = SplitRunner(model, processor, data, config, num_samples)

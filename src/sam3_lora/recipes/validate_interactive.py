@@ -47,11 +47,12 @@ from sam3_lora.model.tracker import ObjectPredictor
 
 
 def validate_interactive(config: Config, data: CocoSplit, out_dir: Path, *, weights: str | Path | None = None,
-                         num_samples: int | None = None, no_lora: bool = False, compare_base: bool = False) -> dict:
+                         num_samples: int | None = None, no_lora: bool = False, compare_base: bool = False,
+                         task: str | None = None) -> dict:
     """Score the tracker on ``data`` (its first ``num_samples`` images), and the base model
     beside it with ``compare_base`` when an adapter is on; writes ``out_dir/metrics.json``
     and ``report.md`` and returns metrics.json's content plus "output"."""
-    model, processor, chosen = load_finetuned(config, weights, no_lora)
+    model, processor, chosen = load_finetuned(config, weights, no_lora, task=task)   # task: lora.task_adapters
     objects = _objects_by_image(data, num_samples)
     metrics = score_clicks(model, processor, data, objects)
     base = None

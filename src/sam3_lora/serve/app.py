@@ -200,10 +200,18 @@ def bind_warning(host: str) -> str | None:
 
 def adapter_folders(config: Config, weights: list[str | Path] | tuple = ()) -> dict[str, Path]:
     """The adapters to offer, by display name: the run's ``best`` and ``last`` where they
-    exist (``output.dir``), then each ``--weights`` folder under the path as given."""
+    exist (``output.dir``), and of a run with an adapter per dataset and no shared one
+    (``lora.task_adapters: per_task``) each dataset's, as ``best/NAME``; then each
+    ``--weights`` folder under the path as given. (A ``both`` run's dataset adapters answer
+    only beside its shared one: ``predict --task``, not offered alone.)"""
     run = Path(config.output.dir)
-    found = {name: run / name for name in ("best", "last")
-             if (run / name / "adapter_config.json").is_file()}
+    found = {}
+    for name in ("best", "last"):
+        if (run / name / "adapter_config.json").is_file():
+            found[name] = run / name
+            continue
+        found.update({f"{name}/{entry.name}": run / name / entry.name for entry in config.data.datasets
+                      if (run / name / entry.name / "adapter_config.json").is_file()})
     for folder in weights:
         path = Path(folder)
         if any(path.resolve() == known.resolve() for known in found.values()):

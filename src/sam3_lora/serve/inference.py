@@ -56,18 +56,18 @@ class SAM3LoRAInference(ImagePredictor):
 
     ``config_path`` (or ``config``) names the model; ``weights_path`` is an adapter folder (or
     a whole-model folder), defaulting to the run's ``best/`` (``no_lora=True`` keeps the base
-    model). ``detection_threshold`` is the default score threshold; ``predict`` takes another
-    per call.
+    model). ``task``: with ``data.datasets``, whose adapters (``lora.task_adapters``) to load.
+    ``detection_threshold`` is the default score threshold; ``predict`` takes another per call.
     """
 
     def __init__(self, config_path: str | Path | None = None, weights_path: str | Path | None = None,
                  detection_threshold: float = DEFAULT_SCORE_THRESHOLD, *, config: Config | None = None, no_lora: bool = False,
-                 resolution: int | None = None, mask_nms_iou: float | None = None):
+                 resolution: int | None = None, mask_nms_iou: float | None = None, task: str | None = None):
         self.config = config or load_config(config_path)
         if resolution:
             self.config = self.config.model_copy(update={"model": self.config.model.model_copy(
                 update={"image_size": resolution})})
-        self.model, self.processor, self.weights = load_finetuned(self.config, weights_path, no_lora)
+        self.model, self.processor, self.weights = load_finetuned(self.config, weights_path, no_lora, task=task)
         self.device = next(self.model.parameters()).device
         self.threshold = check_threshold(detection_threshold)
         self.mask_nms_iou = mask_nms_iou
