@@ -108,10 +108,13 @@ def iou(a: np.ndarray, b: np.ndarray) -> float:
     return 1.0 if union == 0 else float(np.logical_and(a, b).sum() / union)
 
 
-def assert_same_detections(expected: list[dict], got: list[dict], score_tol=1e-3, min_iou=0.99) -> int:
+def assert_same_detections(expected: list[dict], got: list[dict], score_tol=1e-3, min_iou=0.99,
+                           max_pixels_apart=4) -> int:
     """Per prompt: the same number of detections, each matched to the nearest box and score
-    (near-equal scores may swap), scores within ``score_tol``, mask IoU >= ``min_iou``.
-    Returns the number of detections compared."""
+    (near-equal scores may swap), scores within ``score_tol``, mask IoU >= ``min_iou`` or at
+    most ``max_pixels_apart`` pixels different (a low-score proposal's mask of a few pixels:
+    one pixel at the logit's threshold flipped by the other runtime's rounding moved an IoU
+    to 0.67 in CI). Returns the number of detections compared."""
     compared = 0
     for ours, theirs in zip(expected, got, strict=True):
         assert ours["prompt"] == theirs["prompt"]
@@ -121,7 +124,8 @@ def assert_same_detections(expected: list[dict], got: list[dict], score_tol=1e-3
             best = int(np.argmin(np.abs(theirs["boxes"] - box).max(axis=1) + np.abs(theirs["scores"] - score)))
             assert abs(theirs["scores"][best] - score) <= score_tol
             assert np.abs(theirs["boxes"][best] - box).max() <= 0.5
-            assert iou(mask, theirs["masks"][best]) >= min_iou
+            other = theirs["masks"][best]
+            assert iou(mask, other) >= min_iou or np.sum(mask != other) <= max_pixels_apart
             compared += 1
     return compared
 

@@ -86,3 +86,14 @@ def fuzz_file(name):
 
 test_random_sam3_lora_json = fuzz_file("sam3_lora.json")
 test_random_adapter_config_json = fuzz_file("adapter_config.json")
+
+
+@pytest.mark.parametrize("peft_type", [[], {}, ["LORA"]], ids=["empty list", "object", "list"])
+def test_a_peft_type_that_is_no_name_is_one_line(tmp_path, adapter, peft_type):
+    """Found by the fuzz above: a list as peft_type was looked up in a dict (TypeError)."""
+    folder = tmp_path / "adapter"
+    shutil.copytree(adapter, folder)
+    config = json.loads((folder / "adapter_config.json").read_text())
+    (folder / "adapter_config.json").write_text(json.dumps({**config, "peft_type": peft_type}))
+    with pytest.raises(AdapterError, match="peft_type is"):
+        load_adapter(load_sam3("sam3-tiny", seed=0).model, folder)

@@ -147,7 +147,7 @@ def test_a_task_is_chosen_by_name(two_datasets, tmp_path):
     summary = validate(config, task="circles", positives_only=True)
     assert summary["output"] == str(tmp_path / "run" / "eval-valid-circles")
     assert summary["images"] == 4 and summary["weights"] == str(tmp_path / "run" / "best")
-    with pytest.raises(ConfigError, match="data.datasets holds circles, squares: name one with --task NAME"):
+    with pytest.raises(ConfigError, match=r"data.datasets holds circles, squares: name one of them \(argument task\)"):
         validate(config)
     with pytest.raises(ConfigError, match=r"task 'triangles': not a dataset of data.datasets \(circles, squares\)"):
         validate(config, task="triangles")

@@ -196,7 +196,7 @@ def _peft_config_problem(config) -> str | None:
     if not isinstance(config, dict):
         return f"expected a JSON object, found {type(config).__name__}"
     peft_type = config.get("peft_type")
-    if peft_type not in PEFT_TYPES:
+    if not isinstance(peft_type, str) or peft_type not in PEFT_TYPES:   # a list or dict is no key
         return f"peft_type is {_short(peft_type)}, none of {', '.join(PEFT_TYPES)}"
     ranks = [(key, config.get(key)) for key in RANK_KEYS[peft_type]]
     alphas = [(key, config[key]) for key in ("lora_alpha", "alpha") if key in config]

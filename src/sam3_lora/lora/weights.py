@@ -103,7 +103,7 @@ def task_adapter_folders(config: Config, chosen: Path, task: str | None) -> list
     own = [name for name in names if (chosen / name / ADAPTER_CONFIG).is_file()]
     if task is None and not shared and own:
         raise AdapterError(f"{chosen}: holds one adapter per task ({', '.join(own)}) and no shared one; choose "
-                           f"one with --task NAME (Python: task=NAME)")
+                           f"one of them", option="task")
     if task is None or task not in own:
         return [(SHARED_ADAPTER, chosen)]   # the shared one is the task's (or the usual error if none)
     return ([(SHARED_ADAPTER, chosen)] if shared else []) + [(task, chosen / task)]

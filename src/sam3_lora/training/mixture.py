@@ -61,11 +61,11 @@ def task_config(config: Config, task: str | None) -> Config:
     scores; one line naming the choices where ``task`` is missing or not one of them."""
     names = [entry.name for entry in config.data.datasets]
     if not names:
-        raise ConfigError(f"task {str(task)[:64]!r}: the config has no data.datasets; drop --task, or give the "
-                          f"config of the run that trained on several datasets")
+        raise ConfigError(f"task {str(task)[:64]!r}: the config has no data.datasets; choose no task, or give the "
+                          f"config of the run that trained on several datasets", option="task")
     check_task(config, task)
     if task is None:
-        raise ConfigError(f"data.datasets holds {', '.join(names)}: name one with --task NAME (Python: task=NAME)")
+        raise ConfigError(f"data.datasets holds {', '.join(names)}: name one of them", option="task")
     _, _, chosen = next(item for item in dataset_configs(config) if item[0] == task)
     return chosen.model_copy(update={"data": chosen.data.model_copy(update={"datasets": config.data.datasets})})
 
