@@ -124,6 +124,21 @@ def test_a_pruned_adalora_adapter_resumes_into_its_training_shape(tmp_path, tiny
     assert adapter_ranks(resumed) == adapter_ranks(model)
 
 
+def test_adalora_allocates_when_a_layer_got_no_gradient(tiny_inputs):
+    """A layer no batch of the step reached (its branch not run) has no gradient: PEFT's
+    allocator raised a TypeError on it in the PEFT study (bench/peft_study.py); it scores 0."""
+    model = apply_lora_to_model(fresh_base(), method_config("adalora", rank=2, adalora_init_rank=6), verbose=False)
+    hooks = training_hooks(model, 10)
+    toy_loss(model(**tiny_inputs)).backward()
+    untouched = [p for n, p in model.named_parameters() if p.requires_grad and ".fc2." in n]
+    assert untouched
+    for parameter in untouched:
+        parameter.grad = None
+    for hook in hooks:
+        hook(0)
+    assert all(torch.equal(p.grad, torch.zeros_like(p)) for p in untouched)
+
+
 def test_adalora_needs_steps_to_allocate(tiny):
     model = apply_lora_to_model(tiny.model, method_config("adalora"), verbose=False)
     with pytest.raises(ConfigError, match="lora.method=adalora needs at least 2 optimiser steps.*has 1"):

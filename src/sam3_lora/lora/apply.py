@@ -314,7 +314,16 @@ def training_hooks(model: nn.Module, total_steps: int) -> list[Callable[[int], N
     for config in model.peft_config.values():   # the allocator reads this very object
         for key, value in schedule.items():
             setattr(config, key, value)
-    return [allocate]
+
+    def allocate_ranks(step: int) -> None:
+        # AdaLoRA scores each tensor by |weight x gradient|; a layer that no batch of this step
+        # reached has no gradient (None), which PEFT's allocator cannot read: it scores 0.
+        for name, parameter in model.named_parameters():
+            if parameter.requires_grad and parameter.grad is None and is_adapter_parameter(name):
+                parameter.grad = torch.zeros_like(parameter)
+        allocate(step)
+
+    return [allocate_ranks]
 
 
 def adapter_ranks(model: nn.Module, adapter_name: str = "default") -> dict[str, int] | None:
