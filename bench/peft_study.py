@@ -298,7 +298,7 @@ def main() -> None:
                  f"{budget.steps} steps, seed 0\n\nCommand: `{command}`  \nMachine: {machine()}\n\n"
                  f"Targets: demo = {', '.join(TARGET['concepts'])} on {TARGET['background'][0]}; second = "
                  f"{', '.join(SECOND_TARGET['concepts'])} on {SECOND_TARGET['background'][0]}.\n\n"
-                 f"{text}\n\n![PEFT study](docs/peft_study.png)\n")
+                 f"{text}\n" + ("\n![PEFT study](docs/peft_study.png)\n" if "demo" in args.tasks else ""))
         append_entry(HEADING, entry)
 
 
