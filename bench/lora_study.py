@@ -31,6 +31,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).parent))
 
 from machine import append_entry, machine
+from run_folder import adapter_mb, seconds_per_step
 
 from sam3_lora.config import load_config
 from sam3_lora.recipes.demo import BUDGETS, make_data
@@ -71,11 +72,8 @@ def run_variant(name: str, overrides: list[str] | None, data: Path, work: Path, 
     weights = {"no_lora": True}
     if overrides is not None:
         summary = SAM3LoRATrainer(config, quiet=True).train()
-        logs = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
-        speed = [r["samples_per_s"] for r in logs if "samples_per_s" in r][-1]
         row.update(trainable=summary["trainable_parameters"], peak_memory_mb=summary["peak_memory_mb"],
-                   s_per_step=config.training.batch_size / speed,
-                   size_mb=sum(p.stat().st_size for p in (run / "best").iterdir()) / 2**20)
+                   s_per_step=seconds_per_step(run, config.training.batch_size), size_mb=adapter_mb(run / "best"))
         weights = {"weights": run / "best"}
     target = validate(config, split="test", output=run / "eval-target", **weights)
     concepts = config.model_copy(update={"data": config.data.model_copy(update={"root": str(data / "base-concepts")})})

@@ -34,7 +34,7 @@ from pathlib import Path
 
 BENCH = Path(__file__).resolve().parent
 SCALES = ("tiny", "cpu-full", "gpu")
-HELPERS = ("machine.py", "run.py")   # bench/ scripts that are no benchmark
+HELPERS = ("machine.py", "run.py", "run_folder.py")   # bench/ scripts that are no benchmark
 
 # How each benchmark records into BENCHMARKS.md: "--write" (pass it to write), "--no-write"
 # (it writes unless told not to), or None (it only prints).
@@ -120,6 +120,13 @@ BENCHMARKS = [
     }),
     ("lora_study", "lora_study.py", WRITE, {
         "tiny": ["--scale", "tiny"],
+        "cpu-full": ["--scale", "cpu-full"],
+        "gpu": ["--scale", "gpu"],
+    }),
+    # every method on both targets: about 40 min on one CPU thread at the quick budget (tiny
+    # runs two); --multitask shared per_task both adds the one-run comparisons
+    ("peft_study", "peft_study.py", WRITE, {
+        "tiny": ["--scale", "tiny", "--methods", "lora", "ia3", "--tasks", "demo"],
         "cpu-full": ["--scale", "cpu-full"],
         "gpu": ["--scale", "gpu"],
     }),

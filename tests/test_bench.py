@@ -1,4 +1,5 @@
-"""The benchmark tooling in bench/: bench_steps at the tiny scale, and run.py's scale table."""
+"""The benchmark tooling in bench/: bench_steps at the tiny scale, run.py's scale table, and
+peft_study's matching of trainable parameters."""
 
 import argparse
 import json
@@ -14,6 +15,7 @@ sys.path.insert(0, str(BENCH))   # bench scripts import each other as top-level 
 
 import bench_memory
 import bench_steps
+import peft_study
 import run
 
 
@@ -177,3 +179,27 @@ def test_gpu_scale_refused_without_cuda():
     assert "torch.cuda is not available" in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
     assert "==" not in result.stdout   # nothing was run
+
+
+def test_match_rank_stays_within_the_budget_at_the_smallest_rank():
+    def lokr_like(rank):   # grows by 100 per rank, then stops growing at rank 6 (full factors)
+        return 1000 + 100 * min(rank, 6)
+
+    assert peft_study.match_rank(lokr_like, budget=1450) == 4   # 1400: the most within 1450
+    assert peft_study.match_rank(lokr_like, budget=10**6) == 6   # not 1024: a higher rank adds nothing
+    assert peft_study.match_rank(lokr_like, budget=500) == 1   # even rank 1 exceeds it: the smallest
+
+
+def test_method_overrides_reset_keys_the_method_does_not_read():
+    assert peft_study.method_overrides("loha", 2) == ["lora.method=loha", "lora.rank=2", "lora.alpha=4"]
+    assert peft_study.method_overrides("ia3", None) == ["lora.method=ia3", "lora.rank=8", "lora.alpha=16.0"]
+    assert peft_study.method_overrides("vera", 233)[1:] == ["lora.rank=233", "lora.alpha=16.0"]
+    for method in peft_study.METHOD_ORDER:   # each one a config the demo accepts
+        peft_study.load_config("demo", peft_study.method_overrides(method, 3))
+
+
+def test_earlier_rows_are_read_after_progress_bars(tmp_path):
+    log = tmp_path / "log"
+    log.write_text('train: 100%|###| 300/300\nvalidate: 5/5 {"task": "demo", "method": "lora", "mAP_gain": 0.28}\n')
+    assert peft_study.earlier_rows(log) == {("demo", "lora"): {"task": "demo", "method": "lora", "mAP_gain": 0.28}}
+    assert peft_study.earlier_rows(None) == {}
