@@ -457,7 +457,10 @@ class TrainingConfig(Section):
     component_learning_rates: dict[str, Annotated[float, Field(ge=0.0)]] = Field(default_factory=dict)
     """Learning rate (at least 0) per SAM3 component, overriding ``learning_rate`` for the
     parameters trained inside it, e.g. ``{mask_decoder: 3.0e-4}``. Keys: the components of ``lora``'s ``apply_to_*``,
-    and with ``method=full`` also the heads ``text_projection`` and ``dot_product_scoring``."""
+    and with ``method=full`` also the heads ``text_projection`` and ``dot_product_scoring``.
+    With ``method=full`` a rate of 0 freezes the component outright (no gradient is computed
+    for it): ``{vision_encoder: 0}`` trains the heads alone, and lets ``data.cache_features``
+    skip the vision encoder."""
 
     correction_rounds: int = Field(default=7, ge=0, le=64)
     """``model.task: interactive``: prediction rounds after the first, each adding one

@@ -166,3 +166,20 @@ def test_new_tracker_heads_answer_where_the_box_is():
         first, second = (model(pixel_values=pixels, input_boxes=torch.tensor([[box]]), multimask_output=False)
                          .pred_masks[0, 0, 0] for box in ([5.0, 5.0, 40.0, 40.0], [60.0, 60.0, 110.0, 110.0]))
     assert first.std() > 1e-3 and (first - second).abs().max() > 1e-3
+
+
+def test_image_embeddings_from_the_encoders_output_are_the_trackers_own():
+    """What a feature cache feeds the tracker equals its own image path, with the "no memory"
+    embedding made non-zero (transformers adds it to a level the tracker never reads)."""
+    from sam3_lora.model.forward import encode_images
+    from sam3_lora.model.tracker import image_embeddings
+
+    model = load_tracker("sam3-tiny").model
+    with torch.no_grad():
+        model.no_memory_embedding.normal_()
+        pixels = torch.randn(2, 3, 112, 112)
+        expected = model.get_image_embeddings(pixels)
+        found = image_embeddings(model, encode_images(model, pixels))
+    assert [t.shape for t in found] == [t.shape for t in expected]
+    for level, reference in zip(found, expected):
+        torch.testing.assert_close(level, reference, rtol=0, atol=0)

@@ -107,11 +107,36 @@ def test_detection_metrics_are_refused_in_one_line(shapes, tmp_path):
 
 
 def test_what_the_tracker_cannot_do_yet_is_one_line(shapes, tmp_path):
-    """Cached features and a 4-bit base exist for the detector only: refused, never ignored."""
-    with pytest.raises(ConfigError, match="data.cache_features=ram: not available with model.task=interactive"):
-        trainer(shapes, tmp_path / "cache", "data.cache_features=ram").setup()
+    """A 4-bit base exists for the detector only: refused, never ignored."""
     with pytest.raises(ConfigError, match="model.quantize=nf4 is not available with model.task=interactive"):
         trainer(shapes, tmp_path / "nf4", "model.quantize=nf4")
+
+
+@pytest.mark.parametrize("frozen_trunk", [
+    ["lora.apply_to_vision_encoder=false", "lora.apply_to_mask_decoder=true"],
+    ["training.method=full", "training.component_learning_rates={vision_encoder: 0}"],
+], ids=["lora-heads", "full-heads"])
+def test_the_tracker_trains_on_cached_features_with_the_same_losses(shapes, tmp_path, frozen_trunk):
+    """The vision encoder frozen (LoRA on the heads, or full training with its rate at 0):
+    3 epochs with data.cache_features=ram give the losses of the same run without the cache,
+    every image encoded once; with method=full only the heads moved."""
+    common = [*frozen_trunk, "data.random_resize=false", "data.horizontal_flip=0", "training.max_steps=6",
+              "training.eval_every_steps=2", "training.lr_scheduler=constant"]
+    plain = trainer(shapes, tmp_path / "plain", *common).setup()
+    plain.train()
+    cached = trainer(shapes, tmp_path / "cached", *common, "data.cache_features=ram").setup()
+    start = {key: value.clone() for key, value in cached.peft_model.state_dict().items()}
+    cached.train()
+    without, with_cache = records(tmp_path / "plain"), records(tmp_path / "cached")
+    for key in ("loss", "val_loss"):
+        expected, found = ([r[key] for r in rs if key in r] for rs in (without, with_cache))
+        assert len(expected) == (6 if key == "loss" else 3)
+        torch.testing.assert_close(found, expected, rtol=1e-5, atol=1e-5)
+    assert plain.features is None and cached.features.hits > 2 * cached.features.misses > 0
+    if "training.method=full" in frozen_trunk:
+        trained = cached.peft_model.state_dict()
+        moved = {key.split(".")[0] for key in trained if not torch.equal(trained[key], start[key])}
+        assert moved and "vision_encoder" not in moved, moved
 
 
 def test_an_adapter_on_the_prompt_encoders_convolutions_loads_back(shapes, tmp_path):

@@ -24,9 +24,11 @@ OUTPUTS = ("pred_logits", "pred_boxes", "pred_masks", "presence_logits")
 
 
 def encode_images(model: nn.Module, pixel_values: torch.Tensor) -> Sam3VisionEncoderOutput:
-    """Run the vision encoder once: (B, 3, S, S) -> SAM3's vision features for B images."""
+    """Run the vision encoder once: (B, 3, S, S) -> SAM3's vision features for B images.
+    The detector (``Sam3Model``) and the tracker (``Sam3TrackerModel``) hold the same module
+    under the same name, so this serves both."""
     with autocast_like(model):
-        return model.get_vision_features(pixel_values=pixel_values)
+        return model.vision_encoder(pixel_values=pixel_values)
 
 
 def encode_text(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:

@@ -228,6 +228,25 @@ def _source_model_type(source: str, revision: str | None, token: str | None) -> 
     return model_type
 
 
+def image_embeddings(model, vision) -> list[torch.Tensor]:
+    """The tracker's ``image_embeddings`` from its vision encoder's output ``vision``
+    (``model.forward.encode_images``, or a feature cache's entry), equal to what
+    ``Sam3TrackerModel`` computes after its vision encoder: the mask decoder's projections of
+    the two high-resolution FPN levels (trained weights of the heads, so a cache keeps the
+    encoder's output and this runs at every step), and the third level as it is.
+
+    transformers (5.23) adds the "no memory" embedding to the *last* level the encoder
+    returns; SAM3's encoder returns four (scale factors 4, 2, 1, 0.5) and the tracker reads
+    the first three, so the embedding reaches nothing it reads (Meta's SAM 3 adds it to the
+    1x level). Left out here, as it is in effect there.
+
+    vision.fpn_hidden_states: (B, C, 4g, 4g), (B, C, 2g, 2g), (B, C, g, g), ..., g the patch
+    grid -> [(B, C/8, 4g, 4g), (B, C/4, 2g, 2g), (B, C, g, g)].
+    """
+    high, middle, low = vision.fpn_hidden_states[:3]
+    return [model.mask_decoder.conv_s0(high), model.mask_decoder.conv_s1(middle), low]
+
+
 class ObjectPredictor:
     """Segments one object of one image from prompts that grow, as a user clicks (SAM's
     interactive use, and ``evaluation.interactive``'s ``predict``).

@@ -85,7 +85,7 @@ from sam3_lora.training.checkpoint import (
 )
 from sam3_lora.training.features import FeatureCache, fingerprint, trunk_problem
 from sam3_lora.training.mixture import Source, combine_metrics, dataset_configs, mixed_batches
-from sam3_lora.training.optim import lr_lambda, param_groups
+from sam3_lora.training.optim import freeze_zero_rate, lr_lambda, param_groups
 from sam3_lora.training.resources import (
     enable_activation_checkpointing,
     is_full_size,
@@ -245,6 +245,7 @@ class SAM3LoRATrainer:
         self.adapter_names = task_adapter_names(cfg.lora, [source.name for source in self.sources])
         if self.full:
             model = self.loaded.model.requires_grad_(True)
+            freeze_zero_rate(model, cfg.training.component_learning_rates)
         elif len(self.adapter_names) > 1:
             model = apply_adapters(self.loaded.model, cfg.lora, self.adapter_names)
         else:
@@ -263,9 +264,6 @@ class SAM3LoRATrainer:
         data = self.config.data
         if data.cache_features == "off":
             return None
-        if self.config.model.task == "interactive":   # only the concept task reads cached features yet
-            raise ConfigError(f"data.cache_features={data.cache_features}: not available with model.task=interactive "
-                              f"yet; set data.cache_features=off")
         problem = trunk_problem(model, data)
         if problem:
             raise ConfigError(f"data.cache_features={data.cache_features}: {problem}; or set data.cache_features=off")

@@ -56,7 +56,8 @@ def trunk_problem(model: nn.Module, data: DataConfig) -> str | None:
     adapted = any(is_adapter_parameter(name) for name, _ in encoder.named_modules())
     if adapted or any(p.requires_grad for p in encoder.parameters()):
         return ("the vision encoder trains (LoRA or unfrozen weights there); set lora.apply_to_vision_encoder=false "
-                "(the heads preset) with training.method=lora")
+                "(the heads preset) with training.method=lora, or training.component_learning_rates="
+                "{vision_encoder: 0} with training.method=full")
     if any(_drops(module) for module in encoder.modules()):
         return "the vision encoder has dropout, so its output changes from call to call"
     if data.color_jitter > 0:

@@ -9,6 +9,11 @@ from torch import nn
 from sam3_lora.config import COMPONENTS, HEADS
 
 
+def component_of(parameter_name: str) -> str | None:
+    """The SAM3 component (or head) a parameter belongs to, by its name; None if none."""
+    return next((c for c in COMPONENTS + HEADS if f".{c}." in f".{parameter_name}"), None)
+
+
 def param_groups(model: nn.Module, lr: float, weight_decay: float, component_lrs: dict[str, float]) -> list[dict]:
     """AdamW groups over trainable parameters: a learning rate per component (or head), and
     no weight decay on biases and norm weights (1-D tensors)."""
@@ -16,11 +21,19 @@ def param_groups(model: nn.Module, lr: float, weight_decay: float, component_lrs
     for name, parameter in model.named_parameters():
         if not parameter.requires_grad:
             continue
-        component = next((c for c in COMPONENTS + HEADS if f".{c}." in f".{name}"), None)
-        group_lr = component_lrs.get(component, lr)
+        group_lr = component_lrs.get(component_of(name), lr)
         decay = 0.0 if parameter.ndim < 2 else weight_decay
         groups.setdefault((group_lr, decay), []).append(parameter)
     return [{"params": params, "lr": group_lr, "weight_decay": decay} for (group_lr, decay), params in groups.items()]
+
+
+def freeze_zero_rate(model: nn.Module, component_lrs: dict[str, float]) -> None:
+    """Full training: the components whose learning rate is 0 stop requiring gradients, so
+    the backward pass skips them (and a frozen vision encoder can be cached)."""
+    frozen = {component for component, rate in component_lrs.items() if rate == 0}
+    for name, parameter in model.named_parameters():
+        if component_of(name) in frozen:
+            parameter.requires_grad_(False)
 
 
 def lr_lambda(step: int, kind: str, warmup: int, total: int) -> float:

@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader
+from transformers.models.sam3.modeling_sam3 import Sam3VisionEncoderOutput
 
 from sam3_lora.config import Config
 from sam3_lora.data.collate import build_dataloader, mask_size_for
@@ -36,6 +37,7 @@ from sam3_lora.data.records import CocoSplit
 from sam3_lora.loss.criterion import build_criterion
 from sam3_lora.loss.tracker import TrackerCriterion
 from sam3_lora.model.forward import QueryModel, as_float32
+from sam3_lora.model.tracker import image_embeddings
 from sam3_lora.training.features import with_image_keys
 
 VisionFeatures = Callable[[torch.Tensor, list[str]], Any]
@@ -60,7 +62,7 @@ def build_task(config: Config, image_size: int, tokenize=None, vision_features: 
     (input_ids, attention_mask), the model's processor's ``text``; ``vision_features``: where
     its images' vision features come from when they are cached (``data.cache_features``)."""
     if config.model.task == "interactive":
-        return InteractiveTask(config, image_size)
+        return InteractiveTask(config, image_size, vision_features)
     return ConceptTask(config, image_size, tokenize, vision_features)
 
 
@@ -122,10 +124,13 @@ class ConceptTask:
 
 
 class InteractiveTask:
-    """SAM3's tracker: (image, object) batches, SAM 2's correction rounds, ``TrackerCriterion``."""
+    """SAM3's tracker: (image, object) batches, SAM 2's correction rounds, ``TrackerCriterion``.
+    With ``vision_features`` (a feature cache's ``encode``), as ``ConceptTask``: each row's
+    image key, and the vision encoder's output looked up instead of computed."""
 
-    def __init__(self, config: Config, image_size: int):
+    def __init__(self, config: Config, image_size: int, vision_features: VisionFeatures | None = None):
         self.config, self.image_size = config, image_size
+        self.vision_features = vision_features
         self.criterion = TrackerCriterion()
 
     def num_samples(self, split: CocoSplit) -> int:
@@ -136,19 +141,23 @@ class InteractiveTask:
 
     def loader(self, split: CocoSplit, train: bool, epoch: int) -> DataLoader:
         cfg = self.config.training
-        return build_object_loader(split, self.config.data, self.image_size, cfg.batch_size, train=train,
-                                   seed=cfg.seed, epoch=epoch)
+        loader = build_object_loader(split, self.config.data, self.image_size, cfg.batch_size, train=train,
+                                     seed=cfg.seed, epoch=epoch)
+        return with_image_keys(loader) if self.vision_features else loader
 
     def wrap(self, model: nn.Module) -> nn.Module:
         return CorrectionRounds(model, self.config.training.correction_rounds)
 
     def inputs(self, batch: dict, device: torch.device) -> dict:
         keys = ("pixel_values", "masks", "boxes", "points", "labels")
-        return {**{k: batch[k].to(device) for k in keys}, "kind": batch["kind"], "prompt_seed": batch["prompt_seed"]}
+        return {**{k: batch[k].to(device) for k in keys}, "kind": batch["kind"], "prompt_seed": batch["prompt_seed"],
+                "image_keys": batch.get("image_keys")}
 
     def forward(self, model: nn.Module, inputs: dict) -> list[dict[str, torch.Tensor]]:
+        vision = (self.vision_features(inputs["pixel_values"], inputs["image_keys"])
+                  if self.vision_features else None)
         return model(inputs["pixel_values"], inputs["masks"], inputs["kind"], inputs["boxes"], inputs["points"],
-                     inputs["labels"], inputs["prompt_seed"])
+                     inputs["labels"], inputs["prompt_seed"], vision)
 
     def loss(self, outputs: list[dict[str, torch.Tensor]], inputs: dict) -> dict[str, torch.Tensor]:
         steps = [{k: v.float() for k, v in step.items()} for step in outputs]
@@ -178,10 +187,15 @@ class CorrectionRounds(nn.Module):
         self.model, self.rounds = model, rounds
 
     def forward(self, pixel_values: torch.Tensor, masks: torch.Tensor, kind: str, boxes: torch.Tensor,
-                points: torch.Tensor, labels: torch.Tensor, prompt_seed: int) -> list[dict[str, torch.Tensor]]:
+                points: torch.Tensor, labels: torch.Tensor, prompt_seed: int,
+                vision: Sam3VisionEncoderOutput | None = None) -> list[dict[str, torch.Tensor]]:
+        """``vision``: the vision encoder's output for ``pixel_values`` when it comes from a
+        feature cache (the encoder is then not run)."""
         size = pixel_values.shape[-1]
         prompt = self._initial_prompt(PromptKind(kind), masks, boxes, points, labels, size)
-        out = self.model(pixel_values=pixel_values, multimask_output=kind == PromptKind.CLICK, **prompt)
+        image = ({"pixel_values": pixel_values} if vision is None
+                 else {"image_embeddings": image_embeddings(self.model, vision)})
+        out = self.model(**image, multimask_output=kind == PromptKind.CLICK, **prompt)
         steps = [_step(out, size)]
         if kind == PromptKind.MASK:
             return steps
