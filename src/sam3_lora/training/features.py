@@ -119,19 +119,24 @@ class FeatureCache:
     def encode(self, model: nn.Module, pixel_values: torch.Tensor, keys: list[str]) -> Sam3VisionEncoderOutput:
         """Vision features of the B images (``pixel_values`` (B, 3, S, S) with their keys)."""
         found = [self._get(key) for key in keys]
-        missing = [index for index, levels in enumerate(found) if levels is None]
-        self.hits += len(keys) - len(missing)
-        self.misses += len(missing)
-        if missing:
+        # One encoding per distinct image: the tracker's batches hold a row per object.
+        first_row: dict[str, int] = {}
+        for index, (key, entry) in enumerate(zip(keys, found)):
+            if entry is None:
+                first_row.setdefault(key, index)
+        self.hits += len(keys) - len(first_row)
+        self.misses += len(first_row)
+        if first_row:
             with torch.no_grad():
-                fresh = encode_images(model, pixel_values[missing])
-            # The heads read every FPN level but the last (Sam3Model.forward: [:-1]).
+                fresh = encode_images(model, pixel_values[list(first_row.values())])
+            # The heads read every FPN level but the last (Sam3Model.forward: [:-1]; the tracker: [:3]).
             levels = fresh.fpn_hidden_states[:-1]
             self.positions = tuple(p[:1] for p in fresh.fpn_position_encoding[:-1])
             self.formats = tuple(_memory_format(level) for level in levels)
-            for row, index in enumerate(missing):
-                found[index] = tuple(level[row] for level in levels)
-                self._put(keys[index], found[index])
+            encoded = {key: tuple(level[row] for level in levels) for row, key in enumerate(first_row)}
+            for key, entry in encoded.items():
+                self._put(key, entry)
+            found = [entry if entry is not None else encoded[key] for key, entry in zip(keys, found)]
         return self._output(found, pixel_values.device)
 
     def _output(self, found: list[tuple[torch.Tensor, ...]], device: torch.device) -> Sam3VisionEncoderOutput:
