@@ -395,7 +395,8 @@ class DataConfig(Section):
     them (the ViT is most of SAM3's compute): ``ram`` in CPU memory, ``disk`` in
     ``cache_features_dir``, where later runs on the same base reuse them. Only when nothing
     in the vision encoder trains (``lora.apply_to_vision_encoder: false``, as in the heads
-    and demo presets; refused otherwise). Keyed by the transformed image, so with random
+    and demo presets, or ``training.method: full`` with the vision encoder's component
+    learning rate at 0; refused otherwise), for either ``model.task``. Keyed by the transformed image, so with random
     augmentation each draw is its own entry, reused only when it comes again (about 17
     scales with ``random_resize``, x2 with ``horizontal_flip``; refused with
     ``color_jitter``): for reuse from the second epoch, give up those augmentations. About
