@@ -135,6 +135,7 @@ def test_the_tracker_trains_on_cached_features_with_the_same_losses(shapes, tmp_
     # One encoding per image (8 train, 4 valid), though a batch holds a row per object.
     assert plain.features is None and cached.features.misses == 12 and cached.features.hits > 24
     if "training.method=full" in frozen_trunk:
+        assert "(vision_encoder frozen: rate 0)" in cached._full_summary()
         trained = cached.peft_model.state_dict()
         moved = {key.split(".")[0] for key in trained if not torch.equal(trained[key], start[key])}
         assert moved and "vision_encoder" not in moved, moved

@@ -255,8 +255,15 @@ class SAM3LoRATrainer:
         self.features = self._feature_cache(model)
         self.parameters = count_parameters(model)
         self._log_text(f"precision: {self.precision.describe()}")
-        self._log_text(f"full training: all {self.parameters.trainable:,} parameters" if self.full
-                       else format_summary(lora_summary(model), self.parameters))
+        self._log_text(self._full_summary() if self.full else format_summary(lora_summary(model), self.parameters))
+
+    def _full_summary(self) -> str:
+        """What full training trains: every parameter, or all but the components at rate 0."""
+        count = self.parameters
+        if count.trainable == count.total:
+            return f"full training: all {count.trainable:,} parameters"
+        frozen = sorted(c for c, rate in self.config.training.component_learning_rates.items() if rate == 0)
+        return f"full training: {count.trainable:,} of {count.total:,} parameters ({', '.join(frozen)} frozen: rate 0)"
 
     def _feature_cache(self, model) -> FeatureCache | None:
         """The vision features' cache ``data.cache_features`` asks for (None: off), refused in
