@@ -190,11 +190,10 @@ def _check_clip_options(frames: int, objects_per_clip: tuple[int, int],
     low, high = objects_per_clip
     if not 1 <= low <= high <= MAX_OBJECTS:
         raise DataError(f"synth: objects per clip {low}..{high}; give 1 <= MIN <= MAX <= "
-                        f"{MAX_OBJECTS} (ids are bytes, 255 is void)", option="objects_per_clip")
+                        f"{MAX_OBJECTS} (ids are bytes, 255 is void)")
     low, high = radius_range
     if not 0 < low <= high <= 0.5:
-        raise DataError(f"synth: radius range {low}..{high}; give 0 < MIN <= MAX <= 0.5",
-                        option="radius_range")
+        raise DataError(f"synth: radius range {low}..{high}; give 0 < MIN <= MAX <= 0.5")
 
 
 def _write_clip(split_dir: Path, name: str, rng: np.random.Generator, width: int, height: int,
