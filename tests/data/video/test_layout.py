@@ -117,6 +117,7 @@ def test_symbolic_links_leading_outside_the_root_are_refused(tmp_path):
 
 def test_missing_folders_empty_sequences_and_masks_without_frames(tmp_path):
     write_frame(tmp_path / "JPEGImages" / "a" / "00000.jpg")
+    assert is_video_split(tmp_path)     # a video split missing its masks, said so below
     split = load_video_split(tmp_path)
     assert codes(split) == ["missing_folder"]
     assert "Annotations" in split.problems[0].message
@@ -138,4 +139,4 @@ def test_davis_resolution_level_is_found(tmp_path):
         (tmp_path / "tmp" / folder).rename(tmp_path / folder / "480p")
     split = load_video_split(tmp_path)
     assert split.problems == [] and [s.name for s in split.sequences] == ["bear"]
-    assert is_video_split(tmp_path) and not is_video_split(tmp_path / "tmp")
+    assert is_video_split(tmp_path) and not is_video_split(tmp_path / "JPEGImages")

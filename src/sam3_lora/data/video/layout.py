@@ -149,9 +149,10 @@ def read_index_mask(path: str | Path) -> np.ndarray:
 
 
 def is_video_split(folder: str | Path) -> bool:
-    """Whether ``folder`` is laid out as a DAVIS / YouTube-VOS split (holds ``JPEGImages/``
-    and ``Annotations/``)."""
-    return all(os.path.isdir(Path(folder) / name) for name in (FRAMES_DIR, MASKS_DIR))
+    """Whether ``folder`` is laid out as a DAVIS / YouTube-VOS split: it holds
+    ``JPEGImages/`` or ``Annotations/`` (one alone is a split missing the other, which
+    ``load_video_split`` reports, rather than some other layout)."""
+    return any(os.path.isdir(Path(folder) / name) for name in (FRAMES_DIR, MASKS_DIR))
 
 
 def load_video_split(root: str | Path, *, image_set: str | Path | None = None,
