@@ -186,3 +186,19 @@ def test_validate_checks_a_video_folder_and_returns_1_on_errors(tmp_path, capsys
     listed.write_text("seq0000\nnope\n")
     assert run("validate", tmp_path / "clips" / "valid", "--sequences", listed) == 1
     assert "error unknown_sequence" in capsys.readouterr().out
+
+
+def test_validate_checks_a_youtube_vis_file(tmp_path, capsys):
+    from tests.data.video.test_vis import vis_document, write_vis
+
+    path = write_vis(tmp_path)
+    assert run("validate", path) == 0
+    assert "OK: no problems" in capsys.readouterr().out
+    document = vis_document()
+    document["annotations"][0]["category_id"] = 5
+    path.write_text(json.dumps(document))
+    (tmp_path / "JPEGImages").rename(tmp_path / "frames")
+    assert run("validate", path, "--frames-dir", tmp_path / "frames") == 1
+    out = capsys.readouterr().out
+    assert "error unknown_category: annotation id 1: category_id 5" in out
+    assert "FAILED: 1 error(s)" in out

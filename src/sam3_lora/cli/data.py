@@ -8,6 +8,7 @@ raises ``Sam3LoraError`` for user errors (the main CLI prints them).
 from __future__ import annotations
 
 import argparse
+import os
 
 from sam3_lora.cli.common import HelpFormatter
 from sam3_lora.data.scaffold import ANNOTATION_FILE
@@ -281,12 +282,18 @@ def _add_validate(commands) -> None:
         "is checked as a DAVIS / YouTube-VOS video dataset\n"
         "examples:\n  sam3-lora data validate data/mine\n"
         "  sam3-lora data validate DAVIS --sequences DAVIS/ImageSets/2017/val.txt\n"
-        "  sam3-lora data validate ytvos/valid --protocol youtube-vos",
+        "  sam3-lora data validate ytvos/valid --protocol youtube-vos\n"
+        "  sam3-lora data validate ytvis/train/instances.json   # YouTube-VIS, frames in\n"
+        "                                                       # JPEGImages/ beside it",
         cmd_validate,
     )
-    parser.add_argument("dir", metavar="DIR", help="dataset root holding train/ (valid/, test/)")
+    parser.add_argument("dir", metavar="DIR", help="dataset root holding train/ (valid/, "
+                        "test/), or a YouTube-VIS .json file")
     parser.add_argument("--annotation-file", default=ANNOTATION_FILE, metavar="NAME",
                         help="annotation file name inside each split folder")
+    parser.add_argument("--frames-dir", default=None, metavar="DIR",
+                        help="YouTube-VIS: the folder its file_names are relative to "
+                        "(default: JPEGImages/ beside the file)")
     parser.add_argument("--sequences", default=None, metavar="FILE",
                         help="video: a text file naming the sequences to check, one a line "
                         "(default: every sequence folder)")
@@ -300,6 +307,12 @@ def cmd_validate(args: argparse.Namespace) -> int:
     """Print every problem of the dataset; exit status 1 when there are errors."""
     from sam3_lora.data.video.checks import is_video_dataset
 
+    if args.dir.lower().endswith(".json") and os.path.isfile(args.dir):
+        from sam3_lora.data.video.checks import format_video_report, validate_vis_file
+
+        report = validate_vis_file(args.dir, args.frames_dir)
+        print(format_video_report(report))
+        return report.exit_code
     if is_video_dataset(args.dir):
         from sam3_lora.data.video.checks import format_video_report, validate_video_dataset
 

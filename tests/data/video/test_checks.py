@@ -124,6 +124,6 @@ def test_the_report_has_one_line_per_problem_and_a_summary(tmp_path):
     assert len(problem_lines) == 1
     assert problem_lines[0].strip().startswith("error mask_mode: mask ")
     assert problem_lines[0].endswith("(in train/Annotations/a/00000.png)")
-    assert "sequences: 1, frames: 2 (1 with a mask), objects: 0" in text
+    assert "sequences: 1, frames: 2, masks: 1, objects: 0" in text
     assert lines[-1] == "FAILED: 1 error(s), 0 warning(s). Fix the errors."
     assert report.exit_code == 1

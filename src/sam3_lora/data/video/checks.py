@@ -29,7 +29,8 @@ ignored_folder    warning  a folder in the layout that is not train/valid/test: 
 Protocol ``youtube-vos``: objects may first appear on any frame (their first mask is where
 they are prompted) and frames may go without masks, so ``new_object`` and ``missing_mask``
 do not apply. The exit code is 0 when there are no errors (warnings allowed), 1 otherwise,
-as for COCO datasets.
+as for COCO datasets. ``validate_vis_file`` reports a YouTube-VIS file's problems (see
+``data.video.vis``) in the same form.
 """
 
 from __future__ import annotations
@@ -51,6 +52,7 @@ from sam3_lora.data.video.layout import (
     object_ids,
     read_index_mask,
 )
+from sam3_lora.data.video.vis import load_vis_split
 from sam3_lora.errors import DataError
 
 PROTOCOLS = ("davis", "youtube-vos")
@@ -67,7 +69,8 @@ class VideoSplitReport(HasProblems):
     num_sequences: int = 0
     num_frames: int = 0
     num_masks: int = 0
-    """Frames with a mask."""
+    """Mask files (DAVIS layout: frames with a mask), or per-frame instance masks
+    (YouTube-VIS)."""
     num_objects: int = 0
     """Objects over all sequences (an id counts once per sequence)."""
     problems: list[Problem] = field(default_factory=list)
@@ -124,6 +127,20 @@ def validate_video_dataset(root: str | Path, *, image_set: str | Path | None = N
                 "and train/Annotations/SEQ, or validate one split folder by itself")))
     report.problems.extend(_ignored_folders(root))
     return report
+
+
+def validate_vis_file(annotation_file: str | Path, frames_root: str | Path | None = None
+                      ) -> VideoDatasetReport:
+    """A YouTube-VIS file checked with its frames (``data.video.vis.load_vis_split``), as a
+    report of one split named after the file."""
+    split = load_vis_split(annotation_file, frames_root)
+    path = Path(annotation_file)
+    report = VideoSplitReport(path.stem, split.frames_root, problems=list(split.problems))
+    report.num_sequences = len(split.videos)
+    report.num_frames = sum(len(video.frame_paths) for video in split.videos.values())
+    report.num_masks = sum(s is not None for track in split.tracks for s in track.segmentations)
+    report.num_objects = len(split.tracks)
+    return VideoDatasetReport(path.parent, splits=[report])
 
 
 def check_video_split(split: VideoSplit, name: str, protocol: str = "davis",
@@ -284,8 +301,8 @@ def format_video_report(report: VideoDatasetReport) -> str:
     lines += [f"  {_problem_line(problem, report.root)}" for problem in report.problems]
     for split in report.splits:
         lines += ["", f"{split.name}: {_relative(split.root, report.root) or '.'}",
-                  (f"  sequences: {split.num_sequences}, frames: {split.num_frames} "
-                  f"({split.num_masks} with a mask), objects: {split.num_objects}")]
+                  (f"  sequences: {split.num_sequences}, frames: {split.num_frames}, "
+                   f"masks: {split.num_masks}, objects: {split.num_objects}")]
         for title, problems in (("errors", split.errors), ("warnings", split.warnings)):
             if problems:
                 lines.append(f"  {title} ({len(problems)}):")
