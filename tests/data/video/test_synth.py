@@ -145,6 +145,24 @@ def test_a_clip_too_crowded_to_show_every_object_is_refused(tmp_path):
                          sequences_per_split={"train": 1})
 
 
+def test_a_failure_after_some_clips_leaves_nothing_behind(tmp_path, monkeypatch):
+    from sam3_lora.data.video import synth
+
+    written, write_clip = [], synth._write_clip
+
+    def fail_on_the_third(*args):
+        if len(written) == 2:
+            raise DataError("synth: no room")
+        written.append(args[1])
+        return write_clip(*args)
+
+    monkeypatch.setattr(synth, "_write_clip", fail_on_the_third)
+    with pytest.raises(DataError, match="no room"):
+        synthesize_video(tmp_path / "d", **TINY)
+    assert written == ["seq0000", "seq0001"] and not (tmp_path / "d").exists()
+    assert list(tmp_path.iterdir()) == []       # no staging folder either
+
+
 def test_a_non_empty_output_folder_is_refused(tmp_path):
     (tmp_path / "d").mkdir()
     (tmp_path / "d" / "keep.txt").write_text("mine")

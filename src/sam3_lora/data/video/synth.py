@@ -42,7 +42,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from sam3_lora.data.scaffold import SPLITS, prepare_output_dir
+from sam3_lora.data.scaffold import SPLITS, check_output_dir
 from sam3_lora.data.synth import (
     BACKGROUNDS,
     COLORS,
@@ -55,7 +55,7 @@ from sam3_lora.data.synth import (
 )
 from sam3_lora.data.video.layout import FRAMES_DIR, MASKS_DIR
 from sam3_lora.errors import DataError
-from sam3_lora.files import replacing_file, write_file
+from sam3_lora.files import atomic_folder, replacing_file, write_file
 
 META_FILE = "meta.json"
 DEFAULT_SEQUENCES = {"train": 8, "valid": 2, "test": 2}
@@ -144,7 +144,8 @@ def synthesize_video(
     min_visible_pixels: int = 20,
     seed: int = 0,
 ) -> VideoSummary:
-    """Write synthetic clips (see the module docstring) into the empty folder ``out_dir``.
+    """Write synthetic clips (see the module docstring) into the empty or new folder
+    ``out_dir``, all at once: a failure leaves no half-written dataset behind.
 
     ``sequences_per_split`` defaults to ``DEFAULT_SEQUENCES``; ``frames`` is the clip length;
     ``image_size`` as in ``data.synth.synthesize`` (drawn once per clip); ``objects_per_clip``
@@ -162,24 +163,26 @@ def synthesize_video(
     _check_clip_options(frames, objects_per_clip, radius_range)
     sample_size = size_sampler(image_size)
 
-    out = prepare_output_dir(out_dir)
+    out = check_output_dir(out_dir)
     summary = VideoSummary(out, num_categories=len(triples))
-    for split, count in counts.items():
-        videos, num_frames, num_objects = {}, 0, 0
-        (out / split).mkdir()
-        for index in range(count):
-            rng = np.random.default_rng([seed, SPLITS.index(split), index])
-            width, height = sample_size(rng)
-            name = f"seq{index:04d}"
-            videos[name] = _write_clip(out / split, name, rng, width, height, frames, triples,
-                                       backgrounds, objects_per_clip, radius_range,
-                                       distractor, min_visible_pixels)
-            num_frames += frames
-            num_objects += len(videos[name]["objects"])
-        write_file(out / split / META_FILE, json.dumps({"videos": videos}, indent=1) + "\n")
-        summary.sequences[split] = count
-        summary.frames[split] = num_frames
-        summary.objects[split] = num_objects
+    with atomic_folder(out) as staging:   # a clip that fails leaves no half-written dataset
+        for split, count in counts.items():
+            videos, num_frames, num_objects = {}, 0, 0
+            (staging / split).mkdir()
+            for index in range(count):
+                rng = np.random.default_rng([seed, SPLITS.index(split), index])
+                width, height = sample_size(rng)
+                name = f"seq{index:04d}"
+                videos[name] = _write_clip(staging / split, name, rng, width, height, frames,
+                                           triples, backgrounds, objects_per_clip,
+                                           radius_range, distractor, min_visible_pixels)
+                num_frames += frames
+                num_objects += len(videos[name]["objects"])
+            write_file(staging / split / META_FILE, json.dumps({"videos": videos}, indent=1)
+                       + "\n")
+            summary.sequences[split] = count
+            summary.frames[split] = num_frames
+            summary.objects[split] = num_objects
     return summary
 
 
