@@ -90,9 +90,10 @@ def test_a_missing_frame_number_warns_and_youtube_vos_steps_do_not(tmp_path):
 
 
 def test_masks_without_any_object_warn(tmp_path):
-    write_clip(tmp_path, "a", [{}, {}])
+    write_clip(tmp_path, "a", [{}, {255: (0, 0, 4, 4)}])     # a DAVIS 2016 style 0/255 mask
     report = validate_video_dataset(tmp_path)
     assert codes(report) == ["no_objects"] and report.exit_code == 0
+    assert "store a binary mask's object as 1" in report.warnings[0].message
 
 
 def test_layout_problems_are_reported_too(tmp_path):

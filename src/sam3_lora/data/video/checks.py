@@ -213,8 +213,9 @@ def _object_problems(sequence: VideoSequence, ids_per_frame: dict[int, list[int]
     folder = sequence.frame_paths[0].parent
     if not any(ids_per_frame.values()):
         return [_problem("no_objects", folder, (
-            f"sequence {sequence.name!r}: no mask holds an object (only background/void); "
-            "nothing to track: annotate its objects or remove the sequence"), "warning")]
+            f"sequence {sequence.name!r}: no mask holds an object (only background 0 and "
+            "void 255); nothing to track: annotate its objects, or store a binary mask's "
+            "object as 1 (255 is DAVIS's void), or remove the sequence"), "warning")]
     if protocol != "davis":
         return []
     problems = []
