@@ -1,5 +1,7 @@
 """``data validate`` on video folders: each rule on a tiny folder that breaks it."""
 
+import json
+
 import pytest
 
 from sam3_lora.data.video.checks import (
@@ -7,6 +9,7 @@ from sam3_lora.data.video.checks import (
     is_video_dataset,
     validate_video_dataset,
 )
+from sam3_lora.data.video.layout import read_meta
 from sam3_lora.errors import DataError
 from tests.data.video.folders import (
     TWO_OBJECTS,
@@ -128,3 +131,25 @@ def test_the_report_has_one_line_per_problem_and_a_summary(tmp_path):
     assert "sequences: 1, frames: 2, masks: 1, objects: 0" in text
     assert lines[-1] == "FAILED: 1 error(s), 0 warning(s). Fix the errors."
     assert report.exit_code == 1
+
+
+def test_meta_json_categories_must_match_the_masks(tmp_path):
+    write_clip(tmp_path, "a", [{1: (0, 0, 4, 4), 2: (8, 8, 12, 12)}])
+    meta = tmp_path / "meta.json"
+    meta.write_text(json.dumps({"videos": {"a": {"objects": {"1": {"category": "cat"},
+                                                              "2": {"category": "dog"}}}}}))
+    assert validate_video_dataset(tmp_path).all_problems == []
+    assert read_meta(tmp_path) == {"a": {1: "cat", 2: "dog"}}
+    meta.write_text(json.dumps({"videos": {"a": {"objects": {"1": {"category": "cat"},
+                                                              "3": {"category": "owl"}}}}}))
+    report = validate_video_dataset(tmp_path)
+    assert codes(report) == ["meta_mismatch"] and report.exit_code == 0
+    assert "objects [2] have no category there and objects [3] are in no mask" in \
+        report.warnings[0].message
+    meta.write_text(json.dumps({"videos": {"a": {"objects": {"x": {"category": "cat"}}}}}))
+    report = validate_video_dataset(tmp_path)
+    assert codes(report) == ["unreadable_meta"]
+    assert "video 'a' object 'x' needs an integer id" in report.errors[0].message
+    meta.write_text("[1]")
+    with pytest.raises(DataError, match="no top-level 'videos' object"):
+        read_meta(tmp_path)

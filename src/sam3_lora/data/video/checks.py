@@ -22,6 +22,10 @@ missing_mask      error    (protocol ``davis``) frames after the first annotated
 frame_gap         warning  numbered frames with a number missing (the step between frame
                            numbers changes): motion jumps there; one line per sequence
 no_objects        warning  a sequence whose masks hold no object: nothing to track
+unreadable_meta   error    ``meta.json`` is there but not in YouTube-VOS's form
+meta_mismatch     warning  ``meta.json`` names other objects than the masks hold (one line
+                           a sequence): objects without a category, or categories of
+                           objects no mask shows
 missing_split     error    a dataset root with no ``train/`` split
 ignored_folder    warning  a folder in the layout that is not train/valid/test: not read
 ================  =======  ============================================================
@@ -44,6 +48,7 @@ from sam3_lora.data.images import check_decodes, image_size
 from sam3_lora.data.records import HasProblems, Problem
 from sam3_lora.data.scaffold import SPLITS
 from sam3_lora.data.video.layout import (
+    META_FILE,
     NotAnIndexMask,
     VideoSequence,
     VideoSplit,
@@ -51,6 +56,7 @@ from sam3_lora.data.video.layout import (
     load_video_split,
     object_ids,
     read_index_mask,
+    read_meta,
 )
 from sam3_lora.data.video.vis import load_vis_split
 from sam3_lora.errors import DataError
@@ -147,6 +153,7 @@ def check_video_split(split: VideoSplit, name: str, protocol: str = "davis",
                       full_decode: bool = True) -> VideoSplitReport:
     """The layout's problems plus those found decoding every frame and mask of ``split``."""
     report = VideoSplitReport(name, split.root, problems=list(split.problems))
+    categories = _categories(split.root, report.problems)
     for sequence in split.sequences:
         report.num_sequences += 1
         report.num_frames += len(sequence.frame_paths)
@@ -154,9 +161,36 @@ def check_video_split(split: VideoSplit, name: str, protocol: str = "davis",
         report.problems.extend(_frame_problems(sequence, full_decode))
         report.problems.extend(_gap_problems(sequence))
         ids_per_frame = _mask_problems(sequence, report.problems)
-        report.num_objects += len({i for ids in ids_per_frame.values() for i in ids})
+        ids = {i for frame_ids in ids_per_frame.values() for i in frame_ids}
+        report.num_objects += len(ids)
         report.problems.extend(_object_problems(sequence, ids_per_frame, protocol))
+        if categories is not None:
+            report.problems.extend(_meta_problems(sequence, ids, categories,
+                                                  split.root / META_FILE))
     return report
+
+
+def _categories(root: Path, problems: list[Problem]) -> dict[str, dict[int, str]] | None:
+    """``layout.read_meta``'s categories; None (with an error) when unreadable."""
+    try:
+        return read_meta(root)
+    except DataError as error:
+        problems.append(_problem("unreadable_meta", root / META_FILE, error.message))
+        return None
+
+
+def _meta_problems(sequence: VideoSequence, ids: set[int],
+                   categories: dict[str, dict[int, str]], meta_path: Path) -> list[Problem]:
+    """Objects the masks hold that ``meta.json`` gives no category, and the reverse."""
+    named = set(categories.get(sequence.name, {}))
+    unnamed, unseen = sorted(ids - named), sorted(named - ids)
+    if not unnamed and not unseen:
+        return []
+    parts = ([f"objects {unnamed} have no category there"] if unnamed else []) + \
+        ([f"objects {unseen} are in no mask"] if unseen else [])
+    return [_problem("meta_mismatch", meta_path, (
+        f"sequence {sequence.name!r} in {META_FILE}: {' and '.join(parts)}; make "
+        f"{META_FILE} list exactly the ids the masks hold"), "warning")]
 
 
 def _frame_problems(sequence: VideoSequence, full_decode: bool) -> list[Problem]:

@@ -7,6 +7,8 @@ Layout of one split (``ROOT``)::
       Annotations/SEQ/00000.png ...    index masks: pixel value = object id, 0 background,
                                        255 void (DAVIS: pixels ignored by training and scores)
       ImageSets/...txt                 optional: the sequences to read, one name a line
+      meta.json                        optional (YouTube-VOS): each object's category,
+                                       {"videos": {SEQ: {"objects": {"1": {"category": ...}}}}}
 
 DAVIS 2017 keeps its frames one level deeper, ``JPEGImages/480p/SEQ``; that level is found
 by itself (``resolution``). A mask belongs to the frame with the same name stem. Masks are
@@ -43,6 +45,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from sam3_lora.data.coco.split import read_json
 from sam3_lora.data.images import IMAGE_SUFFIXES, image_size, open_image
 from sam3_lora.data.records import HasProblems, Problem
 from sam3_lora.errors import DataError
@@ -51,6 +54,7 @@ from sam3_lora.files import inside_folder
 FRAMES_DIR = "JPEGImages"
 MASKS_DIR = "Annotations"
 IMAGE_SETS_DIR = "ImageSets"
+META_FILE = "meta.json"
 MASK_SUFFIX = ".png"
 MASK_MODES = ("P", "L")
 """PIL modes whose stored values are the object ids (palette index or grey level)."""
@@ -146,6 +150,37 @@ def read_index_mask(path: str | Path) -> np.ndarray:
     raise NotAnIndexMask(f"mask {path} is a {mode!r} image, not an index mask; save it as a "
                          "palette ('P') or 8-bit grayscale ('L') PNG whose pixel values are "
                          "object ids")
+
+
+def read_meta(root: str | Path) -> dict[str, dict[int, str]] | None:
+    """The categories ``ROOT/meta.json`` gives (YouTube-VOS's form): sequence -> object id
+    -> category, e.g. ``{"seq0000": {1: "red circle"}}``; None when there is no such file.
+    Other keys (``frames``...) are not read. ``DataError`` naming the entry when the file
+    is not in that form."""
+    path = Path(root) / META_FILE
+    if not os.path.isfile(path):
+        return None
+    videos = read_json(path, "meta.json")
+    videos = videos.get("videos") if isinstance(videos, dict) else None
+    if not isinstance(videos, dict):
+        raise DataError(f"{path}: no top-level 'videos' object; write {{\"videos\": {{SEQ: "
+                        "{\"objects\": {ID: {\"category\": NAME}}}}}} or remove the file")
+    return {name: _meta_categories(path, name, entry) for name, entry in videos.items()}
+
+
+def _meta_categories(path: Path, name: str, entry) -> dict[int, str]:
+    objects = entry.get("objects") if isinstance(entry, dict) else None
+    if not isinstance(objects, dict):
+        raise DataError(f"{path}: video {name!r} has no 'objects' object; give its objects "
+                        "by id, each with a 'category'")
+    categories = {}
+    for key, described in objects.items():
+        category = described.get("category") if isinstance(described, dict) else None
+        if not key.isdigit() or not isinstance(category, str) or not category.strip():
+            raise DataError(f"{path}: video {name!r} object {key!r} needs an integer id "
+                            "(its mask value) and a non-empty 'category' string; fix it")
+        categories[int(key)] = category
+    return categories
 
 
 def is_video_split(folder: str | Path) -> bool:

@@ -53,11 +53,10 @@ from sam3_lora.data.synth import (
     rasterize,
     size_sampler,
 )
-from sam3_lora.data.video.layout import FRAMES_DIR, MASKS_DIR
+from sam3_lora.data.video.layout import FRAMES_DIR, MASKS_DIR, META_FILE
 from sam3_lora.errors import DataError
 from sam3_lora.files import atomic_folder, replacing_file, write_file
 
-META_FILE = "meta.json"
 DEFAULT_SEQUENCES = {"train": 8, "valid": 2, "test": 2}
 DEFAULT_SIZE = 112
 DEFAULT_OBJECTS = (2, 3)
