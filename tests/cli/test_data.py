@@ -7,6 +7,7 @@ import sys
 import types
 
 import pytest
+from PIL import Image
 
 from sam3_lora.cli.data import add_parser
 from sam3_lora.errors import DataError
@@ -153,3 +154,51 @@ def test_convert_split_help_documents_keep_test(capsys):
     with pytest.raises(SystemExit):
         run("convert", "split", "--help")
     assert "--keep-test" in capsys.readouterr().out
+
+
+def test_synth_video_writes_clips_with_the_video_defaults_and_options(tmp_path, capsys):
+    assert run("synth", tmp_path / "clips", "--video", "--train", 2, "--valid", 0,
+               "--frames", 3, "--size", 48, "--objects", 1, 1, "--seed", 2) == 0
+    out = capsys.readouterr().out.strip()
+    assert out.startswith(f"wrote {tmp_path / 'clips'}: train 2 sequences/6 frames/2 objects, "
+                          "test 2 sequences/6 frames/2 objects; 9 categories")   # test: default 2
+    frames = sorted((tmp_path / "clips" / "train" / "JPEGImages" / "seq0001").iterdir())
+    assert [f.name for f in frames] == ["00000.jpg", "00001.jpg", "00002.jpg"]
+    assert Image.open(frames[0]).size == (48, 48)
+    assert not (tmp_path / "clips" / "valid").exists()
+    with pytest.raises(DataError, match=r"1 frames per clip; give at least 2 \(argument frames\)"):
+        run("synth", tmp_path / "bad", "--video", "--frames", 1)
+
+
+def test_validate_checks_a_video_folder_and_returns_1_on_errors(tmp_path, capsys):
+    run("synth", tmp_path / "clips", "--video", "--train", 1, "--valid", 1, "--test", 0,
+        "--frames", 3, "--size", 48, "--objects", 1, 2)
+    capsys.readouterr()
+    assert run("validate", tmp_path / "clips") == 0
+    out = capsys.readouterr().out
+    assert out.startswith(f"Video dataset {tmp_path / 'clips'}") and "OK: no problems" in out
+    (tmp_path / "clips" / "train" / "Annotations" / "seq0000" / "00001.png").unlink()
+    assert run("validate", tmp_path / "clips" / "train") == 1
+    out = capsys.readouterr().out
+    assert "error missing_mask: sequence 'seq0000': 1 frame(s) (00001)" in out
+    assert run("validate", tmp_path / "clips" / "train", "--protocol", "youtube-vos") == 0
+    listed = tmp_path / "only.txt"
+    listed.write_text("seq0000\nnope\n")
+    assert run("validate", tmp_path / "clips" / "valid", "--sequences", listed) == 1
+    assert "error unknown_sequence" in capsys.readouterr().out
+
+
+def test_validate_checks_a_youtube_vis_file(tmp_path, capsys):
+    from tests.data.video.test_vis import vis_document, write_vis
+
+    path = write_vis(tmp_path)
+    assert run("validate", path) == 0
+    assert "OK: no problems" in capsys.readouterr().out
+    document = vis_document()
+    document["annotations"][0]["category_id"] = 5
+    path.write_text(json.dumps(document))
+    (tmp_path / "JPEGImages").rename(tmp_path / "frames")
+    assert run("validate", path, "--frames-dir", tmp_path / "frames") == 1
+    out = capsys.readouterr().out
+    assert "error unknown_category: annotation id 1: category_id 5" in out
+    assert "FAILED: 1 error(s)" in out

@@ -8,6 +8,7 @@ raises ``Sam3LoraError`` for user errors (the main CLI prints them).
 from __future__ import annotations
 
 import argparse
+import os
 
 from sam3_lora.cli.common import HelpFormatter
 from sam3_lora.data.scaffold import ANNOTATION_FILE
@@ -20,6 +21,8 @@ examples:
   sam3-lora data validate data/mine               check before training
 
 layout: DIR/train, DIR/valid, DIR/test, each with images + _annotations.coco.json
+video:  DIR/SPLIT/JPEGImages/SEQ/*.jpg + DIR/SPLIT/Annotations/SEQ/*.png (DAVIS), e.g.
+        from `sam3-lora data synth data/clips --video`
 """
 
 
@@ -58,19 +61,41 @@ def cmd_create(args: argparse.Namespace) -> int:
     return 0
 
 
+IMAGE_DEFAULTS = {"train": 24, "valid": 8, "test": 8, "size": 224, "objects": (1, 5),
+                  "radius": (0.08, 0.25)}
+"""``data synth``'s defaults for images (``data.synth.synthesize``'s own)."""
+
+
+def _video_defaults() -> dict:
+    """``data synth --video``'s defaults: ``data.video.synth``'s own."""
+    from sam3_lora.data.video import synth
+
+    return {**synth.DEFAULT_SEQUENCES, "size": synth.DEFAULT_SIZE,
+            "objects": synth.DEFAULT_OBJECTS, "radius": synth.DEFAULT_RADIUS}
+
+
 def _add_synth(commands) -> None:
     from sam3_lora.data.synth import BACKGROUNDS, COLORS, SHAPES
 
+    video = _video_defaults()
     parser = _leaf(
-        commands, "synth", "generate a synthetic dataset of coloured shapes",
+        commands, "synth", "generate a synthetic dataset of coloured shapes (images or clips)",
         "examples:\n"
         "  sam3-lora data synth data/shapes\n"
         "  sam3-lora data synth data/target --shapes star hexagon cross --background stripes\n"
         "  sam3-lora data synth data/big --train 500 --valid 100 --test 100 --size 320\n"
-        "categories are '<colour> <shape>', e.g. 'red circle'; same seed, same bytes",
+        "  sam3-lora data synth data/clips --video --frames 16 --train 20   # DAVIS layout\n"
+        "categories are '<colour> <shape>', e.g. 'red circle'; same seed, same bytes\n"
+        "--video: moving shapes (bounces, occlusion, one entering and leaving, an\n"
+        "unannotated look-alike, colour and size drift); per split JPEGImages/,\n"
+        "Annotations/ (palette PNGs) and meta.json naming each object's concept",
         cmd_synth,
     )
     parser.add_argument("dir", metavar="DIR", help="new or empty output folder")
+    parser.add_argument("--video", action="store_true",
+                        help="write clips in the DAVIS layout instead of COCO images")
+    parser.add_argument("--frames", type=int, default=12, metavar="N",
+                        help="frames per clip (with --video)")
     parser.add_argument("--shapes", nargs="+", default=["circle", "square", "triangle"],
                         choices=sorted(SHAPES), metavar="SHAPE",
                         help=f"shapes to draw, from: {', '.join(SHAPES)}")
@@ -83,30 +108,50 @@ def _add_synth(commands) -> None:
     parser.add_argument("--background", nargs="+", default=["plain"], choices=sorted(BACKGROUNDS),
                         metavar="STYLE",
                         help=f"background styles, one drawn per image: {', '.join(BACKGROUNDS)}")
-    for split, count in (("train", 24), ("valid", 8), ("test", 8)):
-        parser.add_argument(f"--{split}", type=int, default=count, metavar="N",
-                            help=f"images in {split}/ (0 leaves the split out)")
-    parser.add_argument("--size", type=int, default=224, metavar="PX",
-                        help="image side in pixels (square)")
+    for split in ("train", "valid", "test"):
+        parser.add_argument(f"--{split}", type=int, default=None, metavar="N",
+                            help=f"images in {split}/ (default {IMAGE_DEFAULTS[split]}), or "
+                            f"clips with --video (default {video[split]}); 0 leaves the "
+                            "split out")
+    parser.add_argument("--size", type=int, default=None, metavar="PX",
+                        help=f"image side in pixels, square (default {IMAGE_DEFAULTS['size']}; "
+                        f"{video['size']} with --video)")
     parser.add_argument("--max-size", type=int, default=None, metavar="PX",
-                        help="draw each image's width and height from SIZE..MAX_SIZE")
-    parser.add_argument("--objects", type=int, nargs=2, default=[1, 5], metavar=("MIN", "MAX"),
-                        help="objects drawn per image (before dropping hidden ones)")
-    parser.add_argument("--radius", type=float, nargs=2, default=[0.08, 0.25], metavar=("MIN", "MAX"),
-                        help="shape circumradius as a fraction of the image's shorter side")
+                        help="draw each image's (clip's) width and height from SIZE..MAX_SIZE")
+    parser.add_argument("--objects", type=int, nargs=2, default=None, metavar=("MIN", "MAX"),
+                        help="objects drawn per image, before dropping hidden ones (default "
+                        f"{_pair(IMAGE_DEFAULTS['objects'])}); annotated objects per clip with "
+                        f"--video (default {_pair(video['objects'])})")
+    parser.add_argument("--radius", type=float, nargs=2, default=None, metavar=("MIN", "MAX"),
+                        help="shape circumradius as a fraction of the image's shorter side "
+                        f"(default {_pair(IMAGE_DEFAULTS['radius'])}; {_pair(video['radius'])} "
+                        "with --video, on a clip's first frame)")
     parser.add_argument("--seed", type=int, default=0, help="random seed")
+
+
+def _pair(values) -> str:
+    return " ".join(f"{value:g}" for value in values)
 
 
 def cmd_synth(args: argparse.Namespace) -> int:
     from sam3_lora.data.synth import synthesize
+    from sam3_lora.data.video.synth import synthesize_video
 
-    size = args.size if args.max_size is None else ((args.size,) * 2, (args.max_size,) * 2)
-    counts = {s: n for s in ("train", "valid", "test") if (n := getattr(args, s)) > 0}
-    summary = synthesize(
-        args.dir, shapes=args.shapes, colors=args.colors, concepts=args.concepts,
-        background=args.background, images_per_split=counts, image_size=size,
-        objects_per_image=tuple(args.objects), radius_range=tuple(args.radius), seed=args.seed,
-    )
+    defaults = _video_defaults() if args.video else IMAGE_DEFAULTS
+    given = {key: default if (value := getattr(args, key)) is None else value
+             for key, default in defaults.items()}
+    counts = {s: n for s in ("train", "valid", "test") if (n := given[s]) > 0}
+    size = given["size"] if args.max_size is None else ((given["size"],) * 2,
+                                                        (args.max_size,) * 2)
+    common = {"shapes": args.shapes, "colors": args.colors, "concepts": args.concepts,
+              "background": args.background, "image_size": size, "seed": args.seed,
+              "radius_range": tuple(given["radius"])}
+    if args.video:
+        summary = synthesize_video(args.dir, sequences_per_split=counts, frames=args.frames,
+                                   objects_per_clip=tuple(given["objects"]), **common)
+    else:
+        summary = synthesize(args.dir, images_per_split=counts,
+                             objects_per_image=tuple(given["objects"]), **common)
     print(summary)
     return 0
 
@@ -232,16 +277,49 @@ def cmd_convert_split(args: argparse.Namespace) -> int:
 def _add_validate(commands) -> None:
     parser = _leaf(
         commands, "validate", "check a dataset and report every problem with its fix",
-        "exit status 0 when no errors are found\nexample:\n  sam3-lora data validate data/mine",
+        "exit status 0 when no errors are found, 1 when there are\n"
+        "a folder holding JPEGImages/ and Annotations/ (itself or in train/, valid/, test/)\n"
+        "is checked as a DAVIS / YouTube-VOS video dataset\n"
+        "examples:\n  sam3-lora data validate data/mine\n"
+        "  sam3-lora data validate DAVIS --sequences DAVIS/ImageSets/2017/val.txt\n"
+        "  sam3-lora data validate ytvos/valid --protocol youtube-vos\n"
+        "  sam3-lora data validate ytvis/train/instances.json   # YouTube-VIS, frames in\n"
+        "                                                       # JPEGImages/ beside it",
         cmd_validate,
     )
-    parser.add_argument("dir", metavar="DIR", help="dataset root holding train/ (valid/, test/)")
+    parser.add_argument("dir", metavar="DIR", help="dataset root holding train/ (valid/, "
+                        "test/), or a YouTube-VIS .json file")
     parser.add_argument("--annotation-file", default=ANNOTATION_FILE, metavar="NAME",
                         help="annotation file name inside each split folder")
+    parser.add_argument("--frames-dir", default=None, metavar="DIR",
+                        help="YouTube-VIS: the folder its file_names are relative to "
+                        "(default: JPEGImages/ beside the file)")
+    parser.add_argument("--sequences", default=None, metavar="FILE",
+                        help="video: a text file naming the sequences to check, one a line "
+                        "(default: every sequence folder)")
+    parser.add_argument("--protocol", default="davis", choices=["davis", "youtube-vos"],
+                        help="video: davis wants every object on the first annotated frame and "
+                        "a mask on every later frame; youtube-vos lets objects appear later "
+                        "and frames go without masks")
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
     """Print every problem of the dataset; exit status 1 when there are errors."""
+    from sam3_lora.data.video.checks import is_video_dataset
+
+    if args.dir.lower().endswith(".json") and os.path.isfile(args.dir):
+        from sam3_lora.data.video.checks import format_video_report, validate_vis_file
+
+        report = validate_vis_file(args.dir, args.frames_dir)
+        print(format_video_report(report))
+        return report.exit_code
+    if is_video_dataset(args.dir):
+        from sam3_lora.data.video.checks import format_video_report, validate_video_dataset
+
+        report = validate_video_dataset(args.dir, image_set=args.sequences,
+                                        protocol=args.protocol)
+        print(format_video_report(report))
+        return report.exit_code
     from sam3_lora.data.checks import format_report, validate_dataset
 
     report = validate_dataset(args.dir, args.annotation_file)

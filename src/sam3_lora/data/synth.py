@@ -249,7 +249,8 @@ def scene_annotations(scene: Scene, image_id: int, first_id: int) -> list[dict]:
     return annotations
 
 
-def _check_names(kind: str, names: Sequence[str], known: dict) -> None:
+def check_names(kind: str, names: Sequence[str], known: dict) -> None:
+    """``DataError`` listing the choices when a name is not a key of ``known``."""
     for name in names:
         if name not in known:
             raise DataError(f"synth: unknown {kind} {name!r}; choose from {', '.join(known)}")
@@ -264,7 +265,7 @@ def _check_ranges(objects_per_image: tuple[int, int], radius_range: tuple[float,
         raise DataError(f"synth: radius range {low}..{high}; give 0 < MIN <= MAX <= 0.5")
 
 
-def _size_sampler(image_size: ImageSize) -> Callable[[np.random.Generator], tuple[int, int]]:
+def size_sampler(image_size: ImageSize) -> Callable[[np.random.Generator], tuple[int, int]]:
     """image_size: int (square), (w, h), or ((min_w, min_h), (max_w, max_h)) in pixels."""
     if isinstance(image_size, int):
         return lambda rng: (image_size, image_size)
@@ -305,12 +306,12 @@ def synthesize(
     backgrounds = [background] if isinstance(background, str) else list(background)
     if concepts is None:
         concepts = [f"{color} {shape}" for color in colors for shape in shapes]
-    triples = _parse_concepts(concepts)
-    _check_names("background", backgrounds, BACKGROUNDS)
+    triples = parse_concepts(concepts)
+    check_names("background", backgrounds, BACKGROUNDS)
     _check_ranges(objects_per_image, radius_range)
     counts = images_per_split or {"train": 24, "valid": 8, "test": 8}
-    _check_names("split", list(counts), dict.fromkeys(SPLITS))
-    sample_size = _size_sampler(image_size)
+    check_names("split", list(counts), dict.fromkeys(SPLITS))
+    sample_size = size_sampler(image_size)
 
     out = prepare_output_dir(out_dir)
     categories = category_list(list(concepts))
@@ -337,13 +338,13 @@ def synthesize(
     return summary
 
 
-def _parse_concepts(concepts: Sequence[str]) -> list[tuple[int, str, str]]:
+def parse_concepts(concepts: Sequence[str]) -> list[tuple[int, str, str]]:
     """"red circle" -> (category_id, "circle", "red"), ids from 1 in the given order."""
     triples = []
     for category_id, concept in enumerate(concepts, 1):
         color, _, shape = concept.partition(" ")
-        _check_names("colour", [color], COLORS)
-        _check_names("shape", [shape], SHAPES)
+        check_names("colour", [color], COLORS)
+        check_names("shape", [shape], SHAPES)
         triples.append((category_id, shape, color))
     if not triples:
         raise DataError("synth: no concepts; give at least one shape and one colour")

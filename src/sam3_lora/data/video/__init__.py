@@ -1,0 +1,3 @@
+"""Video datasets: the DAVIS / YouTube-VOS folder layout the tracker trains on (``layout``),
+its checks (``checks``, behind ``sam3-lora data validate``) and synthetic clips in that
+layout (``synth``, behind ``sam3-lora data synth --video``)."""
