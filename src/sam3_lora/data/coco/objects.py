@@ -82,7 +82,7 @@ def parse_object(entry: Any, index: int, catalog: Catalog, findings: Findings
     iscrowd = _read_iscrowd(entry, say)
     if iscrowd is None:
         return None
-    mask = _read_segmentation(entry.get("segmentation"), image, say)
+    mask = read_segmentation(entry.get("segmentation"), image, say)
     if mask is False or (mask is not None and not _mask_inside(mask, image, say)):
         return None
     bbox = _read_box(entry, mask, image, say)
@@ -98,7 +98,7 @@ def parse_object(entry: Any, index: int, catalog: Catalog, findings: Findings
     return image.id, ObjectRecord(annotation_id, category_id, bbox, segmentation, iscrowd, area)
 
 
-def _read_segmentation(value: Any, image: ImageRecord, say: Reporter) -> Mask | None | bool:
+def read_segmentation(value: Any, image: ImageRecord, say: Reporter) -> Mask | None | bool:
     """A ``segmentation`` value -> Mask, None (box-only object), or False (unusable)."""
     # [[]] too: some exporters write box-only objects as one empty polygon.
     if value is None or value == {} or (isinstance(value, list) and all(

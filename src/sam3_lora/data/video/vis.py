@@ -44,7 +44,7 @@ from pathlib import Path
 from typing import Any
 
 from sam3_lora.data.coco.fields import Findings, Invalid, Reporter, describe, get_id, get_size
-from sam3_lora.data.coco.objects import _read_segmentation
+from sam3_lora.data.coco.objects import read_segmentation
 from sam3_lora.data.coco.split import parse_categories, read_json
 from sam3_lora.data.images import image_size
 from sam3_lora.data.records import HasProblems, ImageRecord, Problem
@@ -265,7 +265,7 @@ def _frame_segmentations(value: Any, video: VisVideo, say: Reporter) -> list[Any
                             height=video.height)
         frame_say = Reporter(say.findings, f"{say.where}, frame {index}",
                              annotation_id=say.annotation_id)
-        mask = _read_segmentation(segmentation, frame, frame_say)
+        mask = read_segmentation(segmentation, frame, frame_say)
         if mask is False:
             return None
         checked.append(None if mask is None else mask.segmentation)
