@@ -58,7 +58,7 @@ def _outline(masks: np.ndarray, width: int) -> np.ndarray:
     return (masks & ~inner).any(axis=0)
 
 
-def _draw_masks(canvas: np.ndarray, masks: np.ndarray, color: tuple, line: int) -> None:
+def draw_masks(canvas: np.ndarray, masks: np.ndarray, color: tuple, line: int) -> None:
     """Tint ``canvas`` (H, W, 3) float in place where any of ``masks`` (n, H, W) is set."""
     masks = np.asarray(masks, dtype=bool)
     if masks.size == 0:
@@ -149,7 +149,7 @@ def draw_overlay(image: Image.Image, results: list[dict], show_boxes: bool = Tru
         canvas = np.asarray(rgb, dtype=np.float32).copy()
         for result, color in zip(results, colors):
             if result.get("masks") is not None:
-                _draw_masks(canvas, result["masks"], color, line)
+                draw_masks(canvas, result["masks"], color, line)
         rgb = Image.fromarray(np.clip(canvas + 0.5, 0, 255).astype(np.uint8))
 
     parsed = [_box_list(r) for r in results]
@@ -184,7 +184,7 @@ def draw_clicks(image: Image.Image, points, labels, box=None, mask: np.ndarray |
     colour, sized to the image."""
     if mask is not None:
         canvas = np.asarray(image, dtype=np.float32).copy()
-        _draw_masks(canvas, np.asarray(mask, dtype=bool)[None], color, max(1, min(image.size) // 300))
+        draw_masks(canvas, np.asarray(mask, dtype=bool)[None], color, max(1, min(image.size) // 300))
         image.paste(Image.fromarray(np.clip(canvas + 0.5, 0, 255).astype(np.uint8)))
     draw = ImageDraw.Draw(image)
     arm = max(4, min(image.size) // 40)   # half a mark's width, in pixels
