@@ -387,6 +387,21 @@ class DataConfig(Section):
     ground-truth mask; otherwise a noisy box or one click inside it, half each (SAM 2). SAM 2
     trains single images with 0 (its default here) and videos with 0.5."""
 
+    clip_frames: int = Field(default=8, gt=0)
+    """Video tracker training: consecutive annotated frames per training clip (SAM 2's
+    ``num_frames``, 8 in its MOSE fine-tuning). A sequence with fewer annotated frames is left
+    out of training, with a warning, as SAM 2's sampler refuses it (it never pads)."""
+
+    max_objects_per_clip: int = Field(default=3, gt=0)
+    """Video tracker training: most objects tracked in one clip, drawn at random among those
+    visible on the clip's first frame (SAM 2's ``max_num_objects``, 3 in its MOSE
+    fine-tuning)."""
+
+    reverse_time_probability: float = Field(default=0.0, ge=0.0, le=1.0)
+    """Video tracker training: the chance that a clip is played backwards (its last frame
+    first, where its objects are prompted). SAM 2's ``reverse_time_prob``: 0 unless set, as in
+    its MOSE fine-tuning."""
+
     num_workers: int = Field(default=0, ge=0, le=256)
     """Data-loading worker processes, at most 256; 0 loads in the training process."""
 
