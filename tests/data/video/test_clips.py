@@ -90,7 +90,7 @@ def test_a_first_frame_without_any_object_is_never_drawn(tmp_path):
     backwards = [ClipSampler(2, 3, 1.0).sample(ending_empty.sequences[0], g) for g in generators(20)]
     assert {tuple(clip.frames) for clip in backwards} == {(1, 0)}   # (2, 1) would start empty
     empty = load_video_split(write_clip(tmp_path / "e", "seq", [{}, {}]))
-    with pytest.raises(DataError, match="no object is visible on any possible first frame"):
+    with pytest.raises(DataError, match=r"Annotations/seq: no object is visible on any possible first frame"):
         ClipSampler(2, 3).sample(empty.sequences[0], torch.Generator())
 
 
@@ -147,7 +147,7 @@ def test_a_sequence_shorter_than_a_clip_is_left_out_with_a_warning(tmp_path):
     assert [s.name for s in dataset.sequences] == ["long"] and len(dataset) == 1
     with pytest.raises(DataError, match="no sequence has 4 annotated frames .*data.clip_frames"):
         ClipDataset(split, config(clip_frames=4), 32, train=True)
-    with pytest.raises(DataError, match="'short' has 2 annotated frames"):
+    with pytest.raises(DataError, match=r"Annotations/short: sequence 'short' has 2 annotated frames"):
         ClipSampler(3, 3).sample(split.sequences[1], torch.Generator())
 
 
@@ -188,8 +188,19 @@ def test_the_loader_batches_clips_by_the_contract(synthetic):
     assert batch["frame_indices"].shape == (2, 4) and batch["reversed"].shape == (2,)
     assert batch["object_clip_index"].tolist() == sorted(batch["object_clip_index"].tolist())
     assert set(batch["object_clip_index"].tolist()) == {0, 1} and len(batch["sequences"]) == 2
-    again = next(iter(build_clip_loader(synthetic, config(), SIZE, batch_size=2, train=True, seed=3)))
-    assert again["sequences"] == batch["sequences"] and torch.equal(again["masks"], batch["masks"])
+
+
+def test_a_seeded_loader_gives_the_same_batches_with_workers(synthetic):
+    def batches(workers):
+        cfg = config(num_workers=workers, color_jitter=0.3, reverse_time_probability=0.5)
+        return list(build_clip_loader(synthetic, cfg, SIZE, batch_size=2, train=True, seed=3, epoch=2))
+
+    reference, with_workers = batches(0), batches(2)
+    assert len(reference) == len(with_workers) == 2
+    for a, b in zip(reference, with_workers):
+        assert a["sequences"] == b["sequences"] and a["kind"] == b["kind"]
+        for key in ("pixel_values", "masks", "valid", "boxes", "points", "frame_indices", "reversed"):
+            assert torch.equal(a[key], b[key]), key
 
 
 def test_collate_keeps_each_clips_objects_with_their_masks():

@@ -26,7 +26,8 @@ augmentation) with one generator seed for the whole clip, so every frame gets th
 flip and jitter (SAM 2's ``consistent_transform``), and SAM3's normalisation. Masks follow
 with ``masks.masks_to_input``. DAVIS's void pixels (255) are neither object nor background:
 ``valid`` is False there, and the loss must leave those pixels out (DAVIS's rule; SAM 2's
-palette loader would take 255 for an object).
+palette loader would take 255 for an object). The padding of a training scale stays valid
+background, as on images.
 
 The objects are prompted on the first frame as the image tracker prompts
 (``interactive.initial_prompts``: mask with ``data.mask_prompt_probability``, SAM 2's 0.5 on
@@ -103,8 +104,8 @@ class ClipSampler:
         """A clip of ``sequence``: start and direction, then its objects, in that order."""
         annotated = sequence.annotated_frames
         if len(annotated) < self.num_frames:
-            raise DataError(f"sequence {sequence.name!r} has {len(annotated)} annotated frames, "
-                            f"fewer than data.clip_frames={self.num_frames}; lower "
+            raise DataError(f"{_folder(sequence)}: sequence {sequence.name!r} has {len(annotated)} "
+                            f"annotated frames, fewer than data.clip_frames={self.num_frames}; lower "
                             "data.clip_frames or annotate more frames")
         visible = _visible_objects(sequence)
         candidates = [(start, backwards) for start in range(len(annotated) - self.num_frames + 1)
@@ -112,7 +113,7 @@ class ClipSampler:
         weights = torch.tensor([self._weight(backwards, visible, self._frames(annotated, start, backwards))
                                 for start, backwards in candidates], dtype=torch.float64)
         if not weights.any():
-            raise DataError(f"sequence {sequence.name!r}: no object is visible on any possible "
+            raise DataError(f"{_folder(sequence)}: no object is visible on any possible "
                             "first frame of a clip; annotate its objects or remove the sequence")
         start, backwards = candidates[int(torch.multinomial(weights, 1, generator=generator))]
         frames = self._frames(annotated, start, backwards)
@@ -130,6 +131,12 @@ class ClipSampler:
         if not visible.get(frames[0]):
             return 0.0
         return self.reverse_probability if backwards else 1.0 - self.reverse_probability
+
+
+def _folder(sequence: VideoSequence):
+    """The folder of a sequence's masks (of its frames if it has none), which errors about
+    its annotations name."""
+    return next(iter(sequence.mask_paths.values()), sequence.frame_paths[0]).parent
 
 
 def _visible_objects(sequence: VideoSequence) -> dict[int, list[int]]:
@@ -179,24 +186,26 @@ class ClipDataset(Dataset):
         sequence = self.sequences[index]
         clip = self.sampler.sample(sequence, sample_generator(self.seed, self.epoch, index, CLIP_STREAM))
         object_ids = torch.tensor(clip.object_ids, dtype=torch.long)
-        pixels, masks, valid, first_boxes = [], [], [], None
-        for frame in clip.frames:
-            image = image_to_tensor(np.array(sequence.frame(frame)))   # np.array: writable
-            ids = _mask_of(sequence, frame, image)
-            objects = torch.from_numpy(ids)[None] == object_ids[:, None, None]   # (O, H, W)
-            boxes_xywh = _xywh(mask_to_box(objects)) if first_boxes is None else torch.zeros(0, 4)
-            # One seed for every frame: the same scale, flip and jitter across the clip.
-            augment = sample_generator(self.seed, self.epoch, index, AUGMENT_STREAM)
-            frame_pixels, boxes, geometry = self.transform(image, boxes_xywh, augment)
-            first_boxes = boxes if first_boxes is None else first_boxes
-            pixels.append(frame_pixels)
-            masks.append(masks_to_input(objects, geometry, self.image_size))
-            void = torch.from_numpy(ids == VOID_ID)[None]
-            valid.append(~masks_to_input(void, geometry, self.image_size)[0])
-        prompts = self._prompts(masks[0], first_boxes, index)
+        frames = [self._frame(sequence, frame, object_ids, index) for frame in clip.frames]
+        pixels, masks, valid, boxes = (list(column) for column in zip(*frames))
         return {"pixel_values": torch.stack(pixels), "masks": torch.stack(masks), "valid": torch.stack(valid),
                 "object_ids": object_ids, "frame_indices": torch.tensor(clip.frames, dtype=torch.long),
-                "reversed": clip.reversed, "sequence": sequence.name, **prompts}
+                "reversed": clip.reversed, "sequence": sequence.name,
+                **self._prompts(masks[0], boxes[0], index)}
+
+    def _frame(self, sequence: VideoSequence, frame: int, object_ids: torch.Tensor,
+               index: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """One frame of sample ``index`` on the input: pixels (3, S, S), the objects' masks
+        (O, S, S), valid (S, S) and the objects' boxes (O, 4) xyxy input pixels."""
+        image = image_to_tensor(np.array(sequence.frame(frame)))   # np.array: writable
+        ids = _mask_of(sequence, frame, image)
+        objects = torch.from_numpy(ids)[None] == object_ids[:, None, None]   # (O, H, W)
+        # One seed for every frame of the clip: the same scale, flip and jitter on each.
+        augment = sample_generator(self.seed, self.epoch, index, AUGMENT_STREAM)
+        pixels, boxes, geometry = self.transform(image, _xywh(mask_to_box(objects)), augment)
+        void = torch.from_numpy(ids == VOID_ID)[None]
+        return (pixels, masks_to_input(objects, geometry, self.image_size),
+                ~masks_to_input(void, geometry, self.image_size)[0], boxes)
 
     def _prompts(self, first_masks: torch.Tensor, first_boxes: torch.Tensor, index: int) -> dict[str, Any]:
         """Each object's first-frame prompts (``initial_prompts``, one generator for the clip);
