@@ -3,12 +3,14 @@ import pytest
 import torch
 
 from sam3_lora.config import DataConfig
+from sam3_lora.data.dataset import AUGMENT_STREAM, sample_generator
 from sam3_lora.data.images import open_image
+from sam3_lora.data.transforms import build_transform
 from sam3_lora.data.video.clips import ClipDataset, ClipSampler, build_clip_loader, collate_clips
 from sam3_lora.data.video.layout import load_video_split
 from sam3_lora.data.video.synth import synthesize_video
 from sam3_lora.errors import DataError
-from sam3_lora.model.processing import resize_and_normalize
+from sam3_lora.model.processing import image_to_tensor, resize_and_normalize
 from tests.data.video.folders import TWO_OBJECTS, boxes_mask, write_clip, write_mask
 
 SIZE = 64
@@ -122,6 +124,16 @@ def test_frames_are_resized_and_normalised_as_the_image_path_does(synthetic):
     for t, frame in enumerate(sample["frame_indices"].tolist()):
         expected = resize_and_normalize(open_image(sequence.frame_paths[frame]), SIZE)
         assert torch.allclose(sample["pixel_values"][t], expected)
+    # Training: the image tracker's transform, drawn from the sample's augmentation stream.
+    cfg = config(min_resize_ratio=0.5, color_jitter=0.3)
+    dataset = ClipDataset(synthetic, cfg, SIZE, train=True, seed=5)
+    dataset.set_epoch(2)
+    sample = dataset[0]
+    frame = int(sample["frame_indices"][-1])
+    image = image_to_tensor(np.array(open_image(sequence.frame_paths[frame])))
+    expected, _, _ = build_transform(cfg, SIZE, train=True)(image, torch.zeros(0, 4),
+                                                            sample_generator(5, 2, 0, AUGMENT_STREAM))
+    assert torch.equal(sample["pixel_values"][-1], expected)
 
 
 def test_training_augments_every_frame_of_a_clip_alike(synthetic):
