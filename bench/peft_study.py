@@ -5,7 +5,8 @@ On the bundled tiny base (``sam3-tiny-shapes``) and the concept demo's recipe
 ``lora.method`` trains on a target domain with the same data, steps and seed, its size matched
 to the demo's LoRA (rank 4): the rank whose trainable parameters come closest to LoRA's
 without exceeding them (``match_rank``; a method that cannot reach them says so). Two target
-domains: the demo's (``TARGET``) and a second one (``SECOND_TARGET``). Then the two domains in
+domains: the demo's (``TARGET``) and a second one (``SECOND_TARGET``, chosen among
+``CANDIDATES`` by LoRA's gain: ``--tasks`` runs any of them). Then the two domains in
 one run (``data.datasets``) with each ``lora.task_adapters`` choice, against the two runs apart.
 
 Reported per run: target mAP and cgF1 gain over the base (held-out test split), base-concept
@@ -41,9 +42,21 @@ ROOT = Path(__file__).resolve().parent.parent
 HEADING = "## PEFT methods: the study"
 METHOD_ORDER = ("lora", "loha", "lokr", "adalora", "vera", "ia3", "adapter")
 REFERENCE = "lora"   # the demo's own method and rank: the budget every other method is matched to
-# A second domain, as new to the base as the demo's: other colours and shapes on another background.
-SECOND_TARGET = {"concepts": ("magenta star", "white hexagon", "black cross"), "background": ("gradient",)}
+# Candidates for the second domain, each screened with LoRA alone at the quick budget
+# (``--methods lora --tasks NAME...``; BENCHMARKS.md): a target that no quick run learns compares
+# no method. Named by what is new to the base (4 colours x circle/square/triangle on plain/noise).
+CANDIDATES = {
+    "new-colours": {"concepts": ("magenta circle", "orange triangle", "purple square"), "background": ("plain",)},
+    "new-shapes": {"concepts": ("red star", "blue hexagon", "yellow cross"), "background": ("checker",)},
+    "new-all-checker": {"concepts": ("magenta hexagon", "cyan star", "purple cross"), "background": ("checker",)},
+    "white-black-gradient": {"concepts": ("magenta star", "white hexagon", "black cross"), "background": ("gradient",)},
+    "white-black-stripes": {"concepts": ("magenta star", "white hexagon", "black cross"), "background": ("stripes",)},
+}
+# The second domain: the candidate LoRA learnt best (+0.234 mAP; white-black-gradient, the first
+# choice, +0.013: white and black shapes are what no quick run learns, on stripes as on a gradient).
+SECOND_TARGET = CANDIDATES["new-colours"]
 TASKS = {"demo": TARGET, "second": SECOND_TARGET}
+TARGETS = {**TASKS, **CANDIDATES}
 TASK_ADAPTERS = ("shared", "per_task", "both")
 MAX_SEARCH_RANK = 1024   # config's MAX_RANK: no method's rank goes higher
 
@@ -143,7 +156,7 @@ def method_rows(task: str, matched: dict[str, dict], budget: Budget, work: Path,
         if row is None:
             row = {"task": task, "method": method, "rank": match["rank"], "trainable": match["trainable"]}
             try:
-                row.update(in_fresh_process(run_method, work / f"{task}-{method}", TASKS[task], budget,
+                row.update(in_fresh_process(run_method, work / f"{task}-{method}", TARGETS[task], budget,
                                             match["overrides"]))
             except Exception as error:   # noqa: BLE001 (a method that fails is a result: shown in its row)
                 row["failed"] = f"{type(error).__name__}: {str(error).splitlines()[0][:120]}"
@@ -261,11 +274,18 @@ def earlier_rows(path: Path | None) -> dict[tuple[str, str], dict]:
     return {(r["task"], r["method"]): r for r in rows}
 
 
+def describe_targets(names: list[str]) -> str:
+    """``name = concepts on background`` for each target of ``names`` (``TARGETS``' keys)."""
+    return "; ".join(f"{name} = {', '.join(TARGETS[name]['concepts'])} on {'/'.join(TARGETS[name]['background'])}"
+                     for name in names)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--scale", choices=["tiny", "cpu-full", "gpu"], default="tiny")
     parser.add_argument("--methods", nargs="+", choices=METHOD_ORDER, default=list(METHOD_ORDER))
-    parser.add_argument("--tasks", nargs="+", choices=list(TASKS), default=list(TASKS))
+    parser.add_argument("--tasks", nargs="+", choices=list(TARGETS), default=list(TASKS),
+                        help="targets to run each method on (those of CANDIDATES: screening the second)")
     parser.add_argument("--multitask", nargs="*", choices=TASK_ADAPTERS, default=[],
                         help="lora.task_adapters choices to train on both targets in one run")
     parser.add_argument("--reuse", type=Path, help="an earlier run's printed rows: those runs are not run again")
@@ -296,8 +316,8 @@ def main() -> None:
                    + (" --reuse ROWS" if reused else "") + " --write")
         entry = (f"\n### {date.today()}: {budget.train_images} target images (+{budget.replay_images} replayed), "
                  f"{budget.steps} steps, seed 0\n\nCommand: `{command}`  \nMachine: {machine()}\n\n"
-                 f"Targets: demo = {', '.join(TARGET['concepts'])} on {TARGET['background'][0]}; second = "
-                 f"{', '.join(SECOND_TARGET['concepts'])} on {SECOND_TARGET['background'][0]}.\n\n"
+                 f"Targets: {describe_targets(list(dict.fromkeys([*args.tasks, *TASKS])) if joint else args.tasks)}."
+                 "\n\n"
                  f"{text}\n" + ("\n![PEFT study](docs/peft_study.png)\n" if "demo" in args.tasks else ""))
         append_entry(HEADING, entry)
 
