@@ -36,7 +36,15 @@ from machine import append_entry, machine
 from run_folder import adapter_mb, seconds_per_step
 
 from sam3_lora.config import METHOD_KEYS, LoRAConfig, load_config
-from sam3_lora.recipes.demo import BUDGETS, TARGET, Budget, make_data, one_thread, run_demo
+from sam3_lora.recipes.demo import (
+    BUDGETS,
+    REPLAY_TASK,
+    TARGET,
+    Budget,
+    make_data,
+    one_thread,
+    run_demo,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 HEADING = "## PEFT methods: the study"
@@ -168,16 +176,22 @@ def method_rows(task: str, matched: dict[str, dict], budget: Budget, work: Path,
 def run_multitask(work: Path, budget: Budget, choice: str) -> list[dict]:
     """One LoRA run on both targets (``data.datasets``, ``lora.task_adapters=choice``) for as many
     steps as the separate runs together, each target scored through its adapters
-    (``validate(..., task=NAME)``): its gains and its forgetting, as ``run_method`` measures."""
+    (``validate(..., task=NAME)``): its gains and its forgetting, as ``run_method`` measures.
+    The base's concepts are replayed as a third dataset (``REPLAY_TASK``), as in the demo; with
+    ``per_task`` it trains an adapter of its own, so the targets' adapters never see it."""
     from sam3_lora.recipes.train import SAM3LoRATrainer
     from sam3_lora.recipes.validate import validate
 
     for task, target in TASKS.items():
         make_data(work / "data" / task, budget, seed=0, target=target)
-    entries = ", ".join(f"{{name: {task}, root: {work / 'data' / task / 'target'}}}" for task in TASKS)
+    entries = [{"name": task, "root": str(work / "data" / task / "target"), "weight": budget.train_images}
+               for task in TASKS]
+    if budget.replay_images:   # one more dataset, as in each separate run: as many replayed images per target image
+        entries.append({"name": REPLAY_TASK, "root": str(work / "data" / "demo" / "base-concepts"),
+                        "weight": budget.replay_images * len(TASKS)})
     run = work / f"run-{choice}"
     # the demo config names a data.root, which data.datasets replaces: back to the default
-    config = load_config("demo", ["data.root=data", f"data.datasets=[{entries}]", f"output.dir={run}",
+    config = load_config("demo", ["data.root=data", f"data.datasets={json.dumps(entries)}", f"output.dir={run}",
                                   f"training.max_steps={budget.steps * len(TASKS)}", "training.seed=0",
                                   f"lora.task_adapters={choice}"])
     with one_thread():
