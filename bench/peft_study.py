@@ -5,7 +5,8 @@ On the bundled tiny base (``sam3-tiny-shapes``) and the concept demo's recipe
 ``lora.method`` trains on a target domain with the same data, steps and seed, its size matched
 to the demo's LoRA (rank 4): the rank whose trainable parameters come closest to LoRA's
 without exceeding them (``match_rank``; a method that cannot reach them says so). Two target
-domains: the demo's (``TARGET``) and a second one (``SECOND_TARGET``). Then the two domains in
+domains: the demo's (``TARGET``) and a second one (``SECOND_TARGET``, chosen among
+``CANDIDATES`` by LoRA's gain: ``--tasks`` runs any of them). Then the two domains in
 one run (``data.datasets``) with each ``lora.task_adapters`` choice, against the two runs apart.
 
 Reported per run: target mAP and cgF1 gain over the base (held-out test split), base-concept
@@ -35,15 +36,35 @@ from machine import append_entry, machine
 from run_folder import adapter_mb, seconds_per_step
 
 from sam3_lora.config import METHOD_KEYS, LoRAConfig, load_config
-from sam3_lora.recipes.demo import BUDGETS, TARGET, Budget, make_data, one_thread, run_demo
+from sam3_lora.recipes.demo import (
+    BUDGETS,
+    REPLAY_TASK,
+    TARGET,
+    Budget,
+    make_data,
+    one_thread,
+    run_demo,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 HEADING = "## PEFT methods: the study"
 METHOD_ORDER = ("lora", "loha", "lokr", "adalora", "vera", "ia3", "adapter")
 REFERENCE = "lora"   # the demo's own method and rank: the budget every other method is matched to
-# A second domain, as new to the base as the demo's: other colours and shapes on another background.
-SECOND_TARGET = {"concepts": ("magenta star", "white hexagon", "black cross"), "background": ("gradient",)}
+# Candidates for the second domain, each screened with LoRA alone at the quick budget
+# (``--methods lora --tasks NAME...``; BENCHMARKS.md): a target that no quick run learns compares
+# no method. Named by what is new to the base (4 colours x circle/square/triangle on plain/noise).
+CANDIDATES = {
+    "new-colours": {"concepts": ("magenta circle", "orange triangle", "purple square"), "background": ("plain",)},
+    "new-shapes": {"concepts": ("red star", "blue hexagon", "yellow cross"), "background": ("checker",)},
+    "new-all-checker": {"concepts": ("magenta hexagon", "cyan star", "purple cross"), "background": ("checker",)},
+    "white-black-gradient": {"concepts": ("magenta star", "white hexagon", "black cross"), "background": ("gradient",)},
+    "white-black-stripes": {"concepts": ("magenta star", "white hexagon", "black cross"), "background": ("stripes",)},
+}
+# The second domain: the candidate LoRA learnt best (+0.234 mAP; white-black-gradient, the first
+# choice, +0.013: white and black shapes are what no quick run learns, on stripes as on a gradient).
+SECOND_TARGET = CANDIDATES["new-colours"]
 TASKS = {"demo": TARGET, "second": SECOND_TARGET}
+TARGETS = {**TASKS, **CANDIDATES}
 TASK_ADAPTERS = ("shared", "per_task", "both")
 MAX_SEARCH_RANK = 1024   # config's MAX_RANK: no method's rank goes higher
 
@@ -143,7 +164,7 @@ def method_rows(task: str, matched: dict[str, dict], budget: Budget, work: Path,
         if row is None:
             row = {"task": task, "method": method, "rank": match["rank"], "trainable": match["trainable"]}
             try:
-                row.update(in_fresh_process(run_method, work / f"{task}-{method}", TASKS[task], budget,
+                row.update(in_fresh_process(run_method, work / f"{task}-{method}", TARGETS[task], budget,
                                             match["overrides"]))
             except Exception as error:   # noqa: BLE001 (a method that fails is a result: shown in its row)
                 row["failed"] = f"{type(error).__name__}: {str(error).splitlines()[0][:120]}"
@@ -155,16 +176,22 @@ def method_rows(task: str, matched: dict[str, dict], budget: Budget, work: Path,
 def run_multitask(work: Path, budget: Budget, choice: str) -> list[dict]:
     """One LoRA run on both targets (``data.datasets``, ``lora.task_adapters=choice``) for as many
     steps as the separate runs together, each target scored through its adapters
-    (``validate(..., task=NAME)``): its gains and its forgetting, as ``run_method`` measures."""
+    (``validate(..., task=NAME)``): its gains and its forgetting, as ``run_method`` measures.
+    The base's concepts are replayed as a third dataset (``REPLAY_TASK``), as in the demo; with
+    ``per_task`` it trains an adapter of its own, so the targets' adapters never see it."""
     from sam3_lora.recipes.train import SAM3LoRATrainer
     from sam3_lora.recipes.validate import validate
 
     for task, target in TASKS.items():
         make_data(work / "data" / task, budget, seed=0, target=target)
-    entries = ", ".join(f"{{name: {task}, root: {work / 'data' / task / 'target'}}}" for task in TASKS)
+    entries = [{"name": task, "root": str(work / "data" / task / "target"), "weight": budget.train_images}
+               for task in TASKS]
+    if budget.replay_images:   # one more dataset, as in each separate run: as many replayed images per target image
+        entries.append({"name": REPLAY_TASK, "root": str(work / "data" / "demo" / "base-concepts"),
+                        "weight": budget.replay_images * len(TASKS)})
     run = work / f"run-{choice}"
     # the demo config names a data.root, which data.datasets replaces: back to the default
-    config = load_config("demo", ["data.root=data", f"data.datasets=[{entries}]", f"output.dir={run}",
+    config = load_config("demo", ["data.root=data", f"data.datasets={json.dumps(entries)}", f"output.dir={run}",
                                   f"training.max_steps={budget.steps * len(TASKS)}", "training.seed=0",
                                   f"lora.task_adapters={choice}"])
     with one_thread():
@@ -261,11 +288,18 @@ def earlier_rows(path: Path | None) -> dict[tuple[str, str], dict]:
     return {(r["task"], r["method"]): r for r in rows}
 
 
+def describe_targets(names: list[str]) -> str:
+    """``name = concepts on background`` for each target of ``names`` (``TARGETS``' keys)."""
+    return "; ".join(f"{name} = {', '.join(TARGETS[name]['concepts'])} on {'/'.join(TARGETS[name]['background'])}"
+                     for name in names)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--scale", choices=["tiny", "cpu-full", "gpu"], default="tiny")
     parser.add_argument("--methods", nargs="+", choices=METHOD_ORDER, default=list(METHOD_ORDER))
-    parser.add_argument("--tasks", nargs="+", choices=list(TASKS), default=list(TASKS))
+    parser.add_argument("--tasks", nargs="+", choices=list(TARGETS), default=list(TASKS),
+                        help="targets to run each method on (those of CANDIDATES: screening the second)")
     parser.add_argument("--multitask", nargs="*", choices=TASK_ADAPTERS, default=[],
                         help="lora.task_adapters choices to train on both targets in one run")
     parser.add_argument("--reuse", type=Path, help="an earlier run's printed rows: those runs are not run again")
@@ -296,8 +330,8 @@ def main() -> None:
                    + (" --reuse ROWS" if reused else "") + " --write")
         entry = (f"\n### {date.today()}: {budget.train_images} target images (+{budget.replay_images} replayed), "
                  f"{budget.steps} steps, seed 0\n\nCommand: `{command}`  \nMachine: {machine()}\n\n"
-                 f"Targets: demo = {', '.join(TARGET['concepts'])} on {TARGET['background'][0]}; second = "
-                 f"{', '.join(SECOND_TARGET['concepts'])} on {SECOND_TARGET['background'][0]}.\n\n"
+                 f"Targets: {describe_targets(list(dict.fromkeys([*args.tasks, *TASKS])) if joint else args.tasks)}."
+                 "\n\n"
                  f"{text}\n" + ("\n![PEFT study](docs/peft_study.png)\n" if "demo" in args.tasks else ""))
         append_entry(HEADING, entry)
 

@@ -203,3 +203,13 @@ def test_earlier_rows_are_read_after_progress_bars(tmp_path):
     log.write_text('train: 100%|###| 300/300\nvalidate: 5/5 {"task": "demo", "method": "lora", "mAP_gain": 0.28}\n')
     assert peft_study.earlier_rows(log) == {("demo", "lora"): {"task": "demo", "method": "lora", "mAP_gain": 0.28}}
     assert peft_study.earlier_rows(None) == {}
+
+
+def test_every_candidate_target_is_one_synthesize_draws_and_the_second_is_one_of_them(tmp_path):
+    from sam3_lora.data.synth import synthesize
+
+    for name, target in peft_study.TARGETS.items():   # a misspelt colour fails here, not minutes into a study
+        synthesize(tmp_path / name, **target, image_size=32, images_per_split={"train": 1})
+    assert peft_study.SECOND_TARGET in peft_study.CANDIDATES.values()
+    assert "new-colours = magenta circle, orange triangle, purple square on plain" in peft_study.describe_targets(
+        ["new-colours"])

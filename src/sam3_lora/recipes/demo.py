@@ -1,10 +1,14 @@
 """``sam3-lora demo``: the whole loop on the bundled tiny base, on a laptop CPU, in minutes.
 
 1. data     a target domain the base never saw (new colours and shapes on a new background),
-            and images of the base's own concepts: as many as the target's mixed into
-            training (replay, the usual guard against forgetting), a held-out set to
-            measure forgetting on
-2. train    LoRA fine-tuning of the base on the target train split (``configs/demo.yaml``)
+            and images of the base's own concepts: as many as the target's to replay in
+            training (the usual guard against forgetting), a held-out set to measure
+            forgetting on
+2. train    LoRA fine-tuning of the base (``configs/demo.yaml``) on two datasets of one run
+            (``data.datasets``, one shared adapter): ``target``, the target's train split, and
+            ``replay``, the base's concepts, each batch drawn from one of them by weight (their
+            images: the replay's share of a pooled train split); ``val_loss/target`` and
+            ``val_loss/replay`` logged at each evaluation
 3. score    the adapter and the base (the adapter switched off: the base is scored once) on
             the target test split, with the report and the label-free forgetting check; then
             both models on the held-out base concepts
@@ -13,7 +17,8 @@
 Output folder (``--output``, default ``runs/demo``)::
 
     data/target/             the target-domain dataset (train/valid/test)
-    data/base-concepts/      images of the base's concepts: train/ (replayed), test/ (held out)
+    data/base-concepts/      images of the base's concepts: train/ and valid/ (the replay
+                             dataset's), test/ (held out: forgetting)
     run/                     the training run: config.yaml, best/ and last/ adapters, logs
     eval/target/             report.md (base vs fine-tuned), metrics.json, predictions.json
                              (base_predictions.json: the base's)
@@ -34,9 +39,8 @@ from pathlib import Path
 import torch
 from PIL import Image, ImageDraw
 
-from sam3_lora.config import Config, load_config
+from sam3_lora.config import DEFAULT_DATA_ROOT, Config, load_config
 from sam3_lora.data.coco.split import load_coco_split
-from sam3_lora.data.scaffold import ANNOTATION_FILE
 from sam3_lora.data.synth import synthesize
 from sam3_lora.errors import Sam3LoraError
 from sam3_lora.recipes.train import SAM3LoRATrainer
@@ -54,6 +58,10 @@ BASE_CONCEPTS = {"colors": ("red", "green", "blue", "yellow"), "shapes": ("circl
                  "background": ("plain", "noise")}
 SHAPE_STYLE = {"image_size": 112, "objects_per_image": (1, 3), "radius_range": (0.2, 0.32)}   # as the base's data
 METRICS = ("mAP", "mAP50", "cgF1", "presence_AUC")
+# The run's datasets (``data.datasets``, their losses logged as val_loss/NAME) and their folders
+# in data/: the target's, and the base's concepts (replayed; their test split measures forgetting).
+TARGET_TASK, REPLAY_TASK = "target", "replay"
+DATA_FOLDERS = {TARGET_TASK: "target", REPLAY_TASK: "base-concepts"}
 OVERLAY_THRESHOLD = 0.3   # below cgF1's 0.5: the overlays also show the less sure detections
 
 
@@ -64,7 +72,7 @@ class Budget:
     train_images: int
     test_images: int
     steps: int
-    replay_images: int = 0   # images of the base's concepts mixed into the training split
+    replay_images: int = 0   # images of the base's concepts trained on beside the target's (replay)
 
 
 # Measured on the bundled base (bench/demo_choices.py, BENCHMARKS.md): more steps learn more
@@ -122,10 +130,8 @@ def _run_demo(output, quick, overwrite, overrides, seed, say, target, budget) ->
     trained = SAM3LoRATrainer(config).train()
 
     say("[3/4] score: the base and the fine-tuned model on the target test split, then on the base concepts")
-    after = _validate(config, out / "eval" / "target", compare_base=True)
-    concepts = config.model_copy(update={"data": config.data.model_copy(
-        update={"root": str(out / "data" / "base-concepts")})})
-    retained = _validate(concepts, out / "eval" / "base-concepts", compare_base=True)
+    after = score_split(config, out, TARGET_TASK)
+    retained = score_split(config, out, REPLAY_TASK)
 
     say(f"[4/4] show: overlays in {out / 'overlays'}")
     overlays = write_overlays(config, out, count=3)
@@ -144,10 +150,36 @@ def _run_demo(output, quick, overwrite, overrides, seed, say, target, budget) ->
 
 
 def demo_config(preset: str, out: Path, budget: Budget, seed: int, overrides: list[str] | None) -> Config:
-    """A demo's preset pointed at ``out`` (its target data and run folder), with the budget's
-    steps, the seed and the caller's ``overrides`` last."""
-    return load_config(preset, [f"data.root={out / 'data' / 'target'}", f"output.dir={out / 'run'}",
+    """A demo's preset pointed at ``out`` (its data, ``data_overrides``, and run folder), with
+    the budget's steps, the seed and the caller's ``overrides`` last."""
+    return load_config(preset, [*data_overrides(out / "data", budget), f"output.dir={out / 'run'}",
                                 f"training.max_steps={budget.steps}", f"training.seed={seed}", *(overrides or [])])
+
+
+def data_overrides(data: Path, budget: Budget) -> list[str]:
+    """What a demo trains on (``make_data``'s folders in ``data``): with replay, the target and
+    the base's concepts as two datasets of one run (``data.datasets``), weighted by their train
+    images, so that a batch holds as many replayed images in expectation as one drawn from the
+    two splits pooled; else the target's folder alone."""
+    if not budget.replay_images:
+        return [f"data.root={data / DATA_FOLDERS[TARGET_TASK]}"]
+    weights = {TARGET_TASK: budget.train_images, REPLAY_TASK: budget.replay_images}
+    entries = [{"name": name, "root": str(data / DATA_FOLDERS[name]), "weight": weight}
+               for name, weight in weights.items()]
+    # JSON is YAML whose strings are quoted: a root reads back as written, whatever its characters
+    return [f"data.root={DEFAULT_DATA_ROOT}", f"data.datasets={json.dumps(entries)}"]
+
+
+def score_split(config: Config, out: Path, dataset: str) -> dict:
+    """The test split of ``dataset`` (``TARGET_TASK``, or ``REPLAY_TASK``: the held-out base
+    concepts) scored by the fine-tuned model and by the base, into eval/ (its folder's name).
+    A run without replay trains on the target alone: the base concepts are read from their folder."""
+    folder = DATA_FOLDERS[dataset]
+    output = out / "eval" / folder
+    if config.data.datasets:
+        return validate(config, split="test", output=output, compare_base=True, task=dataset)
+    alone = config.model_copy(update={"data": config.data.model_copy(update={"root": str(out / "data" / folder)})})
+    return validate(alone, split="test", output=output, compare_base=True)
 
 
 def prepare_output(out: Path, overwrite: bool) -> Path:
@@ -165,44 +197,15 @@ def prepare_output(out: Path, overwrite: bool) -> Path:
 
 
 def make_data(folder: Path, budget: Budget, seed: int, target: dict | None = None) -> None:
-    """The target-domain dataset (``TARGET`` unless given), the base-concept images to replay
-    and the held-out base-concept test set."""
+    """The target-domain dataset (``TARGET`` unless given) and the base-concept one: its
+    train and valid splits replayed (``data_overrides``), its test split held out."""
     test = budget.test_images
-    synthesize(folder / "target", **{**SHAPE_STYLE, **(target or TARGET)}, seed=seed,
+    synthesize(folder / DATA_FOLDERS[TARGET_TASK], **{**SHAPE_STYLE, **(target or TARGET)}, seed=seed,
                images_per_split={"train": budget.train_images, "valid": test // 2, "test": test})
     # Seed far from the base's training seed (0): these images were never seen in training.
-    synthesize(folder / "base-concepts", **BASE_CONCEPTS, **SHAPE_STYLE, seed=seed + 1000,
-               images_per_split={"train": budget.replay_images, "test": test})
-    if budget.replay_images:
-        add_replay(folder / "target" / "train", folder / "base-concepts" / "train")
-
-
-def add_replay(train: Path, replay: Path) -> None:
-    """Mix the ``replay`` split's images (the base's own concepts) into ``train``: the usual
-    guard against forgetting, since a target set alone never shows the old concepts."""
-    target = json.loads((train / ANNOTATION_FILE).read_text())
-    extra = json.loads((replay / ANNOTATION_FILE).read_text())
-    category_ids = {c["name"]: c["id"] for c in target["categories"]}
-    for category in extra["categories"]:
-        if category["name"] not in category_ids:
-            category_ids[category["name"]] = len(category_ids) + 1
-            target["categories"].append({**category, "id": category_ids[category["name"]]})
-    old_names = {c["id"]: c["name"] for c in extra["categories"]}
-    image_ids = {}
-    for image in extra["images"]:
-        image_ids[image["id"]] = len(target["images"]) + 1
-        name = f"replay-{image['file_name']}"
-        shutil.copyfile(replay / image["file_name"], train / name)
-        target["images"].append({**image, "id": image_ids[image["id"]], "file_name": name})
-    for annotation in extra["annotations"]:
-        target["annotations"].append({**annotation, "id": len(target["annotations"]) + 1,
-                                      "image_id": image_ids[annotation["image_id"]],
-                                      "category_id": category_ids[old_names[annotation["category_id"]]]})
-    (train / ANNOTATION_FILE).write_text(json.dumps(target))
-
-
-def _validate(config: Config, output: Path, **kwargs) -> dict:
-    return validate(config, split="test", output=output, **kwargs)
+    # Each split draws from its own (seed, split, index): a valid split leaves train and test as they were.
+    synthesize(folder / DATA_FOLDERS[REPLAY_TASK], **BASE_CONCEPTS, **SHAPE_STYLE, seed=seed + 1000,
+               images_per_split={"train": budget.replay_images, "valid": test // 2, "test": test})
 
 
 def _pick(metrics: dict) -> dict:

@@ -39,9 +39,17 @@ from sam3_lora.data.interactive import object_index
 from sam3_lora.evaluation.interactive import click_ious
 from sam3_lora.lora.weights import adapter_disabled, load_finetuned
 from sam3_lora.model.tracker import ObjectPredictor
-from sam3_lora.recipes.demo import Budget, demo_config, make_data, one_thread, prepare_output
+from sam3_lora.recipes.demo import (
+    REPLAY_TASK,
+    TARGET_TASK,
+    Budget,
+    demo_config,
+    make_data,
+    one_thread,
+    prepare_output,
+    score_split,
+)
 from sam3_lora.recipes.train import SAM3LoRATrainer
-from sam3_lora.recipes.validate import validate
 from sam3_lora.recipes.validate_interactive import object_mask, predictor_for
 from sam3_lora.serve.overlay import draw_clicks
 
@@ -84,10 +92,8 @@ def _run(output, quick, overwrite, overrides, seed, say, target, budget) -> dict
     trained = SAM3LoRATrainer(config).train()
 
     say("[3/4] score: the base and the fine-tuned tracker by simulated clicks, on the target, then on the base shapes")
-    after = validate(config, split="test", output=out / "eval" / "target", compare_base=True)
-    shapes = config.model_copy(update={"data": config.data.model_copy(
-        update={"root": str(out / "data" / "base-concepts")})})
-    retained = validate(shapes, split="test", output=out / "eval" / "base-concepts", compare_base=True)
+    after = score_split(config, out, TARGET_TASK)
+    retained = score_split(config, out, REPLAY_TASK)
 
     say(f"[4/4] show: clicks on test objects in {out / 'overlays'}")
     overlays = write_click_overlays(config, out, count=3)
