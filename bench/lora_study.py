@@ -34,7 +34,14 @@ from machine import append_entry, machine
 from run_folder import adapter_mb, seconds_per_step
 
 from sam3_lora.config import load_config
-from sam3_lora.recipes.demo import BUDGETS, make_data
+from sam3_lora.recipes.demo import (
+    BUDGETS,
+    REPLAY_TASK,
+    TARGET_TASK,
+    Budget,
+    data_overrides,
+    make_data,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 HEADING = "## The LoRA study: which preset to pick"
@@ -50,24 +57,24 @@ VARIANTS: dict[str, list[str] | None] = {
 }
 
 
-def study_config(data: Path, run: Path, steps: int, overrides: list[str]):
-    """The demo's config, with a preset's whole ``lora`` section (``preset=NAME``) and then
-    the other overrides."""
+def study_config(data: Path, run: Path, budget: Budget, overrides: list[str]):
+    """The demo's config on its data (``data_overrides``: the target and the replay), with a
+    preset's whole ``lora`` section (``preset=NAME``) and then the other overrides."""
     presets = [o.split("=", 1)[1] for o in overrides if o.startswith("preset=")]
     lora = [f"lora.{key}={json.dumps(value)}" for name in presets
             for key, value in load_config(name).lora.model_dump(mode="json").items()]
     rest = [o for o in overrides if not o.startswith("preset=")]
     # No feature cache: most variants train the vision encoder, and their speeds are compared.
-    return load_config("demo", [f"data.root={data / 'target'}", f"output.dir={run}", "data.cache_features=off",
-                                f"training.max_steps={steps}", *lora, *rest])
+    return load_config("demo", [*data_overrides(data, budget), f"output.dir={run}", "data.cache_features=off",
+                                f"training.max_steps={budget.steps}", *lora, *rest])
 
 
-def run_variant(name: str, overrides: list[str] | None, data: Path, work: Path, steps: int) -> dict:
+def run_variant(name: str, overrides: list[str] | None, data: Path, work: Path, budget: Budget) -> dict:
     from sam3_lora.recipes.train import SAM3LoRATrainer
     from sam3_lora.recipes.validate import validate
 
     run = work / name.replace(" ", "_").replace("(", "").replace(")", "").replace("+", "plus")
-    config = study_config(data, run, steps, overrides or [])
+    config = study_config(data, run, budget, overrides or [])
     row = {"variant": name}
     weights = {"no_lora": True}
     if overrides is not None:
@@ -75,9 +82,9 @@ def run_variant(name: str, overrides: list[str] | None, data: Path, work: Path, 
         row.update(trainable=summary["trainable_parameters"], peak_memory_mb=summary["peak_memory_mb"],
                    s_per_step=seconds_per_step(run, config.training.batch_size), size_mb=adapter_mb(run / "best"))
         weights = {"weights": run / "best"}
-    target = validate(config, split="test", output=run / "eval-target", **weights)
-    concepts = config.model_copy(update={"data": config.data.model_copy(update={"root": str(data / "base-concepts")})})
-    retained = validate(concepts, split="test", output=run / "eval-base", **weights)
+    # The demo's two datasets (the target, the replayed base concepts): each one's test split.
+    target = validate(config, split="test", output=run / "eval-target", task=TARGET_TASK, **weights)
+    retained = validate(config, split="test", output=run / "eval-base", task=REPLAY_TASK, **weights)
     row.update(mAP=target["mAP"], cgF1=target["cgF1"], base_mAP=retained["mAP"])
     print(json.dumps(row), flush=True)
     return row
@@ -133,7 +140,7 @@ def main() -> None:
         make_data(work / "data", budget, seed=0)
         for name, overrides in VARIANTS.items():
             if not args.only or name in args.only:
-                rows.append(run_variant(name, overrides, work / "data", work / "runs", budget.steps))
+                rows.append(run_variant(name, overrides, work / "data", work / "runs", budget))
     text = table(rows)
     print(text)
     if args.write:
