@@ -186,7 +186,10 @@ def _measure(model, processor, config, batch_size: int, precision: str, queries:
         optimizer.step()
         optimizer.zero_grad()
 
-    held = held_memory_gb(device)   # the model and LoRA, before any step
+    # The model and LoRA, before any step, once the heap that building them freed (a float32
+    # draw cast to bfloat16, the float weights a quantized layer replaced) is handed back.
+    reset_peak_memory(device)
+    held = held_memory_gb(device)
     if steps == 0:   # memory only: one step, timed, with AdamW's state already there as in every later step
         prime_optimizer(optimizer, trainable)
         reset_peak_memory(device)
