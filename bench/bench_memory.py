@@ -226,11 +226,14 @@ def table(rows: list[dict], sizes: list[int] | None = None, reserve_gb: float = 
     presets = list(dict.fromkeys(r["preset"] for r in rows))
     for size in sizes or sorted({r["image_size"] for r in rows}):
         for preset in presets:
+            if not any(k[:2] == (size, preset) for k in by_key):   # a preset not run at this size
+                continue
             cells = [cell(by_key.get((size, preset, dtype, ckpt, "none"))) for dtype, ckpt in COLUMNS]
             loaded = [loaded_gb(by_key, size, preset, dtype, "none") for dtype in ("float32", "bfloat16")]
             line = f"| {size} | {preset} | {' | '.join(cells)} | {' / '.join(loaded)} GB |"
             line += "".join(f" {cell(by_key.get((size, preset, dtype, ckpt, method)))} |" for dtype, method, ckpt in extra)
-            line += "".join(f" {loaded_gb(by_key, size, preset, dtype, method)} GB |" for dtype, method in bases)
+            quantized = [loaded_gb(by_key, size, preset, dtype, method) for dtype, method in bases]
+            line += "".join(" - |" if value == "-" else f" {value} GB |" for value in quantized)
             lines.append(line)
     body = "\n".join(lines)
     legend = [text for mark, text in LEGEND.items() if mark in body]

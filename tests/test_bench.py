@@ -82,6 +82,10 @@ def test_memory_grid_has_a_quantize_axis_and_its_own_columns():
     estimate, _ = bench_memory.estimate_gb([plain, {**nf4, "image_size": 336}], 672, "minimal", "bfloat16", True, "nf4")
     assert estimate == pytest.approx(0.9 + 3.6 * 4)
     assert "nf4" not in bench_memory.table([plain])
+    # a preset not run at a size has no line there; a base not loaded at all reads "-"
+    mixed = bench_memory.table([plain, {**nf4, "preset": "heads", "image_size": 336}])
+    assert "| 1008 | heads |" not in mixed and "| 336 | minimal |" not in mixed
+    assert "| 1008 | minimal | - | - | - | 7.19 GB | - / 2.00 GB | - | - |" in mixed
 
 
 def test_tables_from_several_runs_merge_the_latest_row(tmp_path):
