@@ -1,8 +1,10 @@
-"""Peak memory of one LoRA training step: preset x image size x checkpointing x base dtype.
+"""Peak memory of one LoRA training step: preset x image size x checkpointing x base dtype x quantization.
 
 The table behind the presets' defaults and the README's "memory at 1008 px" table. Each
 configuration is a fresh process running ``bench_steps.py --one --steps 0``: the model built
-(random weights) in the base dtype, the preset's LoRA, then ONE training step of one image
+(random weights) in the base dtype by the trainer's ``load_sam3``, its Linear layers quantized
+as ``model.quantize`` does for ``--quantize nf4`` (bitsandbytes; computing in the base dtype),
+the preset's LoRA, then ONE training step of one image
 with ``--queries`` text queries (forward under autocast for a bfloat16 base, SAM3's loss with
 auxiliary layers, backward, clipping, AdamW, whose state is created before the step, as in
 every later step). Memory: on CUDA ``torch.cuda.max_memory_allocated`` during the step; on CPU
@@ -19,8 +21,8 @@ waits and runs again if others' use had lowered the cap, else is marked OOM. ``-
 keeps the configurations the ``--json`` file already measured.
 
     python bench/bench_memory.py [--model sam3] [--image-sizes 336 672 1008]
-        [--presets minimal balanced full] [--checkpointing off|on|both]
-        [--dtypes float32 bfloat16] [--queries 4] [--reserve-gb 2] [--wait-minutes 30]
+        [--presets minimal balanced full heads] [--checkpointing off|on|both]
+        [--dtypes float32 bfloat16] [--quantize none nf4] [--queries 4] [--reserve-gb 2] [--wait-minutes 30]
         [--dry-run] [--write] [--json OUT [--resume]]
 """
 
@@ -41,6 +43,8 @@ from bench_steps import child_command  # bench/bench_steps.py (scripts run from 
 from bench_train import oom_text, run_capped
 from machine import append_entry, machine
 
+from sam3_lora.model.quantize import METHODS
+
 REPO = Path(__file__).resolve().parents[1]
 HEADING = "## Peak memory of a LoRA training step"
 PRECISION = {"float32": "no", "bfloat16": "bf16"}   # a bfloat16 base computes under bf16 autocast
@@ -56,18 +60,18 @@ def available_gb(field: str = "MemAvailable") -> float:
     raise RuntimeError(f"{field} not in /proc/meminfo")
 
 
-def configurations(sizes: list[int], presets: list[str], checkpointing: list[bool],
-                   dtypes: list[str]) -> list[tuple[int, str, str, bool]]:
-    """(image size, preset, dtype, checkpointing), smallest sizes first."""
-    return [(size, preset, dtype, ckpt) for size in sorted(sizes) for dtype in dtypes
-            for ckpt in checkpointing for preset in presets]
+def configurations(sizes: list[int], presets: list[str], checkpointing: list[bool], dtypes: list[str],
+                   quantize: tuple[str, ...] = ("none",)) -> list[tuple[int, str, str, bool, str]]:
+    """(image size, preset, dtype, checkpointing, model.quantize), smallest sizes first."""
+    return [(size, preset, dtype, ckpt, method) for size in sorted(sizes) for dtype in dtypes
+            for method in quantize for ckpt in checkpointing for preset in presets]
 
 
-def estimate_gb(rows: list[dict], size: int, preset: str, dtype: str, ckpt: bool) -> tuple[float | None, str | None]:
+def estimate_gb(rows: list[dict], size: int, preset: str, dtype: str, ckpt: bool,
+                quantize: str = "none") -> tuple[float | None, str | None]:
     """(estimated peak, reason to skip): from the same configuration at the largest smaller size.
     Above the loaded model, memory grows with the pixel count (the ViT's tokens, the masks)."""
-    prior = [r for r in rows if (r["preset"], r["dtype"], r["checkpointing"]) == (preset, dtype, ckpt)
-             and r["image_size"] < size]
+    prior = [r for r in rows if key(r)[1:] == (preset, dtype, ckpt, quantize) and r["image_size"] < size]
     if not prior:
         return None, None
     last = max(prior, key=lambda r: r["image_size"])
@@ -85,11 +89,12 @@ def measure(args: argparse.Namespace) -> list[dict]:
     comes from there). The first ready one that fits the memory available now runs; on a CPU
     shared with others, the rest wait (up to ``--wait-minutes`` without any progress)."""
     modes = {"off": [False], "on": [True], "both": [True, False]}[args.checkpointing]   # the lighter first
-    pending = configurations(args.image_sizes, args.presets, modes, args.dtypes)
+    pending = configurations(args.image_sizes, args.presets, modes, args.dtypes, args.quantize)
     if args.dry_run:
-        for size, preset, dtype, ckpt in pending:
-            command = child_command(args.model, size, preset, 1, ckpt, PRECISION[dtype], args.queries, 0, dtype)
-            print(f"{size} px {preset} {dtype} checkpointing {'on' if ckpt else 'off'}: "
+        for size, preset, dtype, ckpt, method in pending:
+            command = child_command(args.model, size, preset, 1, ckpt, PRECISION[dtype], args.queries, 0,
+                                    dtype, method)
+            print(f"{size} px {preset} {base_name(dtype, method)} checkpointing {'on' if ckpt else 'off'}: "
                   f"{shlex.join(['python', *command[1:]])}")
         return []
     rows: list[dict] = []
@@ -112,7 +117,8 @@ def measure(args: argparse.Namespace) -> list[dict]:
             row = {"skipped": f"estimated {estimate_gb(rows, *chosen)[0] or needed.get(chosen, 0):.1f} GB > "
                               f"{available_gb() - args.reserve_gb:.1f} GB available"}
         head = {"model": args.model, "image_size": chosen[0], "preset": chosen[1], "dtype": chosen[2],
-                "checkpointing": chosen[3], "batch_size": 1, "queries_per_image": args.queries}
+                "checkpointing": chosen[3], "quantize": chosen[4], "batch_size": 1,
+                "queries_per_image": args.queries}
         row = {**head, **row} if row else run_one(head, args)
         if "oom" in row and row.pop("cap_lowered_by_others", False):
             needed[chosen] = row["cap_gb"] + 1.0   # run it again when that much more is free
@@ -126,8 +132,24 @@ def measure(args: argparse.Namespace) -> list[dict]:
     return rows
 
 
+def merged_rows(paths: list[str]) -> list[dict]:
+    """The rows of several ``--json`` files, in the order first seen, one per configuration
+    (the last file's)."""
+    merged: dict[tuple, dict] = {}
+    for path in paths:
+        for row in json.loads(Path(path).read_text()):
+            merged[key(row)] = row
+    return list(merged.values())
+
+
 def key(row: dict) -> tuple:
-    return row["image_size"], row["preset"], row["dtype"], row["checkpointing"]
+    """A row's configuration (rows from before the quantize axis have a plain base)."""
+    return row["image_size"], row["preset"], row["dtype"], row["checkpointing"], row.get("quantize", "none")
+
+
+def base_name(dtype: str, quantize: str) -> str:
+    """``bfloat16``, or ``nf4 (bfloat16)`` for a quantized base computing in bfloat16."""
+    return dtype if quantize == "none" else f"{quantize} ({dtype})"
 
 
 def next_configuration(ready: list[tuple], rows: list[dict], needed: dict, args: argparse.Namespace):
@@ -151,7 +173,7 @@ def next_configuration(ready: list[tuple], rows: list[dict], needed: dict, args:
 def run_one(head: dict, args: argparse.Namespace) -> dict:
     """One configuration in a fresh process, capped (CPU) at the memory available now."""
     command = child_command(args.model, head["image_size"], head["preset"], 1, head["checkpointing"],
-                            PRECISION[head["dtype"]], args.queries, 0, head["dtype"])
+                            PRECISION[head["dtype"]], args.queries, 0, head["dtype"], head["quantize"])
     started = time.perf_counter()
     limit = None if torch.cuda.is_available() else min(args.memory_limit_gb, available_gb() - 1.0)
     try:
@@ -190,24 +212,47 @@ def cell(row: dict | None) -> str:
 
 def table(rows: list[dict], sizes: list[int] | None = None, reserve_gb: float = 2.0) -> str:
     """Markdown: one line per (image size, preset), the four (dtype, checkpointing) columns,
-    then the memory held by the loaded model (float32 / bfloat16)."""
+    then the memory held by the loaded model (float32 / bfloat16); where quantized bases were
+    measured, their columns after those (``quantized_columns``) and their loaded model."""
     memory = next((r["memory"] for r in rows if "memory" in r), "peak memory")
-    lines = [("| px | preset | float32 base | float32 base, checkpointing | bfloat16 base | "
-              "bfloat16 base, checkpointing | loaded model (float32 / bfloat16) |"),
-             "|---:|---|---:|---:|---:|---:|---:|"]
-    by_key = {(r["image_size"], r["preset"], r["dtype"], r["checkpointing"]): r for r in rows}
+    extra = quantized_columns(rows)
+    bases = list(dict.fromkeys((dtype, method) for dtype, method, _ in extra))
+    header = ("| px | preset | float32 base | float32 base, checkpointing | bfloat16 base | "
+              "bfloat16 base, checkpointing | loaded model (float32 / bfloat16) |"
+              + "".join(f" {method} base ({dtype}){', checkpointing' * ckpt} |" for dtype, method, ckpt in extra)
+              + "".join(f" loaded model ({method}, {dtype}) |" for dtype, method in bases))
+    lines = [header, "|---:|---|" + "---:|" * (5 + len(extra) + len(bases))]
+    by_key = {key(r): r for r in rows}
     presets = list(dict.fromkeys(r["preset"] for r in rows))
     for size in sizes or sorted({r["image_size"] for r in rows}):
         for preset in presets:
-            cells = [cell(by_key.get((size, preset, dtype, ckpt))) for dtype, ckpt in COLUMNS]
-            loaded = [next((f"{r['after_load_gb']:.2f}" for (s, p, d, _), r in by_key.items()
-                            if (s, p, d) == (size, preset, dtype) and "after_load_gb" in r), "-")
-                      for dtype in ("float32", "bfloat16")]
-            lines.append(f"| {size} | {preset} | {' | '.join(cells)} | {' / '.join(loaded)} GB |")
+            if not any(k[:2] == (size, preset) for k in by_key):   # a preset not run at this size
+                continue
+            cells = [cell(by_key.get((size, preset, dtype, ckpt, "none"))) for dtype, ckpt in COLUMNS]
+            loaded = [loaded_gb(by_key, size, preset, dtype, "none") for dtype in ("float32", "bfloat16")]
+            line = f"| {size} | {preset} | {' | '.join(cells)} | {' / '.join(loaded)} GB |"
+            line += "".join(f" {cell(by_key.get((size, preset, dtype, ckpt, method)))} |" for dtype, method, ckpt in extra)
+            quantized = [loaded_gb(by_key, size, preset, dtype, method) for dtype, method in bases]
+            line += "".join(" - |" if value == "-" else f" {value} GB |" for value in quantized)
+            lines.append(line)
     body = "\n".join(lines)
     legend = [text for mark, text in LEGEND.items() if mark in body]
     notes = f"\n\n{'; '.join(legend).replace('RESERVE', f'{reserve_gb:g}')}." if legend else ""
     return f"Peak: {memory} during the step.\n\n{body}{notes}"
+
+
+def quantized_columns(rows: list[dict]) -> list[tuple[str, str, bool]]:
+    """(compute dtype, model.quantize, checkpointing) of the quantized bases among ``rows``:
+    the table's extra columns, checkpointing off before on."""
+    found = {(r["dtype"], r["quantize"], r["checkpointing"]) for r in rows if r.get("quantize", "none") != "none"}
+    return sorted(found, key=lambda column: (column[1], column[0], column[2]))
+
+
+def loaded_gb(by_key: dict[tuple, dict], size: int, preset: str, dtype: str, quantize: str) -> str:
+    """The memory held by the loaded base and LoRA, from any checkpointing row (it does not
+    change it), or "-"."""
+    return next((f"{r['after_load_gb']:.2f}" for (s, p, d, _, q), r in by_key.items()
+                 if (s, p, d, q) == (size, preset, dtype, quantize) and "after_load_gb" in r), "-")
 
 
 def record(markdown: str, args: argparse.Namespace, load: float) -> None:
@@ -228,6 +273,8 @@ def main() -> None:
     parser.add_argument("--presets", nargs="+", default=["minimal", "balanced", "full"])
     parser.add_argument("--checkpointing", choices=["off", "on", "both"], default="both")
     parser.add_argument("--dtypes", nargs="+", choices=list(PRECISION), default=["bfloat16", "float32"])
+    parser.add_argument("--quantize", nargs="+", choices=METHODS, default=["none"],
+                        help="model.quantize of the base (bitsandbytes), each computing in each of --dtypes")
     parser.add_argument("--queries", type=int, default=4, help="text queries per image")
     parser.add_argument("--reserve-gb", type=float, default=2.0,
                         help="CPU: skip a configuration estimated to leave less than this free")
@@ -239,12 +286,16 @@ def main() -> None:
     parser.add_argument("--dry-run", action="store_true", help="list the configurations and commands, run none")
     parser.add_argument("--write", action="store_true", help=f"append the table under {HEADING!r} in BENCHMARKS.md")
     parser.add_argument("--json", metavar="OUT", help="write the rows as JSON to OUT (after every configuration)")
+    parser.add_argument("--table-from", nargs="+", metavar="JSON",
+                        help="measure nothing: one table of these --json files' rows (a run made in parts); "
+                             "a later file's row replaces an earlier one's of the same configuration")
     args = parser.parse_args()
     load = os.getloadavg()[0]
-    rows = measure(args)
+    rows = merged_rows(args.table_from) if args.table_from else measure(args)
     if args.dry_run:
         return
-    markdown = table(rows, sorted(args.image_sizes), args.reserve_gb)
+    sizes = sorted({r["image_size"] for r in rows}) if args.table_from else sorted(args.image_sizes)
+    markdown = table(rows, sizes, args.reserve_gb)
     print(markdown)
     if args.write:
         record(markdown, args, load)

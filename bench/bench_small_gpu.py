@@ -1,7 +1,7 @@
 """Small GPUs and fast heads: cached image features and quantized bases, on the bundled base.
 
-    python bench/bench_small_gpu.py [--part steps quantize] [--train-images 48] [--epochs 4]
-        [--repeats 3] [--steps 150] [--test-images 40] [--write]
+    python bench/bench_small_gpu.py [--part steps quantize gain] [--train-images 48] [--epochs 4]
+        [--repeats 3] [--steps 150] [--test-images 40] [--seeds 0 1 2] [--write]
 
 ``steps``: the demo preset (LoRA on the text encoder and heads of ``sam3-tiny-shapes``, the
 vision encoder frozen) trained on the demo's synthetic target data with
@@ -13,6 +13,12 @@ the steady-state seconds per step are the difference of the two runs over the ex
 ``model.quantize`` none, nf4, fp4 and int8; then a demo adapter trained ``--steps`` steps on
 the float32 base and one trained on the nf4 base, each scored on the target test images on
 both bases (what loading an adapter across quantized and plain bases costs).
+
+``gain``: the demo's gain (target test mAP of the adapter minus the base's, both on the base
+it was trained on) after ``--steps`` steps on a float32, a bfloat16 (bf16 autocast) and an
+nf4 base (computing in bfloat16, bf16 autocast), once per ``--seeds`` (``training.seed``: the
+LoRA initialisation, dropout and data order; the data are the same): whether a 4-bit base
+costs the adapter anything beyond the spread between seeds.
 
 Prints Markdown tables; ``--write`` appends them, with the machine and the command, under
 "## Small GPUs: quantized bases and cached features" in BENCHMARKS.md.
@@ -27,6 +33,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from statistics import mean
 
 from machine import append_entry, machine  # bench/machine.py (scripts run from bench/)
 
@@ -121,14 +128,53 @@ def measure_quantize(folder: Path, steps: int, test_images: int) -> str:
     return "\n".join(lines)
 
 
+# The bases the gain is compared on: name -> config overrides. bfloat16 and nf4 compute alike
+# (bf16 autocast), so their difference is the 4-bit storage of the Linear weights alone.
+GAIN_BASES = {
+    "float32": ["model.dtype=float32", "training.mixed_precision=no"],
+    "bfloat16": ["model.dtype=bfloat16", "training.mixed_precision=bf16"],
+    "nf4": ["model.dtype=bfloat16", "training.mixed_precision=bf16", "model.quantize=nf4"],
+}
+
+
+def measure_gain(folder: Path, steps: int, test_images: int, seeds: list[int]) -> str:
+    """The demo's gain per base and seed, as a Markdown table with the mean and spread."""
+    budget = Budget(train_images=150, test_images=test_images, steps=steps, replay_images=150)
+    data = folder / "data"
+    make_data(data, budget, seed=0)
+    gains: dict[str, list[float]] = {}
+    for seed in seeds:   # seed by seed: a run cut short still has every base for its seeds
+        for base, overrides in GAIN_BASES.items():
+            run = folder / f"{base}-{seed}"
+            SAM3LoRATrainer(demo_config(data, run, f"training.max_steps={steps}", f"training.seed={seed}",
+                                        f"training.eval_every_steps={10 * steps}", *overrides), quiet=True).train()
+            scored = validate(demo_config(data, run, *overrides), split="test", compare_base=True,
+                              output=run / "eval")
+            gains.setdefault(base, []).append(scored["mAP"] - scored["base"]["mAP"])
+            print(f"seed {seed} {base}: mAP {scored['mAP']:.4f}, base {scored['base']['mAP']:.4f}, "
+                  f"gain {gains[base][-1]:+.4f}", flush=True)
+    lines = [(f"The demo's gain (target test mAP, {test_images} images, adapter minus base on the base it "
+              f"was trained on) after {steps} steps, per `training.seed`:"), "",
+             f"| base | {' | '.join(f'seed {seed}' for seed in seeds)} | mean | min-max |",
+             "|---|" + "---:|" * (len(seeds) + 2)]
+    for base, found in gains.items():
+        lines.append(f"| {base} | {' | '.join(f'{gain:+.4f}' for gain in found)} | {mean(found):+.4f} | "
+                     f"{max(found) - min(found):.4f} |")
+    differences = [nf4 - bf16 for nf4, bf16 in zip(gains["nf4"], gains["bfloat16"], strict=True)]
+    lines += ["", (f"nf4 minus bfloat16, mean gain: {mean(gains['nf4']) - mean(gains['bfloat16']):+.4f}; "
+                   f"per seed: {', '.join(f'{difference:+.4f}' for difference in differences)}.")]
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--part", nargs="+", choices=("steps", "quantize"), default=["steps", "quantize"])
+    parser.add_argument("--part", nargs="+", choices=("steps", "quantize", "gain"), default=["steps", "quantize"])
     parser.add_argument("--train-images", type=int, default=48, help="target images (as many replayed)")
     parser.add_argument("--epochs", type=int, default=4)
     parser.add_argument("--repeats", type=int, default=3, help="alternating runs of each setting (fastest kept)")
     parser.add_argument("--steps", type=int, default=150, help="training steps of the cross-loading adapters")
     parser.add_argument("--test-images", type=int, default=40)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="gain: training.seed of each run")
     parser.add_argument("--write", action="store_true", help="append the tables to BENCHMARKS.md")
     args = parser.parse_args()
     if args.epochs < 2:
@@ -139,6 +185,8 @@ def main() -> None:
             parts.append(measure_steps(Path(folder) / "steps", args.train_images, args.epochs, args.repeats))
         if "quantize" in args.part:
             parts.append(measure_quantize(Path(folder) / "quantize", args.steps, args.test_images))
+        if "gain" in args.part:
+            parts.append(measure_gain(Path(folder) / "gain", args.steps, args.test_images, args.seeds))
     body = "\n\n".join(parts)
     print(body)
     if args.write:

@@ -17,7 +17,8 @@ the GPU's dense bf16 peak where ``sam3_lora.recipes.train.PEAK_TFLOPS`` knows it
 
     python bench/bench_steps.py [--model sam3-tiny] [--image-size N]
         [--presets minimal balanced full] [--batch-sizes 1 2 4] [--checkpointing off|on|both]
-        [--precision no|bf16] [--dtype float32|bfloat16] [--queries 4] [--steps 3] [--memory-limit-gb 20]
+        [--precision no|bf16] [--dtype float32|bfloat16] [--quantize none|nf4|fp4|int8] [--queries 4]
+        [--steps 3] [--memory-limit-gb 20]
         [--write] [--json OUT]
 """
 
@@ -101,21 +102,23 @@ def prime_optimizer(optimizer: torch.optim.Optimizer, trainable: list[torch.Tens
     optimizer.zero_grad(set_to_none=True)
 
 
-def build(model_source: str, image_size: int | None, dtype: str, device: torch.device):
-    """The base model (``load_sam3``) in ``dtype`` on ``device``."""
+def build(model_source: str, image_size: int | None, dtype: str, device: torch.device, quantize: str = "none"):
+    """The base model (``load_sam3``, as the trainer loads it) in ``dtype`` on ``device``, its
+    Linear layers quantized as ``model.quantize=quantize`` does (computing in ``dtype``)."""
     from sam3_lora.model.loading import load_sam3
     from sam3_lora.model.precision import DTYPES
 
-    loaded = load_sam3(model_source, image_size=image_size, dtype=DTYPES[dtype])
+    loaded = load_sam3(model_source, image_size=image_size, dtype=DTYPES[dtype], quantize=quantize, device=device)
     loaded.model.to(device)
     return loaded
 
 
 def run_one(model_source: str, image_size: int | None, preset: str, batch_size: int,
-            checkpointing: bool, precision: str, queries: int, steps: int, dtype: str = "float32") -> dict:
+            checkpointing: bool, precision: str, queries: int, steps: int, dtype: str = "float32",
+            quantize: str = "none") -> dict:
     """One configuration, measured in this process (see the module docstring)."""
     device = benchmark_device()
-    loaded = build(model_source, image_size, dtype, device)
+    loaded = build(model_source, image_size, dtype, device, quantize)
     return measure_step(loaded, model_source, preset, batch_size, checkpointing, precision, queries, steps)
 
 
@@ -127,6 +130,7 @@ def measure_step(loaded, model_source: str, preset: str, batch_size: int, checkp
     from sam3_lora.config import load_config
     from sam3_lora.lora.apply import apply_lora_to_model
     from sam3_lora.model.precision import dtype_name, resolve_precision, weights_dtype
+    from sam3_lora.model.quantize import quantization
     from sam3_lora.training.resources import enable_activation_checkpointing
 
     device = next(loaded.model.parameters()).device
@@ -145,7 +149,7 @@ def measure_step(loaded, model_source: str, preset: str, batch_size: int, checkp
         reset_peak_memory(device)
     return {"model": model_source, "image_size": loaded.processor.image_size, "preset": preset,
             "batch_size": batch_size, "queries_per_image": queries, "checkpointing": checkpointing,
-            "precision": precision, "dtype": dtype, **row}
+            "precision": precision, "dtype": dtype, "quantize": quantization(loaded.model), **row}
 
 
 def _measure(model, processor, config, batch_size: int, precision: str, queries: int, steps: int) -> dict:
@@ -182,7 +186,10 @@ def _measure(model, processor, config, batch_size: int, precision: str, queries:
         optimizer.step()
         optimizer.zero_grad()
 
-    held = held_memory_gb(device)   # the model and LoRA, before any step
+    # The model and LoRA, before any step, once the heap that building them freed (a float32
+    # draw cast to bfloat16, the float weights a quantized layer replaced) is handed back.
+    reset_peak_memory(device)
+    held = held_memory_gb(device)
     if steps == 0:   # memory only: one step, timed, with AdamW's state already there as in every later step
         prime_optimizer(optimizer, trainable)
         reset_peak_memory(device)
@@ -219,17 +226,18 @@ def _measure(model, processor, config, batch_size: int, precision: str, queries:
 
 
 def child_command(model: str, image_size: int | None, preset: str, batch_size: int, checkpointing: bool,
-                  precision: str, queries: int, steps: int, dtype: str = "float32") -> list[str]:
+                  precision: str, queries: int, steps: int, dtype: str = "float32",
+                  quantize: str = "none") -> list[str]:
     """The command that measures one configuration in a fresh process (``--one``)."""
     command = [sys.executable, __file__, "--model", model, "--precision", precision, "--dtype", dtype,
-               "--queries", str(queries), "--steps", str(steps),
+               "--quantize", quantize, "--queries", str(queries), "--steps", str(steps),
                "--one", json.dumps([preset, batch_size, checkpointing])]
     return command + (["--image-size", str(image_size)] if image_size else [])
 
 
 def measure(model: str, image_size: int | None, presets: list[str], batch_sizes: list[int],
             checkpointing: str, precision: str, queries: int, steps: int,
-            memory_limit_gb: float | None, dtype: str = "float32") -> list[dict]:
+            memory_limit_gb: float | None, dtype: str = "float32", quantize: str = "none") -> list[dict]:
     """Every configuration, each in a child process; rows in table order."""
     # An address-space cap would stop CUDA from starting: on a GPU, out of memory is the GPU's.
     limit_gb = None if torch.cuda.is_available() else memory_limit_gb
@@ -238,12 +246,14 @@ def measure(model: str, image_size: int | None, presets: list[str], batch_sizes:
     for ckpt in modes:
         for preset in presets:
             for batch_size in batch_sizes:
-                command = child_command(model, image_size, preset, batch_size, ckpt, precision, queries, steps, dtype)
+                command = child_command(model, image_size, preset, batch_size, ckpt, precision, queries, steps,
+                                        dtype, quantize)
                 row = run_capped(command, limit_gb)
                 if row is None:
                     row = {"model": model, "preset": preset, "batch_size": batch_size,
                            "queries_per_image": queries, "checkpointing": ckpt,
-                           "precision": precision, "dtype": dtype, "oom": oom_text(limit_gb)}
+                           "precision": precision, "dtype": dtype, "quantize": quantize,
+                           "oom": oom_text(limit_gb)}
                 rows.append(row)
                 print(json.dumps(row), file=sys.stderr, flush=True)
     return rows
@@ -276,7 +286,8 @@ def caption(rows: list[dict], args: argparse.Namespace) -> str:
     measured = next((r for r in rows if "oom" not in r), None)
     where = measured["device"] if measured else benchmark_device().type
     size = f"{measured['image_size']} px" if measured else f"{args.image_size or 'default'} px"
-    return (f"{args.model} at {size} on {where}, precision {args.precision}, {args.queries} "
+    base = f", {args.dtype} base quantized {args.quantize}" if args.quantize != "none" else ""
+    return (f"{args.model} at {size} on {where}{base}, precision {args.precision}, {args.queries} "
             f"text queries per image, mean of {args.steps} timed steps after a warm-up")
 
 
@@ -300,6 +311,8 @@ def record(markdown: str, rows: list[dict], args: argparse.Namespace, load: floa
 
 
 def main() -> None:
+    from sam3_lora.model.quantize import METHODS
+
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="sam3-tiny", help="preset (sam3, sam3-tiny), folder or hub id")
     parser.add_argument("--image-size", type=int, default=None, help="input size (multiple of 14)")
@@ -311,6 +324,8 @@ def main() -> None:
     parser.add_argument("--precision", choices=["no", "bf16"], default="no", help="autocast precision")
     parser.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32",
                         help="dtype of the base weights (bfloat16 needs --precision bf16)")
+    parser.add_argument("--quantize", choices=METHODS, default="none",
+                        help="model.quantize: the base's Linear layers through bitsandbytes, computing in --dtype")
     parser.add_argument("--queries", type=int, default=4, help="text queries per image")
     parser.add_argument("--steps", type=int, default=3,
                         help="timed steps after one warm-up step; 0: one step for its memory only (no FLOPs)")
@@ -323,11 +338,11 @@ def main() -> None:
     if args.one:
         preset, batch_size, checkpointing = json.loads(args.one)
         print(json.dumps(run_one(args.model, args.image_size, preset, batch_size, checkpointing,
-                                 args.precision, args.queries, args.steps, args.dtype)))
+                                 args.precision, args.queries, args.steps, args.dtype, args.quantize)))
         return
     load = os.getloadavg()[0]
     rows = measure(args.model, args.image_size, args.presets, args.batch_sizes, args.checkpointing,
-                   args.precision, args.queries, args.steps, args.memory_limit_gb, args.dtype)
+                   args.precision, args.queries, args.steps, args.memory_limit_gb, args.dtype, args.quantize)
     markdown = table(rows)
     print(caption(rows, args))
     print(markdown)

@@ -19,7 +19,9 @@ otherwise, in this order (each section timed; a section that would start after
    (``max_memory_allocated``) and MFU of LoRA training steps at 1008 px, each preset at batch
    1 with checkpointing off and on, and batch 4 with checkpointing off and on (``bench_steps``).
 4. memory: one training step per preset x ``--memory-sizes`` x checkpointing off/on x
-   float32/bfloat16 base, batch 1 (``bench_memory``'s table, measured on the GPU).
+   float32/bfloat16 base, then on a base loaded with ``model.quantize`` = each of
+   ``--quantize`` (nf4: bitsandbytes, computing in bfloat16), batch 1 (``bench_memory``'s
+   table, measured on the GPU, the same rows as its CPU proxy).
 
 ``--write`` appends the results to BENCHMARKS.md (the memory table under bench_memory's
 section, the rest under this script's).
@@ -46,6 +48,9 @@ from bench_precision import agreement_line, held_out_agreement, held_out_table, 
 from bench_steps import build, measure_step
 from bench_steps import table as throughput_table
 from machine import append_entry, machine
+
+from sam3_lora.errors import ModelLoadError
+from sam3_lora.model.quantize import METHODS, quantization
 
 REPO = Path(__file__).resolve().parents[1]
 HEADING = "## GPU check"
@@ -118,6 +123,18 @@ def memory_grid(loaded, args: argparse.Namespace, dtype: str, precision: str) ->
             for checkpointing in (False, True) for preset in args.presets]
 
 
+def quantized_base(model: str, size: int, device: torch.device, method: str, refused: list[str]):
+    """The base at ``size`` px loaded with ``model.quantize=method``, computing in bfloat16; None,
+    its one-line reason added to ``refused``, where bitsandbytes is missing or cannot run here
+    (the rest of the check goes on)."""
+    try:
+        return build(model, size, "bfloat16", device, method)
+    except ModelLoadError as exc:
+        refused.append(str(exc))
+        print(f"== {exc}", flush=True)
+        return None
+
+
 def safe_step(loaded, args, preset: str, batch_size: int, checkpointing: bool, precision: str, steps: int) -> dict:
     """``measure_step``, with running out of GPU memory as a row that says so."""
     try:
@@ -125,7 +142,7 @@ def safe_step(loaded, args, preset: str, batch_size: int, checkpointing: bool, p
     except torch.OutOfMemoryError:
         row = {"model": args.model, "image_size": loaded.processor.image_size, "preset": preset,
                "batch_size": batch_size, "checkpointing": checkpointing, "precision": precision,
-               "oom": "GPU out of memory"}
+               "quantize": quantization(loaded.model), "oom": "GPU out of memory"}
     print(json.dumps(row), file=sys.stderr, flush=True)
     return row
 
@@ -158,6 +175,8 @@ def report(results: dict, args: argparse.Namespace, plan: Plan) -> str:
     if "held_out" in results:
         parts.append(f"bf16 vs fp32 on the bundled base's held-out split ({results['held_out']['float32']['images']} "
                      f"images):\n\n" + held_out_table(results["held_out"]))
+    if results.get("refused"):
+        parts.append("Not measured: " + "; ".join(dict.fromkeys(results["refused"])) + ".")
     if "training" in results:
         parts.append(f"LoRA training, bfloat16 base with bf16 autocast, {args.queries} text queries per image, "
                      f"mean of {args.steps} timed steps after a warm-up:\n\n" + throughput_table(results["training"]))
@@ -172,9 +191,10 @@ def dry_run(args: argparse.Namespace) -> None:
     print(f"2. agreement: outputs of 16 prompts fp32 vs bf16; held-out mAP ({args.held_out_images} images)")
     print(f"3. training throughput (bf16): {len(args.presets) * len(TRAINING)} configurations: "
           + ", ".join(f"{p} batch {b} checkpointing {'on' if c else 'off'}" for p in args.presets for b, c in TRAINING))
-    print(f"4. memory: {len(args.presets) * 4 * len(args.memory_sizes)} one-step configurations: "
+    bases = ["float32", "bfloat16", *(f"{method} (bfloat16)" for method in args.quantize)]
+    print(f"4. memory: {len(args.presets) * 2 * len(bases) * len(args.memory_sizes)} one-step configurations: "
           f"presets {' '.join(args.presets)} x {' '.join(map(str, args.memory_sizes))} px x checkpointing off/on "
-          f"x float32/bfloat16 base")
+          f"x {'/'.join(bases)} base")
 
 
 def main() -> int:
@@ -184,7 +204,10 @@ def main() -> int:
     parser.add_argument("--model", default="sam3", help="preset (sam3, sam3-tiny), folder or hub id")
     parser.add_argument("--image-size", type=int, default=None, help="px of latency and training (default: the model's)")
     parser.add_argument("--memory-sizes", type=int, nargs="+", default=[336, 672, 1008])
-    parser.add_argument("--presets", nargs="+", default=["minimal", "balanced", "full"])
+    parser.add_argument("--presets", nargs="+", default=["minimal", "balanced", "full", "heads"])
+    parser.add_argument("--quantize", nargs="*", choices=[m for m in METHODS if m != "none"], default=["nf4"],
+                        help="memory: also a base loaded with each model.quantize, computing in bfloat16 "
+                             "(the flag alone: none)")
     parser.add_argument("--queries", type=int, default=4, help="text queries per training image")
     parser.add_argument("--steps", type=int, default=5, help="timed training steps after a warm-up")
     parser.add_argument("--repeats", type=int, default=5, help="timed predictions per prompt count")
@@ -241,6 +264,14 @@ def main() -> int:
             memory += plan.run(f"memory {memory_size} px {dtype}", memory_grid, loaded, args, dtype, precision) or []
         loaded = engine = None
         release()
+        for method in args.quantize:   # a base of its own: quantizing replaces its Linear layers for good
+            loaded = plan.run(f"build {memory_size} px {method}", quantized_base, args.model, memory_size,
+                              device, method, results.setdefault("refused", []))
+            if loaded is not None:
+                memory += plan.run(f"memory {memory_size} px {method}", memory_grid, loaded, args, "bfloat16",
+                                   "bf16") or []
+            loaded = None
+            release()
     markdown = report(results, args, plan)
     memory_markdown = memory_table(memory, sorted(args.memory_sizes)) if memory else ""
     print(markdown + ("\n\nMemory of one training step, batch 1:\n\n" + memory_markdown if memory else ""))

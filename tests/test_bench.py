@@ -50,6 +50,54 @@ def test_bench_steps_bfloat16_base_and_memory_only_step():
         bench_steps.run_one("sam3-tiny", None, "minimal", 1, False, "no", queries=2, steps=0, dtype="bfloat16")
 
 
+def test_bench_steps_builds_a_quantized_base_through_the_loader():
+    """--quantize nf4 goes through load_sam3 as model.quantize does: the row says what the
+    measured base was, and a preset without LoRA in the ViT (heads) runs with checkpointing."""
+    pytest.importorskip("bitsandbytes")
+    command = bench_steps.child_command("sam3", 1008, "heads", 1, True, "bf16", 4, 0, "bfloat16", "nf4")
+    assert command[command.index("--quantize") + 1] == "nf4"
+    row = bench_steps.run_one("sam3-tiny", None, "heads", 1, True, "bf16", queries=2, steps=0, dtype="bfloat16",
+                              quantize="nf4")
+    assert (row["quantize"], row["dtype"], row["preset"]) == ("nf4", "bfloat16", "heads")
+    assert row["peak_memory_gb"] >= row["after_load_gb"] > 0
+    assert bench_steps.run_one("sam3-tiny", None, "heads", 1, False, "bf16", queries=2, steps=0,
+                               dtype="bfloat16")["quantize"] == "none"
+
+
+def test_memory_grid_has_a_quantize_axis_and_its_own_columns():
+    grid = bench_memory.configurations([1008, 336], ["heads"], [True], ["bfloat16"], ("none", "nf4"))
+    assert grid == [(336, "heads", "bfloat16", True, "none"), (336, "heads", "bfloat16", True, "nf4"),
+                    (1008, "heads", "bfloat16", True, "none"), (1008, "heads", "bfloat16", True, "nf4")]
+    plain = {"image_size": 1008, "preset": "minimal", "dtype": "bfloat16", "checkpointing": True,
+             "peak_memory_gb": 7.19, "after_load_gb": 2.0}   # a row from before the axis: a plain base
+    nf4 = {**plain, "quantize": "nf4", "peak_memory_gb": 4.5, "after_load_gb": 0.9}
+    assert bench_memory.key(plain)[-1] == "none" and bench_memory.key(nf4)[-1] == "nf4"
+    table = bench_memory.table([plain, nf4])
+    assert table.splitlines()[2].endswith(
+        "| bfloat16 base, checkpointing | loaded model (float32 / bfloat16) | nf4 base (bfloat16), checkpointing | "
+        "loaded model (nf4, bfloat16) |")
+    # the plain columns first, as before (the README and the trainer's table read those)
+    assert "| 1008 | minimal | - | - | - | 7.19 GB | - / 2.00 GB | 4.50 GB | 0.90 GB |" in table
+    # the nf4 estimate comes from the nf4 row, not the plain one
+    estimate, _ = bench_memory.estimate_gb([plain, {**nf4, "image_size": 336}], 672, "minimal", "bfloat16", True, "nf4")
+    assert estimate == pytest.approx(0.9 + 3.6 * 4)
+    assert "nf4" not in bench_memory.table([plain])
+    # a preset not run at a size has no line there; a base not loaded at all reads "-"
+    mixed = bench_memory.table([plain, {**nf4, "preset": "heads", "image_size": 336}])
+    assert "| 1008 | heads |" not in mixed and "| 336 | minimal |" not in mixed
+    assert "| 1008 | minimal | - | - | - | 7.19 GB | - / 2.00 GB | - | - |" in mixed
+
+
+def test_tables_from_several_runs_merge_the_latest_row(tmp_path):
+    head = {"image_size": 336, "preset": "heads", "dtype": "bfloat16", "checkpointing": True}
+    first, second = tmp_path / "a.json", tmp_path / "b.json"
+    first.write_text(json.dumps([{**head, "oom": "> 9 GB"}, {**head, "preset": "minimal", "peak_memory_gb": 3.0}]))
+    second.write_text(json.dumps([{**head, "peak_memory_gb": 2.0}, {**head, "quantize": "nf4", "peak_memory_gb": 1.0}]))
+    rows = bench_memory.merged_rows([str(first), str(second)])
+    assert [(r["preset"], r.get("quantize", "none"), r["peak_memory_gb"]) for r in rows] == [
+        ("heads", "none", 2.0), ("minimal", "none", 3.0), ("heads", "nf4", 1.0)]
+
+
 def test_memory_is_estimated_from_the_next_smaller_size_and_skipped_when_it_cannot_fit(monkeypatch):
     measured = {"image_size": 336, "preset": "balanced", "dtype": "float32", "checkpointing": False,
                 "peak_memory_gb": 6.0, "after_load_gb": 4.0}
@@ -95,13 +143,14 @@ def test_bench_memory_runs_what_fits_first_and_resumes(monkeypatch, tmp_path):
     monkeypatch.setattr(bench_memory, "run_one", fake_run)
     out = tmp_path / "rows.json"
     args = argparse.Namespace(checkpointing="both", image_sizes=[672, 336], presets=["balanced"], dtypes=["float32"],
-                              dry_run=False, resume=False, json=str(out), model="sam3", queries=4, reserve_gb=2.0,
+                              quantize=["none"], dry_run=False, resume=False, json=str(out), model="sam3", queries=4, reserve_gb=2.0,
                               wait_minutes=60, memory_limit_gb=20.0)
     rows = bench_memory.measure(args)
     # 672 off needs 4 + 2 * 4 = 12 GB > 13 - 2: it waits, 672 on (4 + 0 = 4 GB) goes first.
-    assert runs == [(336, "balanced", "float32", True), (336, "balanced", "float32", False),
-                    (336, "balanced", "float32", False), (672, "balanced", "float32", True),
-                    (672, "balanced", "float32", False)]
+    assert [run[:4] for run in runs] == [(336, "balanced", "float32", True), (336, "balanced", "float32", False),
+                                         (336, "balanced", "float32", False), (672, "balanced", "float32", True),
+                                         (672, "balanced", "float32", False)]
+    assert {run[4] for run in runs} == {"none"}
     assert [bench_memory.key(r) for r in rows] == [runs[0], *runs[2:]]   # the out-of-memory try left no row
     assert all("peak_memory_gb" in r for r in rows)
     runs.clear()
@@ -121,7 +170,8 @@ def test_gpu_check_plan_and_a_tiny_run_on_cpu(tmp_path):
     script = str(BENCH / "gpu_check.py")
     plan = subprocess.run([sys.executable, script, "--dry-run"], capture_output=True, text=True, timeout=60,
                           check=True).stdout
-    assert "12 configurations" in plan and "36 one-step configurations" in plan
+    # 4 presets (heads too) x 4; 4 presets x 2 checkpointing x 3 bases (float32, bfloat16, nf4) x 3 sizes
+    assert "16 configurations" in plan and "72 one-step configurations" in plan
     if not torch.cuda.is_available():
         refused = subprocess.run([sys.executable, script], capture_output=True, text=True, timeout=60, check=False)
         assert refused.returncode == 2 and "torch.cuda is not available" in refused.stderr
@@ -139,8 +189,9 @@ def test_gpu_check_plan_and_a_tiny_run_on_cpu(tmp_path):
     assert [(r["batch_size"], r["checkpointing"], r["dtype"]) for r in found["training"]] == [
         (1, False, "bfloat16"), (1, True, "bfloat16"), (4, False, "bfloat16"), (4, True, "bfloat16")]
     assert all(r["images_per_s"] > 0 and r["gflop_per_step"] > 0 for r in found["training"])
-    assert sorted((r["dtype"], r["checkpointing"]) for r in found["memory"]) == [
-        ("bfloat16", False), ("bfloat16", True), ("float32", False), ("float32", True)]
+    assert sorted((r["dtype"], r["quantize"], r["checkpointing"]) for r in found["memory"]) == [
+        ("bfloat16", "nf4", False), ("bfloat16", "nf4", True), ("bfloat16", "none", False),
+        ("bfloat16", "none", True), ("float32", "none", False), ("float32", "none", True)]
 
 
 def test_scale_table_lists_every_benchmark():

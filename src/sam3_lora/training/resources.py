@@ -80,8 +80,9 @@ STEP_MEMORY_GB: dict[tuple[int, str, str, bool], tuple[float, float]] = {   # me
     (1008, "minimal", "bfloat16", True): (7.19, 2.00),
     (1008, "balanced", "bfloat16", True): (8.73, 2.03),
     (1008, "full", "bfloat16", True): (13.00, 2.09),
+    (336, "heads", "bfloat16", True): (3.88, 2.03),   # measured 2026-12-07
 }
-PRESETS = ("minimal", "balanced", "full")
+PRESETS = ("minimal", "balanced", "full", "heads")
 
 
 def step_memory_gb(image_size: int, preset: str | None, dtype: str, checkpointing: bool,
