@@ -38,7 +38,7 @@ from statistics import mean
 from machine import append_entry, machine  # bench/machine.py (scripts run from bench/)
 
 from sam3_lora.config import load_config
-from sam3_lora.recipes.demo import Budget, make_data
+from sam3_lora.recipes.demo import TARGET_TASK, Budget, data_overrides, make_data
 from sam3_lora.recipes.train import SAM3LoRATrainer
 from sam3_lora.recipes.validate import validate
 
@@ -46,15 +46,17 @@ HEADING = "## Small GPUs: quantized bases and cached features"
 METHODS = ("none", "nf4", "fp4", "int8")
 
 
-def demo_config(data: Path, run: Path, *overrides: str):
-    return load_config("demo", [f"data.root={data / 'target'}", f"output.dir={run}", "training.report_to=[]",
+def demo_config(data: Path, budget: Budget, run: Path, *overrides: str):
+    """The demo's config on ``make_data``'s folders, as the demo trains (``data_overrides``:
+    the target and the replayed base concepts, two datasets of one run)."""
+    return load_config("demo", [*data_overrides(data, budget), f"output.dir={run}", "training.report_to=[]",
                                 "training.log_every_steps=1000", *overrides])
 
 
-def timed_training(data: Path, run: Path, steps: int, cache: str) -> tuple[float, dict]:
+def timed_training(data: Path, budget: Budget, run: Path, steps: int, cache: str) -> tuple[float, dict]:
     """Seconds of ``steps`` demo steps (setup excluded, final validation included) and the
     cache's counts."""
-    trainer = SAM3LoRATrainer(demo_config(data, run, f"training.max_steps={steps}",
+    trainer = SAM3LoRATrainer(demo_config(data, budget, run, f"training.max_steps={steps}",
                                           f"training.eval_every_steps={10 * steps}",
                                           f"data.cache_features={cache}"), quiet=True).setup()
     started = time.perf_counter()
@@ -71,9 +73,9 @@ def measure_steps(folder: Path, train_images: int, epochs: int, repeats: int) ->
     runs = {"off": [], "ram": []}
     for repeat in range(repeats):   # alternating, so that a busy spell of a shared CPU hits both
         for cache, found in runs.items():
-            one, _ = timed_training(folder / "data", folder / f"one-{cache}-{repeat}", per_epoch, cache)
-            many, counts = timed_training(folder / "data", folder / f"many-{cache}-{repeat}", epochs * per_epoch,
-                                          cache)
+            one, _ = timed_training(folder / "data", budget, folder / f"one-{cache}-{repeat}", per_epoch, cache)
+            many, counts = timed_training(folder / "data", budget, folder / f"many-{cache}-{repeat}",
+                                          epochs * per_epoch, cache)
             found.append((one, many, counts))
     rows = []
     for cache, found in runs.items():   # the fastest of the repeats: the least disturbed
@@ -117,12 +119,12 @@ def measure_quantize(folder: Path, steps: int, test_images: int) -> str:
               "| trained on | scored on none | scored on nf4 |", "|---|---:|---:|"]
     for trained_on in ("none", "nf4"):
         run = folder / f"train-{trained_on}"
-        SAM3LoRATrainer(demo_config(data, run, f"training.max_steps={steps}", f"model.quantize={trained_on}",
+        SAM3LoRATrainer(demo_config(data, budget, run, f"training.max_steps={steps}", f"model.quantize={trained_on}",
                                     f"training.eval_every_steps={10 * steps}"), quiet=True).train()
         scores = []
         for scored_on in ("none", "nf4"):
-            config = demo_config(data, run, f"model.quantize={scored_on}")
-            scores.append(held_out_map(config, split="test", output=run / f"eval-{scored_on}"))
+            config = demo_config(data, budget, run, f"model.quantize={scored_on}")
+            scores.append(held_out_map(config, split="test", output=run / f"eval-{scored_on}", task=TARGET_TASK))
         lines.append(f"| {trained_on} | {scores[0]:.4f} | {scores[1]:.4f} |")
         print(lines[-1], flush=True)
     return "\n".join(lines)
@@ -146,10 +148,10 @@ def measure_gain(folder: Path, steps: int, test_images: int, seeds: list[int]) -
     for seed in seeds:   # seed by seed: a run cut short still has every base for its seeds
         for base, overrides in GAIN_BASES.items():
             run = folder / f"{base}-{seed}"
-            SAM3LoRATrainer(demo_config(data, run, f"training.max_steps={steps}", f"training.seed={seed}",
+            SAM3LoRATrainer(demo_config(data, budget, run, f"training.max_steps={steps}", f"training.seed={seed}",
                                         f"training.eval_every_steps={10 * steps}", *overrides), quiet=True).train()
-            scored = validate(demo_config(data, run, *overrides), split="test", compare_base=True,
-                              output=run / "eval")
+            scored = validate(demo_config(data, budget, run, *overrides), split="test", compare_base=True,
+                              output=run / "eval", task=TARGET_TASK)
             gains.setdefault(base, []).append(scored["mAP"] - scored["base"]["mAP"])
             print(f"seed {seed} {base}: mAP {scored['mAP']:.4f}, base {scored['base']['mAP']:.4f}, "
                   f"gain {gains[base][-1]:+.4f}", flush=True)
