@@ -35,6 +35,7 @@ import os
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Generic, TypeVar
 
 from sam3_lora.data.coco.split import DEFAULT_ANNOTATION_FILE, load_coco_split
 from sam3_lora.data.convert.yolo import NAME_FILES as YOLO_NAME_FILES
@@ -76,12 +77,16 @@ class SplitReport(HasProblems):
 
 
 
+SplitT = TypeVar("SplitT", bound=HasProblems)
+
+
 @dataclass
-class DatasetReport(HasProblems):
-    """Every split's report, plus problems of the dataset as a whole."""
+class DatasetReport(HasProblems, Generic[SplitT]):
+    """Every split's report, plus problems of the dataset as a whole (COCO splits'
+    ``SplitReport``, or video splits' ``video.checks.VideoSplitReport``)."""
 
     root: Path
-    splits: list[SplitReport] = field(default_factory=list)
+    splits: list[SplitT] = field(default_factory=list)
     problems: list[Problem] = field(default_factory=list)
 
     @property

@@ -44,6 +44,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from sam3_lora.data.checks import DatasetReport
 from sam3_lora.data.images import check_decodes, image_size
 from sam3_lora.data.records import HasProblems, Problem
 from sam3_lora.data.scaffold import SPLITS
@@ -82,22 +83,8 @@ class VideoSplitReport(HasProblems):
     problems: list[Problem] = field(default_factory=list)
 
 
-@dataclass
-class VideoDatasetReport(HasProblems):
-    """Every split's report, plus problems of the dataset as a whole."""
-
-    root: Path
-    splits: list[VideoSplitReport] = field(default_factory=list)
-    problems: list[Problem] = field(default_factory=list)
-
-    @property
-    def all_problems(self) -> list[Problem]:
-        return self.problems + [p for split in self.splits for p in split.problems]
-
-    @property
-    def exit_code(self) -> int:
-        """0: no errors (warnings allowed); 1: at least one error."""
-        return 1 if self.errors else 0
+VideoDatasetReport = DatasetReport
+"""Every video split's report (``VideoSplitReport``), plus problems of the dataset as a whole."""
 
 
 def is_video_dataset(root: str | Path) -> bool:
