@@ -122,14 +122,20 @@ def _check_top_level(data: Any, path: Path) -> None:
                         "file? (a COCO dataset is validated by its folder)")
 
 
-def _parse_videos(entries: list, root: Path, findings: Findings) -> dict[int, VisVideo]:
-    """``videos`` entries -> usable videos by id (duplicated ids left out, with an error)."""
+def _repeated_ids(entries: list, findings: Findings, kind: str, message: str) -> set:
+    """The ``id`` values several ``entries`` share, each reported once as ``duplicate_id``
+    ("KIND id N": ``message``); entries of those ids are to be left out."""
     ids = [entry.get("id") if isinstance(entry, dict) else None for entry in entries]
     repeated = {i for i, n in Counter(ids).items() if n > 1 and i is not None}
-    for video_id in sorted(repeated, key=str):
-        findings.about(f"video id {describe(video_id)}").error(
-            "duplicate_id", "several videos share this id; all are left out with their "
-            "annotations; give each video its own id")
+    for repeated_id in sorted(repeated, key=str):
+        findings.about(f"{kind} id {describe(repeated_id)}").error("duplicate_id", message)
+    return repeated
+
+
+def _parse_videos(entries: list, root: Path, findings: Findings) -> dict[int, VisVideo]:
+    """``videos`` entries -> usable videos by id (duplicated ids left out, with an error)."""
+    repeated = _repeated_ids(entries, findings, "video", "several videos share this id; all are left out "
+                             "with their annotations; give each video its own id")
     videos = {}
     for index, entry in enumerate(entries):
         video = _parse_video(entry, index, root, findings)
@@ -205,12 +211,8 @@ def _frames_fit(paths: list[Path], width: int, height: int, say: Reporter) -> bo
 
 def _parse_tracks(entries: list, split: VisSplit, findings: Findings) -> list[VisTrack]:
     """``annotations`` -> tracks whose video, category and every frame's mask are usable."""
-    ids = [entry.get("id") if isinstance(entry, dict) else None for entry in entries]
-    repeated = {i for i, n in Counter(ids).items() if n > 1 and i is not None}
-    for track_id in sorted(repeated, key=str):
-        findings.about(f"annotation id {describe(track_id)}").error(
-            "duplicate_id", "several annotations share this id; all are left out; give each "
-            "its own id")
+    repeated = _repeated_ids(entries, findings, "annotation", "several annotations share this id; all are "
+                             "left out; give each its own id")
     tracks = []
     for index, entry in enumerate(entries):
         track = _parse_track(entry, index, split, findings)
