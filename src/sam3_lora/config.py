@@ -120,7 +120,7 @@ class ModelConfig(Section):
     segments one object from clicks, a box or a mask (SAM 2's task), trained on every
     object of the dataset that has a mask, with SAM 2's prompts and correction clicks
     (``training.correction_rounds``). Every ``source`` serves both; the bundled
-    ``sam3-tiny-shapes`` gives the tracker its ViT only (its tracker heads start random)."""
+    ``sam3-tiny-shapes`` has a tracker trained with it (``configs/base-tracker.yaml``)."""
 
     source: str = "facebook/sam3"
     """Where SAM3 comes from: a hub id (``facebook/sam3``, gated: the token is read from
@@ -147,6 +147,15 @@ class ModelConfig(Section):
     base halves the weights' memory (3.4 -> 1.7 GB for SAM3) and computes under autocast of
     its dtype; LoRA weights, their gradients, the optimiser state and saved adapters stay
     float32. ``float16`` needs a CUDA GPU."""
+
+    tracker_width: int | None = Field(default=None, ge=32, le=1024, multiple_of=32)
+    """``model.task: interactive``: the width of a tracker built new on a detector's ViT (a
+    preset, or a folder holding a SAM3 detector): its FPN neck, prompt encoder and mask
+    decoder, a multiple of 32 (one attention head per 32). ``None``: the detector's FPN width
+    (256 for SAM3), and the detector's whole vision encoder, FPN neck included, carries over;
+    another width builds a new neck on the detector's ViT. SAM3's video tracker needs a
+    multiple of 64 above 64 (the bundled tracker is 128 wide). A source that is already a
+    tracker keeps its own width."""
 
     quantize: Literal["none", "nf4", "fp4", "int8"] = "none"
     """Store the frozen base's Linear layers (92% of SAM3's weights) quantized, through
@@ -828,6 +837,10 @@ def check_together(config: Config, where: str = "config") -> None:
         raise ConfigError(f"{where}: model.quantize={config.model.quantize} cannot be trained with "
                           f"training.method=full (quantized weights take no gradients); set "
                           f"model.quantize=none, or training.method=lora to train LoRA on the quantized base")
+    if config.model.tracker_width is not None and config.model.task != "interactive":
+        raise ConfigError(f"{where}: model.tracker_width={config.model.tracker_width} sets the tracker's width, and "
+                          f"model.task={config.model.task} trains no tracker; drop model.tracker_width, or set "
+                          f"model.task=interactive")
     if config.model.task == "interactive" and config.model.quantize != "none":   # the tracker's loading has none yet
         raise ConfigError(f"{where}: model.quantize={config.model.quantize} is not available with "
                           f"model.task=interactive yet; set model.quantize=none")

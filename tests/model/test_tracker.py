@@ -75,6 +75,27 @@ def test_detector_folder_gives_the_tracker_its_vit(tmp_path):
     assert not _same_vision(load_tracker("sam3-tiny", seed=0).model, detector.model)   # copied, not drawn
 
 
+def test_wider_tracker_takes_the_detectors_vit_under_a_new_neck(tmp_path):
+    """model.tracker_width: the ViT carries over, the neck and heads are built at the width."""
+    detector = load_sam3("sam3-tiny", seed=5)
+    detector.save_pretrained(tmp_path / "detector")
+    loaded = load_tracker(str(tmp_path / "detector"), width=128)
+    config = loaded.model.config
+    assert config.vision_config.fpn_hidden_size == config.mask_decoder_config.hidden_size == 128
+    assert config.mask_decoder_config.num_attention_heads == 4
+    mine, theirs = loaded.model.vision_encoder.backbone.state_dict(), detector.model.vision_encoder.backbone.state_dict()
+    assert all(torch.equal(mine[k], theirs[k]) for k in theirs)
+    assert _click_forward(loaded.model, 112).pred_masks.shape == (1, 1, 3, 32, 32)
+    # A detector's own width keeps its neck: the same as no width at all.
+    assert _same_vision(load_tracker(str(tmp_path / "detector"), width=32).model, detector.model)
+
+
+def test_trained_tracker_keeps_its_width(tmp_path):
+    load_tracker("sam3-tiny").save_pretrained(tmp_path / "tracker")
+    with pytest.raises(ModelLoadError, match=r"model.tracker_width=128: .* tracker 32 wide.* drop model.tracker_width"):
+        load_tracker(str(tmp_path / "tracker"), width=128)
+
+
 def test_bundled_base_loads_its_trained_tracker():
     loaded = load_tracker("sam3-tiny-shapes")
     shipped = load_file(BUNDLED["sam3-tiny-shapes"] / BUNDLED_TRACKER / "model.safetensors")

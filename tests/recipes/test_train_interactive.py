@@ -112,6 +112,15 @@ def test_what_the_tracker_cannot_do_yet_is_one_line(shapes, tmp_path):
         trainer(shapes, tmp_path / "nf4", "model.quantize=nf4")
 
 
+def test_tracker_width_builds_the_tracker_at_that_width(shapes, tmp_path):
+    """model.tracker_width on a preset: the model trained (and its LoRA) is that wide; the
+    concept task, which trains no tracker, refuses the key in one line."""
+    run = trainer(shapes, tmp_path / "wide", "model.tracker_width=64", "training.max_steps=1").setup()
+    assert run.peft_model.get_base_model().config.mask_decoder_config.hidden_size == 64
+    with pytest.raises(ConfigError, match="model.tracker_width=64 sets the tracker's width, and model.task=concept"):
+        trainer(shapes, tmp_path / "concept", "model.tracker_width=64", "model.task=concept")
+
+
 @pytest.mark.parametrize("frozen_trunk", [
     ["lora.apply_to_vision_encoder=false", "lora.apply_to_mask_decoder=true"],
     ["training.method=full", "training.component_learning_rates={vision_encoder: 0}"],

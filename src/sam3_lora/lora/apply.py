@@ -432,7 +432,8 @@ def preview(config: Config) -> str:
     PyTorch's meta device (shapes without weights), so it is instant even at 840M."""
     if config.model.task == "interactive":
         model_class = Sam3TrackerModel
-        model_config = load_tracker_config(config.model.source, config.model.revision, config.model.image_size)
+        model_config = load_tracker_config(config.model.source, config.model.revision, config.model.image_size,
+                                           width=config.model.tracker_width)
     else:
         model_class = Sam3Model
         model_config = load_sam3_config(config.model.source, config.model.revision, config.model.image_size)

@@ -47,7 +47,7 @@ def load_base(config: Config, source: str, dtype: torch.dtype, device: torch.dev
     model = config.model
     if model.task == "interactive":
         return load_tracker(source, revision=model.revision, image_size=model.image_size,
-                            seed=config.training.seed, dtype=dtype)
+                            seed=config.training.seed, dtype=dtype, width=model.tracker_width)
     return load_sam3(source, revision=model.revision, image_size=model.image_size, seed=config.training.seed,
                      dtype=dtype, quantize=model.quantize, device=device)
 

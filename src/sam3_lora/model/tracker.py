@@ -31,6 +31,7 @@ Outputs: ``pred_masks`` (B, 1, M, m, m) logits, ``iou_scores`` (B, 1, M),
 from __future__ import annotations
 
 import contextlib
+import copy
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -86,12 +87,14 @@ class LoadedTracker:
         self.model.save_pretrained(folder)
 
 
-def tracker_config(detector: Sam3Config) -> Sam3TrackerConfig:
-    """A tracker on ``detector``'s vision config, its prompt encoder and mask decoder as wide
-    as the detector's FPN, with heads of ``HEAD_WIDTH`` and an MLP ``MLP_RATIO`` times wider
-    (SAM3's width 256 gives transformers' default ``Sam3TrackerConfig``: 8 heads, MLP 2048)."""
-    vision = detector.vision_config
-    width = vision.fpn_hidden_size
+def tracker_config(detector: Sam3Config, width: int | None = None) -> Sam3TrackerConfig:
+    """A tracker on ``detector``'s vision config, its FPN neck, prompt encoder and mask decoder
+    ``width`` wide (default: the detector's FPN width), with heads of ``HEAD_WIDTH`` and an MLP
+    ``MLP_RATIO`` times wider (SAM3's width 256 gives transformers' default
+    ``Sam3TrackerConfig``: 8 heads, MLP 2048)."""
+    vision = copy.deepcopy(detector.vision_config)
+    width = width or vision.fpn_hidden_size
+    vision.fpn_hidden_size = width
     size = vision.backbone_config.image_size
     return Sam3TrackerConfig(
         vision_config=vision.to_dict(),
@@ -115,10 +118,11 @@ def tracker_image_size(config: Sam3TrackerConfig) -> int:
 
 
 def load_tracker_config(source: str, revision: str | None = None, image_size: int | None = None,
-                        token: str | None = None) -> Sam3TrackerConfig:
-    """The tracker architecture of ``source`` without its weights."""
+                        token: str | None = None, width: int | None = None) -> Sam3TrackerConfig:
+    """The tracker architecture of ``source`` without its weights; ``width`` is
+    ``model.tracker_width``, for a tracker built new on a detector's ViT."""
     if source in PRESETS or _source_model_type(source, revision, token) == "sam3":
-        config = tracker_config(load_sam3_config(source, revision, None, token))
+        config = tracker_config(load_sam3_config(source, revision, None, token), width)
     else:
         location, cache_only = _locate_tracker(source, revision, token)
         try:
@@ -131,15 +135,21 @@ def load_tracker_config(source: str, revision: str | None = None, image_size: in
         if not isinstance(config, Sam3TrackerConfig):
             raise ModelLoadError(f"model.source {source!r}: config.json is a {config.model_type} config, not SAM3's "
                                  f"or its tracker's; give a SAM3 model (model.task=interactive)")
+        own = config.mask_decoder_config.hidden_size
+        if width not in (None, own):
+            raise ModelLoadError(f"model.tracker_width={width}: model.source {source!r} is a tracker {own} wide, "
+                                 f"and a trained tracker keeps its width; drop model.tracker_width")
     return set_tracker_image_size(config, image_size) if image_size else config
 
 
 def load_tracker(source: str = "facebook/sam3", *, revision: str | None = None, image_size: int | None = None,
-                 token: str | None = None, seed: int = 0, dtype: torch.dtype = torch.float32) -> LoadedTracker:
+                 token: str | None = None, seed: int = 0, dtype: torch.dtype = torch.float32,
+                 width: int | None = None) -> LoadedTracker:
     """Load SAM3's tracker and its image processor from a preset, the bundled base, a local
     folder or a hub id (see the module docstring). Arguments as ``loading.load_sam3``;
-    ``seed`` also fixes the random heads of a tracker built on a detector's ViT."""
-    config = load_tracker_config(source, revision, image_size, token)
+    ``seed`` also fixes the random heads of a tracker built on a detector's ViT, and
+    ``width`` (``model.tracker_width``) their width."""
+    config = load_tracker_config(source, revision, image_size, token, width)
     if source in PRESETS:
         model = new_tracker(config, seed, dtype)
     elif _source_model_type(source, revision, token) == "sam3":
@@ -188,12 +198,17 @@ def new_tracker(config: Sam3TrackerConfig, seed: int = 0, dtype: torch.dtype = t
 
 def _on_detector_vit(source: str, config: Sam3TrackerConfig, revision: str | None, token: str | None,
                      seed: int, dtype: torch.dtype) -> Sam3TrackerModel:
-    """A tracker with random heads (seeded) and the ViT of the SAM3 detector at ``source``."""
+    """A tracker with random heads (seeded) and the ViT of the SAM3 detector at ``source``;
+    the detector's FPN neck too where it is as wide as the tracker."""
     detector: Sam3Model = load_sam3(source, revision=revision, image_size=tracker_image_size(config),
                                     token=token, dtype=dtype).model
     model = new_tracker(config, seed, dtype)
-    # Same module, same keys (Sam3VisionModel in both): the whole ViT and FPN neck carry over.
-    model.vision_encoder.load_state_dict(detector.vision_encoder.state_dict())
+    # Same module, same keys (Sam3VisionModel in both): the whole ViT and FPN neck carry over,
+    # or the ViT alone under a neck of another width (model.tracker_width), which starts new.
+    if detector.config.vision_config.fpn_hidden_size == config.vision_config.fpn_hidden_size:
+        model.vision_encoder.load_state_dict(detector.vision_encoder.state_dict())
+    else:
+        model.vision_encoder.backbone.load_state_dict(detector.vision_encoder.backbone.state_dict())
     return model
 
 
