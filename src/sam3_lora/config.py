@@ -28,8 +28,9 @@ from sam3_lora.errors import ConfigError
 PRESET_DIR = Path(__file__).parent / "configs"
 
 # The SAM3 components LoRA can be switched on for, in pipeline order: the detector's six
-# (``model.task: concept``), and the tracker's prompt encoder (``interactive``: the tracker
-# has ``vision_encoder``, ``prompt_encoder`` and ``mask_decoder``).
+# (``model.task: concept``), the tracker's prompt encoder (``interactive``: the tracker has
+# ``vision_encoder``, ``prompt_encoder`` and ``mask_decoder``), and the video tracker's memory
+# (``video``: those three plus ``memory_attention`` and ``memory_encoder``).
 COMPONENTS = (
     "vision_encoder",
     "text_encoder",
@@ -38,6 +39,8 @@ COMPONENTS = (
     "detr_decoder",
     "prompt_encoder",
     "mask_decoder",
+    "memory_attention",
+    "memory_encoder",
 )
 # SAM3's two small heads outside the components: the text projection into the DETR width,
 # and the dot-product scoring of queries against the prompt. Full training may give them a
@@ -114,13 +117,17 @@ class Section(BaseModel):
 class ModelConfig(Section):
     """Which SAM3 to start from, for which task, and at what input size."""
 
-    task: Literal["concept", "interactive"] = "concept"
+    task: Literal["concept", "interactive", "video"] = "concept"
     """What is fine-tuned. ``concept``: SAM3's detector (``Sam3Model``), which finds every
     instance of a text prompt. ``interactive``: SAM3's tracker (``Sam3TrackerModel``), which
     segments one object from clicks, a box or a mask (SAM 2's task), trained on every
     object of the dataset that has a mask, with SAM 2's prompts and correction clicks
-    (``training.correction_rounds``). Every ``source`` serves both; the bundled
-    ``sam3-tiny-shapes`` has a tracker trained with it (``configs/base-tracker.yaml``)."""
+    (``training.correction_rounds``). ``video``: SAM3's video tracker
+    (``Sam3TrackerVideoModel``), which follows the objects prompted on a clip's first frame
+    through its memory, trained on clips of a DAVIS / YouTube-VOS layout dataset as SAM 2
+    trains (``data.clip_frames``, ``training.frames_to_correct``). Every ``source`` serves
+    the first two; the bundled ``sam3-tiny-shapes`` has a tracker trained with it
+    (``configs/base-tracker.yaml``)."""
 
     source: str = "facebook/sam3"
     """Where SAM3 comes from: a hub id (``facebook/sam3``, gated: the token is read from
@@ -149,9 +156,9 @@ class ModelConfig(Section):
     float32. ``float16`` needs a CUDA GPU."""
 
     tracker_width: int | None = Field(default=None, ge=32, le=1024, multiple_of=32)
-    """``model.task: interactive``: the width of a tracker built new on a detector's ViT (a
-    preset, or a folder holding a SAM3 detector): its FPN neck, prompt encoder and mask
-    decoder, a multiple of 32 (one attention head per 32). ``None``: the detector's FPN width
+    """``model.task: interactive`` and ``video``: the width of a tracker built new on a
+    detector's ViT (a preset, or a folder holding a SAM3 detector): its FPN neck, prompt
+    encoder and mask decoder, a multiple of 32 (one attention head per 32). ``None``: the detector's FPN width
     (256 for SAM3), and the detector's whole vision encoder, FPN neck included, carries over;
     another width builds a new neck on the detector's ViT. SAM3's video tracker needs a
     multiple of 64 above 64 (the bundled tracker is 128 wide). A source that is already a
@@ -258,6 +265,16 @@ class LoRAConfig(Section):
     attention (``q/k/v/o_proj``) and every MLP's first and last layer (``fc1``/``fc2`` select
     ``proj_in``/``proj_out``: the transformer's, the mask hypernetworks', the IoU and
     object-score heads'); ``all`` adds those heads' middle layers."""
+
+    apply_to_memory_attention: bool = False
+    """Adapt the video tracker's memory attention (``model.task: video``): the layers that let
+    the current frame attend to the memories of earlier frames (self- and cross-attention
+    ``q/k/v/o_proj``; ``fc1``/``fc2`` select its MLP's ``linear1``/``linear2``)."""
+
+    apply_to_memory_encoder: bool = False
+    """Adapt the video tracker's memory encoder (``model.task: video``), which turns a frame
+    and its predicted mask into a memory: its only Linear layers are the fuser's MLP
+    (``fc1``/``fc2`` select ``pointwise_conv1``/``pointwise_conv2``; ``all`` the same)."""
 
     use_rslora: bool = False
     """Rank-stabilised LoRA: scale by alpha / sqrt(rank), which keeps high ranks trainable.
@@ -491,7 +508,20 @@ class TrainingConfig(Section):
     """``model.task: interactive``: prediction rounds after the first, each adding one
     correction click drawn from the previous round's errors (SAM 2.1: 7). Every round is
     supervised; more rounds cost a prompt-encoder and mask-decoder pass each (the image is
-    encoded once). A mask prompt gets no correction clicks (as in SAM 2)."""
+    encoded once). A mask prompt gets no correction clicks (as in SAM 2). ``model.task:
+    video``: the rounds of each corrected frame (``frames_to_correct``)."""
+
+    frames_to_correct: int = Field(default=2, ge=1)
+    """``model.task: video``: the most frames of a clip that get correction clicks after a
+    click or box prompt; each clip's count is drawn from 1 to this, its first frame always
+    among them and the rest at random (SAM 2's ``num_frames_to_correct_for_train: 2`` with
+    ``rand_frames_to_correct_for_train`` in its MOSE fine-tuning). A corrected frame becomes a
+    conditioning frame of the memory, as a user's click does."""
+
+    correction_from_mask_probability: float = Field(default=0.1, ge=0.0, le=1.0)
+    """``model.task: interactive`` and ``video``: the chance that a correction round ignores
+    the prediction and clicks uniformly inside the ground-truth mask instead of in its errors
+    (SAM 2's ``prob_to_sample_from_gt_for_train``, 0.1)."""
 
     mixed_precision: Literal["auto", "no", "fp16", "bf16"] = "auto"
     """Autocast precision of forward and backward: ``bf16`` (Ampere GPUs and newer, and
@@ -837,13 +867,16 @@ def check_together(config: Config, where: str = "config") -> None:
         raise ConfigError(f"{where}: model.quantize={config.model.quantize} cannot be trained with "
                           f"training.method=full (quantized weights take no gradients); set "
                           f"model.quantize=none, or training.method=lora to train LoRA on the quantized base")
-    if config.model.tracker_width is not None and config.model.task != "interactive":
+    if config.model.tracker_width is not None and config.model.task == "concept":
         raise ConfigError(f"{where}: model.tracker_width={config.model.tracker_width} sets the tracker's width, and "
-                          f"model.task={config.model.task} trains no tracker; drop model.tracker_width, or set "
+                          f"model.task=concept trains no tracker; drop model.tracker_width, or set "
                           f"model.task=interactive")
-    if config.model.task == "interactive" and config.model.quantize != "none":   # the tracker's loading has none yet
+    if config.model.task != "concept" and config.model.quantize != "none":   # the trackers' loading has none yet
         raise ConfigError(f"{where}: model.quantize={config.model.quantize} is not available with "
-                          f"model.task=interactive yet; set model.quantize=none")
+                          f"model.task={config.model.task} yet; set model.quantize=none")
+    if config.model.task == "video" and config.data.cache_features != "off":   # a clip's frames are encoded together
+        raise ConfigError(f"{where}: data.cache_features={config.data.cache_features} is not available with "
+                          f"model.task=video yet; set data.cache_features=off")
 
 
 def check_datasets(data: DataConfig, accumulation: int = 1, where: str = "config") -> None:

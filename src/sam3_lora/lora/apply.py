@@ -18,7 +18,10 @@ Layer names (matched against the last part of a module's name):
     all                      every Linear layer of the chosen components, and the
                              convolutions of the tracker's prompt encoder, which has no Linear
 The tracker (``model.task: interactive``) has three components: ``vision_encoder`` (the
-detector's ViT), ``prompt_encoder`` and ``mask_decoder``.
+detector's ViT), ``prompt_encoder`` and ``mask_decoder``; the video tracker (``video``) two
+more, named as transformers names its modules: ``memory_attention`` (q/k/v/o_proj and its
+MLP, ``fc1``/``fc2``) and ``memory_encoder`` (its fuser's MLP, ``fc1``/``fc2``; its other
+layers are convolutions).
 Names from Meta's original SAM3 code map to these: ``qkv`` -> q_proj, k_proj, v_proj;
 ``proj`` -> out_proj; ``linear1`` -> fc1; ``linear2`` -> fc2.
 """
@@ -60,13 +63,15 @@ LAYER_NAMES = {
     "out_proj": ("out_proj", "o_proj"),
     # The tracker's MLPs (Sam3TrackerFeedForward) name their first and last layer proj_in
     # and proj_out; the detector has no layer of these names.
-    "fc1": ("fc1", "proj_in"),
-    "fc2": ("fc2", "proj_out"),
+    # The video tracker's memory attention calls its MLP's layers linear1 / linear2 (as Meta's
+    # code does), and its memory encoder's ConvNeXt block pointwise_conv1 / pointwise_conv2.
+    "fc1": ("fc1", "proj_in", "linear1", "pointwise_conv1"),
+    "fc2": ("fc2", "proj_out", "linear2", "pointwise_conv2"),
     # Meta's original SAM3 code names, mapped to transformers' equivalents.
     "qkv": ("q_proj", "k_proj", "v_proj"),
     "proj": ("out_proj", "o_proj"),
-    "linear1": ("fc1", "proj_in"),
-    "linear2": ("fc2", "proj_out"),
+    "linear1": ("fc1", "proj_in", "linear1", "pointwise_conv1"),
+    "linear2": ("fc2", "proj_out", "linear2", "pointwise_conv2"),
 }
 ALL_LINEAR = "all"
 CONV_COMPONENTS = ("prompt_encoder",)

@@ -43,8 +43,14 @@ def adapter_disabled(model: nn.Module, disabled: bool = True) -> Iterator[None]:
 def load_base(config: Config, source: str, dtype: torch.dtype, device: torch.device | str | None = None):
     """The model ``config.model.task`` trains, from ``source``, with its processor: SAM3's
     tracker (``model.tracker.load_tracker``) for the interactive task, else SAM3 itself
-    (``load_sam3``, quantized as ``model.quantize`` says, for ``device``)."""
+    (``load_sam3``, quantized as ``model.quantize`` says, for ``device``); for the video task
+    its video tracker (``model.video.load_video_tracker``)."""
     model = config.model
+    if model.task == "video":
+        from sam3_lora.model.video import load_video_tracker
+
+        return load_video_tracker(source, revision=model.revision, image_size=model.image_size,
+                                  seed=config.training.seed, dtype=dtype)
     if model.task == "interactive":
         return load_tracker(source, revision=model.revision, image_size=model.image_size,
                             seed=config.training.seed, dtype=dtype, width=model.tracker_width)

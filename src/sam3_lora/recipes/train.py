@@ -5,7 +5,8 @@ One class, read top to bottom: ``setup`` (accelerator, model, data, optimiser), 
 the same code serves one CPU, one GPU, or many processes under ``accelerate launch`` or
 ``torchrun`` (DDP). Every key of the ``training`` section is read here. What a batch becomes
 (model inputs, forward, loss) is the task's (``training.tasks``): SAM3's concept detector, or
-with ``model.task: interactive`` its tracker with SAM 2's correction rounds; the rest is shared.
+with ``model.task: interactive`` its tracker with SAM 2's correction rounds, with ``video`` its
+video tracker on clips (SAM 2's clip training); the rest is shared.
 Several datasets (``data.datasets``) are one ``training.mixture.Source`` each: every batch
 comes from one of them, drawn by weight, and trains the adapters ``lora.task_adapters`` gives it.
 
@@ -55,6 +56,7 @@ from sam3_lora.config import SHARED_ADAPTER, Config, DataConfig, check_together,
 from sam3_lora.data.coco.split import check_split, load_coco_split
 from sam3_lora.data.records import CocoSplit
 from sam3_lora.data.scaffold import missing_train_fix
+from sam3_lora.data.video.layout import VideoSplit
 from sam3_lora.errors import ConfigError, Sam3LoraError
 from sam3_lora.evaluation.runner import SplitRunner, score
 from sam3_lora.files import atomic_folder, check_output, open_for_append, write_file
@@ -96,7 +98,7 @@ from sam3_lora.training.resources import (
 )
 from sam3_lora.training.run_folder import check_run_folder, remove_earlier_run
 from sam3_lora.training.schedule import epoch_end_evaluation_due
-from sam3_lora.training.tasks import Task, build_task
+from sam3_lora.training.tasks import Task, build_task, read_clip_split
 
 PROGRESS_ADDED = {"last_eval_step": 0}
 """Progress keys newer than some checkpoints, with the value that resumes such a checkpoint
@@ -178,9 +180,9 @@ class SAM3LoRATrainer:
     def _check_task(self) -> None:
         """The tracker is scored by its loss while training (``validate`` scores it with clicks)."""
         cfg = self.config
-        if cfg.model.task == "interactive" and cfg.training.best_metric != "val_loss":
+        if cfg.model.task != "concept" and cfg.training.best_metric != "val_loss":
             raise ConfigError(f"training.best_metric={cfg.training.best_metric} is a detection metric; "
-                              f"model.task=interactive keeps the best val_loss: set training.best_metric=val_loss")
+                              f"model.task={cfg.model.task} keeps the best val_loss: set training.best_metric=val_loss")
 
     def _continues_own_run(self, checkpoints: list[Path]) -> bool:
         """Whether ``checkpoints`` (to resume from) are those of the run in ``output.dir``."""
@@ -286,20 +288,23 @@ class SAM3LoRATrainer:
         one ``Source`` per dataset); no model or accelerator needed."""
         self.sources = [Source(name, weight, config) for name, weight, config in dataset_configs(self.config)]
         for index, source in enumerate(self.sources):
-            source.splits = self._read_splits(source.config.data, _root_key(self.config, index))
+            source.splits = self._read_splits(source.config.data, _root_key(self.config, index), self.config.model.task)
             if self.config.model.task == "concept":
                 self._warn_without_negatives(source)
 
     @staticmethod
-    def _read_splits(data: DataConfig, key: str) -> dict[str, CocoSplit]:
-        """The checked train (and valid) splits of ``data.root``, which the config holds at ``key``."""
+    def _read_splits(data: DataConfig, key: str, task: str = "concept") -> dict[str, CocoSplit | VideoSplit]:
+        """The checked train (and valid) splits of ``data.root``, which the config holds at ``key``:
+        COCO splits, or for ``model.task: video`` DAVIS / YouTube-VOS layout splits."""
         root = Path(data.root)
         if not (root / "train").is_dir():
             raise ConfigError(f"{key}={root}: no train/ folder there; point {key} at the folder "
                               f"holding train/ (and valid/), or {missing_train_fix(root, data.annotation_file)}")
         splits = {}
         for name in ("train", "valid"):
-            if (root / name).is_dir():
+            if (root / name).is_dir() and task == "video":
+                splits[name] = read_clip_split(root / name, name, data.skip_invalid)
+            elif (root / name).is_dir():
                 splits[name] = check_split(load_coco_split(root / name, data.annotation_file, name=name),
                                            data.skip_invalid)
         return splits

@@ -14,12 +14,15 @@ resume, best/ and last/. A ``Task`` owns what differs::
 ``InteractiveTask`` the tracker's: SAM 2's interactive training, in which every batch is
 predicted ``1 + training.correction_rounds`` times, each round adding a correction click
 drawn from the previous round's errors (``data.prompts``), every round supervised by
-``TrackerCriterion``.
+``TrackerCriterion``; ``VideoTask`` the video tracker's: SAM 2's clip training
+(``training.video_forward.ClipTracking``: frame 0 prompted, later frames through memory,
+correction clicks on a few frames), ``TrackerCriterion`` summed over every frame.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, Protocol
 
 import torch
@@ -32,13 +35,17 @@ from sam3_lora.config import Config
 from sam3_lora.data.collate import build_dataloader, mask_size_for
 from sam3_lora.data.dataset import ConceptDataset
 from sam3_lora.data.interactive import ObjectDataset, build_object_loader
-from sam3_lora.data.prompts import PromptKind, correction_clicks
+from sam3_lora.data.prompts import PROB_FROM_GT, PromptKind, correction_clicks
 from sam3_lora.data.records import CocoSplit
+from sam3_lora.data.video.clips import build_clip_loader, long_enough
+from sam3_lora.data.video.layout import VideoSplit, load_video_split
+from sam3_lora.errors import DataError
 from sam3_lora.loss.criterion import build_criterion
 from sam3_lora.loss.tracker import TrackerCriterion
 from sam3_lora.model.forward import QueryModel, as_float32
 from sam3_lora.model.tracker import image_embeddings
 from sam3_lora.training.features import with_image_keys
+from sam3_lora.training.video_forward import ClipTracking, append_clicks
 
 VisionFeatures = Callable[[torch.Tensor, list[str]], Any]
 """(pixel_values (B, 3, S, S), their image keys) -> the vision encoder's output for them."""
@@ -63,6 +70,8 @@ def build_task(config: Config, image_size: int, tokenize=None, vision_features: 
     its images' vision features come from when they are cached (``data.cache_features``)."""
     if config.model.task == "interactive":
         return InteractiveTask(config, image_size, vision_features)
+    if config.model.task == "video":
+        return VideoTask(config, image_size)
     return ConceptTask(config, image_size, tokenize, vision_features)
 
 
@@ -146,7 +155,8 @@ class InteractiveTask:
         return with_image_keys(loader) if self.vision_features else loader
 
     def wrap(self, model: nn.Module) -> nn.Module:
-        return CorrectionRounds(model, self.config.training.correction_rounds)
+        cfg = self.config.training
+        return CorrectionRounds(model, cfg.correction_rounds, cfg.correction_from_mask_probability)
 
     def inputs(self, batch: dict, device: torch.device) -> dict:
         keys = ("pixel_values", "masks", "boxes", "points", "labels")
@@ -167,6 +177,67 @@ class InteractiveTask:
         return {"objects_per_batch": len(batch["masks"]), "prompt": batch["kind"]}
 
 
+class VideoTask:
+    """SAM3's video tracker: clips of a DAVIS / YouTube-VOS split (``data.video.clips``: SAM 2's
+    sampler, ``data.clip_frames`` frames, frame 0's prompts), SAM 2's ``forward_tracking``
+    (``ClipTracking``) and ``TrackerCriterion`` over every frame: SAM 2 sums its loss over
+    frames (``MultiStepMultiMasksAndIous.forward``), and so does the criterion given T frames.
+
+    DAVIS's void pixels (the batch's ``valid``) count as background in the loss for now
+    (``TrackerCriterion`` has no per-pixel weight); the synthetic clips have none."""
+
+    def __init__(self, config: Config, image_size: int):
+        self.config, self.image_size = config, image_size
+        self.criterion = TrackerCriterion()
+
+    def num_samples(self, split: VideoSplit) -> int:
+        return len(long_enough(split, self.config.data.clip_frames))   # one clip per sequence per epoch
+
+    def prompts(self, splits: dict[str, VideoSplit]) -> list[str]:
+        return []   # the tracker reads no text
+
+    def loader(self, split: VideoSplit, train: bool, epoch: int) -> DataLoader:
+        cfg = self.config.training
+        return build_clip_loader(split, self.config.data, self.image_size, cfg.batch_size, train=train,
+                                 seed=cfg.seed, epoch=epoch)
+
+    def wrap(self, model: nn.Module) -> nn.Module:
+        cfg = self.config.training
+        return ClipTracking(model, cfg.correction_rounds, cfg.frames_to_correct, cfg.correction_from_mask_probability)
+
+    def inputs(self, batch: dict, device: torch.device) -> dict:
+        keys = ("pixel_values", "masks", "object_clip_index", "boxes", "points", "labels")
+        return {**{k: batch[k].to(device) for k in keys}, "kind": batch["kind"], "prompt_seed": batch["prompt_seed"]}
+
+    def forward(self, model: nn.Module, inputs: dict) -> list[list[dict[str, torch.Tensor]]]:
+        return model(inputs["pixel_values"], inputs["masks"], inputs["object_clip_index"], inputs["kind"],
+                     inputs["boxes"], inputs["points"], inputs["labels"], inputs["prompt_seed"])
+
+    def loss(self, outputs: list[list[dict[str, torch.Tensor]]], inputs: dict) -> dict[str, torch.Tensor]:
+        frames = [[{k: v.float() for k, v in step.items()} for step in frame] for frame in outputs]
+        return self.criterion(frames, inputs["masks"].transpose(0, 1))   # (T, O, S, S)
+
+    def batch_record(self, batch: dict) -> dict:
+        return {"clips_per_batch": len(batch["sequences"]), "objects_per_batch": len(batch["masks"]),
+                "prompt": batch["kind"]}
+
+
+def read_clip_split(root: Path, name: str, skip_invalid: bool) -> VideoSplit:
+    """The gate training passes for a video split (``coco.split.check_split``'s for clips):
+    the layout read, refused in one line when it has errors (unless ``skip_invalid``: the
+    sequences the layout could not read are then left out) or no sequence."""
+    split = load_video_split(root)
+    errors = split.errors
+    if errors and not skip_invalid:
+        plural = "s" if len(errors) > 1 else ""
+        raise DataError(f"{len(errors)} error{plural} in {root} (first: {errors[0].message}); run `sam3-lora data "
+                        f"validate {root.parent}` for the list, or set data.skip_invalid=true to skip them")
+    if not split.sequences:
+        raise DataError(f"no usable sequence in {root} ({name} split); run `sam3-lora data validate {root.parent}` "
+                        f"to see why")
+    return split
+
+
 class CorrectionRounds(nn.Module):
     """SAM 2's interactive training of one batch as one module (DDP sees a single forward).
 
@@ -182,9 +253,9 @@ class CorrectionRounds(nn.Module):
     ``object_score_logits`` (B, 1).
     """
 
-    def __init__(self, model: nn.Module, rounds: int):
+    def __init__(self, model: nn.Module, rounds: int, from_mask_probability: float = PROB_FROM_GT):
         super().__init__()
-        self.model, self.rounds = model, rounds
+        self.model, self.rounds, self.from_mask_probability = model, rounds, from_mask_probability
 
     def forward(self, pixel_values: torch.Tensor, masks: torch.Tensor, kind: str, boxes: torch.Tensor,
                 points: torch.Tensor, labels: torch.Tensor, prompt_seed: int,
@@ -204,8 +275,8 @@ class CorrectionRounds(nn.Module):
         for _ in range(self.rounds):
             best = _best_mask_logits(out)   # (B, m, m)
             predicted = F.interpolate(best[:, None], size=(size, size), mode="bilinear")[:, 0] > 0
-            new_points, new_labels = correction_clicks(masks, predicted, generator)
-            clicks = _append_clicks(clicks, new_points.to(masks.device), new_labels.to(masks.device))
+            new_points, new_labels = correction_clicks(masks, predicted, generator, self.from_mask_probability)
+            clicks = append_clicks(clicks, new_points.to(masks.device), new_labels.to(masks.device))
             out = self.model(image_embeddings=out.image_embeddings, input_points=clicks[0], input_labels=clicks[1],
                              input_boxes=prompt.get("input_boxes"), input_masks=best[:, None].detach(),
                              multimask_output=False)
@@ -222,14 +293,6 @@ class CorrectionRounds(nn.Module):
         side = mask_size_for(size)   # the low-resolution masks' side, as the tracker predicts them
         low = F.interpolate(masks[:, None].float(), size=(side, side), mode="bilinear", antialias=True)
         return {"input_masks": low}
-
-
-def _append_clicks(clicks, points: torch.Tensor, labels: torch.Tensor):
-    """(points (B, 1, K, 2) | None, labels (B, 1, K) | None) plus one click (B, 1, 2), (B, 1)."""
-    new_points, new_labels = points[:, None], labels[:, None].long()
-    if clicks[0] is None:
-        return new_points, new_labels
-    return torch.cat([clicks[0], new_points], dim=2), torch.cat([clicks[1], new_labels], dim=2)
 
 
 def _best_mask_logits(out) -> torch.Tensor:
