@@ -61,6 +61,7 @@ from sam3_lora.model.loading import (
     PRESETS,
     load_pretrained,
     load_sam3,
+    load_sam3_config,
     locate,
     seeded,
     set_image_size,
@@ -179,6 +180,18 @@ def load_video_tracker_config(source: str, revision: str | None = None, image_si
         config = video_tracker_config(tracker)
     check_video_width(tracker_width(config), source)
     return set_video_image_size(config, image_size) if image_size else config
+
+
+def check_video_source(source: str, concept: bool, revision: str | None = None, token: str | None = None) -> None:
+    """Refuse, from its config alone (no weights), a ``source`` whose tracker cannot run on
+    video (``check_video_width``): for ``concept``, the concept model's (as wide as the
+    detector's FPN unless ``source`` is a whole video checkpoint), else the video tracker's."""
+    if not concept:
+        load_video_tracker_config(source, revision, None, token)
+    elif _video_type(source, revision, token) == VIDEO_MODEL_TYPE:
+        check_video_width(tracker_width(_read_video_config(source, revision, token).tracker_config), source)
+    else:
+        check_video_width(load_sam3_config(source, revision, None, token).vision_config.fpn_hidden_size, source)
 
 
 def load_video_tracker(source: str = "facebook/sam3", *, revision: str | None = None, image_size: int | None = None,

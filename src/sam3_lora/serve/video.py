@@ -122,7 +122,7 @@ class VideoFile:
     """The frames of a video file, decoded in order with PyAV when iterated."""
 
     def __init__(self, path: str | Path):
-        av = _pyav("reading a video file")
+        av = require_pyav("reading a video file")
         self.path = Path(path)
         try:
             with av.open(str(self.path)) as container:
@@ -144,7 +144,7 @@ class VideoFile:
         return f"{index:05d}"
 
     def frames(self) -> Iterator[Image.Image]:
-        av = _pyav("reading a video file")
+        av = require_pyav("reading a video file")
         try:
             with av.open(str(self.path)) as container:
                 for frame in container.decode(_video_stream(container, self.path)):
@@ -167,7 +167,7 @@ def open_video(spec: str | Path, fps: float | None = None) -> FrameFolder | Vide
     return VideoFile(path)
 
 
-def _pyav(what: str):
+def require_pyav(what: str):
     try:
         import av
     except ImportError:
@@ -242,7 +242,7 @@ class HeldFrames(Mapping):
             if index == last:
                 self._last = (index, processor.images([picture])[0].to(dtype))
             else:
-                pixels = torch.from_numpy(np.asarray(picture.resize((side, side), Image.BILINEAR))).permute(2, 0, 1)
+                pixels = torch.from_numpy(np.array(picture.resize((side, side), Image.BILINEAR))).permute(2, 0, 1)
                 self._held[index] = pixels.contiguous()
 
     def __len__(self) -> int:
@@ -305,12 +305,16 @@ def object_prompts(points=None, labels=None, boxes=None) -> list[ObjectPrompt]:
     return [ObjectPrompt(index + 1, box=box) for index, box in enumerate(box_list)]
 
 
-def checked_objects(objects: list[ObjectPrompt], size: tuple[int, int]) -> list[ObjectPrompt]:
+def checked_objects(objects: list[ObjectPrompt], size: tuple[int, int], frame: int = 0) -> list[ObjectPrompt]:
     """Each object's prompt checked against a frame of ``size`` (W, H) as ``segment`` checks
-    one (``serve.prompts.check_object_prompt``): points and boxes inside the frame."""
+    one (``serve.prompts.check_object_prompt``): points and boxes inside the frame (the
+    message names the frame, ``frame``)."""
     checked = []
     for item in objects:
-        points, labels, box = check_object_prompt(item.points, item.labels, item.box, None, size)
+        try:
+            points, labels, box = check_object_prompt(item.points, item.labels, item.box, None, size)
+        except PromptError as error:
+            raise PromptError(f"frame {frame}: {error.message}", option=error.option) from None
         checked.append(ObjectPrompt(item.object_id, points, labels, None if box is None else box[0]))
     return checked
 
@@ -325,27 +329,47 @@ def check_frame(frame: int, length: int) -> int:
 
 # ---- tracking ----------------------------------------------------------------------------
 
+@dataclass
+class TrackRequest:
+    """A tracking request checked against its video: the phrases (concepts) or the objects
+    and the frame they are prompted on (the tracker)."""
+
+    texts: list[str]
+    objects: list[ObjectPrompt]
+    start: int
+
+
+def check_request(task: str, source, prompts=None, points=None, labels=None, boxes=None,
+                  frame: int = 0) -> TrackRequest:
+    """Every input of a tracking request checked against ``model.task`` (``task``) and the
+    video ``source``, in one line each, before a model loads: text prompts need the detector
+    (``concept``), clicks and boxes the tracker; points and boxes inside the frame; ``frame``
+    in the video."""
+    texts = [prompts] if isinstance(prompts, str) else list(prompts or [])
+    if task == "concept":
+        if not texts:
+            raise PromptError("points and boxes of single objects need SAM3's tracker (a config with "
+                              "model.task=interactive); give text prompts to track concepts", option="prompts")
+        if points is not None or boxes is not None:
+            raise PromptError("the concept model (model.task=concept) takes text prompts, not points or boxes; "
+                              "drop them, or use a config with model.task=interactive", option="points")
+        return TrackRequest(list(dict.fromkeys(texts)), [], 0)
+    if texts:
+        raise PromptError(f"text prompts need SAM3's detector, and this model is a tracker (model.task={task}); "
+                          f"give points or boxes, or a config with model.task=concept", option="prompts")
+    start = check_frame(frame, len(source))
+    return TrackRequest([], checked_objects(object_prompts(points, labels, boxes), source.size, start), start)
+
+
 def track_video(engine, video, prompts=None, points=None, labels=None, boxes=None, frame: int = 0,
                 fps: float | None = None) -> Iterator[TrackedFrame]:
     """What ``SAM3LoRAInference.track`` answers (see the module docstring). Every input is
-    checked here, before the video model loads or a frame is tracked."""
+    checked here (``check_request``), before the video model loads or a frame is tracked."""
     source = video if hasattr(video, "frames") else open_video(video, fps)
-    texts = [prompts] if isinstance(prompts, str) else list(prompts or [])
-    tracker = engine.config.model.task != "concept"
-    if texts and tracker:
-        raise PromptError(f"text prompts need SAM3's detector, and this model is a tracker "
-                          f"(model.task={engine.config.model.task}); give points or boxes, or a config with "
-                          f"model.task=concept", option="prompts")
-    if not texts and not tracker:
-        raise PromptError("points and boxes of single objects need SAM3's tracker (a config with "
-                          "model.task=interactive); give text prompts to track concepts", option="prompts")
-    if tracker:
-        objects = checked_objects(object_prompts(points, labels, boxes), source.size)
-        start = check_frame(frame, len(source))
-        return _track_objects(video_tracker(engine), source, objects, start)
-    if points is not None or boxes is not None:
-        raise PromptError("the concept model takes text prompts here, not points or boxes", option="points")
-    return _track_concepts(video_model(engine), source, list(dict.fromkeys(texts)))
+    request = check_request(engine.config.model.task, source, prompts, points, labels, boxes, frame)
+    if request.texts:
+        return _track_concepts(video_model(engine), source, request.texts)
+    return _track_objects(video_tracker(engine), source, request.objects, request.start)
 
 
 def video_tracker(engine):
@@ -529,7 +553,7 @@ class TrackWriter:
     def __post_init__(self):
         self.folder = Path(self.folder)
         if self.video:
-            _pyav("writing the overlay video")
+            require_pyav("writing the overlay video")
         if self.png:
             (self.folder / MASKS_DIR).mkdir(parents=True, exist_ok=True)
             (self.folder / OVERLAYS_DIR).mkdir(parents=True, exist_ok=True)
@@ -583,7 +607,7 @@ class VideoEncoder:
     (yuv420p needs them)."""
 
     def __init__(self, path: Path, size: tuple[int, int], fps: float):
-        av = _pyav("writing the overlay video")
+        av = require_pyav("writing the overlay video")
         self.size = (size[0] - size[0] % 2, size[1] - size[1] % 2)
         self.container = av.open(str(path), "w")
         codec = next(name for name in VIDEO_CODECS if name in av.codecs_available)
