@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 from sam3_lora.cli.common import add_command, config_from_args
 from sam3_lora.data.scaffold import check_output_dir
@@ -33,7 +34,13 @@ def cmd_track(args: argparse.Namespace) -> int:
     from tqdm.auto import tqdm
 
     from sam3_lora.model.video import check_video_source
-    from sam3_lora.serve.video import TrackWriter, check_request, open_video, require_pyav
+    from sam3_lora.serve.video import (
+        TrackWriter,
+        check_adapter_task,
+        check_request,
+        open_video,
+        require_pyav,
+    )
 
     points, labels = parse_points(args.points, option="points")
     boxes = parse_json_boxes(args.boxes, "--bboxes")
@@ -41,6 +48,8 @@ def cmd_track(args: argparse.Namespace) -> int:
     config = config_from_args(args)
     check_request(config.model.task, source, args.prompts, points, labels, boxes, args.frame)  # before the model loads
     check_video_source(config.model.source, config.model.task == "concept", config.model.revision)
+    if not args.no_lora:
+        check_adapter_task(args.weights or Path(config.output.dir) / "best", config.model.task)
     if not args.no_video:
         require_pyav("writing the overlay video (or give --no-video)")
     out = check_output(check_output_dir(args.output), folder=True, what="output")

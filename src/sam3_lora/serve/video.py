@@ -51,8 +51,10 @@ from sam3_lora.data.images import IMAGE_SUFFIXES, UnreadableImage, image_size, o
 from sam3_lora.data.rle import as_compressed, decode, encode
 from sam3_lora.data.video.layout import frame_order
 from sam3_lora.data.video.synth import davis_palette
-from sam3_lora.errors import Sam3LoraError
+from sam3_lora.errors import AdapterError, Sam3LoraError
 from sam3_lora.files import write_file
+from sam3_lora.lora.adapter import read_metadata
+from sam3_lora.lora.weights import ADAPTER_CONFIG
 from sam3_lora.model.processing import normalize
 from sam3_lora.model.video import (
     fit_session,
@@ -74,6 +76,8 @@ BOX_LABELS = (2, 3)
 """SAM's point labels of a box's top-left and bottom-right corners (how the video tracker
 takes a box: two points before the clicks, as transformers' processor gives them)."""
 OVERLAY_VIDEO, MASKLETS_FILE, MASKS_DIR, OVERLAYS_DIR = "overlay.mp4", "masklets.json", "masks", "overlays"
+TRACKER_MODEL_TYPES = ("sam3_tracker", "sam3_tracker_video")
+"""``model_type`` of the bases a tracker's adapter is trained on."""
 VIDEO_CODECS = ("libx264", "mpeg4")
 """The overlay video's codec: H.264 where FFmpeg has it, else MPEG-4 part 2."""
 
@@ -359,6 +363,23 @@ def check_request(task: str, source, prompts=None, points=None, labels=None, box
                           f"give points or boxes, or a config with model.task=concept", option="prompts")
     start = check_frame(frame, len(source))
     return TrackRequest([], checked_objects(object_prompts(points, labels, boxes), source.size, start), start)
+
+
+def check_adapter_task(folder: str | Path | None, task: str) -> None:
+    """Refuse, in one line before anything loads, an adapter made for the other model: a
+    tracker's (``model.task: interactive``) asked to track concepts, or a detector's
+    (``concept``) asked to follow clicks. Folders that are not adapters, or hold no
+    description of their base (plain PEFT), are left to the loading's own checks."""
+    if folder is None or not (Path(folder) / ADAPTER_CONFIG).is_file():
+        return
+    base = read_metadata(folder).get("base_model", {}).get("architecture", {}).get("model_type")
+    if task == "concept" and base in TRACKER_MODEL_TYPES:
+        raise AdapterError(f"{folder}: a tracker's adapter (trained with model.task=interactive) cannot find "
+                           f"concepts; track with it from clicks or boxes and a config with model.task=interactive",
+                           option="weights")
+    if task != "concept" and base == "sam3":
+        raise AdapterError(f"{folder}: a detector's adapter (trained with model.task=concept) cannot follow clicks; "
+                           f"track with it from text prompts and a config with model.task=concept", option="weights")
 
 
 def track_video(engine, video, prompts=None, points=None, labels=None, boxes=None, frame: int = 0,
