@@ -176,3 +176,15 @@ def test_without_kernels_the_video_model_gets_the_cpu_fallback(monkeypatch):
     masks[0, 1:5, 1:5] = masks[1, 1:5, 1:4] = masks[2, 6:8, 6:8] = 1.0
     keep = modeling_sam3_video.nms_masks(torch.tensor([0.9, 0.8, 0.7]), masks, 0.5, 0.5)
     assert keep.tolist() == [True, False, True]   # transformers' own NMS, through the fallback
+
+
+def test_the_image_tracker_of_a_video_tracker_folder_loads_as_its_part(tracker_folder, tmp_path):
+    """``model.task: interactive`` (and so ``SAM3LoRAInference``) on a video tracker's folder,
+    as a video base will be: its image part, weight for weight."""
+    from sam3_lora.model.tracker import load_tracker
+
+    video = quietly(load_video_tracker, str(tracker_folder), seed=4)
+    video.save_pretrained(tmp_path / "video")
+    image = load_tracker(str(tmp_path / "video")).model.state_dict()
+    whole = video.model.state_dict()
+    assert image and all(torch.equal(whole[key], value) for key, value in image.items())

@@ -70,6 +70,7 @@ from sam3_lora.model.processing import Sam3InputProcessor
 from sam3_lora.model.tokenizer import build_byte_tokenizer
 from sam3_lora.model.tracker import (
     MLP_RATIO,
+    VIDEO_TRACKER_MODEL_TYPE,
     _source_model_type,
     load_tracker,
     load_tracker_config,
@@ -77,7 +78,6 @@ from sam3_lora.model.tracker import (
     tracker_config,
 )
 
-VIDEO_TRACKER_MODEL_TYPE = "sam3_tracker_video"
 VIDEO_MODEL_TYPE = "sam3_video"
 VIDEO_MODEL_TYPES = (VIDEO_TRACKER_MODEL_TYPE, VIDEO_MODEL_TYPE)
 MEMORY_WIDTH = 64
