@@ -224,3 +224,17 @@ def test_the_writer_gives_youtube_vis_masklets_pngs_and_a_video(tracker, frames,
     np.testing.assert_array_equal(ids, np.asarray(index_mask(tracked[2])))
     assert (tmp_path / "overlays" / "00005.png").is_file()
     assert len(open_video(tmp_path / "overlay.mp4")) == FRAMES
+
+
+def test_drawing_around_each_mask_equals_drawing_on_the_whole_frame():
+    from sam3_lora.serve.overlay import draw_masks, prompt_color
+    from sam3_lora.serve.video import TrackedFrame, draw_tracked
+
+    image = Image.fromarray((np.random.RandomState(1).rand(40, 60, 3) * 255).astype(np.uint8))
+    mask = np.zeros((40, 60), dtype=bool)
+    mask[0:12, 20:59] = True   # touching the top border
+    mask[5:30, 30:40] = True
+    frame = TrackedFrame(0, "0", image, np.array([3]), ["object"], np.array([0.9]), mask[None])
+    canvas = np.asarray(image, dtype=np.float32).copy()
+    draw_masks(canvas, mask[None], prompt_color(3), 1)
+    np.testing.assert_array_equal(np.asarray(draw_tracked(frame)), np.clip(canvas + 0.5, 0, 255).astype(np.uint8))

@@ -78,6 +78,7 @@ takes a box: two points before the clicks, as transformers' processor gives them
 OVERLAY_VIDEO, MASKLETS_FILE, MASKS_DIR, OVERLAYS_DIR = "overlay.mp4", "masklets.json", "masks", "overlays"
 TRACKER_MODEL_TYPES = ("sam3_tracker", "sam3_tracker_video")
 """``model_type`` of the bases a tracker's adapter is trained on."""
+X264_PRESET = "veryfast"
 VIDEO_CODECS = ("libx264", "mpeg4")
 """The overlay video's codec: H.264 where FFmpeg has it, else MPEG-4 part 2."""
 
@@ -635,6 +636,8 @@ class VideoEncoder:
         self.stream = self.container.add_stream(codec, rate=Fraction(fps).limit_denominator(1001))
         self.stream.width, self.stream.height = self.size
         self.stream.pix_fmt = "yuv420p"
+        if codec == "libx264":   # x264's default (medium) took 70 ms a 480p frame on one core, veryfast 18
+            self.stream.options = {"preset": X264_PRESET}
 
     def write(self, image: Image.Image) -> None:
         import av
@@ -650,12 +653,20 @@ class VideoEncoder:
 
 
 def draw_tracked(frame: TrackedFrame) -> Image.Image:
-    """The frame with each object's mask tinted and outlined in its identity's colour."""
-    canvas = np.asarray(frame.image, dtype=np.float32).copy()
+    """The frame with each object's mask tinted and outlined in its identity's colour. Only
+    the box around each mask is drawn on (the whole 480p frame cost 38 ms an object)."""
+    canvas = np.array(frame.image)
     line = max(1, min(frame.image.size) // 300)
     for obj_id, mask in zip(frame.object_ids.tolist(), frame.masks, strict=True):
-        draw_masks(canvas, mask[None], prompt_color(obj_id), line)
-    return Image.fromarray(np.clip(canvas + 0.5, 0, 255).astype(np.uint8))
+        rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
+        if not len(rows):
+            continue
+        # one pixel of margin, so that the outline (the mask's border pixels) is found as over the whole frame
+        box = np.s_[max(rows[0] - 1, 0): rows[-1] + 2, max(cols[0] - 1, 0): cols[-1] + 2]
+        region = canvas[box].astype(np.float32)
+        draw_masks(region, mask[box][None], prompt_color(obj_id), line)
+        canvas[box] = np.clip(region + 0.5, 0, 255).astype(np.uint8)
+    return Image.fromarray(canvas)
 
 
 def index_mask(frame: TrackedFrame) -> Image.Image:
