@@ -123,16 +123,18 @@ def test_shared_image_modules_are_the_image_trackers_own_objects(tracker_folder)
     assert video.no_memory_embedding is image.no_memory_embedding
 
 
-def session_outputs(model, frames: int, trim: bool) -> tuple[list[torch.Tensor], int]:
-    """Masks of one clicked object through ``frames`` random frames, and the most frame
-    outputs the session held at once."""
+def session_outputs(model, frames: int, trim: bool, prompted: int = 1) -> tuple[list[torch.Tensor], int]:
+    """Masks of one object clicked on the first ``prompted`` frames through ``frames`` random
+    frames, and the most frame outputs the session held at once."""
     video = torch.randn(frames, 3, 112, 112, generator=torch.Generator().manual_seed(0))
     session = Sam3TrackerVideoInferenceSession(video=video, video_height=112, video_width=112, dtype=torch.float32)
-    session.add_point_inputs(session.obj_id_to_idx(1), 0, {"point_coords": torch.tensor([[[[50.0, 60.0]]]]),
-                                                            "point_labels": torch.tensor([[[1]]])})
-    session.obj_with_new_inputs = [1]
+    for index in range(prompted):
+        session.add_point_inputs(session.obj_id_to_idx(1), index, {
+            "point_coords": torch.tensor([[[[50.0 + index, 60.0]]]]), "point_labels": torch.tensor([[[1]]])})
+        session.obj_with_new_inputs = [1]
+        model(session, frame_idx=index)   # a conditioning frame each
     masks, held = [], 0
-    for out in model.propagate_in_video_iterator(session, start_frame_idx=0):
+    for out in model.propagate_in_video_iterator(session, start_frame_idx=prompted - 1):
         masks.append(out.pred_masks.clone())
         if trim:
             fit_session(session, out.frame_idx, memory_window(model.config))
@@ -147,6 +149,16 @@ def test_a_fitted_session_holds_a_window_and_tracks_exactly_as_the_whole_one(tra
     whole, held_whole = session_outputs(model, frames, trim=False)
     fitted, held_fitted = session_outputs(model, frames, trim=True)
     assert held_whole == frames - 1 and held_fitted <= memory_window(model.config) + 1
+    for a, b in zip(whole, fitted, strict=True):
+        assert torch.equal(a, b)
+
+
+def test_conditioning_frames_far_behind_keep_only_their_pointers_and_tracking_is_unchanged(tracker_folder):
+    model = quietly(load_video_tracker, str(tracker_folder)).model
+    model.config.max_object_pointers_in_encoder = 4
+    frames = 6 + memory_window(model.config) + 4   # six prompted frames, then past the window
+    whole, _ = session_outputs(model, frames, trim=False, prompted=6)
+    fitted, _ = session_outputs(model, frames, trim=True, prompted=6)
     for a, b in zip(whole, fitted, strict=True):
         assert torch.equal(a, b)
 

@@ -110,7 +110,8 @@ def test_on_the_prompted_frame_the_video_tracker_answers_as_segment_with_the_ada
         base = tracker.segment(image, points=[[45, 35], [100, 80]], labels=[1, 0])
         base_tracked = list(tracker.track(frames, points=[[45, 35], [100, 80]], labels=[1, 0], frame=start))
     assert base["object_score"] != pytest.approx(answer["object_score"], abs=1e-4)
-    assert base_tracked[start].scores[0] == pytest.approx(base["object_score"], abs=1e-6)
+    assert base_tracked[start].scores[0] == pytest.approx(base["object_score"], abs=1e-6), (
+        base_tracked[start].scores[0], base["object_score"], answer["object_score"])
 
 
 def test_boxes_alone_are_one_object_each(tracker, frames):
@@ -238,3 +239,15 @@ def test_drawing_around_each_mask_equals_drawing_on_the_whole_frame():
     canvas = np.asarray(image, dtype=np.float32).copy()
     draw_masks(canvas, mask[None], prompt_color(3), 1)
     np.testing.assert_array_equal(np.asarray(draw_tracked(frame)), np.clip(canvas + 0.5, 0, 255).astype(np.uint8))
+
+
+def test_frames_held_for_tracking_backwards_are_the_processors_rounded(frames):
+    from sam3_lora.model.processing import Sam3InputProcessor
+    from sam3_lora.serve.video import HeldFrames
+
+    processor = Sam3InputProcessor(None, 112)
+    held = HeldFrames(FrameFolder(frames), processor, torch.float32, last=3)
+    assert len(held) == FRAMES and set(held._held) == {0, 1, 2}
+    exact = processor.images([Image.open(frames / "00001.png").convert("RGB")])[0]
+    assert (held[1] - exact).abs().max() <= 1 / 255 + 1e-6   # half a grey level, normalised to [-1, 1]
+    assert torch.equal(held[3], processor.images([Image.open(frames / "00003.png").convert("RGB")])[0])

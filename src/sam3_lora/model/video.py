@@ -359,21 +359,21 @@ def memory_window(config: Sam3TrackerVideoConfig) -> int:
 def fit_session(session, frame_idx: int, window: int, reverse: bool = False, keep_conditioning: int = 4) -> None:
     """Drop from a transformers video session (tracker's or concept model's) what tracking in
     one direction, now at ``frame_idx``, never reads again: per object, the outputs of frames
-    more than ``window`` frames behind, and the memory features of all but the
-    ``keep_conditioning`` (``max_cond_frame_num``) conditioning frames closest behind (their
-    object pointers, a few hundred bytes each, are kept: the tracker reads every one); the
-    concept model's per-frame bookkeeping of frames as old. Memory then stays bounded
+    more than ``window`` frames behind, and the memory features of conditioning frames as far
+    behind that are not among the ``keep_conditioning`` (``max_cond_frame_num``) closest
+    (their object pointers, a few hundred bytes each, are kept: the tracker reads every one);
+    the concept model's per-frame bookkeeping of frames as old. Memory then stays bounded
     however long the video (transformers keeps every frame's otherwise)."""
     def behind(index: int, by: int) -> bool:
         return index > frame_idx + by if reverse else index < frame_idx - by
 
     for outputs in session.output_dict_per_obj.values():
-        old = [index for index in outputs["non_cond_frame_outputs"] if behind(index, window)]
-        for index in old:
+        for index in [index for index in outputs["non_cond_frame_outputs"] if behind(index, window)]:
             del outputs["non_cond_frame_outputs"][index]
-        conditioning = sorted((i for i in outputs["cond_frame_outputs"] if behind(i, 0)), reverse=not reverse)
-        for index in conditioning[:-keep_conditioning] if keep_conditioning else conditioning:
-            entry = outputs["cond_frame_outputs"][index]
+        conditioning = outputs["cond_frame_outputs"]
+        closest = sorted((i for i in conditioning if behind(i, 0)), key=lambda i: abs(i - frame_idx))
+        for index in [i for i in closest[keep_conditioning:] if behind(i, window)]:
+            entry = conditioning[index]
             for key in [key for key in entry if key not in ("object_pointer", "object_score_logits")]:
                 del entry[key]
     for tracked in session.frames_tracked_per_obj.values():

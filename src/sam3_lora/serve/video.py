@@ -55,7 +55,7 @@ from sam3_lora.errors import AdapterError, Sam3LoraError
 from sam3_lora.files import write_file
 from sam3_lora.lora.adapter import read_metadata
 from sam3_lora.lora.weights import ADAPTER_CONFIG
-from sam3_lora.model.processing import normalize
+from sam3_lora.model.processing import IMAGE_MEAN, IMAGE_STD, normalize
 from sam3_lora.model.video import (
     fit_session,
     install_postprocessing_fallback,
@@ -236,19 +236,19 @@ class FrameFeed(Mapping):
 
 class HeldFrames(Mapping):
     """``processed_frames`` for tracking backwards from frame ``K``: frames ``0..K`` decoded
-    once and held at the model's input size, as uint8 (``K`` itself as ``FrameFeed`` gives
-    it). Its length is the whole video's, as the tracker reads the video's length."""
+    once and held at the model's input size as uint8 (the processor's resize, rounded: 3
+    bytes a pixel instead of 12; ``K`` itself exactly as ``FrameFeed`` gives it). Its length
+    is the whole video's, as the tracker reads the video's length."""
 
     def __init__(self, source, processor, dtype: torch.dtype, last: int):
         self.length, self.dtype = len(source), dtype
-        side = processor.image_size
         self._held: dict[int, torch.Tensor] = {}
         for index, picture in zip(range(last + 1), source.frames()):
+            pixels = processor.images([picture])[0]
             if index == last:
-                self._last = (index, processor.images([picture])[0].to(dtype))
+                self._last = (index, pixels.to(dtype))
             else:
-                pixels = torch.from_numpy(np.array(picture.resize((side, side), Image.BILINEAR))).permute(2, 0, 1)
-                self._held[index] = pixels.contiguous()
+                self._held[index] = ((pixels * IMAGE_STD + IMAGE_MEAN) * 255).round().clamp(0, 255).to(torch.uint8)
 
     def __len__(self) -> int:
         return self.length
