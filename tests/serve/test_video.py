@@ -12,7 +12,7 @@ from sam3_lora.data.rle import as_compressed, decode
 from sam3_lora.errors import Sam3LoraWarning
 from sam3_lora.lora.adapter import save_adapter
 from sam3_lora.lora.apply import apply_lora_to_model
-from sam3_lora.model.loading import tiny_config
+from sam3_lora.model.loading import seeded, tiny_config
 from sam3_lora.model.tracker import new_tracker, tracker_config
 from sam3_lora.serve.inference import SAM3LoRAInference
 from sam3_lora.serve.prompts import PromptError
@@ -52,8 +52,9 @@ def adapter(tmp_path_factory):
     """An interactive adapter that changes the tracker's answers (LoRA B made non-zero)."""
     folder = tmp_path_factory.mktemp("tracker")
     write_tracker_folder(folder / "base")
-    model = apply_lora_to_model(new_tracker(tracker_config(tiny_config(width=WIDTH))),
-                                LoRAConfig(rank=2, target_modules=["all"]), verbose=False)
+    with seeded(0):   # PEFT draws LoRA's A from torch's generator
+        model = apply_lora_to_model(new_tracker(tracker_config(tiny_config(width=WIDTH))),
+                                    LoRAConfig(rank=2, target_modules=["all"]), verbose=False)
     with torch.no_grad():
         for name, parameter in model.named_parameters():
             if "lora_B" in name:
@@ -104,14 +105,15 @@ def test_on_the_prompted_frame_the_video_tracker_answers_as_segment_with_the_ada
     tracked = list(tracker.track(frames, points=[[45, 35], [100, 80]], labels=[1, 0], frame=start))
     image = Image.open(frames / f"{start:05d}.png").convert("RGB")
     answer = tracker.segment(image, points=[[45, 35], [100, 80]], labels=[1, 0])
-    np.testing.assert_array_equal(tracked[start].masks[0], answer["mask"])
     assert tracked[start].scores[0] == pytest.approx(answer["object_score"], abs=1e-6)
+    # SAM 2's video rule: an object judged absent (object score under 0.5) has no mask on that frame
+    present = answer["object_score"] > 0.5
+    np.testing.assert_array_equal(tracked[start].masks[0], answer["mask"] & present)
     with tracker.base_model():   # the adapter acts in the video tracker: without it, another answer
         base = tracker.segment(image, points=[[45, 35], [100, 80]], labels=[1, 0])
         base_tracked = list(tracker.track(frames, points=[[45, 35], [100, 80]], labels=[1, 0], frame=start))
     assert base["object_score"] != pytest.approx(answer["object_score"], abs=1e-4)
-    assert base_tracked[start].scores[0] == pytest.approx(base["object_score"], abs=1e-6), (
-        base_tracked[start].scores[0], base["object_score"], answer["object_score"])
+    assert base_tracked[start].scores[0] == pytest.approx(base["object_score"], abs=1e-6)
 
 
 def test_boxes_alone_are_one_object_each(tracker, frames):
@@ -148,6 +150,8 @@ def test_concepts_are_tracked_with_identities_and_prompts(concept, tmp_path):
             assert np.sum(members, axis=0).max(initial=0) <= 1
     with pytest.raises(PromptError, match="need SAM3's tracker"):
         concept.track(clip, points=[[5, 5]])
+    with pytest.raises(VideoInputError, match="frame 2: concepts are found on every frame"):
+        concept.track(clip, prompts=["red square"], frame=2)
 
 
 def test_the_feed_holds_only_the_last_frames(frames):

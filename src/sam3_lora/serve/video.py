@@ -9,7 +9,8 @@ Two ways in, both a generator of per-frame results (``TrackedFrame``) in frame o
   interactive``, or a video adapter): SAM3's video tracker follows them forwards and, from
   a later frame, backwards to frame 0; its image modules are the engine's tracker's, adapter
   included (``model.video.share_image_tracker``), so on that frame it answers as
-  ``segment`` does on the frame as an image.
+  ``segment`` does on the frame as an image (except that, as SAM 2's video tracker does, an
+  object it judges absent there, object score under 0.5, has an empty mask).
 
 Frames come from a folder of images (sorted as ``data.video.layout`` sorts frames) or a
 video file (decoded with PyAV: ``pip install 'sam3-lora[video]'``), one at a time as the model
@@ -358,6 +359,9 @@ def check_request(task: str, source, prompts=None, points=None, labels=None, box
         if points is not None or boxes is not None:
             raise PromptError("the concept model (model.task=concept) takes text prompts, not points or boxes; "
                               "drop them, or use a config with model.task=interactive", option="points")
+        if frame:
+            raise VideoInputError(f"frame {frame}: concepts are found on every frame from the first; the frame "
+                                  f"applies to clicks and boxes (model.task=interactive)", option="frame")
         return TrackRequest(list(dict.fromkeys(texts)), [], 0)
     if texts:
         raise PromptError(f"text prompts need SAM3's detector, and this model is a tracker (model.task={task}); "
@@ -437,13 +441,13 @@ def _track_objects(built, source, objects: list[ObjectPrompt], start: int) -> It
                                  _point_inputs(item, source.size, processor.image_size))
     session.obj_with_new_inputs = [item.object_id for item in objects]
     window = memory_window(model.config)
-    earlier: dict[int, list[tuple[np.ndarray, dict | None]]] = {}
+    earlier: dict[int, tuple[np.ndarray, np.ndarray, list[dict]]] = {}   # ids, scores, RLEs
     if start > 0:
         session.processed_frames = HeldFrames(source, processor, dtype, start)
         model(session, frame_idx=start)
         for out in model.propagate_in_video_iterator(session, start_frame_idx=start, reverse=True):
             if out.frame_idx < start:
-                ids, scores, masks = _object_masks(out, session, source.size)
+                ids, scores, masks = _object_masks(out, source.size)
                 earlier[out.frame_idx] = (ids, scores, [encode(mask) for mask in masks])
             fit_session(session, out.frame_idx, window, reverse=True)
         for outputs in session.output_dict_per_obj.values():   # forwards from the prompt alone
@@ -458,7 +462,7 @@ def _track_objects(built, source, objects: list[ObjectPrompt], start: int) -> It
         yield TrackedFrame(index, source.name(index), feed.image(index), ids, [OBJECT_PROMPT] * len(ids), scores,
                            masks)
     for out in model.propagate_in_video_iterator(session, start_frame_idx=start):
-        ids, scores, masks = _object_masks(out, session, source.size)
+        ids, scores, masks = _object_masks(out, source.size)
         fit_session(session, out.frame_idx, window)
         yield TrackedFrame(out.frame_idx, source.name(out.frame_idx), feed.image(out.frame_idx), ids,
                            [OBJECT_PROMPT] * len(ids), scores, masks)
@@ -479,7 +483,7 @@ def _point_inputs(item: ObjectPrompt, size: tuple[int, int], side: int) -> dict[
             "point_labels": torch.tensor(labels, dtype=torch.int32)[None, None]}
 
 
-def _object_masks(out, session, size: tuple[int, int]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _object_masks(out, size: tuple[int, int]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The video tracker's output on one frame -> object ids (n,), the probability each is
     there (n,), masks (n, H, W) bool (low-resolution logits resized bilinearly, as ``segment``
     resizes them, then > 0)."""
