@@ -14,8 +14,8 @@ Two ways in, both a generator of per-frame results (``TrackedFrame``) in frame o
 
 Frames come from a folder of images (sorted as ``data.video.layout`` sorts frames) or a
 video file (decoded with PyAV: ``pip install 'sam3-lora[video]'``), one at a time as the model
-asks for them (``FrameFeed``); transformers' session is trimmed to what tracking reads next
-(``model.video.fit_session``). What stays in memory is therefore a few frames, the memory of
+asks for them (``FrameFeed``); transformers' session keeps its state in CPU memory
+(``OFFLOADED``) and is trimmed to what tracking reads next (``model.video.fit_session``). What stays in memory is therefore a few frames, the memory of
 the last ``memory_window`` frames, and the results so far as RLE; except that prompting on a
 later frame ``K`` first tracks frames ``K..0`` backwards, holding those ``K + 1`` frames at the
 model's input size (3 bytes a pixel: 38 KB each at 112 px, 3 MB at 1008) until then.
@@ -79,6 +79,10 @@ takes a box: two points before the clicks, as transformers' processor gives them
 OVERLAY_VIDEO, MASKLETS_FILE, MASKS_DIR, OVERLAYS_DIR = "overlay.mp4", "masklets.json", "masks", "overlays"
 TRACKER_MODEL_TYPES = ("sam3_tracker", "sam3_tracker_video")
 """``model_type`` of the bases a tracker's adapter is trained on."""
+OFFLOADED = {"inference_state_device": "cpu", "video_storage_device": "cpu"}
+"""Where transformers' sessions keep frames and the tracking state (memories, masks, cached
+features): in CPU memory, moved to the model's device when read (SAM 2's offloading; the
+same place on a CPU). Not run on a GPU here yet."""
 X264_PRESET = "veryfast"
 VIDEO_CODECS = ("libx264", "mpeg4")
 """The overlay video's codec: H.264 where FFmpeg has it, else MPEG-4 part 2."""
@@ -434,8 +438,7 @@ def _track_objects(built, source, objects: list[ObjectPrompt], start: int) -> It
     dtype, device = _dtype(model), next(model.parameters()).device
     width, height = source.size
     session = Sam3TrackerVideoInferenceSession(video_height=height, video_width=width, inference_device=device,
-                                               inference_state_device=device, video_storage_device=device,
-                                               dtype=dtype)
+                                               dtype=dtype, **OFFLOADED)
     for item in objects:
         session.add_point_inputs(session.obj_id_to_idx(item.object_id), start,
                                  _point_inputs(item, source.size, processor.image_size))
@@ -503,8 +506,8 @@ def _track_concepts(built, source, texts: list[str]) -> Iterator[TrackedFrame]:
     install_postprocessing_fallback()
     dtype, device = _dtype(model), next(model.parameters()).device
     width, height = source.size
-    session = Sam3VideoInferenceSession(video_height=height, video_width=width, inference_device=device,
-                                        inference_state_device=device, video_storage_device=device, dtype=dtype)
+    session = Sam3VideoInferenceSession(video_height=height, video_width=width, inference_device=device, dtype=dtype,
+                                        **OFFLOADED)
     for text in texts:
         prompt_id = session.add_prompt(text)
         tokens = {key: value.to(device) for key, value in processor.text([text]).items()}
