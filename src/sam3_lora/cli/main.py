@@ -17,7 +17,7 @@ import sys
 import warnings
 
 from sam3_lora import __version__
-from sam3_lora.cli import app, data, demo, evaluate, export, predict, train, validate
+from sam3_lora.cli import app, data, demo, evaluate, export, predict, track, train, validate
 from sam3_lora.config import preset_names
 from sam3_lora.cpu import share_cpu
 from sam3_lora.errors import Sam3LoraError, Sam3LoraWarning
@@ -106,7 +106,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"sam3-lora {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for group in (demo, train, validate, evaluate, predict, export, data, app):
+    for group in (demo, train, validate, evaluate, predict, track, export, data, app):
         group.add_parser(commands)
     return parser
 

@@ -43,6 +43,7 @@ from transformers import (
     Sam3Model,
     Sam3TrackerConfig,
     Sam3TrackerModel,
+    Sam3TrackerVideoConfig,
 )
 
 from sam3_lora.errors import ModelLoadError
@@ -61,6 +62,7 @@ from sam3_lora.model.loading import (
 from sam3_lora.model.processing import Sam3InputProcessor
 
 TRACKER_MODEL_TYPE = "sam3_tracker"
+VIDEO_TRACKER_MODEL_TYPE = "sam3_tracker_video"
 BUNDLED_TRACKER = "tracker"
 """The folder, inside a bundled base's, of the tracker trained with it."""
 HEAD_WIDTH = 32
@@ -105,6 +107,14 @@ def tracker_config(detector: Sam3Config, width: int | None = None) -> Sam3Tracke
     )
 
 
+def image_part(video: Sam3TrackerVideoConfig) -> Sam3TrackerConfig:
+    """The image tracker inside the video tracker ``video`` (``model.video``): its vision
+    encoder, prompt encoder and mask decoder, whose weights keep their names there."""
+    return Sam3TrackerConfig(vision_config=video.vision_config.to_dict(),
+                             prompt_encoder_config=video.prompt_encoder_config.to_dict(),
+                             mask_decoder_config=video.mask_decoder_config.to_dict())
+
+
 def set_tracker_image_size(config: Sam3TrackerConfig, image_size: int) -> Sam3TrackerConfig:
     """``loading.set_image_size`` for a tracker: the ViT, its feature maps and the prompt
     encoder (which turns pixel coordinates into positions) all follow."""
@@ -132,6 +142,9 @@ def load_tracker_config(source: str, revision: str | None = None, image_size: in
                                  f"give a folder written by save_pretrained") from None
         # SAM3's full checkpoint (sam3_video) nests the tracker's config, as transformers reads it.
         config = getattr(config, "tracker_config", None) or config
+        if config.model_type == VIDEO_TRACKER_MODEL_TYPE and _source_model_type(source, revision, token) == \
+                VIDEO_TRACKER_MODEL_TYPE:   # a video tracker's folder: its image part, whose keys are the same
+            config = image_part(config)
         if not isinstance(config, Sam3TrackerConfig):
             raise ModelLoadError(f"model.source {source!r}: config.json is a {config.model_type} config, not SAM3's "
                                  f"or its tracker's; give a SAM3 model (model.task=interactive)")

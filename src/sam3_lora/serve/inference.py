@@ -188,3 +188,16 @@ class SAM3LoRAInference(ImagePredictor):
         self._last_image = picture
         return segment_object(self.model, self.processor, picture, points, labels, box, mask)
 
+    def track(self, video, prompts: str | list[str] | None = None, points=None, labels=None, boxes=None,
+              frame: int = 0, fps: float | None = None):
+        """Follow objects through ``video`` (a video file, a folder of frames, or a
+        ``serve.video`` frame source): a generator of ``serve.video.TrackedFrame``, one per
+        frame in order (ids, prompts, scores, (n, H, W) masks). Concepts from text
+        ``prompts`` (``model.task: concept``: this engine's detector and adapter in SAM3's
+        video model); or, with the tracker, the object of ``points`` (K, 2) / ``labels`` (K,)
+        and at most one box, or one object per box of ``boxes`` (n, 4), all in pixels of frame
+        ``frame``. Inputs are checked before anything runs; see ``serve.video``."""
+        from sam3_lora.serve.video import track_video
+
+        return track_video(self, video, prompts, points, labels, boxes, frame, fps)
+
