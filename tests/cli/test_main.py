@@ -250,3 +250,15 @@ def test_info_prints_the_trackers_table(capsys):
                        "lora.apply_to_mask_decoder=true", "lora.target_modules=[all]")
     assert code == 0 and "task interactive: Sam3TrackerModel" in out
     assert re.search(r"mask_decoder\s+50\s+", out) and "text_encoder" not in out
+
+
+def test_info_prints_the_video_trackers_table(capsys):
+    """model.task=video: the video tracker's components, memory included, on a preset built
+    128 wide (model.tracker_width: the tiny preset's own 32 cannot run on video)."""
+    code, out, _ = run(capsys, "info", "--config", "minimal", "model.source=sam3-tiny", "model.task=video",
+                       "model.tracker_width=128", "lora.apply_to_memory_attention=true",
+                       "lora.apply_to_memory_encoder=true", "lora.target_modules=[all]")
+    assert code == 0 and "task video: Sam3TrackerVideoModel" in out
+    assert re.search(r"memory_attention\s+\d+\s+", out) and re.search(r"memory_encoder\s+\d+\s+", out)
+    code, _, err = run(capsys, "info", "--config", "minimal", "model.source=sam3-tiny", "model.task=video")
+    assert code == 2 and "32 wide" in err and "model.tracker_width=128" in err

@@ -11,7 +11,7 @@ from sam3_lora.data.video.synth import synthesize_video
 from sam3_lora.errors import ConfigError
 from sam3_lora.recipes.train import SAM3LoRATrainer
 from tests.conftest import TINY_CONFIG
-from tests.training.tiny_video import ensure_video_loader, save_tiny_video_tracker
+from tests.training.tiny_video import save_tiny_video_tracker
 
 SIZE = 56
 
@@ -34,11 +34,6 @@ def one_clip(clips, tmp_path_factory):
     synthesize_video(root, sequences_per_split={"train": 1, "valid": 1}, frames=3, image_size=SIZE,
                      objects_per_clip=(2, 2), seed=1)
     return root, clips[1]
-
-
-@pytest.fixture(autouse=True)
-def video_loader(monkeypatch):
-    ensure_video_loader(monkeypatch)
 
 
 def trainer(clips, run_dir, *overrides, resume=None) -> SAM3LoRATrainer:

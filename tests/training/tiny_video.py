@@ -3,15 +3,12 @@ video tracker runs at: its object pointers split into 64-wide memory tokens)."""
 
 from __future__ import annotations
 
-import sys
-import types
 from pathlib import Path
 
 import torch
 from transformers import Sam3TrackerVideoConfig, Sam3TrackerVideoModel
 
 from sam3_lora.model.loading import tiny_config
-from sam3_lora.model.processing import Sam3InputProcessor
 
 WIDTH = 128
 
@@ -51,23 +48,3 @@ def tiny_video_tracker(image_size: int = 56, seed: int = 0) -> Sam3TrackerVideoM
 def save_tiny_video_tracker(folder: Path, image_size: int = 56) -> Path:
     tiny_video_tracker(image_size).save_pretrained(folder)
     return folder
-
-
-def load_saved(source, *, revision=None, image_size=None, token=None, seed=0, dtype=torch.float32):
-    """What ``sam3_lora.model.video.load_video_tracker`` returns for a ``save_pretrained``
-    folder (model, processor, source): the stand-in the recipe tests use while that module
-    is absent from this branch (written beside it; the real one is used once it exists)."""
-    from sam3_lora.model.tracker import LoadedTracker
-
-    model = Sam3TrackerVideoModel.from_pretrained(source, dtype=dtype)
-    return LoadedTracker(model=model.eval(), processor=Sam3InputProcessor(tokenizer=None, image_size=model.image_size),
-                         source=str(source))
-
-
-def ensure_video_loader(monkeypatch) -> None:
-    """Install ``load_saved`` as ``sam3_lora.model.video`` where that module does not exist."""
-    try:
-        import sam3_lora.model.video  # noqa: F401
-    except ImportError:
-        monkeypatch.setitem(sys.modules, "sam3_lora.model.video",
-                            types.SimpleNamespace(load_video_tracker=load_saved))

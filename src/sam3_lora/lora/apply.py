@@ -37,7 +37,7 @@ from typing import NamedTuple
 
 import torch
 from torch import nn
-from transformers import Sam3Model, Sam3TrackerModel
+from transformers import Sam3Model, Sam3TrackerModel, Sam3TrackerVideoModel
 
 from sam3_lora.config import (
     COMPONENTS,
@@ -53,6 +53,7 @@ from sam3_lora.model.adapter_parameters import is_adapter_parameter, is_derived,
 from sam3_lora.model.loading import load_sam3_config
 from sam3_lora.model.roi_align import install_fallback
 from sam3_lora.model.tracker import load_tracker_config
+from sam3_lora.model.video import load_video_tracker_config
 
 # Each accepted layer name -> the module-name endings it selects.
 LAYER_NAMES = {
@@ -435,13 +436,16 @@ def lora_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
 def preview(config: Config) -> str:
     """Where ``config`` puts LoRA and how much trains, from the architecture alone: built on
     PyTorch's meta device (shapes without weights), so it is instant even at 840M."""
-    if config.model.task == "interactive":
+    base = config.model
+    if base.task == "interactive":
         model_class = Sam3TrackerModel
-        model_config = load_tracker_config(config.model.source, config.model.revision, config.model.image_size,
-                                           width=config.model.tracker_width)
+        model_config = load_tracker_config(base.source, base.revision, base.image_size, width=base.tracker_width)
+    elif base.task == "video":
+        model_class = Sam3TrackerVideoModel
+        model_config = load_video_tracker_config(base.source, base.revision, base.image_size, width=base.tracker_width)
     else:
         model_class = Sam3Model
-        model_config = load_sam3_config(config.model.source, config.model.revision, config.model.image_size)
+        model_config = load_sam3_config(base.source, base.revision, base.image_size)
     task = "" if config.model.task == "concept" else f", task {config.model.task}: {model_class.__name__}"
     install_fallback()
     with torch.device("meta"):

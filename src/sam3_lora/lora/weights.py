@@ -23,6 +23,7 @@ from sam3_lora.model.loading import load_sam3
 from sam3_lora.model.precision import default_device, enable_tf32, resolve_precision
 from sam3_lora.model.processing import Sam3InputProcessor
 from sam3_lora.model.tracker import load_tracker
+from sam3_lora.model.video import load_video_tracker
 
 ADAPTER_CONFIG = PEFT_FILES[0]   # PEFT's config, in every adapter folder
 
@@ -47,10 +48,8 @@ def load_base(config: Config, source: str, dtype: torch.dtype, device: torch.dev
     its video tracker (``model.video.load_video_tracker``)."""
     model = config.model
     if model.task == "video":
-        from sam3_lora.model.video import load_video_tracker
-
         return load_video_tracker(source, revision=model.revision, image_size=model.image_size,
-                                  seed=config.training.seed, dtype=dtype)
+                                  seed=config.training.seed, dtype=dtype, width=model.tracker_width)
     if model.task == "interactive":
         return load_tracker(source, revision=model.revision, image_size=model.image_size,
                             seed=config.training.seed, dtype=dtype, width=model.tracker_width)

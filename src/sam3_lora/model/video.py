@@ -138,7 +138,8 @@ def check_video_width(width: int, source: str) -> None:
         raise ModelLoadError(
             f"model.source {source!r}: its tracker is {width} wide, and the video tracker needs a width that is a "
             f"multiple of {MEMORY_WIDTH} and above it (object pointers are split into {MEMORY_WIDTH}-wide memory "
-            f"tokens); give a SAM3 with a wider tracker (facebook/sam3: 256, or a folder with fpn_hidden_size 128)")
+            f"tokens); give a SAM3 with a wider tracker (facebook/sam3: 256), or build a new one on this ViT with "
+            f"model.tracker_width=128")
 
 
 def video_tracker_config(tracker: Sam3TrackerConfig) -> Sam3TrackerVideoConfig:
@@ -169,13 +170,14 @@ def set_video_image_size(config: Sam3TrackerVideoConfig, image_size: int) -> Sam
 
 
 def load_video_tracker_config(source: str, revision: str | None = None, image_size: int | None = None,
-                              token: str | None = None) -> Sam3TrackerVideoConfig:
-    """The video tracker architecture of ``source`` without its weights, its width checked."""
+                              token: str | None = None, width: int | None = None) -> Sam3TrackerVideoConfig:
+    """The video tracker architecture of ``source`` without its weights, its width checked;
+    ``width``: ``model.tracker_width``, for a tracker built new on a detector's ViT."""
     if _video_type(source, revision, token) is not None:
         config = _read_video_config(source, revision, token)
         config = getattr(config, "tracker_config", None) or config
     else:
-        tracker = load_tracker_config(source, revision, None, token)
+        tracker = load_tracker_config(source, revision, None, token, width)
         check_video_width(tracker_width(tracker), source)
         config = video_tracker_config(tracker)
     check_video_width(tracker_width(config), source)
@@ -195,12 +197,12 @@ def check_video_source(source: str, concept: bool, revision: str | None = None, 
 
 
 def load_video_tracker(source: str = "facebook/sam3", *, revision: str | None = None, image_size: int | None = None,
-                       token: str | None = None, seed: int = 0,
-                       dtype: torch.dtype = torch.float32) -> LoadedVideoTracker:
+                       token: str | None = None, seed: int = 0, dtype: torch.dtype = torch.float32,
+                       width: int | None = None) -> LoadedVideoTracker:
     """Load SAM3's video tracker and its frame processor from any ``model.source`` (the module
     docstring says what each gives). Arguments as ``model.tracker.load_tracker``; ``seed``
     also fixes a new memory's random weights."""
-    config = load_video_tracker_config(source, revision, image_size, token)   # the width, before any weight
+    config = load_video_tracker_config(source, revision, image_size, token, width)   # the width, before any weight
     if _video_type(source, revision, token) is not None:
         location, cache_only = locate(source, revision, token)
         # Never pickle (pytorch_model.bin): unpickling can run code (as loading.load_sam3).
@@ -208,7 +210,8 @@ def load_video_tracker(source: str = "facebook/sam3", *, revision: str | None = 
                                 token=token, dtype=dtype, use_safetensors=True, local_files_only=cache_only)
         check_finite_model(model, source)
     else:
-        image = load_tracker(source, revision=revision, image_size=image_size, token=token, seed=seed, dtype=dtype)
+        image = load_tracker(source, revision=revision, image_size=image_size, token=token, seed=seed, dtype=dtype,
+                             width=width)
         warnings.warn(Sam3LoraWarning(
             f"model.source {source!r} holds no video memory (it is an image tracker or a detector): the video "
             f"tracker's memory is new and random, so it follows objects only once trained (model.task=video)"),
