@@ -45,8 +45,8 @@ def _sam3(model: nn.Module) -> nn.Module:
 
 def _recomputable_stacks(sam3: nn.Module) -> list[tuple[nn.ModuleList, list[nn.Module]]]:
     """SAM3's stacks worth recomputing, each with the modules whose trainable weights put it on
-    backward's path (itself and what feeds it). Measured (BENCHMARKS.md, 2026-12-07 "checkpointing
-    the DETR heads"): with the heads preset at 336 px the DETR decoder keeps 0.84 GB and the
+    backward's path (itself and what feeds it). Measured (BENCHMARKS.md, "Activation
+    checkpointing of the DETR heads"): with the heads preset at 336 px the DETR decoder keeps 0.84 GB and the
     encoder 0.45 GB for backward, the mask decoder's pixel decoder 0.07 GB (the first freed in
     backward, so below a DETR layer's recompute) and the geometry encoder nothing with text
     prompts (a few box tokens otherwise): those two are left as they are. The tracker has no
