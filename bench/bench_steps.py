@@ -138,12 +138,11 @@ def measure_step(loaded, model_source: str, preset: str, batch_size: int, checkp
     resolve_precision(dtype, precision, device)   # the trainer's rules: refuses a bf16 base without autocast
     config = load_config(preset)
     model = apply_lora_to_model(loaded.model, config.lora, verbose=False).to(device).train()
-    blocks = enable_activation_checkpointing(model, every=1) if checkpointing else 0
+    enable_activation_checkpointing(model, every=1 if checkpointing else 0)
     try:
         row = _measure(model, loaded.processor, config, batch_size, precision, queries, steps)
     finally:   # hand the bare base back (also after running out of memory): no LoRA, no checkpointing
-        for block in loaded.model.vision_encoder.backbone.layers[:blocks]:
-            block.gradient_checkpointing = False
+        enable_activation_checkpointing(model, every=0)
         model.unload()
         del model
         reset_peak_memory(device)

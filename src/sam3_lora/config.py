@@ -531,8 +531,13 @@ class TrainingConfig(Section):
     the first record of ``metrics.jsonl`` (``precision``)."""
 
     activation_checkpointing: int = Field(default=0, ge=0)
-    """Recompute ViT blocks in the backward pass instead of storing their activations:
-    0 off, 1 every block, n every n-th block. Saves most activation memory at ~30% time."""
+    """Recompute layers in the backward pass instead of storing their activations: 0 off, 1
+    every layer, n every n-th layer of each stack. The stacks are the ViT's blocks and the DETR
+    encoder's and decoder's layers (these run per text query over every image token), each only
+    where backward passes through it: where it or a module feeding it trains (with the ``heads``
+    preset the frozen ViT runs without gradients and only the DETR layers are recomputed; with
+    ViT LoRA, all three stacks). The trainer prints how many layers. Saves most activation
+    memory at ~30% more step time."""
 
     eval_every_steps: int | None = Field(default=None, gt=0)
     """Evaluate (validation loss; ``best/`` keeps the lowest) every this many optimiser

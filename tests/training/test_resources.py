@@ -1,4 +1,5 @@
-"""Will a step fit: the measured memory table, estimates from it, and the advice."""
+"""Activation checkpointing, and will a step fit: the measured memory table, estimates from it,
+and the advice."""
 
 import re
 from pathlib import Path
@@ -7,9 +8,71 @@ import pytest
 import torch
 
 from sam3_lora.config import load_config
-from sam3_lora.model.loading import load_sam3_config
+from sam3_lora.lora.apply import apply_lora_to_model
+from sam3_lora.model.loading import load_sam3, load_sam3_config
 from sam3_lora.training import resources
-from sam3_lora.training.resources import is_full_size, lora_preset, memory_advice, step_memory_gb
+from sam3_lora.training.resources import (
+    enable_activation_checkpointing,
+    is_full_size,
+    lora_preset,
+    memory_advice,
+    step_memory_gb,
+)
+
+# ---- activation checkpointing ----------------------------------------------------------------
+
+def heads_step(tiny_inputs, every: int) -> tuple[float, dict[str, torch.Tensor], list[str]]:
+    """One forward and backward of the tiny SAM3 with the heads preset's LoRA (dropout on) and
+    ``training.activation_checkpointing=every``: the loss, every LoRA gradient, and the DETR
+    layers' forward calls in the order they ran (a recomputed layer runs twice)."""
+    tiny = load_sam3("sam3-tiny", seed=0).model   # fresh: LoRA goes on the base in place
+    torch.manual_seed(0)   # the same LoRA weights in both runs
+    model = apply_lora_to_model(tiny, load_config("heads").lora, verbose=False).train()
+    sam3 = model.get_base_model()
+    assert enable_activation_checkpointing(model, every) == (
+        0 if every == 0 else 3)   # the DETR encoder's 1 layer and decoder's 2; the frozen ViT none
+    calls = []
+    for stack in ("detr_encoder", "detr_decoder"):
+        for index, layer in enumerate(getattr(sam3, stack).layers):
+            # Its first module: the recompute in backward stops once it has what backward needs.
+            layer.self_attn.register_forward_pre_hook(lambda *_, name=f"{stack}.{index}": calls.append(name))
+    torch.manual_seed(0)   # the same dropout masks in both runs
+    out = model(**tiny_inputs)
+    loss = sum(out[k].float().square().mean() for k in ("pred_masks", "pred_boxes", "pred_logits", "presence_logits"))
+    loss.backward()
+    # Text prompts only: the geometry (box) encoder does not run, its LoRA has no gradient.
+    grads = {n: p.grad for n, p in model.named_parameters() if p.requires_grad and "geometry_encoder" not in n}
+    assert grads and all("lora_" in n and g is not None for n, g in grads.items())
+    return loss.item(), grads, calls
+
+
+def test_checkpointing_recomputes_the_detr_layers_and_changes_no_gradient(tiny_inputs):
+    """heads trains no ViT weight: checkpointing recomputes the DETR encoder and decoder layers
+    (each runs twice in a step), with the same loss and LoRA gradients as without it."""
+    loss, grads, calls = heads_step(tiny_inputs, every=0)
+    layers = ["detr_encoder.0", "detr_decoder.0", "detr_decoder.1"]
+    assert calls == layers
+    recomputed_loss, recomputed_grads, recomputed_calls = heads_step(tiny_inputs, every=1)
+    assert sorted(recomputed_calls) == sorted(layers * 2)
+    assert recomputed_calls[:3] == layers   # the forward, then backward's recompute
+    assert recomputed_loss == pytest.approx(loss, rel=1e-6)
+    assert recomputed_grads.keys() == grads.keys()
+    for name, grad in grads.items():
+        torch.testing.assert_close(recomputed_grads[name], grad, rtol=1e-4, atol=1e-6, msg=name)
+
+
+def test_checkpointing_every_nth_layer_of_the_stacks_that_backward_passes(tiny):
+    """Every n-th layer of each stack; the ViT's blocks only when something trains in the ViT
+    (the tiny model: 2 ViT blocks, 1 DETR encoder layer, 2 decoder layers); 0 undoes it."""
+    minimal = apply_lora_to_model(tiny.model, load_config("minimal").lora, verbose=False)
+    assert enable_activation_checkpointing(minimal, 2) == 3   # ViT 0, encoder 0, decoder 0
+    assert enable_activation_checkpointing(minimal, 1) == 5   # gradients to the ViT pass the DETR stacks
+    sam3 = minimal.get_base_model()
+    recomputing = [layer for layer in sam3.modules() if "forward" in vars(layer)]
+    assert len(recomputing) == 5
+    assert enable_activation_checkpointing(minimal, 0) == 0
+    assert not [layer for layer in sam3.modules() if "forward" in vars(layer)]
+
 
 # (px, preset, dtype, checkpointing) -> (peak, loaded): made-up numbers, easy to follow.
 TABLE = {

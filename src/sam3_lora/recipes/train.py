@@ -257,6 +257,8 @@ class SAM3LoRATrainer:
         self.features = self._feature_cache(model)
         self.parameters = count_parameters(model)
         self._log_text(f"precision: {self.precision.describe()}")
+        if cfg.training.activation_checkpointing:   # the ViT's blocks count only where the ViT trains
+            self._log_text(f"activation checkpointing: {self.checkpointed_blocks} layers recomputed in backward")
         self._log_text(self._full_summary() if self.full else format_summary(lora_summary(model), self.parameters))
 
     def _full_summary(self) -> str:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import resource
 from functools import partial
+from types import MethodType
 
 import torch
 from torch import nn
@@ -19,16 +20,67 @@ PEAK_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0, "L40S": 362.0, "A10G
 
 
 def enable_activation_checkpointing(model: nn.Module, every: int) -> int:
-    """Recompute every ``every``-th ViT block in backward; returns how many blocks."""
+    """Recompute every ``every``-th layer of each of SAM3's deep stacks in backward instead of
+    keeping its activations (``every`` 0: none, and any recomputing set before is undone).
+    A stack is recomputed only where backward passes through it, i.e. where a trainable weight
+    sits in it or in a module that feeds it: the ViT's blocks when the ViT trains, the DETR
+    encoder's and decoder's layers (run per text query over every image token) when they or
+    anything before them (ViT, neck, text or geometry encoder) train. Returns how many layers."""
+    stacks = _recomputable_stacks(_sam3(model))
+    for layers, _ in stacks:
+        for layer in layers:
+            recompute_in_backward(layer, False)
     if every <= 0:
         return 0
-    sam3 = model.get_base_model() if hasattr(model, "get_base_model") else model
-    blocks = sam3.vision_encoder.backbone.layers
-    for index, block in enumerate(blocks):
-        if index % every == 0:
-            block.gradient_checkpointing = True
-            block._gradient_checkpointing_func = partial(checkpoint, use_reentrant=False)
-    return len(range(0, len(blocks), every))
+    chosen = [layer for layers, feeding in stacks if _trains(feeding)
+              for index, layer in enumerate(layers) if index % every == 0]
+    for layer in chosen:
+        recompute_in_backward(layer)
+    return len(chosen)
+
+
+def _sam3(model: nn.Module) -> nn.Module:
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
+
+
+def _recomputable_stacks(sam3: nn.Module) -> list[tuple[nn.ModuleList, list[nn.Module]]]:
+    """SAM3's stacks worth recomputing, each with the modules whose trainable weights put it on
+    backward's path (itself and what feeds it). Measured (BENCHMARKS.md, "Activation
+    checkpointing of the DETR heads"): with the heads preset at 336 px the DETR decoder keeps 0.84 GB and the
+    encoder 0.45 GB for backward, the mask decoder's pixel decoder 0.07 GB (the first freed in
+    backward, so below a DETR layer's recompute) and the geometry encoder nothing with text
+    prompts (a few box tokens otherwise): those two are left as they are. The tracker has no
+    DETR stacks; its ViT is recomputed as the detector's."""
+    vision = sam3.vision_encoder
+    stacks = [(vision.backbone.layers, [vision.backbone])]
+    if hasattr(sam3, "detr_encoder"):
+        prompts = [vision, sam3.text_encoder, sam3.text_projection, sam3.geometry_encoder]
+        stacks += [(sam3.detr_encoder.layers, [*prompts, sam3.detr_encoder]),
+                   (sam3.detr_decoder.layers, [*prompts, sam3.detr_encoder, sam3.detr_decoder])]
+    return stacks
+
+
+def _trains(modules: list[nn.Module]) -> bool:
+    return any(p.requires_grad for module in modules for p in module.parameters())
+
+
+def recompute_in_backward(layer: nn.Module, on: bool = True) -> None:
+    """Make ``layer`` keep only its inputs for backward and run its forward again there (``on``
+    False: as before). Its class's ``forward`` runs inside non-reentrant ``torch.utils.checkpoint``
+    (keyword arguments and autocast as given; the RNG state restored, so that dropout, LoRA's
+    included, draws the same mask again), only in training with gradients on. Hooks on the
+    layer itself run once, outside the checkpoint, as transformers' own checkpointing does."""
+    if on:
+        layer.forward = MethodType(_recomputed_forward, layer)
+    else:
+        layer.__dict__.pop("forward", None)
+
+
+def _recomputed_forward(layer: nn.Module, *args, **kwargs):
+    forward = partial(type(layer).forward, layer)
+    if layer.training and torch.is_grad_enabled():
+        return checkpoint(forward, *args, use_reentrant=False, preserve_rng_state=True, **kwargs)
+    return forward(*args, **kwargs)
 
 
 def peak_memory_mb(device: torch.device) -> float:
