@@ -37,7 +37,6 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -59,6 +58,7 @@ from sam3_lora.errors import ModelLoadError, Sam3LoraWarning
 from sam3_lora.model.folders import check_finite_model, quiet_progress
 from sam3_lora.model.loading import (
     PRESETS,
+    LoadedSam3,
     load_pretrained,
     load_sam3,
     load_sam3_config,
@@ -71,6 +71,7 @@ from sam3_lora.model.tokenizer import build_byte_tokenizer
 from sam3_lora.model.tracker import (
     MLP_RATIO,
     VIDEO_TRACKER_MODEL_TYPE,
+    LoadedTracker,
     _source_model_type,
     load_tracker,
     load_tracker_config,
@@ -92,39 +93,19 @@ IMAGE_TRACKER_MODULES = ("shared_image_embedding", "vision_encoder", "prompt_enc
 
 
 @dataclass
-class LoadedVideoTracker:
-    """A SAM3 video tracker with the processor that turns frames into its ``pixel_values``
-    (``LoadedTracker``'s fields)."""
+class LoadedVideoTracker(LoadedTracker):
+    """``LoadedTracker`` holding SAM3's video tracker (``load_video_tracker`` reads back what
+    its ``save_pretrained`` writes)."""
 
     model: Sam3TrackerVideoModel
-    processor: Sam3InputProcessor
-    source: str
-
-    @property
-    def tokenizer(self):
-        return None
-
-    def save_pretrained(self, folder: str | Path) -> None:
-        """Write the model so that ``load_video_tracker(folder)`` reads it back offline."""
-        self.model.save_pretrained(folder)
 
 
 @dataclass
-class LoadedVideoModel:
-    """SAM3's concept video model with the processor of its detector (images and text)."""
+class LoadedVideoModel(LoadedSam3):
+    """``LoadedSam3`` holding SAM3's concept video model, with its detector's processor
+    (``load_video_model`` reads back what its ``save_pretrained`` writes)."""
 
     model: Sam3VideoModel
-    processor: Sam3InputProcessor
-    source: str
-
-    @property
-    def tokenizer(self):
-        return self.processor.tokenizer
-
-    def save_pretrained(self, folder: str | Path) -> None:
-        """Write model and tokenizer so that ``load_video_model(folder)`` reads them back offline."""
-        self.model.save_pretrained(folder)
-        self.tokenizer.save_pretrained(folder)
 
 
 def tracker_width(config: Sam3TrackerConfig | Sam3TrackerVideoConfig) -> int:
