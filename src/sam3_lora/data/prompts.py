@@ -143,3 +143,13 @@ def correction_clicks(gt: torch.Tensor, pred: torch.Tensor, generator: torch.Gen
     probability is 0, as in SAM 2."""
     from_gt = prob_from_gt > 0 and _draw(generator) < prob_from_gt
     return error_clicks(gt, None if from_gt else pred, generator)
+
+
+def append_clicks(clicks, points: torch.Tensor, labels: torch.Tensor):
+    """The clicks so far of N objects, (points (N, 1, K, 2), labels (N, 1, K)) or (None, None)
+    before the first, with one more click each ((N, 1, 2), (N, 1)): the prompt encoder's
+    points and labels for the next correction round."""
+    new_points, new_labels = points[:, None], labels[:, None].long()
+    if clicks[0] is None:
+        return new_points, new_labels
+    return torch.cat([clicks[0], new_points], dim=2), torch.cat([clicks[1], new_labels], dim=2)

@@ -35,7 +35,7 @@ from sam3_lora.config import Config
 from sam3_lora.data.collate import build_dataloader, mask_size_for
 from sam3_lora.data.dataset import ConceptDataset
 from sam3_lora.data.interactive import ObjectDataset, build_object_loader
-from sam3_lora.data.prompts import PROB_FROM_GT, PromptKind, correction_clicks
+from sam3_lora.data.prompts import PROB_FROM_GT, PromptKind, append_clicks, correction_clicks
 from sam3_lora.data.records import CocoSplit
 from sam3_lora.data.video.clips import build_clip_loader, long_enough
 from sam3_lora.data.video.layout import VideoSplit, load_video_split
@@ -45,7 +45,7 @@ from sam3_lora.loss.tracker import TrackerCriterion
 from sam3_lora.model.forward import QueryModel, as_float32
 from sam3_lora.model.tracker import image_embeddings
 from sam3_lora.training.features import with_image_keys
-from sam3_lora.training.video_forward import ClipTracking, append_clicks
+from sam3_lora.training.video_forward import ClipTracking
 
 VisionFeatures = Callable[[torch.Tensor, list[str]], Any]
 """(pixel_values (B, 3, S, S), their image keys) -> the vision encoder's output for them."""

@@ -47,7 +47,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from sam3_lora.data.prompts import PromptKind, correction_clicks
+from sam3_lora.data.prompts import PromptKind, append_clicks, correction_clicks
 
 NO_OBJECT_LOGIT = -1024.0
 """The mask logit of an object predicted absent (SAM 2's and transformers' ``NO_OBJ_SCORE``)."""
@@ -278,14 +278,6 @@ def encode_memory(model: nn.Module, top: torch.Tensor, out: dict[str, torch.Tens
                                                    object_score_logits=out["object_score_logits"][:, :, None],
                                                    is_mask_from_pts=False)
     return {"maskmem_features": features, "maskmem_pos_enc": positions, "object_pointer": out["object_pointer"]}
-
-
-def append_clicks(clicks, points: torch.Tensor, labels: torch.Tensor):
-    """(points (O, 1, K, 2) | None, labels (O, 1, K) | None) plus one click (O, 1, 2), (O, 1)."""
-    new_points, new_labels = points[:, None], labels[:, None].long()
-    if clicks[0] is None:
-        return new_points, new_labels
-    return torch.cat([clicks[0], new_points], dim=2), torch.cat([clicks[1], new_labels], dim=2)
 
 
 def _loss_step(out: dict[str, torch.Tensor], size: int) -> dict[str, torch.Tensor]:
