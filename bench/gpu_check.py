@@ -4,7 +4,8 @@ on one H100/H200-class GPU.
     python bench/gpu_check.py [--write] [--json OUT]          (= python bench/run.py --scale gpu --only gpu_check)
     python bench/gpu_check.py --dry-run                       the plan, without running anything
     python bench/gpu_check.py --device cpu --model sam3-tiny --image-size 112 --memory-sizes 112 \
-        --presets minimal --steps 1 --held-out-images 8       all of it, tiny, on a CPU (the test)
+        --presets minimal --steps 1 --held-out-images 8 --tracker-width 128 --video-frames 4
+                                                              all of it, tiny, on a CPU (the test)
 
 Everything runs on the full-size SAM3 architecture (random weights) at 1008 px unless told
 otherwise, in this order (each section timed; a section that would start after
@@ -23,6 +24,13 @@ otherwise, in this order (each section timed; a section that would start after
    ``--quantize`` (nf4: bitsandbytes, computing in bfloat16), batch 1 (``bench_memory``'s
    table, measured on the GPU, the same rows as its CPU proxy).
 
+5. video: ``sam3-lora track``'s engine (``SAM3LoRAInference.track``) following one clicked
+   object through a synthetic 854x480 clip of ``--video-frames`` frames with the tracker
+   (``model.task: interactive``, its memory new and random: the speed and memory of tracking
+   do not depend on what the weights know), in ``model.dtype`` auto (bfloat16 on a GPU):
+   frames/s after the first frame and peak memory (CUDA ``max_memory_allocated`` since the
+   section began; on a CPU, the process's peak RSS).
+
 ``--write`` appends the results to BENCHMARKS.md (the memory table under bench_memory's
 section, the rest under this script's).
 """
@@ -37,6 +45,7 @@ import os
 import shlex
 import statistics
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -91,6 +100,44 @@ def engine_for(args: argparse.Namespace, device: torch.device):
     engine = SAM3LoRAInference(config=config, no_lora=True, detection_threshold=0.5)
     assert engine.device.type == device.type, (engine.device, device)
     return engine
+
+
+def video_tracking(args: argparse.Namespace, device: torch.device, folder: Path) -> dict:
+    """Section 5: one object clicked on frame 0 of a synthetic clip written to ``folder``, followed
+    by ``track``'s engine to the last frame (see the module docstring)."""
+    from sam3_lora.config import load_config
+    from sam3_lora.serve.inference import SAM3LoRAInference
+    from sam3_lora.training.resources import peak_memory_mb
+
+    centres = write_clip(folder, args.video_frames)
+    overrides = [f"model.source={args.model}", "model.task=interactive"]
+    overrides += [f"model.image_size={args.image_size}"] if args.image_size else []
+    overrides += [f"model.tracker_width={args.tracker_width}"] if args.tracker_width else []
+    engine = SAM3LoRAInference(config=load_config(None, overrides), no_lora=True)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    arrived = [time.perf_counter() for _ in engine.track(folder, points=[centres[0]], labels=[1])]
+    return {"model": args.model, "image_size": engine.processor.image_size, "frames": len(arrived),
+            "dtype": str(next(engine.model.parameters()).dtype).removeprefix("torch."),
+            "frames_per_s": (len(arrived) - 1) / (arrived[-1] - arrived[0]),
+            "peak_memory_mb": peak_memory_mb(device)}
+
+
+def write_clip(folder: Path, frames: int, size: tuple[int, int] = (854, 480)) -> list[tuple[int, int]]:
+    """``frames`` JPEGs of a bright square crossing a noisy background; its centres (x, y)."""
+    from PIL import Image
+
+    width, height = size
+    rng = np.random.default_rng(0)
+    folder.mkdir(parents=True, exist_ok=True)
+    centres = []
+    for index in range(frames):
+        pixels = (rng.random((height, width, 3)) * 80).astype("uint8")
+        x, y = int(100 + (width - 200) * index / max(frames - 1, 1)), height // 2
+        pixels[y - 40:y + 40, x - 40:x + 40] = (230, 60, 40)
+        Image.fromarray(pixels).save(folder / f"{index:05d}.jpg", quality=90)
+        centres.append((x, y))
+    return centres
 
 
 def latency(engine, image, repeats: int, label: str) -> list[dict]:
@@ -177,6 +224,11 @@ def report(results: dict, args: argparse.Namespace, plan: Plan) -> str:
                      f"images):\n\n" + held_out_table(results["held_out"]))
     if results.get("refused"):
         parts.append("Not measured: " + "; ".join(dict.fromkeys(results["refused"])) + ".")
+    if "video" in results:
+        video = results["video"]
+        parts.append(f"`track` (clicks, the tracker through memory), {video['frames']} frames of 854x480 at "
+                     f"{video['image_size']} px, {video['dtype']}: {video['frames_per_s']:.1f} frames/s, peak memory "
+                     f"{video['peak_memory_mb'] / 1024:.2f} GB.")
     if "training" in results:
         parts.append(f"LoRA training, bfloat16 base with bf16 autocast, {args.queries} text queries per image, "
                      f"mean of {args.steps} timed steps after a warm-up:\n\n" + throughput_table(results["training"]))
@@ -195,6 +247,7 @@ def dry_run(args: argparse.Namespace) -> None:
     print(f"4. memory: {len(args.presets) * 2 * len(bases) * len(args.memory_sizes)} one-step configurations: "
           f"presets {' '.join(args.presets)} x {' '.join(map(str, args.memory_sizes))} px x checkpointing off/on "
           f"x {'/'.join(bases)} base")
+    print(f"5. video: track one clicked object through {args.video_frames} frames of 854x480, frames/s and peak memory")
 
 
 def main() -> int:
@@ -212,6 +265,9 @@ def main() -> int:
     parser.add_argument("--steps", type=int, default=5, help="timed training steps after a warm-up")
     parser.add_argument("--repeats", type=int, default=5, help="timed predictions per prompt count")
     parser.add_argument("--held-out-images", type=int, default=150)
+    parser.add_argument("--video-frames", type=int, default=120, help="frames of the clip section 5 tracks through")
+    parser.add_argument("--tracker-width", type=int, default=None,
+                        help="section 5: model.tracker_width (a preset narrower than 128 cannot run on video)")
     parser.add_argument("--device", default="cuda", help="cuda (the check), or cpu for a small trial")
     parser.add_argument("--budget-s", type=float, default=420.0, help="start no section after this many seconds")
     parser.add_argument("--dry-run", action="store_true", help="print the plan, run nothing")
@@ -272,6 +328,10 @@ def main() -> int:
                                    "bf16") or []
             loaded = None
             release()
+    with tempfile.TemporaryDirectory() as clip:
+        video = plan.run("video", video_tracking, args, device, Path(clip))
+    if video:
+        results["video"] = video
     markdown = report(results, args, plan)
     memory_markdown = memory_table(memory, sorted(args.memory_sizes)) if memory else ""
     print(markdown + ("\n\nMemory of one training step, batch 1:\n\n" + memory_markdown if memory else ""))

@@ -171,20 +171,22 @@ def test_gpu_check_plan_and_a_tiny_run_on_cpu(tmp_path):
     plan = subprocess.run([sys.executable, script, "--dry-run"], capture_output=True, text=True, timeout=60,
                           check=True).stdout
     # 4 presets (heads too) x 4; 4 presets x 2 checkpointing x 3 bases (float32, bfloat16, nf4) x 3 sizes
-    assert "16 configurations" in plan and "72 one-step configurations" in plan
+    assert "16 configurations" in plan and "72 one-step configurations" in plan and "5. video: track" in plan
     if not torch.cuda.is_available():
         refused = subprocess.run([sys.executable, script], capture_output=True, text=True, timeout=60, check=False)
         assert refused.returncode == 2 and "torch.cuda is not available" in refused.stderr
     out = tmp_path / "check.json"
     subprocess.run([sys.executable, script, "--device", "cpu", "--model", "sam3-tiny", "--image-size", "112",
                     "--memory-sizes", "112", "--presets", "minimal", "--steps", "1", "--repeats", "1",
-                    "--held-out-images", "4", "--json", str(out)], capture_output=True, text=True, timeout=300,
-                   check=True)
+                    "--held-out-images", "4", "--tracker-width", "128", "--video-frames", "4", "--json", str(out)],
+                   capture_output=True, text=True, timeout=300, check=True)
     found = json.loads(out.read_text())
     assert not found["skipped"]
     assert [(r["weights"], r["prompts"]) for r in found["latency"]] == [
         ("float32 (TF32 on CUDA)", 1), ("float32 (TF32 on CUDA)", 16), ("bfloat16", 1), ("bfloat16", 16)]
     assert found["outputs"]["mean_mask_iou"] > 0.5
+    assert found["video"]["frames"] == 4 and found["video"]["frames_per_s"] > 0
+    assert found["video"]["image_size"] == 112 and found["video"]["peak_memory_mb"] > 0
     assert set(found["held_out"]) == {"float32", "bfloat16", "delta"}
     assert [(r["batch_size"], r["checkpointing"], r["dtype"]) for r in found["training"]] == [
         (1, False, "bfloat16"), (1, True, "bfloat16"), (4, False, "bfloat16"), (4, True, "bfloat16")]

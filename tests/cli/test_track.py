@@ -54,6 +54,20 @@ def test_clicks_give_a_video_masklets_and_pngs(models, clip, tmp_path, capsys):
     assert "frame/s" in err   # the progress bar counts frames
 
 
+def test_tracker_width_builds_a_video_capable_tracker_on_a_narrow_preset(clip, tmp_path, capsys):
+    """sam3-tiny's own tracker (32 wide) is refused for video; model.tracker_width=128 builds
+    one that runs, on its ViT."""
+    argv = ["track", "--config", "demo", "model.source=sam3-tiny", "model.task=interactive", "--no-lora",
+            "--video", str(clip), "--points", "45,35", "--no-video"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", Sam3LoraWarning)
+        assert main([*argv, "--output", str(tmp_path / "narrow")]) == 2
+        assert "32 wide" in capsys.readouterr().err
+        code = main([*argv, "model.tracker_width=128", "--output", str(tmp_path / "wide")])
+    assert code == 0, capsys.readouterr().err
+    assert len(json.loads((tmp_path / "wide" / "masklets.json").read_text())) <= 1
+
+
 def test_concepts_run_from_the_command_line(models, clip, tmp_path, capsys):
     code, err = track(capsys, models, "--no-lora", "--video", str(clip), "--prompt", "red square", "--no-video",
                       "--output", str(tmp_path / "out"), task="concept")

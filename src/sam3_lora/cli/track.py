@@ -47,7 +47,8 @@ def cmd_track(args: argparse.Namespace) -> int:
     source = open_video(args.video, args.fps)
     config = config_from_args(args)
     check_request(config.model.task, source, args.prompts, points, labels, boxes, args.frame)  # before the model loads
-    check_video_source(config.model.source, config.model.task == "concept", config.model.revision)
+    check_video_source(config.model.source, config.model.task == "concept", config.model.revision,
+                       width=config.model.tracker_width)
     if not args.no_lora:
         check_adapter_task(args.weights or Path(config.output.dir) / "best", config.model.task)
     if not args.no_video:

@@ -165,12 +165,14 @@ def load_video_tracker_config(source: str, revision: str | None = None, image_si
     return set_video_image_size(config, image_size) if image_size else config
 
 
-def check_video_source(source: str, concept: bool, revision: str | None = None, token: str | None = None) -> None:
+def check_video_source(source: str, concept: bool, revision: str | None = None, token: str | None = None,
+                       width: int | None = None) -> None:
     """Refuse, from its config alone (no weights), a ``source`` whose tracker cannot run on
     video (``check_video_width``): for ``concept``, the concept model's (as wide as the
-    detector's FPN unless ``source`` is a whole video checkpoint), else the video tracker's."""
+    detector's FPN unless ``source`` is a whole video checkpoint), else the video tracker's
+    (``width``: ``model.tracker_width``)."""
     if not concept:
-        load_video_tracker_config(source, revision, None, token)
+        load_video_tracker_config(source, revision, None, token, width)
     elif _video_type(source, revision, token) == VIDEO_MODEL_TYPE:
         check_video_width(tracker_width(_read_video_config(source, revision, token).tracker_config), source)
     else:

@@ -408,7 +408,8 @@ def video_tracker(engine):
     if getattr(engine, "_video", None) is None:
         config = engine.config.model
         loaded = load_video_tracker(config.source, revision=config.revision, image_size=config.image_size,
-                                    seed=engine.config.training.seed, dtype=_dtype(engine.model))
+                                    seed=engine.config.training.seed, dtype=_dtype(engine.model),
+                                    width=config.tracker_width)
         engine._video = (share_image_tracker(loaded.model, engine.model).to(engine.device).eval(), loaded.processor)
     return engine._video
 
