@@ -204,3 +204,19 @@ def test_image_embeddings_from_the_encoders_output_are_the_trackers_own():
     assert [t.shape for t in found] == [t.shape for t in expected]
     for level, reference in zip(found, expected):
         torch.testing.assert_close(level, reference, rtol=0, atol=0)
+
+
+def test_a_tracker_written_under_sam3_names_resumes_and_a_misfit_is_refused(tmp_path):
+    """transformers writes the tracker as SAM3's checkpoint does (tracker_model.*): a method=full
+    checkpoint of it loads back into the tracker (resume), and one of another width is refused
+    rather than read with fresh weights where it does not fit."""
+    from sam3_lora.model.folders import load_model_weights, write_model
+
+    trained = load_tracker("sam3-tiny", seed=1).model
+    (tmp_path / "step").mkdir()
+    write_model(trained, None, tmp_path / "step")
+    fresh = load_tracker("sam3-tiny", seed=2).model
+    load_model_weights(fresh, tmp_path / "step")
+    assert all(torch.equal(value, trained.state_dict()[key]) for key, value in fresh.state_dict().items())
+    with pytest.raises(ModelLoadError, match="do not fit|cannot be read"):
+        load_model_weights(load_tracker("sam3-tiny", width=64).model, tmp_path / "step")

@@ -76,17 +76,21 @@ def test_from_a_detector_folder_the_masks_improve(shapes, tmp_path):
     assert last < 0.9 * first, (first, last)
 
 
-def test_resumes_to_the_same_weights(shapes, tmp_path):
-    """Stop after 2 steps, resume to 4 (mid-epoch): bitwise the adapter of the uninterrupted
-    run, correction clicks included."""
-    common = ["training.lr_scheduler=constant", "training.save_every_steps=2", "training.eval_every_steps=100"]
+@pytest.mark.parametrize("method, weights", [("lora", "adapter_model.safetensors"),
+                                             ("full", "model.safetensors")])
+def test_resumes_to_the_same_weights(shapes, tmp_path, method, weights):
+    """Stop after 2 steps, resume to 4 (mid-epoch): bitwise the adapter (or, with
+    training.method=full, the whole tracker: transformers writes it under SAM3 checkpoint
+    names) of the uninterrupted run, correction clicks included."""
+    common = ["training.lr_scheduler=constant", "training.save_every_steps=2", "training.eval_every_steps=100",
+              f"training.method={method}"]
     trainer(shapes, tmp_path / "a", "training.max_steps=4", *common).train()
     trainer(shapes, tmp_path / "b", "training.max_steps=2", *common).train()
     resumed = trainer(shapes, tmp_path / "b", "training.max_steps=4", *common, resume=tmp_path / "b")
     resumed.train()
     assert resumed.steps_per_epoch > 4   # one step per 4 objects: the resume is mid-epoch
-    a = load_file(tmp_path / "a" / "last" / "adapter_model.safetensors")
-    b = load_file(tmp_path / "b" / "last" / "adapter_model.safetensors")
+    a = load_file(tmp_path / "a" / "last" / weights)
+    b = load_file(tmp_path / "b" / "last" / weights)
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 

@@ -54,6 +54,28 @@ def write_model(model: Sam3Model, tokenizer, folder: Path, *, base_source: str =
     (Path(folder) / METADATA_FILE).write_text(json.dumps(metadata, indent=2) + "\n")
 
 
+def _under_own_names(model, folder: str | Path, tensors: dict) -> dict:
+    """``tensors`` (read intact from ``folder``) under ``model``'s own names. transformers writes
+    some models under another model's checkpoint names, and renames them back as it reads
+    (SAM3's tracker is written as the full checkpoint's ``tracker_model.*``, its ViT as
+    ``tracker_model.detector_model.vision_encoder.*``): those are read through it."""
+    if tensors.keys() <= model.state_dict().keys():
+        return tensors
+    with quiet_progress():
+        try:
+            again, info = type(model).from_pretrained(folder, config=model.config, dtype=next(model.parameters()).dtype,
+                                                      use_safetensors=True, local_files_only=True,
+                                                      output_loading_info=True)
+        except (OSError, ValueError, RuntimeError) as exc:
+            raise ModelLoadError(f"{folder}: its weights cannot be read as a {type(model).__name__} "
+                                 f"({type(exc).__name__}); resume with the run's own config") from None
+    misfits = [*info["missing_keys"], *info["unexpected_keys"], *info.get("mismatched_keys", [])]
+    if misfits:   # transformers would start those weights afresh: a resume must not
+        raise ModelLoadError(f"{folder}: weights do not fit the model ({str(misfits[0])[:100]}); resume with "
+                             f"the run's own config")
+    return again.state_dict()
+
+
 def check_model_metadata(folder: str | Path) -> None:
     """Refuse a model folder whose ``sam3_lora.json`` is not ours of this version (an
     adapter's, a later sam3-lora's, damaged): one line naming the file. A folder without one
@@ -110,7 +132,7 @@ def load_model_weights(model: Sam3Model, folder: str | Path) -> None:
     path = Path(folder) / "model.safetensors"
     if not path.is_file():
         raise ModelLoadError(f"{folder}: no model.safetensors; resume a method=full run from its own checkpoints")
-    tensors = read_tensors(path, ModelLoadError)
+    tensors = _under_own_names(model, folder, read_tensors(path, ModelLoadError))
     own = model.state_dict()
     misfit = next((key for key, tensor in tensors.items() if key in own and own[key].shape != tensor.shape), None)
     if misfit:
