@@ -273,6 +273,22 @@ def test_nonfinite_losses_are_skipped_then_stop(shapes, tmp_path):
     assert [r["nonfinite_steps"] for r in metrics(tmp_path / "run") if "nonfinite_steps" in r] == [1, 2, 3]
 
 
+def test_correction_keys_reach_the_trackers_training_forwards():
+    """The tracker tasks' keys reach the modules that draw their clicks (what they change in
+    the clicks: tests/training/test_video_task.py)."""
+    from torch import nn
+
+    from sam3_lora.training.tasks import build_task
+
+    covers("frames_to_correct", "correction_from_mask_probability")
+    keys = ["training.frames_to_correct=3", "training.correction_from_mask_probability=0.25"]
+    video = build_task(load_config(None, ["model.task=video", *keys]), 56).wrap(nn.Identity())
+    image = build_task(load_config(None, ["model.task=interactive", *keys]), 56).wrap(nn.Identity())
+    assert (video.frames_to_correct, video.from_mask_probability, image.from_mask_probability) == (3, 0.25, 0.25)
+    default = build_task(load_config(None, ["model.task=video"]), 56).wrap(nn.Identity())
+    assert (default.frames_to_correct, default.from_mask_probability) == (2, 0.1)
+
+
 def test_every_training_key_is_covered_by_an_effect_test():
     assert COVERED == set(TrainingConfig.model_fields), set(TrainingConfig.model_fields) ^ COVERED
 
