@@ -12,9 +12,12 @@ from sam3_lora.evaluation.video import (
     boundary_radius,
     disk,
     evaluate_sequence,
+    exclusive_masks,
     region_similarity,
     statistics,
     summarize,
+    summarize_by_group,
+    video_metrics,
 )
 from tests.evaluation import davis_reference as davis
 
@@ -174,3 +177,20 @@ def test_mismatched_predictions_are_refused_in_one_line():
     with pytest.raises(Sam3LoraError, match="no video objects"):
         summarize([])
     assert isinstance(evaluate_sequence("s", gt, gt)[0], ObjectScores)
+
+
+def test_exclusive_masks_give_each_pixel_to_the_surest_object():
+    logits = np.array([[[2.0, 1.0, -1.0, -3.0]], [[1.0, 3.0, -2.0, 0.5]]])   # (2 objects, 1, 4)
+    assert exclusive_masks(logits).tolist() == [[[True, False, False, False]], [[False, True, False, True]]]
+    assert exclusive_masks(np.zeros((0, 2, 3))).shape == (0, 2, 3)
+
+
+def test_video_metrics_are_davis_summary_by_group():
+    a, b, c = (ObjectScores(f"s_{k}", j, 1.0, 0.1, f, 0.5, -0.2) for k, j, f in ((1, 0.2, 0.4), (2, 0.6, 0.8),
+                                                                                (3, 1.0, 1.0)))
+    overall, groups = summarize_by_group([("cat", a), ("cat", b), (None, c)])
+    davis = summarize([a, b, c])
+    assert overall == {"J&F": davis["J&F-Mean"], "J": davis["J-Mean"], "J_recall": 1.0, "J_decay": davis["J-Decay"],
+                       "F": davis["F-Mean"], "F_recall": 0.5, "F_decay": davis["F-Decay"], "objects": 3}
+    assert list(groups) == ["cat"] and groups["cat"] == video_metrics([a, b])
+    assert groups["cat"]["J&F"] == pytest.approx((0.4 + 0.6) / 2)

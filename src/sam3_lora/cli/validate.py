@@ -11,6 +11,11 @@ examples:
   sam3-lora validate --config runs/cracks/config.yaml                  best/ adapter on valid/
   sam3-lora validate --config runs/cracks/config.yaml --split test --compare-base
   sam3-lora validate --config balanced data.root=data/cracks --no-lora  the base model alone
+  sam3-lora validate --config runs/clips/config.yaml --compare-base    model.task=video: J, F, J&F
+
+With model.task=video the split is a DAVIS / YouTube-VOS folder (JPEGImages/, Annotations/):
+each object is prompted with its ground-truth mask on its first frame and tracked to the end
+(DAVIS's semi-supervised protocol); --num-samples counts sequences.
 """
 
 
@@ -23,6 +28,12 @@ def cmd_validate(args: argparse.Namespace) -> int:
     summary = validate(config_from_args(args), weights=args.weights, split=args.split,
                        num_samples=args.num_samples, no_lora=args.no_lora, compare_base=args.compare_base,
                        positives_only=args.positives_only, output=args.output, task=args.task)
+    if "J&F" in summary:   # model.task: video, DAVIS's semi-supervised protocol
+        from sam3_lora.recipes.validate_video import format_video
+
+        print(format_video(summary))
+        print(f"wrote {summary['output']}/metrics.json and report.md")
+        return 0
     if "mIoU_1" in summary:   # model.task: interactive, scored by simulated clicks
         from sam3_lora.recipes.validate_interactive import format_interactive
 
@@ -38,11 +49,13 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 def add_parser(commands: argparse._SubParsersAction) -> None:
     """Register ``validate``."""
-    check = add_command(commands, "validate", cmd_validate, "score a fine-tuned model: mAP, cgF1, loss, report",
+    check = add_command(commands, "validate", cmd_validate,
+                        "score a fine-tuned model: mAP, cgF1, loss (a tracker: clicks; a video tracker: J&F), report",
                         epilog=VALIDATE_EPILOG)
     check.add_argument("--weights", metavar="DIR", help="adapter folder (default: output.dir/best)")
     check.add_argument("--split", choices=["valid", "test"], help="split to score (default: evaluation.split)")
-    check.add_argument("--num-samples", type=int, metavar="N", help="score only the first N images")
+    check.add_argument("--num-samples", type=int, metavar="N", help="score only the first N images (sequences "
+                       "of a video split)")
     check.add_argument("--no-lora", action="store_true", help="evaluate the base model, no adapter")
     check.add_argument("--task", metavar="NAME", help="with data.datasets: the dataset to score, through its "
                        "adapters (lora.task_adapters)")

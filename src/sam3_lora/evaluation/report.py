@@ -31,6 +31,7 @@ DPI = 100
 SUMMARY_KEYS = ("mAP", "mAP50", "mAP75", "cgF1", "cgF1_50", "cgF1_75", "pmF1", "IL_MCC")
 CATEGORY_KEYS = ("AP", "AP50", "AP75", "cgF1")
 CLICK_SUMMARY_KEYS = ("mIoU_1", "mIoU_3", "mIoU_5", "NoC_85", "NoC_90", "over_max_85", "over_max_90", "box_mIoU")
+VIDEO_SUMMARY_KEYS = ("J&F", "J", "F", "J_recall", "F_recall", "J_decay", "F_decay")
 """The summary of a tracker's report (``model.task: interactive``, ``evaluation.interactive``)."""
 EXAMPLES_NOTE = ("Ground truth left, predictions with scores right; colours are per instance, "
                  "not matched across panels.")
@@ -276,6 +277,30 @@ def plot_iou_by_clicks(curves: dict[str, Sequence[float]], out_png: Path) -> Pat
     ax.set(xlabel="clicks", ylabel="mean IoU", ylim=(0, 1), xlim=(0.5, longest + 0.5),
            xticks=range(1, longest + 1, 2 if longest > 10 else 1), title="IoU by clicks")
     ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="lower right")
+    fig.tight_layout()
+    return _save(fig, out_png)
+
+
+JF_NOTE = ("Each object prompted with its ground-truth mask on its first frame and tracked to the end "
+           "(DAVIS's semi-supervised protocol); J&F = (J + F) / 2 over the sequence's objects, first and last "
+           "frames left out.")
+
+
+def plot_jf_by_sequence(scores: dict[str, dict[str, float]], out_png: Path) -> Path:
+    """J&F of each sequence, one bar per model side by side ({model: {sequence: J&F}}),
+    sequences in the first model's order."""
+    names = list(next(iter(scores.values())))
+    fig = Figure(figsize=(min(12.0, 2.5 + 0.45 * len(names) * len(scores)), 3.6))
+    ax = fig.subplots()
+    width = 0.8 / len(scores)
+    for k, (model, values) in enumerate(scores.items()):
+        ax.bar(np.arange(len(names)) + (k - (len(scores) - 1) / 2) * width,
+               [values.get(name, np.nan) for name in names], width, label=model)
+    ax.set(ylabel="J&F", ylim=(0, 1), title="J&F per sequence")
+    ax.set_xticks(np.arange(len(names)), [_short(name, 16) for name in names],
+                  rotation=45 if len(names) > 6 else 0, ha="right" if len(names) > 6 else "center", fontsize=8)
+    ax.grid(alpha=0.3, axis="y")
     ax.legend(fontsize=8, loc="lower right")
     fig.tight_layout()
     return _save(fig, out_png)
@@ -553,9 +578,11 @@ def _summary(metrics: dict, base: dict | None, summary_keys: Sequence[str] = SUM
                    for k in keys])
 
 
-def _per_category(per_category: dict, base: dict | None, compared: str = "AP") -> list[str]:
-    """One row per category, best ``compared`` first, with the base's beside it if given."""
-    keys = [k for k in CATEGORY_KEYS if any(k in v for v in per_category.values())]
+def _per_category(per_category: dict, base: dict | None, compared: str = "AP",
+                  first: Sequence[str] = CATEGORY_KEYS) -> list[str]:
+    """One row per category, best ``compared`` first, with the base's beside it if given;
+    the columns ``first`` in that order, then the others by name."""
+    keys = [k for k in first if any(k in v for v in per_category.values())]
     keys += sorted({k for v in per_category.values() for k in v} - set(keys))
     names = sorted(per_category, key=lambda n: (-np.nan_to_num(_num(per_category[n].get(compared)),
                                                                nan=-1.0), n))
@@ -585,6 +612,7 @@ def _forgetting(forgetting: dict) -> list[str]:
 def _figures(out_dir: Path, metrics: dict, base_metrics: dict | None, curves: dict | None,
              category_names: list[str] | None, run_metrics_jsonl: Path | None,
              examples: list[dict] | None, iou_by_clicks: dict[str, Sequence[float]] | None = None,
+             jf_by_sequence: dict[str, dict[str, float]] | None = None,
              ) -> list[tuple[str, str, Callable[[], Path | None]]]:
     """(heading, note, draw) for each figure whose data was given; draw() writes the PNG."""
     per_category = metrics.get("per_category") or {}
@@ -604,6 +632,9 @@ def _figures(out_dir: Path, metrics: dict, base_metrics: dict | None, curves: di
     if iou_by_clicks:
         figures.append(("IoU by clicks", CLICKS_NOTE, lambda: plot_iou_by_clicks(
             iou_by_clicks, out_dir / "iou_by_clicks.png")))
+    if jf_by_sequence:
+        figures.append(("J&F per sequence", JF_NOTE, lambda: plot_jf_by_sequence(
+            jf_by_sequence, out_dir / "jf_by_sequence.png")))
     if per_category and any("AP" in v for v in per_category.values()):
         base = (base_metrics or {}).get("per_category")
         figures.append(("AP per category", "", lambda: plot_per_category_ap(
@@ -619,7 +650,8 @@ def write_report(out_dir: Path, *, metrics: dict, base_metrics: dict | None = No
                  run_metrics_jsonl: Path | None = None, examples: list[dict] | None = None,
                  forgetting: dict | None = None, title: str = "Evaluation report",
                  notes: list[str] | None = None, summary_keys: Sequence[str] = SUMMARY_KEYS,
-                 iou_by_clicks: dict[str, Sequence[float]] | None = None) -> Path:
+                 iou_by_clicks: dict[str, Sequence[float]] | None = None,
+                 jf_by_sequence: dict[str, dict[str, float]] | None = None) -> Path:
     """Write ``out_dir/report.md`` and its figures (PNG, beside it); returns the report path.
 
     ``metrics``: flat scalars (mAP, cgF1, ... None where undefined) and ``per_category``
@@ -628,7 +660,8 @@ def write_report(out_dir: Path, *, metrics: dict, base_metrics: dict | None = No
     ``notes``: sentences shown above the summary table (what was scored, and why).
     ``summary_keys``: the metrics the summary shows first (``CLICK_SUMMARY_KEYS`` for a
     tracker, whose per-category tables then compare ``mIoU_1``). ``iou_by_clicks``: {model
-    name: mean IoU after 1, 2, ... clicks}, drawn as one curve each.
+    name: mean IoU after 1, 2, ... clicks}, drawn as one curve each. ``jf_by_sequence``:
+    {model name: {sequence: J&F}} (``VIDEO_SUMMARY_KEYS``: a video tracker), drawn as bars.
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -637,13 +670,13 @@ def write_report(out_dir: Path, *, metrics: dict, base_metrics: dict | None = No
     lines = [f"# {title}", "", "## Summary", ""] + [f"{note}\n" for note in notes or []]
     lines += _summary(metrics, base_metrics, summary_keys)
     if per_category:
-        compared = "AP" if summary_keys == SUMMARY_KEYS else summary_keys[0]
-        lines += ["## Per category", ""] + _per_category(per_category, base_per_category, compared)
+        compared, first = ("AP", CATEGORY_KEYS) if summary_keys == SUMMARY_KEYS else (summary_keys[0], summary_keys)
+        lines += ["## Per category", ""] + _per_category(per_category, base_per_category, compared, first)
     if forgetting:
         lines += ["## Forgetting", "", "Fine-tuned vs base model on retain prompts "
                   + "(concepts not trained on).", ""] + _forgetting(forgetting)
     for heading, note, draw in _figures(out_dir, metrics, base_metrics, curves, category_names,
-                                        run_metrics_jsonl, examples, iou_by_clicks):
+                                        run_metrics_jsonl, examples, iou_by_clicks, jf_by_sequence):
         try:   # a figure that fails must not cost the tables of a long evaluation
             path = draw()
         except Exception as error:   # noqa: BLE001 - reported in the report itself

@@ -184,3 +184,38 @@ def summarize(objects: Sequence[ObjectScores]) -> dict[str, float]:
     return {"J&F-Mean": (j_mean + f_mean) / 2, "J-Mean": j_mean, "J-Recall": mean("j_recall"),
             "J-Decay": mean("j_decay"), "F-Mean": f_mean, "F-Recall": mean("f_recall"),
             "F-Decay": mean("f_decay")}
+
+
+METRIC_NAMES = {"J&F-Mean": "J&F", "J-Mean": "J", "J-Recall": "J_recall", "J-Decay": "J_decay",
+                "F-Mean": "F", "F-Recall": "F_recall", "F-Decay": "F_decay"}
+"""DAVIS's column names (``summarize``) -> the keys of ``validate``'s metrics.json."""
+
+
+def video_metrics(objects: Sequence[ObjectScores]) -> dict[str, float]:
+    """``summarize`` under metrics.json's names: J&F, J, J_recall, J_decay, F, F_recall,
+    F_decay, and ``objects``, how many were averaged."""
+    return {**{METRIC_NAMES[name]: value for name, value in summarize(objects).items()}, "objects": len(objects)}
+
+
+def summarize_by_group(results: Sequence[tuple[str | None, ObjectScores]]
+                       ) -> tuple[dict[str, float], dict[str, dict[str, float]]]:
+    """(group, object's scores) pairs -> (``video_metrics`` over all objects, {group: its
+    objects' ``video_metrics``}); objects of group None count in the first only (a sequence
+    whose objects have no category)."""
+    grouped: dict[str, list[ObjectScores]] = {}
+    for group, scores in results:
+        if group is not None:
+            grouped.setdefault(group, []).append(scores)
+    return (video_metrics([scores for _, scores in results]),
+            {group: video_metrics(members) for group, members in sorted(grouped.items())})
+
+
+def exclusive_masks(logits: np.ndarray) -> np.ndarray:
+    """(O, H, W) mask logits of one frame's objects -> (O, H, W) bool masks with one object
+    a pixel at most: the object of the highest logit, where that is above 0. DAVIS scores
+    results as index masks (one id a pixel); this is SAM 2's
+    ``_apply_non_overlapping_constraints`` before its threshold."""
+    if not len(logits):
+        return np.zeros(logits.shape, dtype=bool)
+    best = np.argmax(logits, axis=0)
+    return (np.arange(len(logits))[:, None, None] == best) & (logits > 0)

@@ -29,17 +29,21 @@ detector's neck).
 ``fit_session`` keeps a transformers inference session bounded on long videos: what the
 tracker reads back is the last ``num_maskmem`` frames' memories and up to
 ``max_object_pointers_in_encoder`` frames' object pointers, and everything older is dropped.
-``install_postprocessing_fallback`` gives ``Sam3VideoModel`` its NMS and hole filling where
+``track_from_masks`` runs a session from ground-truth masks on one frame (DAVIS's
+semi-supervised protocol; ``validate`` on a video split), ``object_logits`` reads one frame's
+answer at the video's size (``track`` thresholds it). ``install_postprocessing_fallback`` gives ``Sam3VideoModel`` its NMS and hole filling where
 the ``kernels`` package (which downloads its CUDA kernels from the hub) is absent.
 """
 
 from __future__ import annotations
 
 import warnings
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from scipy import ndimage
 from transformers import (
     AutoConfig,
@@ -81,6 +85,10 @@ from sam3_lora.model.tracker import (
 
 VIDEO_MODEL_TYPE = "sam3_video"
 VIDEO_MODEL_TYPES = (VIDEO_TRACKER_MODEL_TYPE, VIDEO_MODEL_TYPE)
+OFFLOADED = {"inference_state_device": "cpu", "video_storage_device": "cpu"}
+"""Where transformers' sessions keep frames and the tracking state (memories, masks, cached
+features): in CPU memory, moved to the model's device when read (SAM 2's offloading; the
+same place on a CPU)."""
 MEMORY_WIDTH = 64
 """The video tracker's memory channels (``memory_encoder_output_channels``, SAM 2's 64): an
 object pointer as wide as the tracker is split into tokens this wide."""
@@ -369,6 +377,50 @@ def fit_session(session, frame_idx: int, window: int, reverse: bool = False, kee
                       getattr(session, "suppressed_obj_ids", None)):
         for index in [index for index in per_frame or {} if behind(index, window)]:
             del per_frame[index]
+
+
+def tracker_session(model: Sam3TrackerVideoModel, size: tuple[int, int], frames: Mapping | None = None):
+    """A transformers session of the video tracker ``model`` on a video of ``size`` (W, H),
+    its state ``OFFLOADED``; ``frames``: its ``processed_frames`` (index -> (3, S, S) pixel
+    values, read as the model asks for them), or set later."""
+    from transformers import Sam3TrackerVideoInferenceSession
+
+    parameter = next(model.parameters())
+    session = Sam3TrackerVideoInferenceSession(video_height=size[1], video_width=size[0],
+                                               inference_device=parameter.device, dtype=parameter.dtype, **OFFLOADED)
+    session.processed_frames = frames
+    return session
+
+
+def object_logits(out, size: tuple[int, int]) -> tuple[np.ndarray, np.ndarray, torch.Tensor]:
+    """The video tracker's output on one frame -> object ids (n,), the probability each is
+    there (n,), mask logits (n, H, W) float32 at the video's ``size`` (W, H): the
+    low-resolution logits resized bilinearly, as ``segment`` resizes them (> 0 is the mask;
+    an object judged absent has logits of -1024)."""
+    logits = F.interpolate(out.pred_masks.float(), size=(size[1], size[0]), mode="bilinear")[:, 0]
+    scores = torch.sigmoid(out.object_score_logits.float().reshape(-1))
+    return np.array(out.object_ids, dtype=np.int64), scores.cpu().numpy(), logits.cpu()
+
+
+@torch.inference_mode()
+def track_from_masks(model: Sam3TrackerVideoModel, frames: Mapping, size: tuple[int, int],
+                     masks: Mapping[int, torch.Tensor], start: int) -> Iterator[tuple[int, np.ndarray, torch.Tensor]]:
+    """Objects prompted by their masks on frame ``start`` and tracked forward to the last
+    frame: yields (frame index, object ids (n,), mask logits (n, H, W) at ``size`` (W, H))
+    for frames ``start`` .. end. ``masks``: object id -> (S, S) bool mask on the model's
+    input (the session takes it as transformers' processor gives it; a mask prompt is the
+    prompted frame's answer, as SAM 2's ``use_mask_input_as_output_without_sam``);
+    ``frames``: index -> (3, S, S) pixel values. The session is trimmed as ``track``'s is
+    (``fit_session``)."""
+    session = tracker_session(model, size, frames)
+    for object_id, mask in masks.items():
+        session.add_mask_inputs(session.obj_id_to_idx(object_id), start, mask.float()[None, None])
+    session.obj_with_new_inputs = list(masks)
+    window = memory_window(model.config)
+    for out in model.propagate_in_video_iterator(session, start_frame_idx=start):
+        ids, _, logits = object_logits(out, size)
+        fit_session(session, out.frame_idx, window)
+        yield out.frame_idx, ids, logits
 
 
 # ---- post-processing without the kernels package -----------------------------------------

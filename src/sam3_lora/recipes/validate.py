@@ -3,7 +3,9 @@
 Every category is prompted on every image (``evaluation.runner``), the answers are scored
 (COCO mAP, SAM3's cgF1 family, presence ROC-AUC, validation loss), optionally beside the
 base model (adapter switched off: one model in memory) and with the label-free forgetting
-check (``evaluation.forgetting``).
+check (``evaluation.forgetting``). The tracker (``model.task: interactive``) is scored by
+simulated clicks (``validate_interactive``), the video tracker (``video``) on a DAVIS /
+YouTube-VOS split by J, F and J&F (``validate_video``).
 
 Output folder (``output``, default ``output.dir/eval-SPLIT``): metrics.json,
 predictions.json (and base_predictions.json), report.md with its figures. Masks are scored
@@ -37,6 +39,7 @@ from sam3_lora.files import check_output
 from sam3_lora.lora.weights import has_adapter, load_finetuned
 from sam3_lora.model.precision import dtype_name, weights_dtype
 from sam3_lora.recipes.validate_interactive import validate_interactive
+from sam3_lora.recipes.validate_video import validate_video
 from sam3_lora.training.mixture import task_config
 
 BOX_ONLY_REASON = ("no object of this split has a mask, only boxes, so boxes are scored (COCO "
@@ -47,12 +50,18 @@ class EvaluationError(Sam3LoraError):
     """The split or the weights cannot be evaluated as asked."""
 
 
-def load_split(config: Config, split_name: str) -> CocoSplit:
-    """The split ``split_name`` of ``data.root``, checked as training checks it."""
+def split_folder(config: Config, split_name: str) -> Path:
+    """``data.root``'s folder of the split ``split_name``, or one line when there is none."""
     folder = Path(config.data.root) / split_name
     if not folder.is_dir():
         raise DataError(f"data.root={config.data.root}: no {split_name}/ split to evaluate; "
-                              f"choose the valid or test split, or point data.root at your dataset")
+                        f"choose the valid or test split, or point data.root at your dataset")
+    return folder
+
+
+def load_split(config: Config, split_name: str) -> CocoSplit:
+    """The split ``split_name`` of ``data.root``, checked as training checks it."""
+    folder = split_folder(config, split_name)
     return check_split(load_coco_split(folder, config.data.annotation_file, name=split_name),
                        config.data.skip_invalid)
 
@@ -64,7 +73,9 @@ def validate(config: Config, *, weights: str | Path | None = None, split: str | 
 
     Returns metrics.json's content plus "output", the folder written. With
     ``model.task: interactive`` the tracker is scored by simulated clicks instead
-    (``validate_interactive``: metrics.json and report.md). A run on several datasets
+    (``validate_interactive``: metrics.json and report.md), and with ``model.task: video``
+    the video tracker by DAVIS's semi-supervised protocol on a video split (``validate_video``:
+    J, F, J&F in metrics.json and report.md). A run on several datasets
     (``data.datasets``) is scored one ``task`` (dataset) at a time: its split, through its
     adapters (``lora.weights.task_adapter_folders``), into ``eval-SPLIT-TASK`` by default."""
     split_name = split or config.evaluation.split
@@ -72,6 +83,10 @@ def validate(config: Config, *, weights: str | Path | None = None, split: str | 
     if config.data.datasets or task is not None:
         config = task_config(config, task)
     out_dir = Path(output) if output else run_dir / (f"eval-{split_name}-{task}" if task else f"eval-{split_name}")
+    if config.model.task == "video":
+        check_output(out_dir, folder=True, what="output" if output else "output.dir")
+        return validate_video(config, split_folder(config, split_name), out_dir, weights=weights, num_samples=num_samples,
+                              no_lora=no_lora, compare_base=compare_base, task=task)
     if config.model.task == "interactive":
         check_output(out_dir, folder=True, what="output" if output else "output.dir")
         return validate_interactive(config, load_split(config, split_name), out_dir, weights=weights,

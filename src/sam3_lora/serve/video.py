@@ -58,12 +58,15 @@ from sam3_lora.lora.adapter import read_metadata
 from sam3_lora.lora.weights import ADAPTER_CONFIG
 from sam3_lora.model.processing import IMAGE_MEAN, IMAGE_STD, normalize
 from sam3_lora.model.video import (
+    OFFLOADED,
     fit_session,
     install_postprocessing_fallback,
     load_video_model,
     load_video_tracker,
     memory_window,
+    object_logits,
     share_image_tracker,
+    tracker_session,
 )
 from sam3_lora.serve.overlay import draw_masks, prompt_color, write_png
 from sam3_lora.serve.prompts import PromptError, check_object_prompt
@@ -79,10 +82,6 @@ takes a box: two points before the clicks, as transformers' processor gives them
 OVERLAY_VIDEO, MASKLETS_FILE, MASKS_DIR, OVERLAYS_DIR = "overlay.mp4", "masklets.json", "masks", "overlays"
 TRACKER_MODEL_TYPES = ("sam3_tracker", "sam3_tracker_video")
 """``model_type`` of the bases a tracker's adapter is trained on."""
-OFFLOADED = {"inference_state_device": "cpu", "video_storage_device": "cpu"}
-"""Where transformers' sessions keep frames and the tracking state (memories, masks, cached
-features): in CPU memory, moved to the model's device when read (SAM 2's offloading; the
-same place on a CPU). Not run on a GPU here yet."""
 X264_PRESET = "veryfast"
 VIDEO_CODECS = ("libx264", "mpeg4")
 """The overlay video's codec: H.264 where FFmpeg has it, else MPEG-4 part 2."""
@@ -433,13 +432,9 @@ def _dtype(model) -> torch.dtype:
 def _track_objects(built, source, objects: list[ObjectPrompt], start: int) -> Iterator[TrackedFrame]:
     """The video tracker on ``objects`` prompted on frame ``start``: frames before it tracked
     backwards first (held as RLE), then every frame in order."""
-    from transformers import Sam3TrackerVideoInferenceSession
-
     model, processor = built
-    dtype, device = _dtype(model), next(model.parameters()).device
-    width, height = source.size
-    session = Sam3TrackerVideoInferenceSession(video_height=height, video_width=width, inference_device=device,
-                                               dtype=dtype, **OFFLOADED)
+    dtype = _dtype(model)
+    session = tracker_session(model, source.size)
     for item in objects:
         session.add_point_inputs(session.obj_id_to_idx(item.object_id), start,
                                  _point_inputs(item, source.size, processor.image_size))
@@ -491,10 +486,8 @@ def _object_masks(out, size: tuple[int, int]) -> tuple[np.ndarray, np.ndarray, n
     """The video tracker's output on one frame -> object ids (n,), the probability each is
     there (n,), masks (n, H, W) bool (low-resolution logits resized bilinearly, as ``segment``
     resizes them, then > 0)."""
-    logits = out.pred_masks.float()   # (n, 1, m, m)
-    masks = F.interpolate(logits, size=(size[1], size[0]), mode="bilinear")[:, 0] > 0
-    scores = torch.sigmoid(out.object_score_logits.float().reshape(-1))
-    return (np.array(out.object_ids, dtype=np.int64), scores.cpu().numpy(), masks.cpu().numpy())
+    ids, scores, logits = object_logits(out, size)
+    return ids, scores, (logits > 0).numpy()
 
 
 @torch.inference_mode()
