@@ -20,6 +20,7 @@ from sam3_lora.model.video import (
     load_video_tracker,
     memory_window,
     share_image_tracker,
+    track_from_masks,
 )
 
 WIDTH = 128   # the narrowest tracker that runs on video (a multiple of 64, above 64)
@@ -200,3 +201,21 @@ def test_the_image_tracker_of_a_video_tracker_folder_loads_as_its_part(tracker_f
     image = load_tracker(str(tmp_path / "video")).model.state_dict()
     whole = video.model.state_dict()
     assert image and all(torch.equal(whole[key], value) for key, value in image.items())
+
+
+def test_objects_prompted_by_masks_are_tracked_from_their_frame_at_the_videos_size(tracker_folder):
+    """Two masks on frame 2 of five (input 112 px, video 160 x 120): frames 2..4 come back,
+    both objects on each, as logits at the video's size; on frame 2 each mask is its prompt
+    (a mask prompt is the prompted frame's answer), resized."""
+    model = quietly(load_video_tracker, str(tracker_folder)).model
+    generator = torch.Generator().manual_seed(0)
+    frames = {index: torch.randn(3, 112, 112, generator=generator) for index in range(5)}
+    square, band = torch.zeros(112, 112, dtype=torch.bool), torch.zeros(112, 112, dtype=torch.bool)
+    square[20:60, 30:70] = True
+    band[80:100, :] = True
+    out = list(track_from_masks(model, frames, (160, 120), {3: square, 7: band}, start=2))
+    assert [index for index, _, _ in out] == [2, 3, 4]
+    assert all(ids.tolist() == [3, 7] and logits.shape == (2, 120, 160) for _, ids, logits in out)
+    for prompt, predicted in zip((square, band), out[0][2] > 0, strict=True):
+        expected = torch.nn.functional.interpolate(prompt[None, None].float(), size=(120, 160))[0, 0] > 0
+        assert (expected & predicted).sum() / (expected | predicted).sum() > 0.9
