@@ -21,7 +21,9 @@ each object is prompted with its ground-truth mask on its first frame and tracke
 
 def cmd_validate(args: argparse.Namespace) -> int:
     """Score the fine-tuned (or base) model on a split: COCO mAP, cgF1, validation loss, the
-    forgetting check; writes metrics.json, predictions.json (COCO results) and report.md."""
+    forgetting check; writes metrics.json, predictions.json (COCO results) and report.md. A
+    tracker (model.task=interactive) is scored by simulated clicks, a video tracker
+    (model.task=video) by DAVIS's J, F and J&F on a video split: metrics.json and report.md."""
     from sam3_lora.evaluation.metrics import format_table
     from sam3_lora.recipes.validate import validate
 
