@@ -31,8 +31,9 @@ tracker reads back is the last ``num_maskmem`` frames' memories and up to
 ``max_object_pointers_in_encoder`` frames' object pointers, and everything older is dropped.
 ``track_from_masks`` runs a session from ground-truth masks on one frame (DAVIS's
 semi-supervised protocol; ``validate`` on a video split), ``object_logits`` reads one frame's
-answer at the video's size (``track`` thresholds it). ``install_postprocessing_fallback`` gives ``Sam3VideoModel`` its NMS and hole filling where
-the ``kernels`` package (which downloads its CUDA kernels from the hub) is absent.
+answer at the video's size (``track`` thresholds it). ``install_postprocessing_fallback``
+gives ``Sam3VideoModel`` its NMS and hole filling where the ``kernels`` package (which
+downloads its CUDA kernels from the hub) is absent.
 """
 
 from __future__ import annotations
@@ -88,7 +89,7 @@ VIDEO_MODEL_TYPES = (VIDEO_TRACKER_MODEL_TYPE, VIDEO_MODEL_TYPE)
 OFFLOADED = {"inference_state_device": "cpu", "video_storage_device": "cpu"}
 """Where transformers' sessions keep frames and the tracking state (memories, masks, cached
 features): in CPU memory, moved to the model's device when read (SAM 2's offloading; the
-same place on a CPU)."""
+same place on a CPU). Not run on a GPU here yet."""
 MEMORY_WIDTH = 64
 """The video tracker's memory channels (``memory_encoder_output_channels``, SAM 2's 64): an
 object pointer as wide as the tracker is split into tokens this wide."""
