@@ -42,10 +42,12 @@ COMPONENTS = (
     "memory_attention",
     "memory_encoder",
 )
-# SAM3's two small heads outside the components: the text projection into the DETR width,
-# and the dot-product scoring of queries against the prompt. Full training may give them a
-# learning rate of their own (``training.component_learning_rates``).
-HEADS = ("text_projection", "dot_product_scoring")
+# Small heads that full training may give a learning rate of their own
+# (``training.component_learning_rates``): the detector's two outside the components (the text
+# projection into the DETR width, the dot-product scoring of queries against the prompt), and
+# the tracker's two inside its mask decoder (the IoU prediction that picks one of a click's
+# three masks, and the object score). A head's rate overrides its component's.
+HEADS = ("text_projection", "dot_product_scoring", "iou_prediction_head", "pred_obj_score_head")
 # The highest LoRA rank: no SAM3 layer has a smaller side than this above it (the ViT's width
 # is 1024), so a higher rank cannot add anything. Adapters read from disk are held to it too.
 MAX_RANK = 1024
@@ -499,10 +501,13 @@ class TrainingConfig(Section):
     component_learning_rates: dict[str, Annotated[float, Field(ge=0.0)]] = Field(default_factory=dict)
     """Learning rate (at least 0) per SAM3 component, overriding ``learning_rate`` for the
     parameters trained inside it, e.g. ``{mask_decoder: 3.0e-4}``. Keys: the components of ``lora``'s ``apply_to_*``,
-    and with ``method=full`` also the heads ``text_projection`` and ``dot_product_scoring``.
-    With ``method=full`` a rate of 0 freezes the component outright (no gradient is computed
-    for it): ``{vision_encoder: 0}`` trains the heads alone, and lets ``data.cache_features``
-    skip the vision encoder."""
+    and with ``method=full`` also the heads ``text_projection`` and ``dot_product_scoring``
+    (detector) and ``iou_prediction_head`` and ``pred_obj_score_head`` (tracker; a head's rate
+    overrides its mask decoder's). With ``method=full`` a rate of 0 freezes the component
+    outright (no gradient is computed for it): ``{vision_encoder: 0}`` trains the heads alone,
+    and lets ``data.cache_features`` skip the vision encoder; ``{vision_encoder: 0,
+    prompt_encoder: 0, mask_decoder: 0, iou_prediction_head: 1.0e-3}`` with ``learning_rate:
+    0`` trains the tracker's IoU prediction alone."""
 
     correction_rounds: int = Field(default=7, ge=0, le=64)
     """``model.task: interactive``: prediction rounds after the first, each adding one

@@ -154,6 +154,27 @@ def test_the_tracker_trains_on_cached_features_with_the_same_losses(shapes, tmp_
         assert moved and "vision_encoder" not in moved, moved
 
 
+def test_a_head_rate_trains_the_iou_prediction_alone(shapes, tmp_path):
+    """training.component_learning_rates names the tracker's IoU head inside its mask decoder:
+    with every component at 0 and the head at a rate of its own, the head alone moves; a rate
+    given to the mask decoder alone still reaches the head."""
+    rates = "{vision_encoder: 0, prompt_encoder: 0, mask_decoder: 0, iou_prediction_head: 0.01}"
+    run = trainer(shapes, tmp_path / "head", "training.method=full", "training.learning_rate=0",
+                  f"training.component_learning_rates={rates}", "training.max_steps=2",
+                  "training.lr_scheduler=constant").setup()
+    start = {key: value.clone() for key, value in run.peft_model.state_dict().items()}
+    run.train()
+    trained = run.peft_model.state_dict()
+    moved = {key for key in trained if not torch.equal(trained[key], start[key])}
+    assert moved and all(".iou_prediction_head." in key for key in moved), sorted(moved)
+    decoder = trainer(shapes, tmp_path / "decoder", "training.method=full",
+                      "training.component_learning_rates={mask_decoder: 0.5}").setup()
+    head_rates = {group["lr"] for group in decoder.optimizer.param_groups
+                  if any(p is q for p in group["params"]
+                         for q in decoder.peft_model.mask_decoder.iou_prediction_head.parameters())}
+    assert head_rates == {0.5}
+
+
 def test_an_adapter_on_the_prompt_encoders_convolutions_loads_back(shapes, tmp_path):
     """`all` reaches the prompt encoder's mask convolutions: PEFT's Conv2d LoRA (A the layer's
     kernel with r outputs, B a 1x1) is checked and loaded like a Linear one."""

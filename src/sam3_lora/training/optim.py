@@ -9,9 +9,15 @@ from torch import nn
 from sam3_lora.config import COMPONENTS, HEADS
 
 
-def component_of(parameter_name: str) -> str | None:
-    """The SAM3 component (or head) a parameter belongs to, by its name; None if none."""
-    return next((c for c in COMPONENTS + HEADS if f".{c}." in f".{parameter_name}"), None)
+def rate_of(parameter_name: str, lr: float, component_lrs: dict[str, float]) -> float:
+    """The learning rate of one parameter: its head's in ``component_lrs``, else its
+    component's, else ``lr``."""
+    return next((component_lrs[part] for part in _parts_of(parameter_name) if part in component_lrs), lr)
+
+
+def _parts_of(parameter_name: str) -> list[str]:
+    """The heads and components holding a parameter, the innermost (a head) first."""
+    return [c for c in HEADS + COMPONENTS if f".{c}." in f".{parameter_name}"]
 
 
 def param_groups(model: nn.Module, lr: float, weight_decay: float, component_lrs: dict[str, float]) -> list[dict]:
@@ -21,7 +27,7 @@ def param_groups(model: nn.Module, lr: float, weight_decay: float, component_lrs
     for name, parameter in model.named_parameters():
         if not parameter.requires_grad:
             continue
-        group_lr = component_lrs.get(component_of(name), lr)
+        group_lr = rate_of(name, lr, component_lrs)
         decay = 0.0 if parameter.ndim < 2 else weight_decay
         groups.setdefault((group_lr, decay), []).append(parameter)
     return [{"params": params, "lr": group_lr, "weight_decay": decay} for (group_lr, decay), params in groups.items()]
@@ -30,9 +36,8 @@ def param_groups(model: nn.Module, lr: float, weight_decay: float, component_lrs
 def freeze_zero_rate(model: nn.Module, component_lrs: dict[str, float]) -> None:
     """Full training: the components whose learning rate is 0 stop requiring gradients, so
     the backward pass skips them (and a frozen vision encoder can be cached)."""
-    frozen = {component for component, rate in component_lrs.items() if rate == 0}
     for name, parameter in model.named_parameters():
-        if component_of(name) in frozen:
+        if rate_of(name, None, component_lrs) == 0:
             parameter.requires_grad_(False)
 
 
