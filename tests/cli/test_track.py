@@ -101,8 +101,8 @@ def test_a_concept_prompt_on_a_tracker_only_source_is_refused(no_model, models, 
 
 
 def test_a_narrow_tracker_is_refused_before_it_loads(no_model, clip, tmp_path, capsys):
-    code = main(["track", "--config", "base-tracker", "--video", str(clip), "--points", "5,5",
-                 "--output", str(tmp_path / "out")])
+    code = main(["track", "--config", "base-tracker", "model.source=sam3-tiny", "model.tracker_width=null",
+                 "--video", str(clip), "--points", "5,5", "--output", str(tmp_path / "out")])
     err = capsys.readouterr().err
     assert code == 2 and "its tracker is 32 wide" in err and err.count("\n") == 1
 

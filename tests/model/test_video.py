@@ -10,7 +10,7 @@ from sam3_lora.errors import ModelLoadError, Sam3LoraWarning
 from sam3_lora.model.loading import LoadedSam3, seeded, tiny_config
 from sam3_lora.model.processing import Sam3InputProcessor
 from sam3_lora.model.tokenizer import build_byte_tokenizer
-from sam3_lora.model.tracker import LoadedTracker, new_tracker, tracker_config
+from sam3_lora.model.tracker import LoadedTracker, load_tracker, new_tracker, tracker_config
 from sam3_lora.model.video import (
     TorchCvUtils,
     check_video_source,
@@ -89,14 +89,26 @@ def test_the_tracker_of_a_whole_video_checkpoint_reads_the_detectors_vit(detecto
                        whole["tracker_model.memory_attention.layers.0.self_attn.q_proj.weight"])
 
 
-@pytest.mark.parametrize("source", ["sam3-tiny", "sam3-tiny-shapes", "sam3-small"])
-@pytest.mark.parametrize("concept", [False, True])
+@pytest.mark.parametrize(("source", "concept"), [
+    ("sam3-tiny", False), ("sam3-small", False),   # presets: trackers as wide as their FPN, 32 and 64
+    ("sam3-tiny", True), ("sam3-tiny-shapes", True), ("sam3-small", True),   # concept: the detector's FPN
+])
 def test_trackers_too_narrow_for_video_are_refused_in_one_line_before_loading(source, concept):
     with pytest.raises(ModelLoadError, match=r"multiple of 64 and above it") as error:
         check_video_source(source, concept)
     assert "\n" not in str(error.value) and source in str(error.value)
     with pytest.raises(ModelLoadError, match="wide"):
         (load_video_model if concept else load_video_tracker)(source)
+
+
+def test_the_bundled_tracker_runs_on_video_with_a_new_memory():
+    """The bundled base's tracker is 128 wide: its video tracker loads, with the image
+    tracker's weights and a warning that the memory is new."""
+    image = quietly(load_tracker, "sam3-tiny-shapes").model
+    with pytest.warns(Warning, match="holds no video memory"):
+        video = load_video_tracker("sam3-tiny-shapes").model
+    assert video.config.mask_decoder_config.hidden_size == 128
+    assert torch.equal(video.state_dict()["mask_decoder.iou_token.weight"], image.state_dict()["mask_decoder.iou_token.weight"])
 
 
 def test_image_size_moves_every_size_and_is_checked(tracker_folder):
@@ -194,8 +206,6 @@ def test_without_kernels_the_video_model_gets_the_cpu_fallback(monkeypatch):
 def test_the_image_tracker_of_a_video_tracker_folder_loads_as_its_part(tracker_folder, tmp_path):
     """``model.task: interactive`` (and so ``SAM3LoRAInference``) on a video tracker's folder,
     as a video base will be: its image part, weight for weight."""
-    from sam3_lora.model.tracker import load_tracker
-
     video = quietly(load_video_tracker, str(tracker_folder), seed=4)
     video.save_pretrained(tmp_path / "video")
     image = load_tracker(str(tmp_path / "video")).model.state_dict()

@@ -62,7 +62,7 @@ PRESET = "demo-interactive"
 TARGET = {"concepts": ("purple star", "magenta hexagon", "purple cross"), "background": ("checker",)}
 METRICS = ("mIoU_1", "mIoU_3", "mIoU_5", "NoC_85", "NoC_90", "box_mIoU")
 BUDGETS = {"full": Budget(train_images=300, test_images=60, steps=400, replay_images=300),
-           "quick": Budget(train_images=100, test_images=12, steps=60, replay_images=100)}
+           "quick": Budget(train_images=100, test_images=8, steps=30, replay_images=100)}
 SHOWN_CLICKS = 3
 OVERLAY_SCALE = 3   # the images are 112 px: enlarged so that clicks and outlines stay legible
 
