@@ -116,6 +116,32 @@ def test_on_the_prompted_frame_the_video_tracker_answers_as_segment_with_the_ada
     assert base_tracked[start].scores[0] == pytest.approx(base["object_score"], abs=1e-6)
 
 
+def test_a_video_runs_adapter_tracks_with_its_memory_adapter(frames, tmp_path):
+    """``model.task: video``: the engine's own video tracker tracks, so an adapter trained on
+    clips acts in the memory too (not only in the image modules it shares with ``segment``):
+    frames after the prompted one differ from the base's, the prompted one (no memory read)
+    does not."""
+    from tests.training.tiny_video import save_tiny_video_tracker, tiny_video_tracker
+
+    base = save_tiny_video_tracker(tmp_path / "base")
+    with seeded(0):
+        model = apply_lora_to_model(tiny_video_tracker(), LoRAConfig(
+            rank=2, target_modules=["all"], apply_to_vision_encoder=False, apply_to_memory_attention=True),
+            verbose=False)
+    with torch.no_grad():
+        for name, parameter in model.named_parameters():
+            if "lora_B" in name:
+                parameter.normal_(0, 0.5, generator=torch.Generator().manual_seed(len(name)))
+    save_adapter(model, tmp_path / "adapter", base_source=str(base))
+    config = load_config(None, ["model.task=video", f"model.source={base}"])
+    engine = SAM3LoRAInference(config=config, weights_path=tmp_path / "adapter")
+    tuned = [frame.scores[0] for frame in engine.track(frames, points=[[45, 35]])]
+    with engine.base_model():
+        plain = [frame.scores[0] for frame in engine.track(frames, points=[[45, 35]])]
+    assert tuned[0] == pytest.approx(plain[0], abs=1e-6)
+    assert np.abs(np.subtract(tuned[1:], plain[1:])).max() > 1e-6, (tuned, plain)   # equal before the fix
+
+
 def test_boxes_alone_are_one_object_each(tracker, frames):
     tracked = list(tracker.track(frames, boxes=[[25, 15, 65, 55], [70, 40, 110, 80]], frame=1))
     assert all(frame.object_ids.tolist() == [1, 2] for frame in tracked)

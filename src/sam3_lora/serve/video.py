@@ -402,8 +402,13 @@ def track_video(engine, video, prompts=None, points=None, labels=None, boxes=Non
 
 
 def video_tracker(engine):
-    """The engine's video tracker, built once: the video tracker of ``model.source`` with the
-    engine's image tracker (its adapter included) in place of its own image modules."""
+    """The engine's video tracker, built once: with ``model.task: video`` the engine's own
+    model (its adapter, memory included, acts as trained on clips); else the video tracker of
+    ``model.source`` with the engine's image tracker (its adapter included) in place of its
+    own image modules."""
+    if getattr(engine, "_video", None) is None and engine.config.model.task == "video":
+        own = engine.model.get_base_model() if hasattr(engine.model, "get_base_model") else engine.model
+        engine._video = (own.eval(), engine.processor)   # PEFT's layers sit in the base model's modules
     if getattr(engine, "_video", None) is None:
         config = engine.config.model
         loaded = load_video_tracker(config.source, revision=config.revision, image_size=config.image_size,
