@@ -1,5 +1,6 @@
 """Synthetic clips: determinism, valid DAVIS output, and the hard cases they are built with."""
 
+import itertools
 import json
 
 import numpy as np
@@ -184,7 +185,7 @@ def test_look_alikes_and_speed_range_change_the_clips(tmp_path):
         for sequence in load_video_split(folder / "train").sequences:
             centers = [np.argwhere(sequence.mask(t) == 1).mean(0) for t in range(len(sequence.frame_paths))
                        if (sequence.mask(t) == 1).any()]
-            steps += [np.linalg.norm(b - a) for a, b in zip(centers, centers[1:])]
+            steps += [np.linalg.norm(b - a) for a, b in itertools.pairwise(centers)]
         return np.mean(steps)
 
     options = {"objects_per_clip": (1, 1), "distractor": False, "frames": 5, "image_size": 96,
