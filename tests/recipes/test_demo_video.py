@@ -95,7 +95,8 @@ def test_the_own_domain_is_the_base_domain_and_the_target_moves_faster(tiny_demo
 
 def test_the_command_takes_the_task_and_never_overwrites_unasked(tmp_path):
     """``--task video`` writes to runs/demo-video unless told otherwise; an earlier demo there
-    is refused in one line without --overwrite, and a folder that is not a demo's always."""
+    is refused in one line without --overwrite, and a folder that is not a demo's always; a
+    base whose tracker cannot run on video is refused in one line before any clip is made."""
     earlier = tmp_path / "runs" / "demo-video"
     (earlier / "run").mkdir(parents=True)
     result = subprocess.run([sys.executable, "-m", "sam3_lora.cli", "demo", "--task", "video", "--quick"],
@@ -103,6 +104,10 @@ def test_the_command_takes_the_task_and_never_overwrites_unasked(tmp_path):
     assert result.returncode == 2, result.stderr
     assert "runs/demo-video: an earlier demo is there; replace it" in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
+    narrow = subprocess.run([sys.executable, "-m", "sam3_lora.cli", "demo", "--task", "video", "--output", "narrow",
+                             "model.source=sam3-tiny"], capture_output=True, text=True, check=False, cwd=tmp_path)
+    assert narrow.returncode == 2 and "its tracker is 32 wide" in narrow.stderr   # refused before any clip is made
+    assert len(narrow.stderr.strip().splitlines()) == 1 and not any((tmp_path / "narrow").iterdir())
     (tmp_path / "mine").mkdir()
     (tmp_path / "mine" / "notes.txt").write_text("keep me")
     with pytest.raises(DemoError, match="not a demo's"):

@@ -42,6 +42,7 @@ from sam3_lora.config import Config
 from sam3_lora.data.video.layout import VideoSequence, load_video_split
 from sam3_lora.data.video.synth import DEFAULT_SPEED, synthesize_video
 from sam3_lora.lora.weights import adapter_disabled, load_finetuned
+from sam3_lora.model.video import check_video_source
 from sam3_lora.recipes.demo import (
     DATA_FOLDERS,
     REPLAY_TASK,
@@ -94,6 +95,9 @@ def _run(output, quick, overwrite, overrides, seed, say, target, budget, clip_st
     budget = budget or BUDGETS["quick" if quick else "full"]
     target = target or TARGET
     config = demo_config(PRESET, out, budget, seed, overrides)
+    # Before the clips are made: a base whose tracker cannot run on video (the bundled one is
+    # 32 wide until a video base is bundled) is refused in one line, leaving the folder empty.
+    check_video_source(config.model.source, False, config.model.revision, width=config.model.tracker_width)
     say(f"[1/4] data: target clips ({_describe(target)}) and clips of the base's own domain, in {out / 'data'}")
     make_clips(out / "data", budget, seed, target, clip_style)
 
