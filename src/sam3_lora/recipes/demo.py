@@ -67,7 +67,8 @@ OVERLAY_THRESHOLD = 0.3   # below cgF1's 0.5: the overlays also show the less su
 
 @dataclass(frozen=True)
 class Budget:
-    """How much data and training a demo run uses."""
+    """How much data and training a demo run uses (the video demo counts clips where the
+    fields say images)."""
 
     train_images: int
     test_images: int
@@ -110,7 +111,8 @@ def run_demo(output: str | Path = "runs/demo", *, quick: bool = False, overwrite
     ``overrides`` change the demo's config (``section.key=value``), e.g. to check that
     ``training.learning_rate=0`` shows no gain. ``target`` (``synthesize`` arguments) and
     ``budget`` replace the target domain and the budget (``bench/demo_choices.py``).
-    The tracker's demo is ``recipes.demo_interactive.run_interactive_demo``.
+    The tracker's demo is ``recipes.demo_interactive.run_interactive_demo``, the video
+    tracker's ``recipes.demo_video.run_video_demo``.
     """
     with one_thread():
         return _run_demo(output, quick, overwrite, overrides, seed, say, target, budget)
