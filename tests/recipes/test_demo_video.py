@@ -104,10 +104,9 @@ def test_the_command_takes_the_task_and_never_overwrites_unasked(tmp_path):
     assert result.returncode == 2, result.stderr
     assert "runs/demo-video: an earlier demo is there; replace it" in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
-    narrow = subprocess.run([sys.executable, "-m", "sam3_lora.cli", "demo", "--task", "video", "--output", "narrow",
-                             "model.source=sam3-tiny"], capture_output=True, text=True, check=False, cwd=tmp_path)
-    assert narrow.returncode == 2 and "its tracker is 32 wide" in narrow.stderr   # refused before any clip is made
-    assert len(narrow.stderr.strip().splitlines()) == 1 and not any((tmp_path / "narrow").iterdir())
+    with pytest.raises(ModelLoadError, match="its tracker is 32 wide") as error:
+        run_video_demo(tmp_path / "narrow", overrides=["model.source=sam3-tiny"])
+    assert "\n" not in str(error.value) and not any((tmp_path / "narrow").iterdir())   # before any clip is made
     (tmp_path / "mine").mkdir()
     (tmp_path / "mine" / "notes.txt").write_text("keep me")
     with pytest.raises(DemoError, match="not a demo's"):
