@@ -7,6 +7,7 @@ The learning test needs a bundled base whose tracker runs on video (128 wide, wi
 trained on clips); until it lands, the bundled tracker is 32 wide and the test skips, saying so.
 """
 
+import itertools
 import json
 import subprocess
 import sys
@@ -16,6 +17,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from sam3_lora.data.video.layout import load_video_split
 from sam3_lora.errors import ModelLoadError
 from sam3_lora.model.video import load_video_tracker_config
 from sam3_lora.recipes.demo import Budget, DemoError
@@ -81,16 +83,29 @@ def test_demo_writes_summary_scores_and_a_frame_strip(tiny_demo):
 
 
 def test_the_own_domain_is_the_base_domain_and_the_target_moves_faster(tiny_demo):
-    """The replayed and held-out clips are of the base's colours and shapes; the target's
-    are too, with two look-alikes of object 1 each."""
+    """Both domains' clips are of the base's colours and shapes; the target's have two
+    look-alikes of object 1 each (the own domain's one) and move faster (object 1's mask
+    centroid, per frame)."""
     out = Path(tiny_demo[0]["output"])
-    meta = json.loads((out / "data" / "target" / "test" / "meta.json").read_text())["videos"]
     colors, shapes = set(BASE_DOMAIN["colors"]), set(BASE_DOMAIN["shapes"])
-    for entry in meta.values():
-        assert len(entry["distractors"]) == 2
-        for obj in entry["objects"].values():
-            color, shape = obj["category"].split()
-            assert color in colors and shape in shapes
+    for domain, look_alikes in (("target", 2), ("base-concepts", 1)):
+        meta = json.loads((out / "data" / domain / "test" / "meta.json").read_text())["videos"]
+        for entry in meta.values():
+            assert len(entry["distractors"]) == look_alikes
+            for obj in entry["objects"].values():
+                color, shape = obj["category"].split()
+                assert color in colors and shape in shapes
+    assert mean_step(out / "data" / "target" / "test") > 2 * mean_step(out / "data" / "base-concepts" / "test")
+
+
+def mean_step(split: Path) -> float:
+    """Mean distance in pixels that object 1's mask centroid moves from one frame to the next."""
+    steps = []
+    for sequence in load_video_split(split).sequences:
+        centers = [np.argwhere(mask == 1).mean(0) for mask in map(sequence.mask, range(len(sequence.frame_paths)))
+                   if (mask == 1).any()]
+        steps += [np.linalg.norm(b - a) for a, b in itertools.pairwise(centers)]
+    return float(np.mean(steps))
 
 
 def test_the_command_takes_the_task_and_never_overwrites_unasked(tmp_path):

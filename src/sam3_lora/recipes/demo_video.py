@@ -77,7 +77,8 @@ METRICS = ("J", "F", "J&F")
 # model.tracker_width=128: the bundled video base's architecture), one thread of a 2-core
 # machine beside other runs: a training step of 2 clips of 4 frames about 4.4 s, a scored
 # 12-frame clip about 4 s a model (each test clip is scored twice: base and fine-tuned). At 20
-# steps the quick demo took 171 s (185 s with Python's start); 18 keep it within 3 minutes.
+# steps the quick demo took 171 s (185 s with Python's start); at 18, 146 s (161 s through
+# the command).
 # The full one, 90 steps and 10 test clips a domain: 579 s (594 s). Whether these steps reach the
 # issue's gain is for the bundled video base to show (the learning test in
 # tests/recipes/test_demo_video.py).
