@@ -49,10 +49,12 @@ from sam3_lora.recipes.demo import (
     REPLAY_TASK,
     TARGET_TASK,
     Budget,
+    change_row,
     demo_config,
     one_thread,
     prepare_output,
     score_split,
+    table_header,
 )
 from sam3_lora.recipes.train import SAM3LoRATrainer
 from sam3_lora.recipes.validate_video import tracker
@@ -202,14 +204,10 @@ def frame_strip(sequence: VideoSequence, rows: list[tuple[str, np.ndarray]], cou
 def format_video_summary(summary: dict) -> str:
     """The before/after table the video demo prints."""
     base, tuned, own = summary["base"], summary["finetuned"], summary["base_concepts"]
-
-    def row(label: str, old, new) -> str:
-        change = f"{round(new - old, 3) + 0.0:+.3f}"   # + 0.0: no "-0.000"
-        return f"{label:<22}{old:>8.3f}{new:>12.3f}{change:>9}"
-
-    lines = [f"{'':<22}{'base':>8}{'fine-tuned':>12}{'change':>9}",
-             *(row(f"target {key}", base[key], tuned[key]) for key in METRICS),
-             *(row(f"own domain {key}", own["base"][key], own["finetuned"][key]) for key in METRICS),
+    width = 22
+    lines = [table_header(width),
+             *(change_row(f"target {key}", base[key], tuned[key], width) for key in METRICS),
+             *(change_row(f"own domain {key}", own["base"][key], own["finetuned"][key], width) for key in METRICS),
              "",
              (f"done in {summary['seconds']:.0f} s; report {summary['report']}, frames in {summary['strip']}, "
               f"numbers in {Path(summary['output']) / 'summary.json'}")]
