@@ -67,7 +67,8 @@ OVERLAY_THRESHOLD = 0.3   # below cgF1's 0.5: the overlays also show the less su
 
 @dataclass(frozen=True)
 class Budget:
-    """How much data and training a demo run uses."""
+    """How much data and training a demo run uses (the video demo counts clips where the
+    fields say images)."""
 
     train_images: int
     test_images: int
@@ -110,7 +111,8 @@ def run_demo(output: str | Path = "runs/demo", *, quick: bool = False, overwrite
     ``overrides`` change the demo's config (``section.key=value``), e.g. to check that
     ``training.learning_rate=0`` shows no gain. ``target`` (``synthesize`` arguments) and
     ``budget`` replace the target domain and the budget (``bench/demo_choices.py``).
-    The tracker's demo is ``recipes.demo_interactive.run_interactive_demo``.
+    The tracker's demo is ``recipes.demo_interactive.run_interactive_demo``, the video
+    tracker's ``recipes.demo_video.run_video_demo``.
     """
     with one_thread():
         return _run_demo(output, quick, overwrite, overrides, seed, say, target, budget)
@@ -245,15 +247,11 @@ def format_summary(summary: dict) -> str:
     """The before/after table the demo prints."""
     base, tuned = summary["base"], summary["finetuned"]
     concepts = summary["base_concepts"]
-
-    def row(label: str, old, new) -> str:
-        cells = ["n/a" if v is None else f"{round(v, 3) + 0.0:.3f}" for v in (old, new)]   # no "-0.000"
-        change = "n/a" if old is None or new is None else f"{round(new - old, 3) + 0.0:+.3f}"
-        return f"{label:<28}{cells[0]:>8}{cells[1]:>12}{change:>9}"
-
-    lines = [f"{'':<28}{'base':>8}{'fine-tuned':>12}{'change':>9}",
-             *(row(f"target {key}", base[key], tuned[key]) for key in ("mAP", "mAP50", "cgF1", "presence_AUC")),
-             *(row(f"base concepts {key}", concepts["base"][key], concepts["finetuned"][key])
+    width = 28
+    lines = [table_header(width),
+             *(change_row(f"target {key}", base[key], tuned[key], width)
+               for key in ("mAP", "mAP50", "cgF1", "presence_AUC")),
+             *(change_row(f"base concepts {key}", concepts["base"][key], concepts["finetuned"][key], width)
                for key in ("mAP", "cgF1")),
              ""]
     forgetting = summary.get("forgetting") or {}
@@ -264,6 +262,19 @@ def format_summary(summary: dict) -> str:
     lines.append(f"done in {summary['seconds']:.0f} s; report {summary['report']}, overlays in "
                  f"{Path(summary['output']) / 'overlays'}, numbers in {Path(summary['output']) / 'summary.json'}")
     return "\n".join(lines)
+
+
+def table_header(width: int) -> str:
+    """The head of a demo's before/after table whose labels are ``width`` characters."""
+    return f"{'':<{width}}{'base':>8}{'fine-tuned':>12}{'change':>9}"
+
+
+def change_row(label: str, old: float | None, new: float | None, width: int) -> str:
+    """A row of a demo's before/after table: ``label`` in ``width`` characters, the base's
+    value, the fine-tuned model's and the change, to 3 decimals ("n/a" where one is missing)."""
+    cells = ["n/a" if v is None else f"{round(v, 3) + 0.0:.3f}" for v in (old, new)]   # + 0.0: no "-0.000"
+    change = "n/a" if old is None or new is None else f"{round(new - old, 3) + 0.0:+.3f}"
+    return f"{label:<{width}}{cells[0]:>8}{cells[1]:>12}{change:>9}"
 
 
 def _describe(spec: dict) -> str:

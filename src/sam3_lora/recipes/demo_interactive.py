@@ -43,11 +43,13 @@ from sam3_lora.recipes.demo import (
     REPLAY_TASK,
     TARGET_TASK,
     Budget,
+    change_row,
     demo_config,
     make_data,
     one_thread,
     prepare_output,
     score_split,
+    table_header,
 )
 from sam3_lora.recipes.train import SAM3LoRATrainer
 from sam3_lora.recipes.validate_interactive import object_mask, predictor_for
@@ -176,14 +178,10 @@ def click_panel(image: Image.Image, rows: list[tuple[str, list[tuple]]], scale: 
 def format_interactive_summary(summary: dict) -> str:
     """The before/after table the interactive demo prints."""
     base, tuned, shapes = summary["base"], summary["finetuned"], summary["base_concepts"]
-
-    def row(label: str, old, new) -> str:
-        change = f"{round(new - old, 3) + 0.0:+.3f}"   # + 0.0: no "-0.000"
-        return f"{label:<26}{old:>8.3f}{new:>12.3f}{change:>9}"
-
-    lines = [f"{'':<26}{'base':>8}{'fine-tuned':>12}{'change':>9}",
-             *(row(f"target {key}", base[key], tuned[key]) for key in METRICS),
-             *(row(f"base shapes {key}", shapes["base"][key], shapes["finetuned"][key])
+    width = 26
+    lines = [table_header(width),
+             *(change_row(f"target {key}", base[key], tuned[key], width) for key in METRICS),
+             *(change_row(f"base shapes {key}", shapes["base"][key], shapes["finetuned"][key], width)
                for key in ("mIoU_1", "NoC_85")),
              "",
              (f"done in {summary['seconds']:.0f} s; report {summary['report']}, click sequences in "

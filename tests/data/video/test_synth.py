@@ -1,5 +1,6 @@
 """Synthetic clips: determinism, valid DAVIS output, and the hard cases they are built with."""
 
+import itertools
 import json
 
 import numpy as np
@@ -169,3 +170,34 @@ def test_a_non_empty_output_folder_is_refused(tmp_path):
     with pytest.raises(DataError, match="folder is not empty"):
         synthesize_video(tmp_path / "d", **TINY)
     assert (tmp_path / "d" / "keep.txt").read_text() == "mine"
+
+
+def test_look_alikes_and_speed_range_change_the_clips(tmp_path):
+    """``look_alikes`` look-alike distractors per clip, all of object 1's concept; a faster
+    ``speed_range`` moves object 1 further per frame (measured on its mask centroid)."""
+    synthesize_video(tmp_path / "many", look_alikes=3, objects_per_clip=(1, 1), **TINY)
+    meta = json.loads((tmp_path / "many" / "train" / "meta.json").read_text())["videos"]
+    for entry in meta.values():
+        assert [d["category"] for d in entry["distractors"]] == [entry["objects"]["1"]["category"]] * 3
+
+    def mean_step(folder):
+        steps = []
+        for sequence in load_video_split(folder / "train").sequences:
+            centers = [np.argwhere(sequence.mask(t) == 1).mean(0) for t in range(len(sequence.frame_paths))
+                       if (sequence.mask(t) == 1).any()]
+            steps += [np.linalg.norm(b - a) for a, b in itertools.pairwise(centers)]
+        return np.mean(steps)
+
+    options = {"objects_per_clip": (1, 1), "distractor": False, "frames": 5, "image_size": 96,
+               "sequences_per_split": {"train": 4}}
+    synthesize_video(tmp_path / "slow", speed_range=(0.01, 0.01), **options)
+    synthesize_video(tmp_path / "fast", speed_range=(0.1, 0.1), **options)
+    assert mean_step(tmp_path / "fast") > 3 * mean_step(tmp_path / "slow")
+
+
+@pytest.mark.parametrize(("option", "message"), [({"speed_range": (0.1, 0.05)}, "speed range 0.1..0.05"),
+                                                 ({"look_alikes": -1}, "-1 look-alike distractors")])
+def test_bad_motion_options_are_one_line(tmp_path, option, message):
+    with pytest.raises(DataError, match=message) as error:
+        synthesize_video(tmp_path / "d", **option, **TINY)
+    assert "\n" not in str(error.value) and not (tmp_path / "d").exists()

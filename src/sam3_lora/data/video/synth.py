@@ -5,16 +5,17 @@ The shapes, colours, backgrounds and rasterisation are those of ``data.synth`` (
 objects (ids 1..N), drawn in id order so a later id passes over an earlier one; what makes
 a tracker's life hard is built in on purpose:
 
-- motion: every object moves at its own velocity (2-6 % of the shorter side per frame) and
-  spins; objects bounce off the borders;
+- motion: every object moves at its own velocity (``speed_range``: 2-6 % of the shorter side
+  per frame unless given) and spins; objects bounce off the borders;
 - occlusion: object 2 (when there is one) is aimed at where object 1 is at mid-clip, so it
   passes over it;
 - entering and leaving: object 3 (when there is one) does not bounce: it starts half out of
   the frame on one border, crosses the frame and leaves it by the opposite border at 80 % of
   the clip (its later masks are empty). It is half visible on the first frame, so every
   object is on the first annotated frame (DAVIS's semi-supervised protocol);
-- a look-alike distractor (``distractor=True``): a shape of object 1's concept (same shape,
-  same colour) moving on its own path, drawn at a random depth, and NOT annotated: its
+- look-alike distractors (``distractor=True``; ``look_alikes`` of them, 1 unless given): each
+  a shape of object 1's concept (same shape, same colour) moving on its own path, drawn at a
+  random depth, and NOT annotated: its
   pixels are background (id 0) in the masks, so a tracker that jumps to it is wrong, which is
   the failure it is there to expose; ``meta.json`` names it under ``distractors``;
 - appearance change: each object's colour drifts (up to 40 levels per channel over the clip)
@@ -63,7 +64,7 @@ DEFAULT_OBJECTS = (2, 3)
 DEFAULT_RADIUS = (0.08, 0.2)
 MAX_OBJECTS = 254
 """Mask ids are bytes and 255 is DAVIS's void."""
-_SPEED = (0.02, 0.06)
+DEFAULT_SPEED = (0.02, 0.06)
 """Speed of a wandering object, a fraction of the shorter side per frame."""
 _SPIN = 0.1
 """Largest rotation per frame, radians."""
@@ -140,6 +141,8 @@ def synthesize_video(
     objects_per_clip: tuple[int, int] = DEFAULT_OBJECTS,
     radius_range: tuple[float, float] = DEFAULT_RADIUS,
     distractor: bool = True,
+    look_alikes: int = 1,
+    speed_range: tuple[float, float] = DEFAULT_SPEED,
     min_visible_pixels: int = 20,
     seed: int = 0,
 ) -> VideoSummary:
@@ -149,8 +152,12 @@ def synthesize_video(
     ``sequences_per_split`` defaults to ``DEFAULT_SEQUENCES``; ``frames`` is the clip length;
     ``image_size`` as in ``data.synth.synthesize`` (drawn once per clip); ``objects_per_clip``
     an inclusive (min, max) of annotated objects; ``radius_range`` the circumradius on the
-    first frame as a fraction of the shorter side. Each clip draws from its own generator
-    seeded by (seed, split, index): the same arguments give byte-identical files.
+    first frame as a fraction of the shorter side; ``look_alikes`` how many look-alike
+    distractors a clip has with ``distractor``; ``speed_range`` an inclusive (min, max) speed of
+    the wandering objects and distractors, a fraction of the shorter side per frame (faster
+    motion is harder to track: the shape moves further from where memory last saw it). Each
+    clip draws from its own generator seeded by (seed, split, index): the same arguments give
+    byte-identical files; the defaults draw the clips they drew before these two options.
     """
     if concepts is None:
         concepts = [f"{color} {shape}" for color in colors for shape in shapes]
@@ -159,7 +166,8 @@ def synthesize_video(
     check_names("background", backgrounds, BACKGROUNDS)
     counts = sequences_per_split or DEFAULT_SEQUENCES
     check_names("split", list(counts), dict.fromkeys(SPLITS))
-    _check_clip_options(frames, objects_per_clip, radius_range)
+    _check_clip_options(frames, objects_per_clip, radius_range, look_alikes, speed_range)
+    motion = {"look_alikes": look_alikes if distractor else 0, "speed_range": speed_range}
     sample_size = size_sampler(image_size)
 
     out = check_output_dir(out_dir)
@@ -174,7 +182,7 @@ def synthesize_video(
                 name = f"seq{index:04d}"
                 videos[name] = _write_clip(staging / split, name, rng, width, height, frames,
                                            triples, backgrounds, objects_per_clip,
-                                           radius_range, distractor, min_visible_pixels)
+                                           radius_range, motion, min_visible_pixels)
                 num_frames += frames
                 num_objects += len(videos[name]["objects"])
             write_file(staging / split / META_FILE, json.dumps({"videos": videos}, indent=1)
@@ -185,8 +193,8 @@ def synthesize_video(
     return summary
 
 
-def _check_clip_options(frames: int, objects_per_clip: tuple[int, int],
-                        radius_range: tuple[float, float]) -> None:
+def _check_clip_options(frames: int, objects_per_clip: tuple[int, int], radius_range: tuple[float, float],
+                        look_alikes: int, speed_range: tuple[float, float]) -> None:
     if frames < 2:
         raise DataError(f"synth: {frames} frames per clip; give at least 2", option="frames")
     low, high = objects_per_clip
@@ -196,17 +204,25 @@ def _check_clip_options(frames: int, objects_per_clip: tuple[int, int],
     low, high = radius_range
     if not 0 < low <= high <= 0.5:
         raise DataError(f"synth: radius range {low}..{high}; give 0 < MIN <= MAX <= 0.5")
+    if not 0 <= look_alikes <= MAX_OBJECTS:
+        raise DataError(f"synth: {look_alikes} look-alike distractors per clip; give 0 to {MAX_OBJECTS}",
+                        option="look_alikes")
+    low, high = speed_range
+    if not 0 <= low <= high <= 0.5:
+        raise DataError(f"synth: speed range {low}..{high}; give 0 <= MIN <= MAX <= 0.5 (a fraction of the "
+                        f"shorter side per frame)", option="speed_range")
 
 
 def _write_clip(split_dir: Path, name: str, rng: np.random.Generator, width: int, height: int,
                 frames: int, triples, backgrounds: list[str], objects_per_clip, radius_range,
-                distractor: bool, min_visible_pixels: int) -> dict:
-    """Draw one clip, write its frames and masks; returns its ``meta.json`` entry."""
+                motion: dict, min_visible_pixels: int) -> dict:
+    """Draw one clip, write its frames and masks; returns its ``meta.json`` entry.
+    ``motion``: ``_clip_tracks``' ``look_alikes`` and ``speed_range``."""
     backdrop = BACKGROUNDS[backgrounds[rng.integers(len(backgrounds))]](rng, width, height)
     count = int(rng.integers(objects_per_clip[0], objects_per_clip[1] + 1))
     for _ in range(_ATTEMPTS):
         tracks = _clip_tracks(rng, width, height, frames, triples, count, radius_range,
-                              distractor)
+                              distractor=motion["look_alikes"] > 0, **motion)
         first_image, first_ids = render_frame(backdrop, tracks, 0)
         if all((first_ids == track.object_id).sum() >= min_visible_pixels
                for track in tracks if track.object_id):
@@ -266,34 +282,36 @@ def render_frame(backdrop: np.ndarray, tracks: list[Track], t: int
 
 
 def _clip_tracks(rng: np.random.Generator, width: int, height: int, frames: int, triples,
-                 count: int, radius_range, distractor: bool) -> list[Track]:
-    """The clip's tracks in drawing order: objects 1..count, the distractor at a random
-    depth. Object 2 crosses object 1's mid-clip place; object 3 enters and leaves."""
+                 count: int, radius_range, distractor: bool, *, look_alikes: int = 1,
+                 speed_range: tuple[float, float] = DEFAULT_SPEED) -> list[Track]:
+    """The clip's tracks in drawing order: objects 1..count, then with ``distractor`` each of
+    the ``look_alikes`` at a random depth. Object 2 crosses object 1's mid-clip place; object
+    3 enters and leaves."""
     tracks: list[Track] = []
     for object_id in range(1, count + 1):
         _, shape, color = triples[rng.integers(len(triples))]
-        track = _wanderer(rng, object_id, shape, color, width, height, frames, radius_range)
+        track = _wanderer(rng, object_id, shape, color, width, height, frames, radius_range, speed_range)
         if object_id == 2:
             _aim_at(track, tracks[0].centers[frames // 2], frames // 2, width, height)
         elif object_id == 3:
             _cross_frame(rng, track, width, height, frames)
         tracks.append(track)
-    if distractor:
+    for _ in range(look_alikes if distractor else 0):
         look_alike = _wanderer(rng, 0, tracks[0].shape, tracks[0].color, width, height,
-                               frames, radius_range)
+                               frames, radius_range, speed_range)
         tracks.insert(int(rng.integers(len(tracks) + 1)), look_alike)
     return tracks
 
 
 def _wanderer(rng: np.random.Generator, object_id: int, shape: str, color: str, width: int,
-              height: int, frames: int, radius_range) -> Track:
+              height: int, frames: int, radius_range, speed_range=DEFAULT_SPEED) -> Track:
     """A shape bouncing around at a random speed, spinning, resizing and changing colour."""
     side = min(width, height)
     radius = rng.uniform(*radius_range) * side
     radii = radius * np.linspace(1.0, rng.uniform(*_SCALE_AT_END), frames)
     start = np.array([rng.uniform(radius, width - radius), rng.uniform(radius, height - radius)])
     heading = rng.uniform(0, 2 * math.pi)
-    velocity = rng.uniform(*_SPEED) * side * np.array([math.cos(heading), math.sin(heading)])
+    velocity = rng.uniform(*speed_range) * side * np.array([math.cos(heading), math.sin(heading)])
     angles = rng.uniform(0, 2 * math.pi) + rng.uniform(-_SPIN, _SPIN) * np.arange(frames)
     base = np.clip(np.array(COLORS[color]) + rng.integers(-15, 16, size=3), 0, 255)
     end = np.clip(base + rng.integers(-_COLOR_DRIFT, _COLOR_DRIFT + 1, size=3), 0, 255)
