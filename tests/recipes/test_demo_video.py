@@ -4,7 +4,8 @@ LoRA on its video tracker follows fast objects among look-alikes better (held-ou
 margin) and keeps its own domain.
 
 The learning test needs a bundled base whose tracker runs on video (128 wide, with a memory
-trained on clips); until it lands, the bundled tracker is 32 wide and the test skips, saying so.
+trained on clips); until it lands (the bundled tracker is 128 wide but an image tracker), the
+test skips, saying so.
 """
 
 import itertools
@@ -19,6 +20,8 @@ from PIL import Image
 
 from sam3_lora.data.video.layout import load_video_split
 from sam3_lora.errors import ModelLoadError
+from sam3_lora.model.loading import BUNDLED
+from sam3_lora.model.tracker import BUNDLED_TRACKER, VIDEO_TRACKER_MODEL_TYPE
 from sam3_lora.model.video import load_video_tracker_config
 from sam3_lora.recipes.demo import Budget, DemoError
 from sam3_lora.recipes.demo_video import (
@@ -130,11 +133,15 @@ def test_the_command_takes_the_task_and_never_overwrites_unasked(tmp_path):
 
 
 def _bundled_base_tracks_video() -> str | None:
-    """Why the bundled base cannot run the learning test (None when it can)."""
+    """Why the bundled base cannot run the learning test (None when it can): its tracker must
+    run on video and hold a memory trained on clips (a video tracker's folder)."""
     try:
         load_video_tracker_config("sam3-tiny-shapes")
     except ModelLoadError as error:
         return f"the bundled base's tracker cannot run on video yet ({error})"
+    folder = Path(BUNDLED["sam3-tiny-shapes"]) / BUNDLED_TRACKER
+    if json.loads((folder / "config.json").read_text()).get("model_type") != VIDEO_TRACKER_MODEL_TYPE:
+        return "the bundled base's tracker has no video memory yet (a random one has nothing to learn from)"
     return None
 
 
