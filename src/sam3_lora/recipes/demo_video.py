@@ -108,8 +108,8 @@ def _run(output, quick, overwrite, overrides, seed, say, target, budget, clip_st
     budget = budget or BUDGETS["quick" if quick else "full"]
     target = target or TARGET
     config = demo_config(PRESET, out, budget, seed, overrides)
-    # Before the clips are made: a base whose tracker cannot run on video (the bundled one is
-    # 32 wide until a video base is bundled) is refused in one line, leaving the folder empty.
+    # Before the clips are made: a base whose tracker cannot run on video (the tiny presets,
+    # 32 and 64 wide) is refused in one line, leaving the folder empty.
     check_video_source(config.model.source, False, config.model.revision, width=config.model.tracker_width)
     say(f"[1/4] data: target clips ({_describe(target)}) and clips of the base's own domain, in {out / 'data'}")
     make_clips(out / "data", budget, seed, target, clip_style)
