@@ -415,6 +415,13 @@ class DataConfig(Section):
     ground-truth mask; otherwise a noisy box or one click inside it, half each (SAM 2). SAM 2
     trains single images with 0 (its default here) and videos with 0.5."""
 
+    center_click_probability: float = Field(default=0.0, ge=0.0, le=1.0)
+    """``model.task: interactive`` and ``video``: the chance that a first click is placed at
+    the object's centre (its interior point farthest from the boundary, where ``validate``
+    clicks first, as RITM and SAM evaluate) rather than uniformly inside its mask (SAM 2: 0).
+    Above 0 the tracker also learns the prompt it is scored on, and its IoU head learns which
+    of its three masks fits a central click."""
+
     clip_frames: int = Field(default=8, gt=0)
     """Video tracker training: consecutive annotated frames per training clip (SAM 2's
     ``num_frames``, 8 in its MOSE fine-tuning). A sequence with fewer annotated frames is left

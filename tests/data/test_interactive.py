@@ -7,6 +7,7 @@ import torch
 from sam3_lora.config import DataConfig
 from sam3_lora.data.coco.split import load_coco_split
 from sam3_lora.data.interactive import ObjectDataset, build_object_loader, initial_prompts
+from sam3_lora.data.prompts import center_click
 from sam3_lora.data.synth import synthesize
 from sam3_lora.errors import DataError
 
@@ -59,6 +60,14 @@ def test_mask_prompt_probability_chooses_mask_prompts(shapes):
     kinds = {p: [ObjectDataset(split, DataConfig(mask_prompt_probability=p), 112, train=True)[i]["kind"]
                  for i in range(8)] for p in (0.0, 1.0)}
     assert "mask" not in kinds[0.0] and set(kinds[1.0]) == {"mask"}
+
+
+def test_center_click_probability_clicks_the_centre(shapes):
+    split = split_of(shapes)
+    dataset = ObjectDataset(split, DataConfig(center_click_probability=1.0), 112, train=True)
+    for index in range(4):
+        sample = dataset[index]
+        assert torch.equal(sample["points"], center_click(sample["mask"][None])[0][0])
 
 
 def test_a_batch_has_one_prompt_kind(shapes):

@@ -7,11 +7,14 @@ from scipy import ndimage
 from sam3_lora.data.prompts import (
     PromptKind,
     box_prompt,
+    center_click,
     choose_prompt_kind,
     click_prompt,
     correction_clicks,
     error_clicks,
+    first_click,
 )
+from sam3_lora.evaluation.interactive import next_click
 from tests.data import sam2_prompts_reference as sam2
 
 
@@ -67,6 +70,31 @@ def test_a_click_prompt_is_positive_and_inside_the_mask():
     for seed in range(5):
         points, labels = click_prompt(masks, gen(seed))
         assert labels.eq(1).all() and at(masks, points).all()
+
+
+def test_a_center_click_is_where_the_evaluation_clicks_first():
+    masks = blobs(3, count=8)
+    points, labels = center_click(masks)
+    assert labels.eq(1).all()
+    for mask, point in zip(masks.numpy(), points[:, 0].tolist()):
+        click = next_click(mask, torch.zeros_like(torch.from_numpy(mask)).numpy())
+        assert click.positive and point == [click.x, click.y]
+    with pytest.raises(ValueError, match="empty"):
+        center_click(torch.zeros(1, 8, 8, dtype=torch.bool))
+
+
+def test_first_click_centre_probability_picks_the_centre_and_zero_keeps_sam2s_stream():
+    masks = blobs(4, count=4)
+    centre, _ = center_click(masks)
+    assert torch.equal(first_click(masks, gen(0), center_probability=1.0)[0], centre)
+    # At 0 no draw is spent: the same clicks as click_prompt, and the generator where SAM 2's is.
+    g_plain, g_first = gen(5), gen(5)
+    assert torch.equal(click_prompt(masks, g_plain)[0], first_click(masks, g_first)[0])
+    assert torch.equal(torch.rand(3, generator=g_plain), torch.rand(3, generator=g_first))
+    chosen = [torch.equal(first_click(masks, gen(seed), 0.5)[0], centre) for seed in range(200)]
+    assert 70 < sum(chosen) < 130  # about half (100 expected; 70 is > 4 sigma below)
+    absent = torch.zeros(1, 8, 8, dtype=torch.bool)  # an absent object keeps its negative click
+    assert first_click(absent, gen(0), center_probability=1.0)[1].tolist() == [[0]]
 
 
 def test_correction_clicks_land_in_their_error_region():

@@ -9,7 +9,8 @@ click on: they are left out, and one warning per split says how many.
 Each sample carries every initial prompt of SAM 2's choice (``data.prompts``), drawn from a
 generator seeded by (seed, epoch, index) alone, so that any number of loader workers and a
 resumed run see the same prompts: the prompt kind (mask with ``data.mask_prompt_probability``,
-else a noisy box or one click, half each), the noisy box, the click, and a seed for the
+else a noisy box or one click, half each), the noisy box, the click (uniform inside the mask,
+or at its centre with ``data.center_click_probability``), and a seed for the
 correction clicks of later rounds. SAM 2 chooses one kind per batch: ``collate_objects``
 takes the first sample's kind and correction seed for the whole batch.
 
@@ -38,7 +39,7 @@ from sam3_lora.config import DataConfig
 from sam3_lora.data.collate import loader_for
 from sam3_lora.data.dataset import AUGMENT_STREAM, ConceptDataset, sample_generator
 from sam3_lora.data.masks import rles_to_input
-from sam3_lora.data.prompts import box_prompt, choose_prompt_kind, click_prompt
+from sam3_lora.data.prompts import box_prompt, choose_prompt_kind, first_click
 from sam3_lora.data.records import CocoSplit, ObjectRecord
 from sam3_lora.errors import DataError
 
@@ -74,7 +75,8 @@ class ObjectDataset(ConceptDataset):
         return {"pixel_values": pixels, "mask": mask, "image_id": record.id, "annotation_id": obj.id,
                 "category_id": obj.category_id,
                 **initial_prompts(mask, box_xyxy[0], self.cfg.mask_prompt_probability,
-                                  sample_generator(self.seed, self.epoch, index, PROMPT_STREAM))}
+                                  sample_generator(self.seed, self.epoch, index, PROMPT_STREAM),
+                                  self.cfg.center_click_probability)}
 
 
 def object_index(split: CocoSplit) -> list[tuple[int, ObjectRecord]]:
@@ -97,15 +99,17 @@ def object_index(split: CocoSplit) -> list[tuple[int, ObjectRecord]]:
 
 
 def initial_prompts(mask: torch.Tensor, fallback_box: torch.Tensor, mask_probability: float,
-                    generator: torch.Generator) -> dict[str, Any]:
+                    generator: torch.Generator, center_probability: float = 0.0) -> dict[str, Any]:
     """Every initial prompt of one (S, S) mask, drawn in a fixed order from ``generator``:
     kind, box (4,), click points (1, 2) and labels (1,), and the correction seed.
 
-    An empty mask (the object vanished at this scale) has no box of its own: it gets
-    ``fallback_box``, its annotation box on the input, and a negative click."""
+    The click is uniform inside the mask, or with ``center_probability`` at its centre
+    (``prompts.first_click``). An empty mask (the object vanished at this
+    scale) has no box of its own: it gets ``fallback_box``, its annotation box on the input,
+    and a negative click."""
     kind = choose_prompt_kind(generator, prob_points=1.0 - mask_probability)
     box = box_prompt(mask[None], generator)[0] if mask.any() else fallback_box.float()
-    points, labels = click_prompt(mask[None], generator)
+    points, labels = first_click(mask[None], generator, center_probability)
     seed = int(torch.randint(0, 2**62, (), generator=generator))
     return {"kind": kind.value, "box": box, "points": points[0], "labels": labels[0], "prompt_seed": seed}
 

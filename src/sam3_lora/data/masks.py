@@ -18,6 +18,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from pycocotools import mask as coco_mask
+from scipy import ndimage
 
 from sam3_lora.data.rle import RLE
 
@@ -93,3 +94,13 @@ def rles_to_input(rles: list[RLE | None], geometry: Geometry, mask_size: int) ->
         decoded = decode_stack([rles[i] for i in present], height, width)
         out[present] = masks_to_input(decoded, geometry, mask_size)
     return out
+
+
+def error_center_distances(error: np.ndarray) -> np.ndarray:
+    """(H, W) bool error map -> (H, W) distance of each error pixel to the nearest non-error
+    pixel, the image border counting as non-error (RITM pads by one pixel before the
+    transform, so a mistake along the border is not treated as deeper than it is)."""
+    padded = np.pad(error, 1, mode="constant")
+    # RITM: cv2.distanceTransform(DIST_L2, precise) in float32; scipy's is the same exact
+    # Euclidean distance, in float64.
+    return ndimage.distance_transform_edt(padded)[1:-1, 1:-1]

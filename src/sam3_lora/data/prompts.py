@@ -15,6 +15,12 @@ ignores the prediction and clicks inside the mask again). SAM 2.1 runs 7 rounds
 (never the mask). The clicks are uniform over their region, not at its centre
 (``evaluation.interactive`` has the evaluation's centre clicks).
 
+Deliberate option: ``center_click`` places the first click where the evaluation does (RITM's
+interior point farthest from the boundary); ``data.center_click_probability`` sets how often a
+click prompt uses it instead of a uniform one (0 by default, as SAM 2). A model trained on
+uniform clicks alone meets that central click rarely, and its IoU head misjudges the three
+masks it gives for it (BENCHMARKS.md, "The bundled tracker").
+
 Everything is drawn from the ``torch.Generator`` passed in, in the same order and with the
 same calls as SAM 2's ``sample_box_points`` and ``sample_random_points_from_errors``
 (``sam2/modeling/sam2_utils.py``), so one seed gives SAM 2's boxes and clicks exactly. (SAM 2
@@ -38,7 +44,7 @@ from enum import Enum
 
 import torch
 
-from sam3_lora.data.masks import mask_to_box
+from sam3_lora.data.masks import error_center_distances, mask_to_box
 
 PROB_POINTS = 0.5
 """SAM 2.1's ``prob_to_use_pt_input_for_train``: clicks or box rather than the mask."""
@@ -105,6 +111,35 @@ def click_prompt(masks: torch.Tensor, generator: torch.Generator) -> tuple[torch
     """One positive click uniform inside each (B, H, W) mask: ((B, 1, 2), (B, 1)).
     An empty mask (object absent) gets a negative click uniform over the image instead."""
     return error_clicks(masks, None, generator)
+
+
+def center_click(masks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """One positive click per (B, H, W) mask at its interior point farthest from the boundary
+    (the image border counting as boundary; ties to the first in row-major order), where the
+    interactive evaluation puts its first click: ((B, 1, 2), (B, 1)). No draw is made. An
+    empty mask has no interior: use ``click_prompt`` for it."""
+    masks = masks.bool()
+    if not masks.flatten(1).any(1).all():
+        raise ValueError("center_click: a mask is empty; prompt an absent object with click_prompt")
+    points = []
+    for mask in masks.cpu().numpy():
+        depth = error_center_distances(mask)
+        row, column = divmod(int(depth.argmax()), depth.shape[1])
+        points.append([column, row])
+    points = torch.tensor(points, dtype=torch.float, device=masks.device)[:, None]
+    return points, torch.ones(len(masks), 1, dtype=torch.int32, device=masks.device)
+
+
+def first_click(masks: torch.Tensor, generator: torch.Generator,
+                center_probability: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """``click_prompt`` for (B, H, W) masks, or with ``center_probability`` for the whole batch
+    ``center_click`` instead: ((B, 1, 2), (B, 1)). The uniform click is always drawn and the
+    choice spends a draw only when the probability is above 0, so 0 keeps SAM 2's exact
+    stream; a batch with an empty mask keeps its uniform clicks."""
+    points, labels = click_prompt(masks, generator)
+    if center_probability > 0 and _draw(generator) < center_probability and masks.flatten(1).any(1).all():
+        return center_click(masks)
+    return points, labels
 
 
 def error_clicks(gt: torch.Tensor, pred: torch.Tensor | None, generator: torch.Generator,

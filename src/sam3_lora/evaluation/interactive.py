@@ -28,8 +28,8 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
-from scipy import ndimage
 
+from sam3_lora.data.masks import error_center_distances
 from sam3_lora.errors import Sam3LoraError
 
 Predictor = Callable[[np.ndarray, np.ndarray], np.ndarray]
@@ -47,16 +47,6 @@ class Click:
     y: int
     x: int
     positive: bool
-
-
-def error_center_distances(error: np.ndarray) -> np.ndarray:
-    """(H, W) bool error map -> (H, W) distance of each error pixel to the nearest non-error
-    pixel, the image border counting as non-error (RITM pads by one pixel before the
-    transform, so a mistake along the border is not treated as deeper than it is)."""
-    padded = np.pad(error, 1, mode="constant")
-    # RITM: cv2.distanceTransform(DIST_L2, precise) in float32; scipy's is the same exact
-    # Euclidean distance, in float64.
-    return ndimage.distance_transform_edt(padded)[1:-1, 1:-1]
 
 
 def next_click(gt: np.ndarray, pred: np.ndarray, clicked: np.ndarray | None = None,
