@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from sam3_lora.files import apply_umask
 from sam3_lora.model.loading import BUNDLED
 from sam3_lora.model.tracker import BUNDLED_TRACKER, load_tracker
 
@@ -22,6 +23,7 @@ def main() -> None:
     args = parser.parse_args()
     folder = Path(BUNDLED["sam3-tiny-shapes"]) / BUNDLED_TRACKER
     load_tracker(args.weights).model.half().save_pretrained(folder)
+    apply_umask(folder)   # transformers writes 0600 files: the package's data must be readable by all
     print(f"wrote {folder}")
 
 
