@@ -247,7 +247,7 @@ def test_key_table_covers_every_consumed_key():
                      # the trainer's feature cache: tests/training/test_features.py
                      "cache_features", "cache_features_bytes", "cache_features_dir",
                      # the interactive task's samples: tests/data/test_interactive.py
-                     "mask_prompt_probability",
+                     "mask_prompt_probability", "center_click_probability",
                      # the video tracker's clips: tests/data/video/test_clips.py
                      "clip_frames", "max_objects_per_clip", "reverse_time_probability",
                      # several datasets: tests/training/test_mixture.py, tests/recipes/test_train_datasets.py

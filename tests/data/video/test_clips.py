@@ -5,6 +5,7 @@ import torch
 from sam3_lora.config import DataConfig
 from sam3_lora.data.dataset import AUGMENT_STREAM, sample_generator
 from sam3_lora.data.images import open_image
+from sam3_lora.data.prompts import center_click
 from sam3_lora.data.transforms import build_transform
 from sam3_lora.data.video.clips import ClipDataset, ClipSampler, build_clip_loader, collate_clips
 from sam3_lora.data.video.layout import load_video_split
@@ -187,6 +188,12 @@ def test_mask_prompt_probability_prompts_clips_with_their_masks(synthetic):
     kinds = {p: {ClipDataset(synthetic, config(mask_prompt_probability=p), SIZE, train=False)[i]["kind"]
                  for i in range(3)} for p in (0.0, 1.0)}
     assert kinds[1.0] == {"mask"} and "mask" not in kinds[0.0]
+
+
+def test_center_click_probability_clicks_each_object_at_its_centre_on_the_first_frame(synthetic):
+    sample = ClipDataset(synthetic, config(center_click_probability=1.0), SIZE, train=False)[0]
+    first_frame = sample["masks"][0]   # (O, S, S)
+    assert torch.equal(sample["points"], center_click(first_frame)[0])
 
 
 def test_the_loader_batches_clips_by_the_contract(synthetic):
