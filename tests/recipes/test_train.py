@@ -515,7 +515,7 @@ def test_two_processes_match_one(shapes, tmp_path):
     common = [f"data.root={shapes}", "training.max_steps=2", "training.report_to=[]", "training.log_every_steps=1",
               "training.eval_every_steps=100", "loss.scale_by_num_prompts=false"]
     runs = {
-        "two": [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", str(script),
+        "two": [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(script),
                 str(tmp_path / "two"), str(TINY_CONFIG), *common, f"output.dir={tmp_path / 'two'}", "training.batch_size=2"],
         "one": [sys.executable, str(script), str(tmp_path / "one"), str(TINY_CONFIG), *common,
                 f"output.dir={tmp_path / 'one'}", "training.batch_size=4"],
@@ -541,7 +541,7 @@ def test_nonfinite_outputs_on_one_process_skip_the_step_on_all(shapes, tmp_path)
     from safetensors.torch import load_file
 
     script = Path(__file__).parent / "scripts" / "ddp_train.py"
-    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", str(script), str(tmp_path),
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(script), str(tmp_path),
                str(TINY_CONFIG), f"data.root={shapes}", "training.max_steps=3", "training.report_to=[]",
                "training.batch_size=2", "training.eval_every_steps=100", f"output.dir={tmp_path / 'run'}"]
     result = subprocess.run(command, capture_output=True, text=True, timeout=300, check=False,

@@ -207,7 +207,7 @@ def test_two_processes_route_each_batch_to_the_same_adapter(two_datasets, tmp_pa
     from pathlib import Path
 
     script = Path(__file__).parent / "scripts" / "ddp_train.py"
-    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", str(script), str(tmp_path),
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(script), str(tmp_path),
                str(TINY_CONFIG), "data.root=data", datasets_override(two_datasets), "lora.task_adapters=per_task",
                "training.max_steps=6", "training.report_to=[]", "training.batch_size=2",
                "training.eval_every_steps=100", f"output.dir={tmp_path / 'run'}"]
