@@ -14,9 +14,11 @@ import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
+from filelock import FileLock
 from PIL import Image
 
 from tests.serve.test_app import make_run
@@ -54,7 +56,13 @@ def may_install() -> bool:
 
 def browser_tools():
     """Playwright's sync API with Debian's chromium at CHROMIUM, installing either if missing
-    and INSTALL_OPT_IN allows it; otherwise the test is skipped, saying how to run it."""
+    and INSTALL_OPT_IN allows it; otherwise the test is skipped, saying how to run it. One
+    process at a time (the suite's xdist workers): apt-get and pip must not run twice at once."""
+    with FileLock(Path(tempfile.gettempdir()) / "sam3-lora-browser-install.lock"):
+        return _browser_tools()
+
+
+def _browser_tools():
     if not Path(CHROMIUM).exists():
         if not may_install():
             pytest.skip(f"no browser: {CHROMIUM} is missing; install chromium, or set {INSTALL_OPT_IN}=1 "
