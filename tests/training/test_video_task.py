@@ -119,3 +119,24 @@ def test_clip_tracking_is_one_module_over_the_tracker():
     wrapped = build_task(video_config(), SIZE).wrap(model)
     assert isinstance(wrapped, ClipTracking) and wrapped.model is model
     assert dict(wrapped.named_parameters()).keys() == {f"model.{k}" for k, _ in model.named_parameters()}
+
+
+def test_the_training_forward_tracks_as_track_does():
+    """ClipTracking (training) and transformers' propagation (``model.video.track_from_masks``,
+    what ``track`` and ``validate`` run) give the same masks from the same weights and mask
+    prompt: what training improves is what tracking uses."""
+    from sam3_lora.model.video import track_from_masks
+
+    model = tiny_video_tracker(SIZE).eval()
+    batch = clip_batch("mask")
+    for key in ("masks", "object_clip_index", "boxes", "points", "labels"):
+        batch[key] = batch[key][:1]   # one object: the propagation below tracks it alone
+    task = build_task(video_config("training.correction_rounds=0"), SIZE)
+    with torch.no_grad():
+        trained_path = [steps[-1] for steps in run(task, model, batch)[0]]
+        frames = {t: batch["pixel_values"][0, t] for t in range(FRAMES)}
+        tracked = list(track_from_masks(model, frames, (SIZE, SIZE), {1: batch["masks"][0, 0]}, start=0))
+    assert [frame for frame, _, _ in tracked] == list(range(FRAMES))
+    for step, (_, _, logits) in zip(trained_path, tracked):
+        chosen = step["pred_masks"][0, step["iou_scores"][0].argmax()]   # SAM's pick, as tracking makes
+        assert torch.allclose(chosen, logits[0], atol=1e-4), float((chosen - logits[0]).abs().max())
