@@ -406,11 +406,13 @@ def video_tracker(engine):
     model (its adapter, memory included, acts as trained on clips); else the video tracker of
     ``model.source`` with the engine's image tracker (its adapter included) in place of its
     own image modules."""
-    if getattr(engine, "_video", None) is None and engine.config.model.task == "video":
+    if getattr(engine, "_video", None) is not None:
+        return engine._video
+    config = engine.config.model
+    if config.task == "video":
         own = engine.model.get_base_model() if hasattr(engine.model, "get_base_model") else engine.model
         engine._video = (own.eval(), engine.processor)   # PEFT's layers sit in the base model's modules
-    if getattr(engine, "_video", None) is None:
-        config = engine.config.model
+    else:
         loaded = load_video_tracker(config.source, revision=config.revision, image_size=config.image_size,
                                     seed=engine.config.training.seed, dtype=_dtype(engine.model),
                                     width=config.tracker_width)

@@ -12,7 +12,13 @@ from sam3_lora.config import COMPONENTS, HEADS
 def rate_of(parameter_name: str, lr: float, component_lrs: dict[str, float]) -> float:
     """The learning rate of one parameter: its head's in ``component_lrs``, else its
     component's, else ``lr``."""
-    return next((component_lrs[part] for part in _parts_of(parameter_name) if part in component_lrs), lr)
+    own = _own_rate(parameter_name, component_lrs)
+    return lr if own is None else own
+
+
+def _own_rate(parameter_name: str, component_lrs: dict[str, float]) -> float | None:
+    """The rate ``component_lrs`` gives a parameter's head or component, or None."""
+    return next((component_lrs[part] for part in _parts_of(parameter_name) if part in component_lrs), None)
 
 
 def _parts_of(parameter_name: str) -> list[str]:
@@ -37,7 +43,7 @@ def freeze_zero_rate(model: nn.Module, component_lrs: dict[str, float]) -> None:
     """Full training: the components whose learning rate is 0 stop requiring gradients, so
     the backward pass skips them (and a frozen vision encoder can be cached)."""
     for name, parameter in model.named_parameters():
-        if rate_of(name, None, component_lrs) == 0:
+        if _own_rate(name, component_lrs) == 0:
             parameter.requires_grad_(False)
 
 
