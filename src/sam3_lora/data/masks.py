@@ -96,11 +96,12 @@ def rles_to_input(rles: list[RLE | None], geometry: Geometry, mask_size: int) ->
     return out
 
 
-def error_center_distances(error: np.ndarray) -> np.ndarray:
-    """(H, W) bool error map -> (H, W) distance of each error pixel to the nearest non-error
-    pixel, the image border counting as non-error (RITM pads by one pixel before the
-    transform, so a mistake along the border is not treated as deeper than it is)."""
-    padded = np.pad(error, 1, mode="constant")
+def boundary_distances(region: np.ndarray) -> np.ndarray:
+    """(H, W) bool region (a mask, or the errors of a prediction) -> (H, W) distance of each
+    of its pixels to the nearest pixel outside it, the image border counting as outside (RITM
+    pads by one pixel before the transform, so a region along the border is not treated as
+    deeper than it is). Its largest value is where RITM, and ``validate``, click."""
+    padded = np.pad(region, 1, mode="constant")
     # RITM: cv2.distanceTransform(DIST_L2, precise) in float32; scipy's is the same exact
     # Euclidean distance, in float64.
     return ndimage.distance_transform_edt(padded)[1:-1, 1:-1]

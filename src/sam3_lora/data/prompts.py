@@ -44,7 +44,7 @@ from enum import Enum
 
 import torch
 
-from sam3_lora.data.masks import error_center_distances, mask_to_box
+from sam3_lora.data.masks import boundary_distances, mask_to_box
 
 PROB_POINTS = 0.5
 """SAM 2.1's ``prob_to_use_pt_input_for_train``: clicks or box rather than the mask."""
@@ -123,7 +123,7 @@ def center_click(masks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         raise ValueError("center_click: a mask is empty; prompt an absent object with click_prompt")
     points = []
     for mask in masks.cpu().numpy():
-        depth = error_center_distances(mask)
+        depth = boundary_distances(mask)
         row, column = divmod(int(depth.argmax()), depth.shape[1])
         points.append([column, row])
     points = torch.tensor(points, dtype=torch.float, device=masks.device)[:, None]

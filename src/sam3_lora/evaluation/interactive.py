@@ -29,7 +29,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from sam3_lora.data.masks import error_center_distances
+from sam3_lora.data.masks import boundary_distances
 from sam3_lora.errors import Sam3LoraError
 
 Predictor = Callable[[np.ndarray, np.ndarray], np.ndarray]
@@ -63,8 +63,8 @@ def next_click(gt: np.ndarray, pred: np.ndarray, clicked: np.ndarray | None = No
     missed = gt & ~pred & valid
     extra = ~gt & pred & valid
     unclicked = np.ones(gt.shape, dtype=bool) if clicked is None else ~clicked
-    missed_depth = error_center_distances(missed) * unclicked
-    extra_depth = error_center_distances(extra) * unclicked
+    missed_depth = boundary_distances(missed) * unclicked
+    extra_depth = boundary_distances(extra) * unclicked
     positive = bool(missed_depth.max() > extra_depth.max())
     depth = missed_depth if positive else extra_depth
     y, x = np.unravel_index(int(np.argmax(depth)), depth.shape)
