@@ -3,15 +3,15 @@
 import os
 from pathlib import Path
 
-from sam3_lora.cpu import usable_cpus
+from sam3_lora.cpu import share_cpu, usable_cpus
 
 # pytest-xdist runs the suite on several worker processes (pyproject.toml's addopts): each
-# takes its share of the CPUs, its threads waiting passively, before torch reads the settings
-# (sam3_lora.cpu says why passive waiting matters on a shared CPU).
+# takes its share of the CPUs, its threads waiting passively as a command's do (cpu.share_cpu),
+# before torch reads the settings.
 _WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
 if _WORKERS > 1:
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     os.environ.setdefault("OMP_NUM_THREADS", str(max(1, usable_cpus() // _WORKERS)))
+    share_cpu()
 
 import numpy as np  # after the thread settings above
 import pytest
