@@ -2,7 +2,7 @@ import re
 
 import pytest
 
-from sam3_lora.config import PRESET_DIR, Config, LoRAConfig, load_config, resolve_config_path
+from sam3_lora.config import PRESET_DIR, Config, DataConfig, LoRAConfig, load_config, resolve_config_path
 from sam3_lora.errors import ConfigError
 
 PRESETS = sorted(p.stem for p in PRESET_DIR.glob("*.yaml"))
@@ -274,3 +274,10 @@ def test_datasets_round_trip_through_the_effective_config(tmp_path):
     config.save(tmp_path / "config.yaml")
     assert load_config(tmp_path / "config.yaml") == config
     assert [(d.name, d.root, d.weight) for d in config.data.datasets] == [("a", "x", 1.0), ("b", "y", 2.5)]
+
+
+def test_mask_prompt_probability_defaults_to_sam2s_by_task_and_a_set_value_wins():
+    assert DataConfig().mask_prompt_chance("interactive") == 0.0
+    assert DataConfig().mask_prompt_chance("video") == 0.5
+    assert DataConfig(mask_prompt_probability=0.2).mask_prompt_chance("video") == 0.2
+    assert DataConfig(mask_prompt_probability=0.0).mask_prompt_chance("video") == 0.0

@@ -345,6 +345,9 @@ class DatasetEntry(Section):
 
 
 DEFAULT_DATA_ROOT = "data"
+MASK_PROMPT_DEFAULTS = {"interactive": 0.0, "video": 0.5}
+"""``data.mask_prompt_probability`` when not set, by ``model.task``: SAM 2 trains single
+images with no mask prompts and videos with half (its ``prob_to_use_pt_input_for_train``)."""
 SHARED_ADAPTER = "default"
 """PEFT's name of a run's shared adapter (the only one unless ``lora.task_adapters`` says)."""
 
@@ -410,10 +413,16 @@ class DataConfig(Section):
     skip_invalid: bool = False
     """Train anyway when validation finds errors, skipping (and listing) every bad item."""
 
-    mask_prompt_probability: float = Field(default=0.0, ge=0.0, le=1.0)
-    """``model.task: interactive``: the chance that an object's first prompt is its own
-    ground-truth mask; otherwise a noisy box or one click inside it, half each (SAM 2). SAM 2
-    trains single images with 0 (its default here) and videos with 0.5."""
+    mask_prompt_probability: float | None = Field(default=None, ge=0.0, le=1.0)
+    """``model.task: interactive`` and ``video``: the chance that an object's first prompt is
+    its own ground-truth mask; otherwise a noisy box or one click inside it, half each (SAM 2).
+    ``None``: SAM 2's, by task (``MASK_PROMPT_DEFAULTS``): 0 for single images, 0.5 for clips
+    (``validate`` on video prompts with the first frame's masks, DAVIS's protocol)."""
+
+    def mask_prompt_chance(self, task: Literal["interactive", "video"]) -> float:
+        """``mask_prompt_probability``, or its default for ``task`` when not set."""
+        given = self.mask_prompt_probability
+        return MASK_PROMPT_DEFAULTS[task] if given is None else given
 
     center_click_probability: float = Field(default=0.0, ge=0.0, le=1.0)
     """``model.task: interactive`` and ``video``: the chance that a first click is placed at

@@ -45,6 +45,16 @@ def test_quantized_loading_shrinks_the_linear_layers_and_stays_close(bnb, method
     assert 0 < change < TOLERANCE[method]
 
 
+def test_4bit_layers_keep_their_layout_after_an_inference_forward(bnb, predict):
+    """bitsandbytes repacks a 4-bit layer for its AVX512-BF16 CPU kernel at the first no-grad
+    forward, after which training fails; the layers here never are (where the CPU lacks the
+    feature bitsandbytes would not repack them anyway)."""
+    loaded = load_sam3("sam3-tiny", seed=0, quantize="nf4", device="cpu")
+    predict(loaded.model.eval())
+    layers = [m for m in loaded.model.modules() if isinstance(m, bnb.nn.Linear4bit)]
+    assert layers and not any(getattr(m.weight.quant_state, "packing_format_for_cpu", False) for m in layers)
+
+
 def test_the_estimate_of_a_plain_model_is_its_size():
     plain = load_sam3("sam3-tiny", seed=0)
     assert estimated_bytes(plain.model, "none", 4) == stored_bytes(plain.model)

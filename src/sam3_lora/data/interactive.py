@@ -74,7 +74,7 @@ class ObjectDataset(ConceptDataset):
         mask = rles_to_input([self._rle(record, obj)], geometry, self.image_size)[0]
         return {"pixel_values": pixels, "mask": mask, "image_id": record.id, "annotation_id": obj.id,
                 "category_id": obj.category_id,
-                **initial_prompts(mask, box_xyxy[0], self.cfg.mask_prompt_probability,
+                **initial_prompts(mask, box_xyxy[0], self.cfg.mask_prompt_chance("interactive"),
                                   sample_generator(self.seed, self.epoch, index, PROMPT_STREAM),
                                   self.cfg.center_click_probability)}
 

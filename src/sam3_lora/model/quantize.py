@@ -86,6 +86,13 @@ def _quantized(bnb, linear: nn.Linear, method: str, compute_dtype: torch.dtype, 
         layer = bnb.nn.Linear4bit(linear.in_features, linear.out_features, bias=bias,
                                   compute_dtype=compute_dtype, quant_type=method)
         layer.weight = bnb.nn.Params4bit(weight, requires_grad=False, quant_type=method, blocksize=BLOCK)
+        # On CPUs with AVX512-BF16, bitsandbytes 0.50 repacks a layer for its CPU kernel at the
+        # first forward without gradients (an evaluation), for good: the scales become bfloat16
+        # (outputs move by ~1e-2, so a merged export no longer matches), the next training
+        # step fails (an in-place bias add on a tensor autograd tracks), and a layer whose input
+        # is not a multiple of the block (the tiny presets' 32-wide ones) fails at once. The
+        # plain layout everywhere: the same kernel as on every other CPU and in training.
+        layer.support_avx512bf16_for_cpu = False
     if bias:
         layer.bias = nn.Parameter(linear.bias.data.to(compute_dtype), requires_grad=False)
     with _quiet():

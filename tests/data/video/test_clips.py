@@ -190,6 +190,12 @@ def test_mask_prompt_probability_prompts_clips_with_their_masks(synthetic):
     assert kinds[1.0] == {"mask"} and "mask" not in kinds[0.0]
 
 
+def test_clips_are_prompted_with_masks_half_the_time_unless_set(synthetic):
+    def kinds(cfg):
+        return [ClipDataset(synthetic, cfg, SIZE, train=False)[i]["kind"] for i in range(3)]
+    assert kinds(config()) == kinds(config(mask_prompt_probability=0.5)) != kinds(config(mask_prompt_probability=0.0))
+
+
 def test_center_click_probability_clicks_each_object_at_its_centre_on_the_first_frame(synthetic):
     sample = ClipDataset(synthetic, config(center_click_probability=1.0), SIZE, train=False)[0]
     first_frame = sample["masks"][0]   # (O, S, S)

@@ -211,7 +211,7 @@ class ClipDataset(Dataset):
         """Each object's first-frame prompts (``initial_prompts``, one generator for the clip);
         the clip is prompted with its first object's kind and correction seed."""
         generator = sample_generator(self.seed, self.epoch, index, PROMPT_STREAM)
-        drawn = [initial_prompts(mask, box, self.cfg.mask_prompt_probability, generator,
+        drawn = [initial_prompts(mask, box, self.cfg.mask_prompt_chance("video"), generator,
                                  self.cfg.center_click_probability)
                  for mask, box in zip(first_masks, first_boxes)]
         return {"box": torch.stack([d["box"] for d in drawn]),
