@@ -113,6 +113,11 @@ BENCHMARKS = [
         "cpu-full": [],   # demo --quick alone, beside one and two busy processes: auto vs old (~15 min)
         "gpu": [],
     }),
+    ("bench_track", "bench_track.py", WRITE, {
+        "tiny": ["--frames", "4"],
+        "cpu-full": [],   # 300 frames of 854x480 on the bundled base (about a minute)
+        "gpu": [],        # gpu_check.py's section 5 is the GPU measurement of track
+    }),
     ("bench_small_gpu", "bench_small_gpu.py", WRITE, {
         "tiny": ["--train-images", "8", "--epochs", "2", "--repeats", "1", "--steps", "4", "--test-images", "8"],
         "cpu-full": [],   # the bundled tiny base is what it measures: the defaults (minutes)

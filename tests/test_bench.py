@@ -15,6 +15,7 @@ sys.path.insert(0, str(BENCH))   # bench scripts import each other as top-level 
 
 import bench_memory
 import bench_steps
+import bench_track
 import peft_study
 import run
 
@@ -194,6 +195,12 @@ def test_gpu_check_plan_and_a_tiny_run_on_cpu(tmp_path):
     assert sorted((r["dtype"], r["quantize"], r["checkpointing"]) for r in found["memory"]) == [
         ("bfloat16", "nf4", False), ("bfloat16", "nf4", True), ("bfloat16", "none", False),
         ("bfloat16", "none", True), ("float32", "none", False), ("float32", "none", True)]
+
+
+def test_bench_track_follows_a_click_through_an_h264_clip():
+    pytest.importorskip("av", reason="bench_track writes an H.264 clip: pip install 'sam3-lora[video]'")
+    result = bench_track.measure("sam3-tiny-shapes", 4)
+    assert result["frames"] == 4 and result["frames_per_s"] > 0 and result["peak_rss_mb"] > 0
 
 
 def test_scale_table_lists_every_benchmark():
