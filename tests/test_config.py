@@ -2,7 +2,14 @@ import re
 
 import pytest
 
-from sam3_lora.config import PRESET_DIR, Config, DataConfig, LoRAConfig, load_config, resolve_config_path
+from sam3_lora.config import (
+    PRESET_DIR,
+    Config,
+    DataConfig,
+    LoRAConfig,
+    load_config,
+    resolve_config_path,
+)
 from sam3_lora.errors import ConfigError
 
 PRESETS = sorted(p.stem for p in PRESET_DIR.glob("*.yaml"))
