@@ -87,7 +87,7 @@ def test_effective_config_round_trips(tmp_path):
 
 def test_unknown_config_path_lists_presets():
     with pytest.raises(ConfigError, match="no such config file; .* presets? \\(minimal, balanced, full, base, "
-                                          "base-tracker, demo, demo-interactive, demo-video, heads"):
+                                          "base-tracker, base-video-tracker, demo, demo-interactive, demo-video, heads"):
         resolve_config_path("nope.yaml")
 
 

@@ -1,17 +1,20 @@
+import shutil
 import warnings
 
 import numpy as np
 import pytest
 import torch
+from safetensors.torch import load_file
 from transformers import Sam3Model, Sam3TrackerVideoInferenceSession
 from transformers.models.sam3_video import modeling_sam3_video
 
 from sam3_lora.errors import ModelLoadError, Sam3LoraWarning
-from sam3_lora.model.loading import LoadedSam3, seeded, tiny_config
+from sam3_lora.model.loading import BUNDLED, LoadedSam3, seeded, tiny_config
 from sam3_lora.model.processing import Sam3InputProcessor
 from sam3_lora.model.tokenizer import build_byte_tokenizer
 from sam3_lora.model.tracker import LoadedTracker, load_tracker, new_tracker, tracker_config
 from sam3_lora.model.video import (
+    BUNDLED_VIDEO_TRACKER,
     TorchCvUtils,
     check_video_source,
     fit_session,
@@ -101,9 +104,29 @@ def test_trackers_too_narrow_for_video_are_refused_in_one_line_before_loading(so
         (load_video_model if concept else load_video_tracker)(source)
 
 
-def test_the_bundled_tracker_runs_on_video_with_a_new_memory():
-    """The bundled base's tracker is 128 wide: its video tracker loads, with the image
-    tracker's weights and a warning that the memory is new."""
+def test_the_bundled_base_tracks_video_with_its_trained_memory_and_keeps_its_image_tracker():
+    """sam3-tiny-shapes' video-tracker/ loads as shipped, without the new-memory warning: its ViT
+    and prompt encoder are the image tracker's (frozen while its memory trained), its mask
+    decoder its own, and the image tracker (tracker/) stays what it was."""
+    image = quietly(load_tracker, "sam3-tiny-shapes").model.state_dict()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", Sam3LoraWarning)
+        video = load_video_tracker("sam3-tiny-shapes").model.state_dict()
+    shipped = load_file(BUNDLED["sam3-tiny-shapes"] / BUNDLED_VIDEO_TRACKER / "model.safetensors")
+    assert sorted(float(t.double().sum()) for t in shipped.values()) == sorted(
+        float(t.double().sum()) for t in video.values())
+    shared = [key for key in image if key.startswith(("vision_encoder.", "prompt_encoder."))]
+    assert shared and all(torch.equal(video[key], image[key]) for key in shared)
+    decoder = [key for key in image if key.startswith("mask_decoder.")]
+    assert any(not torch.equal(video[key], image[key]) for key in decoder)
+
+
+def test_a_bundled_base_without_a_video_tracker_gets_a_new_memory(tmp_path, monkeypatch):
+    """Without video-tracker/, the bundled base's video tracker is its image tracker (128 wide)
+    with a new memory, and a warning says so."""
+    folder = tmp_path / "sam3-tiny-shapes"
+    shutil.copytree(BUNDLED["sam3-tiny-shapes"], folder, ignore=shutil.ignore_patterns(BUNDLED_VIDEO_TRACKER))
+    monkeypatch.setitem(BUNDLED, "sam3-tiny-shapes", folder)
     image = quietly(load_tracker, "sam3-tiny-shapes").model
     with pytest.warns(Warning, match="holds no video memory"):
         video = load_video_tracker("sam3-tiny-shapes").model

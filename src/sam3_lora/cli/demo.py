@@ -34,7 +34,7 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     demo.add_argument("--task", choices=tuple(DEFAULT_OUTPUTS), default="concept",
                       help="concept: the detector learns new phrases (default); interactive: the tracker "
                            "learns to segment new shapes from clicks; video: the video tracker learns to follow "
-                           "fast objects among look-alikes (J&F before and after)")
+                           "objects of a new look through clips (J&F before and after)")
     demo.add_argument("--output", default=None, metavar="DIR",
                       help="run folder (default: runs/demo, runs/demo-interactive or runs/demo-video, by --task)")
     demo.add_argument("--quick", action="store_true",

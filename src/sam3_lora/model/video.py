@@ -41,6 +41,7 @@ from __future__ import annotations
 import warnings
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -62,8 +63,10 @@ from transformers import (
 from sam3_lora.errors import ModelLoadError, Sam3LoraWarning
 from sam3_lora.model.folders import check_finite_model, quiet_progress
 from sam3_lora.model.loading import (
+    BUNDLED,
     PRESETS,
     LoadedSam3,
+    bundled_folder,
     load_pretrained,
     load_sam3,
     load_sam3_config,
@@ -95,6 +98,11 @@ MEMORY_WIDTH = 64
 object pointer as wide as the tracker is split into tokens this wide."""
 FUSER_RATIO = 4
 """The memory fuser's MLP width over the tracker's width (SAM 2's: 1024 / 256)."""
+BUNDLED_VIDEO_TRACKER = "video-tracker"
+"""The folder, inside a bundled base's, of its video tracker: its image tracker (``tracker/``)
+with a memory trained on clips and the mask decoder trained with it (decoding frames that have
+no prompt, from memory, changed it: the image tracker keeps its own). Without it, a bundled
+base's video tracker is its image tracker with a new, random memory."""
 IMAGE_TRACKER_MODULES = ("shared_image_embedding", "vision_encoder", "prompt_encoder", "mask_decoder",
                          "no_memory_embedding")
 """What ``Sam3TrackerModel`` is made of: the same modules, under the same names, in
@@ -196,7 +204,7 @@ def load_video_tracker(source: str = "facebook/sam3", *, revision: str | None = 
     also fixes a new memory's random weights."""
     config = load_video_tracker_config(source, revision, image_size, token, width)   # the width, before any weight
     if _video_type(source, revision, token) is not None:
-        location, cache_only = locate(source, revision, token)
+        location, cache_only = _locate_video(source, revision, token)
         # Never pickle (pytorch_model.bin): unpickling can run code (as loading.load_sam3).
         model = load_pretrained(Sam3TrackerVideoModel, location, source, config=config, revision=revision,
                                 token=token, dtype=dtype, use_safetensors=True, local_files_only=cache_only)
@@ -328,12 +336,27 @@ def _video_type(source: str, revision: str | None, token: str | None) -> str | N
     """``sam3_video`` or ``sam3_tracker_video`` for a source holding a video model, else None."""
     if source in PRESETS:
         return None
+    if source in BUNDLED:
+        return VIDEO_TRACKER_MODEL_TYPE if _bundled_video_tracker(source) else None
     model_type = _source_model_type(source, revision, token)
     return model_type if model_type in VIDEO_MODEL_TYPES else None
 
 
+def _bundled_video_tracker(source: str) -> str | None:
+    """The folder of a bundled base's video tracker (``BUNDLED_VIDEO_TRACKER``), if it has one."""
+    folder = Path(bundled_folder(source)) / BUNDLED_VIDEO_TRACKER
+    return str(folder) if (folder / "model.safetensors").is_file() else None
+
+
+def _locate_video(source: str, revision: str | None, token: str | None) -> tuple[str, bool]:
+    """``loading.locate`` for a source holding a video model: a bundled base's video tracker
+    in place of its detector."""
+    bundled = _bundled_video_tracker(source) if source in BUNDLED else None
+    return (bundled, False) if bundled else locate(source, revision, token)
+
+
 def _read_video_config(source: str, revision: str | None, token: str | None):
-    location, cache_only = locate(source, revision, token)
+    location, cache_only = _locate_video(source, revision, token)
     with quiet_progress():
         try:
             return AutoConfig.from_pretrained(location, revision=revision, token=token, local_files_only=cache_only)

@@ -404,8 +404,10 @@ def track_video(engine, video, prompts=None, points=None, labels=None, boxes=Non
 def video_tracker(engine):
     """The engine's video tracker, built once: with ``model.task: video`` the engine's own
     model (its adapter, memory included, acts as trained on clips); else the video tracker of
-    ``model.source`` with the engine's image tracker (its adapter included) in place of its
-    own image modules."""
+    ``model.source``, with the engine's image tracker in place of its own image modules when
+    the engine holds trained weights (an adapter or a full fine-tune: they act in tracking too).
+    Without them the video tracker stays whole: a bundled base's was trained with a mask
+    decoder of its own (``model.video.BUNDLED_VIDEO_TRACKER``)."""
     if getattr(engine, "_video", None) is not None:
         return engine._video
     config = engine.config.model
@@ -416,7 +418,8 @@ def video_tracker(engine):
         loaded = load_video_tracker(config.source, revision=config.revision, image_size=config.image_size,
                                     seed=engine.config.training.seed, dtype=_dtype(engine.model),
                                     width=config.tracker_width)
-        engine._video = (share_image_tracker(loaded.model, engine.model).to(engine.device).eval(), loaded.processor)
+        video = loaded.model if engine.weights is None else share_image_tracker(loaded.model, engine.model)
+        engine._video = (video.to(engine.device).eval(), loaded.processor)
     return engine._video
 
 
