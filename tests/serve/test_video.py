@@ -14,6 +14,7 @@ from sam3_lora.lora.adapter import save_adapter
 from sam3_lora.lora.apply import apply_lora_to_model
 from sam3_lora.model.loading import seeded, tiny_config
 from sam3_lora.model.tracker import new_tracker, tracker_config
+from sam3_lora.model.video import load_video_tracker
 from sam3_lora.serve.inference import SAM3LoRAInference
 from sam3_lora.serve.prompts import PromptError
 from sam3_lora.serve.video import (
@@ -26,6 +27,7 @@ from sam3_lora.serve.video import (
     index_mask,
     open_video,
     video_model,
+    video_tracker,
 )
 from tests.model.test_video import WIDTH, write_detector_folder, write_tracker_folder
 
@@ -114,6 +116,18 @@ def test_on_the_prompted_frame_the_video_tracker_answers_as_segment_with_the_ada
         base_tracked = list(tracker.track(frames, points=[[45, 35], [100, 80]], labels=[1, 0], frame=start))
     assert base["object_score"] != pytest.approx(answer["object_score"], abs=1e-4)
     assert base_tracked[start].scores[0] == pytest.approx(base["object_score"], abs=1e-6)
+
+
+def test_without_trained_weights_the_sources_video_tracker_tracks_whole():
+    """The bundled base with no adapter (``model.task: interactive``): ``track`` uses its video
+    tracker as trained, mask decoder included, not the image tracker's (which differs)."""
+    engine = SAM3LoRAInference(config=load_config("demo-interactive", []), no_lora=True)
+    model, _ = video_tracker(engine)
+    shipped = load_video_tracker("sam3-tiny-shapes").model.state_dict()
+    tracked = model.state_dict()
+    assert all(torch.equal(tracked[key], shipped[key]) for key in shipped)
+    image = engine.model.state_dict()
+    assert any(not torch.equal(tracked[key], value) for key, value in image.items() if key.startswith("mask_decoder."))
 
 
 def test_a_video_runs_adapter_tracks_with_its_memory_adapter(frames, tmp_path):

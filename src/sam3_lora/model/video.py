@@ -343,7 +343,10 @@ def _video_type(source: str, revision: str | None, token: str | None) -> str | N
 
 
 def _bundled_video_tracker(source: str) -> str | None:
-    """The folder of a bundled base's video tracker (``BUNDLED_VIDEO_TRACKER``), if it has one."""
+    """The folder of a bundled base's video tracker (``BUNDLED_VIDEO_TRACKER``); None when
+    ``source`` is no bundled base or has none."""
+    if source not in BUNDLED:
+        return None
     folder = Path(bundled_folder(source)) / BUNDLED_VIDEO_TRACKER
     return str(folder) if (folder / "model.safetensors").is_file() else None
 
@@ -351,7 +354,7 @@ def _bundled_video_tracker(source: str) -> str | None:
 def _locate_video(source: str, revision: str | None, token: str | None) -> tuple[str, bool]:
     """``loading.locate`` for a source holding a video model: a bundled base's video tracker
     in place of its detector."""
-    bundled = _bundled_video_tracker(source) if source in BUNDLED else None
+    bundled = _bundled_video_tracker(source)
     return (bundled, False) if bundled else locate(source, revision, token)
 
 
