@@ -15,9 +15,14 @@ the model is loaded, the FLOPs of one step counted by FlopCounterMode (forward a
 backward as run, checkpoint recomputation included), the achieved TFLOP/s, and MFU against
 the GPU's dense bf16 peak where ``sam3_lora.recipes.train.PEAK_TFLOPS`` knows it.
 
+``--cache-features on`` times a step as ``data.cache_features`` makes it after the first epoch:
+the images' vision features read from a cache filled before the warm-up step, the vision encoder
+not run (a preset without LoRA in it: ``heads``); ``both`` puts the two side by side.
+
     python bench/bench_steps.py [--model sam3-tiny] [--image-size N]
         [--presets minimal balanced full] [--batch-sizes 1 2 4] [--checkpointing off|on|both]
         [--precision no|bf16] [--dtype float32|bfloat16] [--quantize none|nf4|fp4|int8] [--queries 4]
+        [--cache-features off|on|both]
         [--steps 3] [--memory-limit-gb 20]
         [--write] [--json OUT]
 """
@@ -115,18 +120,24 @@ def build(model_source: str, image_size: int | None, dtype: str, device: torch.d
 
 def run_one(model_source: str, image_size: int | None, preset: str, batch_size: int,
             checkpointing: bool, precision: str, queries: int, steps: int, dtype: str = "float32",
-            quantize: str = "none") -> dict:
+            quantize: str = "none", cached: bool = False) -> dict:
     """One configuration, measured in this process (see the module docstring)."""
     device = benchmark_device()
+    runtime = rss_gb("VmRSS")   # Python, torch and the libraries, before any model: no GPU holds it
     loaded = build(model_source, image_size, dtype, device, quantize)
-    return measure_step(loaded, model_source, preset, batch_size, checkpointing, precision, queries, steps)
+    row = measure_step(loaded, model_source, preset, batch_size, checkpointing, precision, queries, steps, cached)
+    return {**row, "runtime_gb": runtime}
 
 
 def measure_step(loaded, model_source: str, preset: str, batch_size: int, checkpointing: bool,
-                 precision: str, queries: int, steps: int) -> dict:
+                 precision: str, queries: int, steps: int, cached: bool = False) -> dict:
     """LoRA of ``preset`` on the loaded base, one warm-up step (FLOPs counted) and ``steps``
     timed steps (``steps=0``: one step for its memory); the base is handed back without LoRA
-    or checkpointing, ready for another call, also when a step runs out of memory."""
+    or checkpointing, ready for another call, also when a step runs out of memory.
+
+    ``cached``: the images' vision features come from a ``FeatureCache`` (``data.cache_features``)
+    filled before the first step, so every step reads them from it, as a training step after
+    the first epoch does; the preset must leave the vision encoder without LoRA (``heads``)."""
     from sam3_lora.config import load_config
     from sam3_lora.lora.apply import apply_lora_to_model
     from sam3_lora.model.precision import dtype_name, resolve_precision, weights_dtype
@@ -140,7 +151,7 @@ def measure_step(loaded, model_source: str, preset: str, batch_size: int, checkp
     model = apply_lora_to_model(loaded.model, config.lora, verbose=False).to(device).train()
     enable_activation_checkpointing(model, every=1 if checkpointing else 0)
     try:
-        row = _measure(model, loaded.processor, config, batch_size, precision, queries, steps)
+        row = _measure(model, loaded.processor, config, batch_size, precision, queries, steps, cached)
     finally:   # hand the bare base back (also after running out of memory): no LoRA, no checkpointing
         enable_activation_checkpointing(model, every=0)
         model.unload()
@@ -148,16 +159,19 @@ def measure_step(loaded, model_source: str, preset: str, batch_size: int, checkp
         reset_peak_memory(device)
     return {"model": model_source, "image_size": loaded.processor.image_size, "preset": preset,
             "batch_size": batch_size, "queries_per_image": queries, "checkpointing": checkpointing,
-            "precision": precision, "dtype": dtype, "quantize": quantization(loaded.model), **row}
+            "precision": precision, "dtype": dtype, "quantize": quantization(loaded.model),
+            "cached_features": cached, **row}
 
 
-def _measure(model, processor, config, batch_size: int, precision: str, queries: int, steps: int) -> dict:
+def _measure(model, processor, config, batch_size: int, precision: str, queries: int, steps: int,
+             cached: bool = False) -> dict:
     """``measure_step``'s steps on the LoRA ``model``: speed, memory, FLOPs."""
     from sam3_lora.data.collate import mask_size_for
     from sam3_lora.lora.apply import count_parameters
     from sam3_lora.loss.criterion import build_criterion
     from sam3_lora.model.forward import as_float32, forward_queries
     from sam3_lora.model.precision import AUTOCAST
+    from sam3_lora.training.features import FeatureCache, trunk_problem
     from sam3_lora.training.optim import param_groups
 
     device = next(model.parameters()).device
@@ -174,11 +188,18 @@ def _measure(model, processor, config, batch_size: int, precision: str, queries:
     prompts = [f"concept {q}" for _ in range(batch_size) for q in range(queries)]
     text = {k: v.to(device) for k, v in processor.text(prompts).items()}
     targets = to_device(synthetic_targets(batch_size * queries, mask_size_for(size), generator), device)
+    if cached and (problem := trunk_problem(model, config.data)):
+        raise SystemExit(f"--cache-features: {problem}")
+    cache = FeatureCache(budget=2**62) if cached else None
+    keys = [f"image {i}" for i in range(batch_size)]
+    autocast = torch.autocast(device.type, dtype=AUTOCAST.get(precision, torch.bfloat16), enabled=precision != "no")
 
     def step() -> None:
         # As SAM3LoRATrainer: forward under autocast, the loss in fp32 on fp32 outputs.
-        with torch.autocast(device.type, dtype=AUTOCAST.get(precision, torch.bfloat16), enabled=precision != "no"):
-            out = forward_queries(model, image_index, pixel_values=pixels, aux_outputs=True, **text)
+        with autocast:
+            vision = cache.encode(model, pixels, keys) if cache else None
+            out = forward_queries(model, image_index, pixel_values=None if cache else pixels, vision=vision,
+                                  aux_outputs=True, **text)
         criterion(as_float32(out), targets)["loss"].backward()
         if train.max_grad_norm > 0:
             torch.nn.utils.clip_grad_norm_(trainable, train.max_grad_norm)
@@ -189,6 +210,9 @@ def _measure(model, processor, config, batch_size: int, precision: str, queries:
     # draw cast to bfloat16, the float weights a quantized layer replaced) is handed back.
     reset_peak_memory(device)
     held = held_memory_gb(device)
+    if cache:   # the features already cached, as after the first epoch (the warm-up's FLOPs are a cached step's)
+        with autocast:
+            cache.encode(model, pixels, keys)
     if steps == 0:   # memory only: one step, timed, with AdamW's state already there as in every later step
         prime_optimizer(optimizer, trainable)
         reset_peak_memory(device)
@@ -226,35 +250,39 @@ def _measure(model, processor, config, batch_size: int, precision: str, queries:
 
 def child_command(model: str, image_size: int | None, preset: str, batch_size: int, checkpointing: bool,
                   precision: str, queries: int, steps: int, dtype: str = "float32",
-                  quantize: str = "none") -> list[str]:
+                  quantize: str = "none", cached: bool = False) -> list[str]:
     """The command that measures one configuration in a fresh process (``--one``)."""
     command = [sys.executable, __file__, "--model", model, "--precision", precision, "--dtype", dtype,
                "--quantize", quantize, "--queries", str(queries), "--steps", str(steps),
                "--one", json.dumps([preset, batch_size, checkpointing])]
+    command += ["--cache-features", "on"] if cached else []
     return command + (["--image-size", str(image_size)] if image_size else [])
 
 
 def measure(model: str, image_size: int | None, presets: list[str], batch_sizes: list[int],
             checkpointing: str, precision: str, queries: int, steps: int,
-            memory_limit_gb: float | None, dtype: str = "float32", quantize: str = "none") -> list[dict]:
-    """Every configuration, each in a child process; rows in table order."""
+            memory_limit_gb: float | None, dtype: str = "float32", quantize: str = "none",
+            cache_features: str = "off") -> list[dict]:
+    """Every configuration, each in a child process; rows in table order. ``checkpointing``
+    and ``cache_features``: off, on or both (both: the two settings side by side)."""
     # An address-space cap would stop CUDA from starting: on a GPU, out of memory is the GPU's.
     limit_gb = None if torch.cuda.is_available() else memory_limit_gb
-    modes = {"off": (False,), "on": (True,), "both": (False, True)}[checkpointing]
+    modes = {"off": (False,), "on": (True,), "both": (False, True)}
     rows = []
-    for ckpt in modes:
+    for ckpt in modes[checkpointing]:
         for preset in presets:
             for batch_size in batch_sizes:
-                command = child_command(model, image_size, preset, batch_size, ckpt, precision, queries, steps,
-                                        dtype, quantize)
-                row = run_capped(command, limit_gb)
-                if row is None:
-                    row = {"model": model, "preset": preset, "batch_size": batch_size,
-                           "queries_per_image": queries, "checkpointing": ckpt,
-                           "precision": precision, "dtype": dtype, "quantize": quantize,
-                           "oom": oom_text(limit_gb)}
-                rows.append(row)
-                print(json.dumps(row), file=sys.stderr, flush=True)
+                for cached in modes[cache_features]:
+                    command = child_command(model, image_size, preset, batch_size, ckpt, precision, queries, steps,
+                                            dtype, quantize, cached)
+                    row = run_capped(command, limit_gb)
+                    if row is None:
+                        row = {"model": model, "preset": preset, "batch_size": batch_size,
+                               "queries_per_image": queries, "checkpointing": ckpt, "cached_features": cached,
+                               "precision": precision, "dtype": dtype, "quantize": quantize,
+                               "oom": oom_text(limit_gb)}
+                    rows.append(row)
+                    print(json.dumps(row), file=sys.stderr, flush=True)
     return rows
 
 
@@ -262,10 +290,13 @@ def table(rows: list[dict]) -> str:
     """The Markdown table, one line per configuration."""
     measured = next((r for r in rows if "oom" not in r), None)
     memory = measured["memory"] if measured else "peak memory"
-    lines = [f"| preset | batch | checkpointing | images/s | s/step | {memory} | GFLOP/step | TFLOP/s | MFU |",
-             "|---|---:|---|---:|---:|---:|---:|---:|---:|"]
+    cache = any(r.get("cached_features") for r in rows)   # a column only where a row read cached features
+    header = (f"| preset | batch | checkpointing |{' cached features |' if cache else ''} images/s | s/step | "
+              f"{memory} | GFLOP/step | TFLOP/s | MFU |")
+    lines = [header, f"|---|---:|---|{'---|' if cache else ''}---:|---:|---:|---:|---:|---:|"]
     for r in rows:
         head = f"| {r['preset']} | {r['batch_size']} | {'on' if r['checkpointing'] else 'off'} |"
+        head += f" {'on' if r.get('cached_features') else 'off'} |" if cache else ""
         if "oom" in r:
             lines.append(f"{head} OOM ({r['oom']}) | - | - | - | - | - |")
             continue
@@ -275,8 +306,11 @@ def table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def _num(value: float) -> str:
-    """Three significant digits, without an exponent: 0.000475, 6.04, 1.00, 312, 4,870."""
+def _num(value: float | None) -> str:
+    """Three significant digits, without an exponent: 0.000475, 6.04, 1.00, 312, 4,870; "-"
+    for a figure not measured (a memory-only step counts no FLOPs)."""
+    if value is None:
+        return "-"
     return f"{value:,.0f}" if abs(value) >= 99.95 else f"{value:#.3g}"
 
 
@@ -325,6 +359,9 @@ def main() -> None:
                         help="dtype of the base weights (bfloat16 needs --precision bf16)")
     parser.add_argument("--quantize", choices=METHODS, default="none",
                         help="model.quantize: the base's Linear layers through bitsandbytes, computing in --dtype")
+    parser.add_argument("--cache-features", choices=["off", "on", "both"], default="off",
+                        help="measured steps read the vision features from a cache the warm-up filled "
+                             "(data.cache_features, as after the first epoch); needs a preset without ViT LoRA")
     parser.add_argument("--queries", type=int, default=4, help="text queries per image")
     parser.add_argument("--steps", type=int, default=3,
                         help="timed steps after one warm-up step; 0: one step for its memory only (no FLOPs)")
@@ -337,11 +374,13 @@ def main() -> None:
     if args.one:
         preset, batch_size, checkpointing = json.loads(args.one)
         print(json.dumps(run_one(args.model, args.image_size, preset, batch_size, checkpointing,
-                                 args.precision, args.queries, args.steps, args.dtype, args.quantize)))
+                                 args.precision, args.queries, args.steps, args.dtype, args.quantize,
+                                 args.cache_features == "on")))
         return
     load = os.getloadavg()[0]
     rows = measure(args.model, args.image_size, args.presets, args.batch_sizes, args.checkpointing,
-                   args.precision, args.queries, args.steps, args.memory_limit_gb, args.dtype, args.quantize)
+                   args.precision, args.queries, args.steps, args.memory_limit_gb, args.dtype, args.quantize,
+                   args.cache_features)
     markdown = table(rows)
     print(caption(rows, args))
     print(markdown)

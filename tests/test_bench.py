@@ -65,6 +65,19 @@ def test_bench_steps_builds_a_quantized_base_through_the_loader():
                                dtype="bfloat16")["quantize"] == "none"
 
 
+def test_bench_steps_cached_features_skip_the_vision_encoder():
+    """--cache-features: the measured steps read the vision features from the cache (fewer
+    FLOPs, the ViT not run); a preset with LoRA in the ViT is refused with the reason."""
+    plain, cached = (bench_steps.run_one("sam3-tiny", None, "heads", 1, True, "bf16", queries=2, steps=1,
+                                         dtype="bfloat16", cached=cached) for cached in (False, True))
+    assert not plain["cached_features"] and cached["cached_features"]
+    assert cached["gflop_per_step"] < plain["gflop_per_step"]
+    assert plain["runtime_gb"] > 0
+    assert "| cached features |" in bench_steps.table([plain, cached])
+    with pytest.raises(SystemExit, match="--cache-features: the vision encoder trains"):
+        bench_steps.run_one("sam3-tiny", None, "minimal", 1, False, "no", queries=2, steps=0, cached=True)
+
+
 def test_memory_grid_has_a_quantize_axis_and_its_own_columns():
     grid = bench_memory.configurations([1008, 336], ["heads"], [True], ["bfloat16"], ("none", "nf4"))
     assert grid == [(336, "heads", "bfloat16", True, "none"), (336, "heads", "bfloat16", True, "nf4"),
@@ -87,6 +100,11 @@ def test_memory_grid_has_a_quantize_axis_and_its_own_columns():
     mixed = bench_memory.table([plain, {**nf4, "preset": "heads", "image_size": 336}])
     assert "| 1008 | heads |" not in mixed and "| 336 | minimal |" not in mixed
     assert "| 1008 | minimal | - | - | - | 7.19 GB | - / 2.00 GB | - | - |" in mixed
+    # rows that recorded the runtime before the model say how much of each figure it is
+    assert "runtime" not in table
+    noted = bench_memory.table([{**plain, "memory": "peak RSS", "runtime_gb": 0.37},
+                                {**nf4, "memory": "peak RSS", "runtime_gb": 0.41}])
+    assert "libraries, before any model: 0.37-0.41 GB in the rows that recorded it" in noted
 
 
 def test_tables_from_several_runs_merge_the_latest_row(tmp_path):

@@ -24,18 +24,22 @@ from sam3_lora.training.resources import (
 def heads_step(tiny_inputs, every: int) -> tuple[float, dict[str, torch.Tensor], list[str]]:
     """One forward and backward of the tiny SAM3 with the heads preset's LoRA (dropout on) and
     ``training.activation_checkpointing=every``: the loss, every LoRA gradient, and the DETR
-    layers' forward calls in the order they ran (a recomputed layer runs twice)."""
+    layers' and the decoder's box position MLPs' forward calls in the order they ran (a
+    recomputed layer runs twice)."""
     tiny = load_sam3("sam3-tiny", seed=0).model   # fresh: LoRA goes on the base in place
     torch.manual_seed(0)   # the same LoRA weights in both runs
     model = apply_lora_to_model(tiny, load_config("heads").lora, verbose=False).train()
     sam3 = model.get_base_model()
     assert enable_activation_checkpointing(model, every) == (
-        0 if every == 0 else 3)   # the DETR encoder's 1 layer and decoder's 2; the frozen ViT none
+        0 if every == 0 else 5)   # the DETR encoder's 1 layer, decoder's 2, its 2 box MLPs; the frozen ViT none
     calls = []
     for stack in ("detr_encoder", "detr_decoder"):
         for index, layer in enumerate(getattr(sam3, stack).layers):
             # Its first module: the recompute in backward stops once it has what backward needs.
             layer.self_attn.register_forward_pre_hook(lambda *_, name=f"{stack}.{index}": calls.append(name))
+    for axis in ("x", "y"):   # run once per decoder layer
+        getattr(sam3.detr_decoder, f"box_rpb_embed_{axis}").layer1.register_forward_pre_hook(
+            lambda *_, name=f"rpb_{axis}": calls.append(name))
     torch.manual_seed(0)   # the same dropout masks in both runs
     out = model(**tiny_inputs)
     loss = sum(out[k].float().square().mean() for k in ("pred_masks", "pred_boxes", "pred_logits", "presence_logits"))
@@ -48,13 +52,14 @@ def heads_step(tiny_inputs, every: int) -> tuple[float, dict[str, torch.Tensor],
 
 def test_checkpointing_recomputes_the_detr_layers_and_changes_no_gradient(tiny_inputs):
     """heads trains no ViT weight: checkpointing recomputes the DETR encoder and decoder layers
-    (each runs twice in a step), with the same loss and LoRA gradients as without it."""
+    and the decoder's box position MLPs, which carry LoRA there (each runs twice in a step),
+    with the same loss and LoRA gradients as without it."""
     loss, grads, calls = heads_step(tiny_inputs, every=0)
-    layers = ["detr_encoder.0", "detr_decoder.0", "detr_decoder.1"]
+    layers = ["detr_encoder.0", "rpb_x", "rpb_y", "detr_decoder.0", "rpb_x", "rpb_y", "detr_decoder.1"]
     assert calls == layers
     recomputed_loss, recomputed_grads, recomputed_calls = heads_step(tiny_inputs, every=1)
     assert sorted(recomputed_calls) == sorted(layers * 2)
-    assert recomputed_calls[:3] == layers   # the forward, then backward's recompute
+    assert recomputed_calls[:len(layers)] == layers   # the forward, then backward's recompute
     assert recomputed_loss == pytest.approx(loss, rel=1e-6)
     assert recomputed_grads.keys() == grads.keys()
     for name, grad in grads.items():

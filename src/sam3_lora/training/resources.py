@@ -25,7 +25,8 @@ def enable_activation_checkpointing(model: nn.Module, every: int) -> int:
     A stack is recomputed only where backward passes through it, i.e. where a trainable weight
     sits in it or in a module that feeds it: the ViT's blocks when the ViT trains, the DETR
     encoder's and decoder's layers (run per text query over every image token) when they or
-    anything before them (ViT, neck, text or geometry encoder) train. Returns how many layers."""
+    anything before them (ViT, neck, text or geometry encoder) train, the decoder's box
+    position MLPs when they train. Returns how many layers (or MLPs)."""
     stacks = _recomputable_stacks(_sam3(model))
     for layers, _ in stacks:
         for layer in layers:
@@ -43,20 +44,28 @@ def _sam3(model: nn.Module) -> nn.Module:
     return model.get_base_model() if hasattr(model, "get_base_model") else model
 
 
-def _recomputable_stacks(sam3: nn.Module) -> list[tuple[nn.ModuleList, list[nn.Module]]]:
+def _recomputable_stacks(sam3: nn.Module) -> list[tuple[list[nn.Module], list[nn.Module]]]:
     """SAM3's stacks worth recomputing, each with the modules whose trainable weights put it on
     backward's path (itself and what feeds it). Measured (BENCHMARKS.md, "Activation
-    checkpointing of the DETR heads"): with the heads preset at 336 px the DETR decoder keeps 0.84 GB and the
-    encoder 0.45 GB for backward, the mask decoder's pixel decoder 0.07 GB (the first freed in
-    backward, so below a DETR layer's recompute) and the geometry encoder nothing with text
-    prompts (a few box tokens otherwise): those two are left as they are. The tracker has no
-    DETR stacks; its ViT is recomputed as the detector's."""
+    checkpointing of the DETR heads"): with the heads preset at 336 px the DETR decoder keeps
+    0.84 GB and the encoder 0.45 GB for backward, the mask decoder's pixel decoder 0.07 GB (the
+    first freed in backward, so below a DETR layer's recompute) and the geometry encoder nothing
+    with text prompts (a few box tokens otherwise): those two are left as they are. The DETR
+    decoder's two box relative-position MLPs (``box_rpb_embed_x`` / ``_y``, run at every decoder
+    layer on 200 queries x the feature map's width or height) sit outside its layers; with LoRA
+    in them (``target_modules: [all]``: the heads preset) they kept 1.0 GB at 1008 px, so they
+    are a stack of their own, on backward's path only when they train (their input, the
+    reference boxes, is detached). The tracker has no DETR stacks; its ViT is recomputed as the
+    detector's."""
     vision = sam3.vision_encoder
-    stacks = [(vision.backbone.layers, [vision.backbone])]
+    stacks = [(list(vision.backbone.layers), [vision.backbone])]
     if hasattr(sam3, "detr_encoder"):
         prompts = [vision, sam3.text_encoder, sam3.text_projection, sam3.geometry_encoder]
-        stacks += [(sam3.detr_encoder.layers, [*prompts, sam3.detr_encoder]),
-                   (sam3.detr_decoder.layers, [*prompts, sam3.detr_encoder, sam3.detr_decoder])]
+        decoder = sam3.detr_decoder
+        position_mlps = [decoder.box_rpb_embed_x, decoder.box_rpb_embed_y]
+        stacks += [(list(sam3.detr_encoder.layers), [*prompts, sam3.detr_encoder]),
+                   (list(decoder.layers), [*prompts, sam3.detr_encoder, decoder]),
+                   (position_mlps, position_mlps)]
     return stacks
 
 
