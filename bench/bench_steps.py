@@ -163,10 +163,25 @@ def measure_step(loaded, model_source: str, preset: str, batch_size: int, checkp
             "cached_features": cached, **row}
 
 
+def synthetic_batch(processor, batch_size: int, queries: int, device: torch.device):
+    """One step's inputs, the same at every call: ``pixels`` (B, 3, S, S) of noise,
+    ``image_index`` (B*K,) the image of each text query, ``text`` the K prompts of each image
+    tokenised (input_ids, attention_mask), ``targets`` one synthetic box-and-mask target per query."""
+    from sam3_lora.data.collate import mask_size_for
+
+    size = processor.image_size
+    generator = torch.Generator().manual_seed(0)
+    pixels = torch.randn(batch_size, 3, size, size, generator=generator).to(device)
+    image_index = torch.arange(batch_size, device=device).repeat_interleave(queries)
+    prompts = [f"concept {q}" for _ in range(batch_size) for q in range(queries)]
+    text = {k: v.to(device) for k, v in processor.text(prompts).items()}
+    targets = to_device(synthetic_targets(batch_size * queries, mask_size_for(size), generator), device)
+    return pixels, image_index, text, targets
+
+
 def _measure(model, processor, config, batch_size: int, precision: str, queries: int, steps: int,
              cached: bool = False) -> dict:
     """``measure_step``'s steps on the LoRA ``model``: speed, memory, FLOPs."""
-    from sam3_lora.data.collate import mask_size_for
     from sam3_lora.lora.apply import count_parameters
     from sam3_lora.loss.criterion import build_criterion
     from sam3_lora.model.forward import as_float32, forward_queries
@@ -175,19 +190,13 @@ def _measure(model, processor, config, batch_size: int, precision: str, queries:
     from sam3_lora.training.optim import param_groups
 
     device = next(model.parameters()).device
-    size = processor.image_size
     train = config.training
     optimizer = torch.optim.AdamW(param_groups(model, train.learning_rate, train.weight_decay,
                                                train.component_learning_rates), lr=train.learning_rate)
     trainable = [p for p in model.parameters() if p.requires_grad]
     criterion = build_criterion(config.loss)
 
-    generator = torch.Generator().manual_seed(0)
-    pixels = torch.randn(batch_size, 3, size, size, generator=generator).to(device)
-    image_index = torch.arange(batch_size, device=device).repeat_interleave(queries)
-    prompts = [f"concept {q}" for _ in range(batch_size) for q in range(queries)]
-    text = {k: v.to(device) for k, v in processor.text(prompts).items()}
-    targets = to_device(synthetic_targets(batch_size * queries, mask_size_for(size), generator), device)
+    pixels, image_index, text, targets = synthetic_batch(processor, batch_size, queries, device)
     if cached and (problem := trunk_problem(model, config.data)):
         raise SystemExit(f"--cache-features: {problem}")
     cache = FeatureCache(budget=2**62) if cached else None

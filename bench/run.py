@@ -34,7 +34,8 @@ from pathlib import Path
 
 BENCH = Path(__file__).resolve().parent
 SCALES = ("tiny", "cpu-full", "gpu")
-HELPERS = ("machine.py", "run.py", "run_folder.py", "ship_tracker.py", "new_video_memory.py")   # bench/ scripts that are no benchmark
+HELPERS = ("machine.py", "run.py", "run_folder.py", "ship_tracker.py", "new_video_memory.py",
+           "memory_by_module.py")   # bench/ scripts that are no benchmark
 
 # How each benchmark records into BENCHMARKS.md: "--write" (pass it to write), "--no-write"
 # (it writes unless told not to), or None (it only prints).

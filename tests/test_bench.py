@@ -16,8 +16,11 @@ sys.path.insert(0, str(BENCH))   # bench scripts import each other as top-level 
 import bench_memory
 import bench_steps
 import bench_track
+import memory_by_module
 import peft_study
 import run
+
+from sam3_lora.config import load_config
 
 
 def test_bench_steps_tiny_rows():
@@ -76,6 +79,27 @@ def test_bench_steps_cached_features_skip_the_vision_encoder():
     assert "| cached features |" in bench_steps.table([plain, cached])
     with pytest.raises(SystemExit, match="--cache-features: the vision encoder trains"):
         bench_steps.run_one("sam3-tiny", None, "minimal", 1, False, "no", queries=2, steps=0, cached=True)
+
+
+def test_saved_tensors_are_summed_by_the_module_that_saved_them(tiny):
+    """memory_by_module: a recomputed decoder layer saves little of its own (its checkpoint
+    keeps its inputs, outside the count); without recomputing, all its activations."""
+    from sam3_lora.lora.apply import apply_lora_to_model
+    from sam3_lora.model.forward import forward_queries
+    from sam3_lora.training.resources import enable_activation_checkpointing
+
+    model = apply_lora_to_model(tiny.model, load_config("heads").lora, verbose=False).train()
+    pixels, image_index, text, _ = bench_steps.synthetic_batch(tiny.processor, 1, 2, torch.device("cpu"))
+    saved = {}
+    for every in (0, 1):
+        enable_activation_checkpointing(model, every)
+        hooks, totals = memory_by_module.saved_by_module(model)
+        with hooks:
+            forward_queries(model, image_index, pixel_values=pixels, aux_outputs=True, **text)
+        saved[every] = totals
+    layer = "detr_decoder.layers.0"
+    assert saved[1].get(layer, 0) < saved[0][layer] / 10, (saved[0][layer], saved[1].get(layer))
+    assert saved[1]["mask_decoder"] == saved[0]["mask_decoder"] > 0   # not recomputed
 
 
 def test_memory_grid_has_a_quantize_axis_and_its_own_columns():
