@@ -238,11 +238,12 @@ def table(rows: list[dict], sizes: list[int] | None = None, reserve_gb: float = 
     body = "\n".join(lines)
     legend = [text for mark, text in LEGEND.items() if mark in body]
     notes = f"\n\n{'; '.join(legend).replace('RESERVE', f'{reserve_gb:g}')}." if legend else ""
-    runtimes = sorted(r["runtime_gb"] for r in rows if "runtime_gb" in r)
+    runtimes = sorted({f"{r['runtime_gb']:.2f}" for r in rows if "runtime_gb" in r}, key=float)
     if runtimes and memory == "peak RSS":
+        span = runtimes[0] if len(runtimes) == 1 else f"{runtimes[0]}-{runtimes[-1]}"
         notes += (f"\n\nEvery peak and loaded model includes the process's runtime (Python, torch and the "
-                  f"libraries, before any model: {runtimes[0]:.2f}-{runtimes[-1]:.2f} GB in the rows that "
-                  "recorded it), which a GPU does not hold.")
+                  f"libraries, before any model: {span} GB in the rows that recorded it), which a GPU does "
+                  "not hold.")
     return f"Peak: {memory} during the step.\n\n{body}{notes}"
 
 

@@ -18,7 +18,9 @@ otherwise, in this order (each section timed; a section that would start after
    bundled base's held-out mAP in each (``bench_precision.py``).
 3. training throughput, bf16 base with bf16 autocast: images/s, peak CUDA memory
    (``max_memory_allocated``) and MFU of LoRA training steps at 1008 px, each preset at batch
-   1 with checkpointing off and on, and batch 4 with checkpointing off and on (``bench_steps``).
+   1 with checkpointing off and on, and batch 4 with checkpointing off and on (``bench_steps``);
+   ``heads`` also at batch 1 with its vision features cached, checkpointing off and on (a step
+   after the first epoch with ``data.cache_features``: issue 24's "3x faster" question).
 4. memory: one training step per preset x ``--memory-sizes`` x checkpointing off/on x
    float32/bfloat16 base, then on a base loaded with ``model.quantize`` = each of
    ``--quantize`` (nf4: bitsandbytes, computing in bfloat16), batch 1 (``bench_memory``'s
@@ -156,11 +158,15 @@ def latency(engine, image, repeats: int, label: str) -> list[dict]:
 
 
 def throughput(loaded, args: argparse.Namespace) -> list[dict]:
-    """Training steps on the bfloat16 base: every preset x TRAINING."""
+    """Training steps on the bfloat16 base: every preset x TRAINING; ``heads`` also with its
+    vision features cached (``data.cache_features``: a step after the first epoch) at batch 1."""
     rows = []
     for preset in args.presets:
         for batch_size, checkpointing in TRAINING:
             rows.append(safe_step(loaded, args, preset, batch_size, checkpointing, "bf16", args.steps))
+        if preset == "heads":
+            rows += [safe_step(loaded, args, preset, 1, checkpointing, "bf16", args.steps, cached=True)
+                     for checkpointing in (False, True)]
     return rows
 
 
@@ -182,14 +188,16 @@ def quantized_base(model: str, size: int, device: torch.device, method: str, ref
         return None
 
 
-def safe_step(loaded, args, preset: str, batch_size: int, checkpointing: bool, precision: str, steps: int) -> dict:
+def safe_step(loaded, args, preset: str, batch_size: int, checkpointing: bool, precision: str, steps: int,
+              cached: bool = False) -> dict:
     """``measure_step``, with running out of GPU memory as a row that says so."""
     try:
-        row = measure_step(loaded, args.model, preset, batch_size, checkpointing, precision, args.queries, steps)
+        row = measure_step(loaded, args.model, preset, batch_size, checkpointing, precision, args.queries, steps,
+                           cached)
     except torch.OutOfMemoryError:
         row = {"model": args.model, "image_size": loaded.processor.image_size, "preset": preset,
                "batch_size": batch_size, "checkpointing": checkpointing, "precision": precision,
-               "quantize": quantization(loaded.model), "oom": "GPU out of memory"}
+               "quantize": quantization(loaded.model), "cached_features": cached, "oom": "GPU out of memory"}
     print(json.dumps(row), file=sys.stderr, flush=True)
     return row
 
@@ -241,8 +249,11 @@ def dry_run(args: argparse.Namespace) -> None:
     print(f"1. predict latency: {', '.join(map(str, PROMPT_COUNTS))} prompts, float32 then bfloat16 weights, "
           f"median of {args.repeats}")
     print(f"2. agreement: outputs of 16 prompts fp32 vs bf16; held-out mAP ({args.held_out_images} images)")
-    print(f"3. training throughput (bf16): {len(args.presets) * len(TRAINING)} configurations: "
-          + ", ".join(f"{p} batch {b} checkpointing {'on' if c else 'off'}" for p in args.presets for b, c in TRAINING))
+    cached = [("heads", 1, c, True) for c in (False, True)] if "heads" in args.presets else []
+    steps = [(p, b, c, False) for p in args.presets for b, c in TRAINING] + cached
+    print(f"3. training throughput (bf16): {len(steps)} configurations: "
+          + ", ".join(f"{p} batch {b} checkpointing {'on' if c else 'off'}{', cached features' * cache}"
+                      for p, b, c, cache in steps))
     bases = ["float32", "bfloat16", *(f"{method} (bfloat16)" for method in args.quantize)]
     print(f"4. memory: {len(args.presets) * 2 * len(bases) * len(args.memory_sizes)} one-step configurations: "
           f"presets {' '.join(args.presets)} x {' '.join(map(str, args.memory_sizes))} px x checkpointing off/on "

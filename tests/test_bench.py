@@ -213,14 +213,16 @@ def test_gpu_check_plan_and_a_tiny_run_on_cpu(tmp_path):
     script = str(BENCH / "gpu_check.py")
     plan = subprocess.run([sys.executable, script, "--dry-run"], capture_output=True, text=True, timeout=60,
                           check=True).stdout
-    # 4 presets (heads too) x 4; 4 presets x 2 checkpointing x 3 bases (float32, bfloat16, nf4) x 3 sizes
-    assert "16 configurations" in plan and "72 one-step configurations" in plan and "5. video: track" in plan
+    # 4 presets (heads too) x 4, and heads with cached features x 2 checkpointing;
+    # 4 presets x 2 checkpointing x 3 bases (float32, bfloat16, nf4) x 3 sizes
+    assert "18 configurations" in plan and "72 one-step configurations" in plan and "5. video: track" in plan
+    assert "heads batch 1 checkpointing on, cached features" in plan
     if not torch.cuda.is_available():
         refused = subprocess.run([sys.executable, script], capture_output=True, text=True, timeout=60, check=False)
         assert refused.returncode == 2 and "torch.cuda is not available" in refused.stderr
     out = tmp_path / "check.json"
     subprocess.run([sys.executable, script, "--device", "cpu", "--model", "sam3-tiny", "--image-size", "112",
-                    "--memory-sizes", "112", "--presets", "minimal", "--steps", "1", "--repeats", "1",
+                    "--memory-sizes", "112", "--presets", "heads", "--steps", "1", "--repeats", "1",
                     "--held-out-images", "4", "--tracker-width", "128", "--video-frames", "4", "--json", str(out)],
                    capture_output=True, text=True, timeout=300, check=True)
     found = json.loads(out.read_text())
@@ -231,9 +233,12 @@ def test_gpu_check_plan_and_a_tiny_run_on_cpu(tmp_path):
     assert found["video"]["frames"] == 4 and found["video"]["frames_per_s"] > 0
     assert found["video"]["image_size"] == 112 and found["video"]["peak_memory_mb"] > 0
     assert set(found["held_out"]) == {"float32", "bfloat16", "delta"}
-    assert [(r["batch_size"], r["checkpointing"], r["dtype"]) for r in found["training"]] == [
-        (1, False, "bfloat16"), (1, True, "bfloat16"), (4, False, "bfloat16"), (4, True, "bfloat16")]
+    assert [(r["batch_size"], r["checkpointing"], r["cached_features"]) for r in found["training"]] == [
+        (1, False, False), (1, True, False), (4, False, False), (4, True, False), (1, False, True), (1, True, True)]
     assert all(r["images_per_s"] > 0 and r["gflop_per_step"] > 0 for r in found["training"])
+    assert {r["dtype"] for r in found["training"]} == {"bfloat16"}
+    plain, cached = found["training"][0], found["training"][4]
+    assert cached["gflop_per_step"] < plain["gflop_per_step"]   # the vision encoder does not run
     assert sorted((r["dtype"], r["quantize"], r["checkpointing"]) for r in found["memory"]) == [
         ("bfloat16", "nf4", False), ("bfloat16", "nf4", True), ("bfloat16", "none", False),
         ("bfloat16", "none", True), ("float32", "none", False), ("float32", "none", True)]

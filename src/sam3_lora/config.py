@@ -557,8 +557,9 @@ class TrainingConfig(Section):
     encoder's and decoder's layers (these run per text query over every image token), each only
     where backward passes through it: where it or a module feeding it trains (with the ``heads``
     preset the frozen ViT runs without gradients and only the DETR layers are recomputed; with
-    ViT LoRA, all three stacks). The trainer prints how many layers. Saves most activation
-    memory at ~30% more step time."""
+    ViT LoRA, all three stacks). The DETR decoder's two box position MLPs are recomputed where
+    LoRA sits in them (``target_modules: [all]``). The trainer prints how many layers. Saves
+    most activation memory at ~30% more step time."""
 
     eval_every_steps: int | None = Field(default=None, gt=0)
     """Evaluate (validation loss; ``best/`` keeps the lowest) every this many optimiser
