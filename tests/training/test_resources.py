@@ -194,14 +194,11 @@ def test_the_trainers_table_is_the_newest_measured():
 
 def test_presets_fit_a_12_gb_card_at_1008_px_as_far_as_measured():
     """The presets' defaults follow the measured table: with the bfloat16 base that `auto`
-    gives on a GPU, minimal and balanced need at most 10 GB at 1008 px, batch 1 (the issue's
-    goal for balanced; 2 GB of headroom on a 12 GB card). full is documented to need more."""
-    for preset, limit in (("minimal", 10.0), ("balanced", 10.0), ("full", None)):
+    gives on a GPU, each needs at most 10 GB at 1008 px, batch 1 (2 GB of headroom on a 12 GB
+    card), which takes their default activation checkpointing."""
+    for preset in resources.PRESETS:
         training = load_config(preset).training
         assert load_config(preset).model.dtype == "auto" and training.batch_size == 1
-        need = step_memory_gb(1008, preset, "bfloat16", training.activation_checkpointing == 1, 1)
-        assert need is not None, preset
-        if limit:
-            assert need <= limit, (preset, need)
-        else:
-            assert need > 12.0, "full fits 12 GB now: update configs/full.yaml's comment and the README"
+        assert training.activation_checkpointing == 1, preset
+        need = step_memory_gb(1008, preset, "bfloat16", True, 1)
+        assert need is not None and need <= 10.0, (preset, need)
