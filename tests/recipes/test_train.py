@@ -98,7 +98,8 @@ SETUP_EFFECTS = [
      lambda t: t.accelerator.gradient_accumulation_steps == 3 and t.steps_per_epoch == 2),
     (covers("component_learning_rates"), ["training.component_learning_rates={mask_decoder: 0.5}"],
      lambda t: sorted(g["lr"] for g in t.optimizer.param_groups) == [0.01, 0.5]),
-    (covers("activation_checkpointing"), ["training.activation_checkpointing=2"], lambda t: t.checkpointed_blocks == 3),   # ViT, DETR enc., dec.
+    (covers("activation_checkpointing"), ["training.activation_checkpointing=2"],
+     lambda t: t.checkpointed_blocks == 4),   # ViT, DETR enc., dec., the first box position MLP (LoRA there)
     (covers("lr_scheduler", "warmup_steps"), ["training.lr_scheduler=linear", "training.warmup_steps=3"],
      lambda t: t.optimizer.param_groups[0]["lr"] == pytest.approx(0.01 / 4)),
     # The interactive task's rounds per batch (tests/training/test_tasks.py: one step each).
