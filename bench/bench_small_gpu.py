@@ -59,7 +59,7 @@ def timed_training(data: Path, budget: Budget, run: Path, steps: int, cache: str
     trainer = SAM3LoRATrainer(demo_config(data, budget, run, f"training.max_steps={steps}",
                                           f"training.eval_every_steps={10 * steps}",
                                           f"data.cache_features={cache}"), quiet=True).setup()
-    vision_seconds = [0.0]
+    vision_seconds = [0.0]   # each forward's start, negated, and its end: their sum is the time inside
     encoder = trainer.peft_model.get_base_model().vision_encoder
     encoder.register_forward_pre_hook(lambda *_: vision_seconds.append(-time.perf_counter()))
     encoder.register_forward_hook(lambda *_: vision_seconds.append(time.perf_counter()))   # returns None

@@ -67,6 +67,7 @@ REPO = Path(__file__).resolve().parents[1]
 HEADING = "## GPU check"
 PROMPT_COUNTS = (1, 16)
 TRAINING = ((1, False), (1, True), (4, False), (4, True))   # (batch size, checkpointing)
+CACHED_TRAINING = ((1, False), (1, True))   # heads again, its vision features cached
 MEMORY_COLUMNS = (("float32", "no"), ("bfloat16", "bf16"))   # base dtype and its autocast
 
 
@@ -165,8 +166,8 @@ def throughput(loaded, args: argparse.Namespace) -> list[dict]:
         for batch_size, checkpointing in TRAINING:
             rows.append(safe_step(loaded, args, preset, batch_size, checkpointing, "bf16", args.steps))
         if preset == "heads":
-            rows += [safe_step(loaded, args, preset, 1, checkpointing, "bf16", args.steps, cached=True)
-                     for checkpointing in (False, True)]
+            rows += [safe_step(loaded, args, preset, batch_size, checkpointing, "bf16", args.steps, cached=True)
+                     for batch_size, checkpointing in CACHED_TRAINING]
     return rows
 
 
@@ -249,7 +250,7 @@ def dry_run(args: argparse.Namespace) -> None:
     print(f"1. predict latency: {', '.join(map(str, PROMPT_COUNTS))} prompts, float32 then bfloat16 weights, "
           f"median of {args.repeats}")
     print(f"2. agreement: outputs of 16 prompts fp32 vs bf16; held-out mAP ({args.held_out_images} images)")
-    cached = [("heads", 1, c, True) for c in (False, True)] if "heads" in args.presets else []
+    cached = [("heads", b, c, True) for b, c in CACHED_TRAINING] if "heads" in args.presets else []
     steps = [(p, b, c, False) for p in args.presets for b, c in TRAINING] + cached
     print(f"3. training throughput (bf16): {len(steps)} configurations: "
           + ", ".join(f"{p} batch {b} checkpointing {'on' if c else 'off'}{', cached features' * cache}"

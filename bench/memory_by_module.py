@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import contextlib
 import os
 import sys
 import time
@@ -26,9 +27,10 @@ from bench_steps import build, prime_optimizer, reset_peak_memory, rss_gb, synth
 from bench_train import child_environment
 
 
+@contextlib.contextmanager
 def saved_by_module(model: torch.nn.Module):
-    """(hooks context, totals): inside the context, every tensor autograd saves is added to
-    ``totals[module name]`` (bytes of its storage, once per storage)."""
+    """Yields ``totals``: inside the context, every tensor autograd saves is added to
+    ``totals[module name]`` (bytes of its storage, once per storage); the hooks go on exit."""
     names = {module: name for name, module in model.named_modules()}
     running: list[str] = []
 
@@ -38,9 +40,6 @@ def saved_by_module(model: torch.nn.Module):
     def leave(module, args, output) -> None:   # None: the output stays as it is
         running.pop()
 
-    for module in model.modules():
-        module.register_forward_pre_hook(enter)
-        module.register_forward_hook(leave)
     totals: dict[str, int] = collections.defaultdict(int)
     seen: set[int] = set()
 
@@ -53,7 +52,14 @@ def saved_by_module(model: torch.nn.Module):
             totals[".".join(parts[:3])] += storage.nbytes()
         return tensor
 
-    return torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor), totals
+    handles = [hook for module in model.modules()
+               for hook in (module.register_forward_pre_hook(enter), module.register_forward_hook(leave))]
+    try:
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+            yield totals
+    finally:
+        for handle in handles:
+            handle.remove()
 
 
 def main() -> None:
@@ -95,11 +101,9 @@ def main() -> None:
     if cache:
         with autocast:
             cache.encode(model, pixels, ["image"])
-    hooks, totals = saved_by_module(model)
-
     reset_peak_memory(device)
     before, started = rss_gb("VmRSS"), time.perf_counter()
-    with hooks:   # the loss's own saved tensors count as "(outside any module)"
+    with saved_by_module(model) as totals:   # the loss's own saved tensors count as "(outside any module)"
         with autocast:
             vision = cache.encode(model, pixels, ["image"]) if cache else None
             out = forward_queries(model, image_index, pixel_values=None if cache else pixels, vision=vision,

@@ -93,8 +93,7 @@ def test_saved_tensors_are_summed_by_the_module_that_saved_them(tiny):
     saved = {}
     for every in (0, 1):
         enable_activation_checkpointing(model, every)
-        hooks, totals = memory_by_module.saved_by_module(model)
-        with hooks:
+        with memory_by_module.saved_by_module(model) as totals:
             forward_queries(model, image_index, pixel_values=pixels, aux_outputs=True, **text)
         saved[every] = totals
     layer = "detr_decoder.layers.0"

@@ -53,7 +53,7 @@ def _recomputable_stacks(sam3: nn.Module) -> list[tuple[list[nn.Module], list[nn
     with text prompts (a few box tokens otherwise): those two are left as they are. The DETR
     decoder's two box relative-position MLPs (``box_rpb_embed_x`` / ``_y``, run at every decoder
     layer on 200 queries x the feature map's width or height) sit outside its layers; with LoRA
-    in them (``target_modules: [all]``: the heads preset) they kept 1.0 GB at 1008 px, so they
+    in them (``target_modules: [all]``: the heads preset) they kept 1.36 GB at 1008 px, so they
     are a stack of their own, on backward's path only when they train (their input, the
     reference boxes, is detached). The tracker has no DETR stacks; its ViT is recomputed as the
     detector's."""
